@@ -1,0 +1,43 @@
+"""Third-party components: modules named in an experiment's ``plugins:`` list, and installed
+distributions that declare an entry point in the ``research.plugins`` group.
+
+A plugin registers its components by importing ``research.registry`` and decorating its builders.
+A plugin that fails to import stops the run: a silently skipped plugin would make a YAML name
+"unknown" far from the real cause.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Iterable
+
+ENTRY_POINT_GROUP = "research.plugins"
+
+
+class PluginError(ImportError):
+    """A plugin module or entry point could not be imported."""
+
+
+def load_entry_point_plugins() -> list[str]:
+    """Import every ``research.plugins`` entry point of the installed distributions, once each."""
+    loaded = []
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry_point.load()
+        except Exception as exc:
+            raise PluginError(
+                f"plugin entry point {entry_point.name!r} ({entry_point.value}) failed to import: {exc}; "
+                "fix or uninstall the distribution that declares it"
+            ) from exc
+        loaded.append(entry_point.value)
+    return loaded
+
+
+def import_plugins(modules: Iterable[str], *, where: str = "plugins") -> None:
+    """Import the modules an experiment lists under ``plugins:`` (importing twice is a no-op)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            raise PluginError(f"{where}: cannot import plugin module {module!r}: {exc}") from exc
