@@ -1,0 +1,134 @@
+"""The ``research`` command: list, expand, train, eval, report.
+
+Every command takes an experiment file and ``dotted.key=value`` overrides. Bad input prints one line
+on stderr and exits with status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.command(args) or 0)
+    except Exception as exc:
+        if args.debug or not _is_bad_input(exc):
+            raise
+        print(f"research {args.name}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _is_bad_input(exc: BaseException) -> bool:
+    from research.config import ConfigError
+    from research.data import DataError
+    from research.plugins import PluginError
+    from research.registry import RegistryError
+    from research.teachers import TeacherCheckpointError
+
+    return isinstance(exc, (ConfigError, RegistryError, PluginError, DataError, TeacherCheckpointError, FileNotFoundError))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="research", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, func: object, help_text: str, config: bool = True) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(command=func, name=name)
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        if config:
+            sub.add_argument("config", type=Path, help="experiment YAML file")
+            sub.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. optim.lr=1e-3")
+        return sub
+
+    sub = command("list", _list, "list registered components", config=False)
+    sub.add_argument("kind", nargs="?", help="models, teachers, losses, augmentations, datasets or loggers")
+    command("expand", _expand, "show the runs an experiment makes, without running anything")
+    sub = command("train", _train, "train every run of an experiment here (finished runs are skipped)")
+    sub.add_argument("--force", action="store_true", help="train finished runs again (the old run dir is kept aside)")
+    command("eval", _eval, "evaluate a checkpoint: research eval CONFIG checkpoint=PATH [overrides]")
+    sub = command("report", _report, "tables and plots of experiments' runs", config=False)
+    sub.add_argument("configs", nargs="+", type=Path, help="experiment YAML files (ablations)")
+    sub.add_argument("--out", type=Path, default=None, help="report dir (default: reports/<first experiment>)")
+    sub.add_argument("--wandb", action="store_true", help="also read runs from the W&B API (online)")
+    return parser
+
+
+def _list(args: argparse.Namespace) -> int:
+    from research.registry import REGISTRIES
+
+    kinds = [args.kind] if args.kind else list(REGISTRIES)
+    for kind in kinds:
+        if kind not in REGISTRIES:
+            from research.config import ConfigError
+
+            raise ConfigError(f"unknown kind {kind!r}; choose one of: {', '.join(REGISTRIES)}")
+        registry = REGISTRIES[kind]
+        print(f"{kind}:")
+        for name in registry.names():
+            params = [p for p in registry.signature(name).parameters.values() if p.default is not inspect.Parameter.empty]
+            detail = ", ".join(f"{p.name}={p.default!r}" for p in params) if args.kind else ""
+            print(f"  {name}" + (f"  ({detail})" if detail else ""))
+    return 0
+
+
+def _expand(args: argparse.Namespace) -> int:
+    from research.config import load_runs
+    from research.config.expand import format_value
+    from research.console import text_table
+    from research.launch.status import run_status
+
+    runs = load_runs(args.config, args.overrides)
+    rows = []
+    for run in runs:
+        differing = " ".join(f"{k}={format_value(v)}" for k, v in run.differing.items())
+        marker = " (baseline)" if run.is_baseline and len(runs) > 1 else ""
+        rows.append([run.name + marker, run_status(run.run_dir), str(run.run_dir), differing or "-"])
+    print(text_table(["run", "status", "run dir", "differing keys"], rows))
+    print(f"{len(runs)} run{'s' if len(runs) != 1 else ''}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from research.config import load_runs
+    from research.launch.local import run_locally
+
+    run_locally(load_runs(args.config, args.overrides), force=args.force)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from research.config import ConfigError, load_run
+    from research.launch.evaluate import evaluate_checkpoint
+
+    checkpoints = [o.partition("=")[2] for o in args.overrides if o.startswith("checkpoint=")]
+    if len(checkpoints) != 1:
+        raise ConfigError("research eval needs exactly one checkpoint=PATH argument")
+    overrides = [o for o in args.overrides if not o.startswith("checkpoint=")]
+    results = evaluate_checkpoint(load_run(args.config, overrides), Path(checkpoints[0]))
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from research.report import write_report
+
+    out = write_report(args.configs, out_dir=args.out, use_wandb=args.wandb)
+    print(f"report written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Checking a registry-picked section (``model``, ``teacher``, ``loss``, ``data``, ``aug``, ``logger``)
+against its builder, without building anything.
+
+A section is ``name`` plus the builder's keyword arguments. The builder's signature is the schema:
+unknown keys get a did-you-mean over its parameters, values are type-checked and converted from its
+annotations (OmegaConf does the conversion through a dataclass made from the signature), required
+parameters must be given, and parameters the engine injects (``num_classes`` comes from the dataset)
+cannot be set. The result is the section with every default filled in, so a run's saved config says
+exactly what ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from research.config.errors import ConfigError
+from research.registry import (
+    AUGMENTATIONS,
+    DATASETS,
+    LOGGERS,
+    LOSSES,
+    MODELS,
+    TEACHERS,
+    Registry,
+    RegistryError,
+)
+
+
+@dataclass(frozen=True)
+class Section:
+    """How one component section maps onto its registry."""
+
+    key: str
+    registry: Registry[Any]
+    injected: tuple[str, ...]  # passed by the engine at build time, never from YAML
+    reserved: tuple[str, ...] = ()  # section keys the loader itself consumes
+
+
+SECTIONS: dict[str, Section] = {
+    "model": Section("model", MODELS, ("num_classes",)),
+    "teacher": Section("teacher", TEACHERS, ("num_classes",), ("from_experiment",)),
+    "loss": Section("loss", LOSSES, ("base_criterion", "teacher")),
+    "data": Section("data", DATASETS, ("split", "transform")),
+    "aug": Section("aug", AUGMENTATIONS, ("img_size",)),
+    "logger": Section("logger", LOGGERS, ("run",)),
+}
+
+_INJECTED_FROM = {
+    "num_classes": "the dataset",
+    "img_size": "model.img_size",
+    "run": "the run (experiment, variant, run dir)",
+    "teacher": "the teacher: section",
+    "base_criterion": "train.label_smoothing and the mixup/cutmix settings",
+    "split": "the engine (train / val)",
+    "transform": "the aug: section",
+}
+
+_SIMPLE = (int, float, str, bool)
+
+
+def component_kwargs(section: Mapping[str, Any], spec: Section) -> dict[str, Any]:
+    """The builder's keyword arguments in a resolved section (no ``name``, no reserved keys)."""
+    skip = {"name", *spec.reserved}
+    return {key: value for key, value in section.items() if key not in skip}
+
+
+def build_component(spec: Section, section: Mapping[str, Any], /, **injected: Any) -> Any:
+    """Build the component a resolved section names, passing the engine's runtime values."""
+    return spec.registry.build(section["name"], **component_kwargs(section, spec), **injected)
+
+
+def resolve_section(spec: Section, raw: Any, where: str) -> dict[str, Any]:
+    """Validate ``raw`` against the builder it names; return it with defaults filled in.
+
+    Args:
+        spec: the section's registry and injected parameters.
+        raw: the section as merged from the files and overrides.
+        where: the file (or 'command line') that set the section, for error messages.
+    """
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: {spec.key}: expected a mapping with a 'name' key, got {raw!r}")
+    name = raw.get("name")
+    if not isinstance(name, str) or name in ("", "???"):
+        raise ConfigError(
+            f"{where}: {spec.key}.name is missing; choose one of: {', '.join(spec.registry.names())}"
+        )
+    try:
+        builder = spec.registry.get(name)
+    except RegistryError as exc:
+        raise ConfigError(f"{where}: {spec.key}.name: {exc}") from None
+    params = _keyword_parameters(builder)
+    given = component_kwargs(raw, spec)
+    _check_keys(spec, name, params, given, where)
+    values = _typed_values(spec, name, builder, params, given, where)
+    reserved = {key: raw[key] for key in spec.reserved if key in raw}
+    return {"name": name, **values, **reserved}
+
+
+def _keyword_parameters(builder: Any) -> dict[str, inspect.Parameter]:
+    params = inspect.signature(builder).parameters
+    return {
+        key: param
+        for key, param in params.items()
+        if param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def _check_keys(
+    spec: Section, name: str, params: Mapping[str, inspect.Parameter], given: Mapping[str, Any], where: str
+) -> None:
+    settable = [key for key in params if key not in spec.injected]
+    for key in given:
+        if key in spec.injected:
+            source = _INJECTED_FROM.get(key, "the engine")
+            raise ConfigError(f"{where}: {spec.key}.{key} cannot be set here: it comes from {source}")
+        if key not in params:
+            close = difflib.get_close_matches(key, settable, n=1, cutoff=0.5)
+            hint = f" Did you mean {spec.key}.{close[0]}?" if close else ""
+            raise ConfigError(
+                f"{where}: {spec.key}.{key}: {spec.registry.kind} {name!r} has no parameter {key!r}.{hint} "
+                f"Its parameters: {', '.join(settable) or '(none)'}"
+            )
+    for key in settable:
+        if params[key].default is inspect.Parameter.empty and key not in given:
+            raise ConfigError(f"{where}: {spec.key}.{key} is required by {spec.registry.kind} {name!r}")
+
+
+def _typed_values(
+    spec: Section,
+    name: str,
+    builder: Any,
+    params: Mapping[str, inspect.Parameter],
+    given: Mapping[str, Any],
+    where: str,
+) -> dict[str, Any]:
+    hints = _type_hints(builder)
+    fields, literals = [], {}
+    for key, param in params.items():
+        if key in spec.injected:
+            continue
+        hint = hints.get(key, Any)
+        if typing.get_origin(hint) is typing.Literal:
+            literals[key] = typing.get_args(hint)
+            hint = Any
+        default = param.default
+        if default is inspect.Parameter.empty:
+            fields.append((key, _omegaconf_type(hint)))
+        else:
+            fields.append((key, _omegaconf_type(hint), dataclasses.field(default_factory=lambda d=default: d)))
+    schema = dataclasses.make_dataclass(f"{spec.key}_{name}", fields)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(dict(given)))
+        values = OmegaConf.to_container(merged, resolve=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or ""
+        message = str(exc).splitlines()[0]
+        raise ConfigError(f"{where}: {spec.key}.{key}: {message} ({spec.registry.kind} {name!r})") from None
+    assert isinstance(values, dict)
+    for key, choices in literals.items():
+        if values.get(key) not in choices:
+            raise ConfigError(
+                f"{where}: {spec.key}.{key}={values.get(key)!r} is not one of {', '.join(map(repr, choices))}"
+            )
+    return values
+
+
+def _type_hints(builder: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(builder)
+    except Exception:  # annotations naming types that are not importable here: check nothing
+        return {}
+
+
+def _omegaconf_type(hint: Any) -> Any:
+    """The annotation if OmegaConf can validate it, else ``Any``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint in _SIMPLE or hint is Any:
+        return hint
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        inner = [arg for arg in args if arg is not type(None)]
+        if len(inner) == 1 and type(None) in args:
+            converted = _omegaconf_type(inner[0])
+            return Any if converted is Any else typing.Optional[converted]
+        return Any
+    if origin in (list, typing.List) and len(args) == 1:  # noqa: UP006
+        item = _omegaconf_type(args[0])
+        return Any if item is Any else typing.List[item]  # type: ignore[valid-type]  # noqa: UP006
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        return Any
+    return Any

@@ -1,0 +1,8 @@
+"""The error raised for bad experiment input: it says where (file, key path) and what to do."""
+
+
+class ConfigError(ValueError):
+    """An experiment file, override or combination of keys that cannot run.
+
+    The CLI prints ``str(error)`` as one line and exits with status 2.
+    """

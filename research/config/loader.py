@@ -1,0 +1,240 @@
+"""Load an experiment file into validated runs, before anything is built or queued.
+
+``load_runs(path, overrides)`` reads the YAML (with ``_base_``), applies ``dotted.key=value``
+overrides, imports the experiment's plugins, checks the typed schema, expands the ablation and
+resolves every run's component sections against their builders. Any problem raises
+:class:`ConfigError` naming the file, the key path and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from research.config import sources
+from research.config.components import SECTIONS, build_component, resolve_section
+from research.config.errors import ConfigError
+from research.config.expand import differing_keys, variant_overrides
+from research.config.schema import JOB_TYPES, PRECISIONS, ExperimentCfg
+from research.config.sources import Layered
+from research.plugins import PluginError, import_plugins
+from research.registry import LOSSES, MODELS
+
+CHECKPOINT = "last.pt"  # the file a finished run's weights are read from (teacher / finetune links)
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of an experiment: a variant of an ablation, or the experiment itself."""
+
+    experiment: str
+    variant: str
+    run_dir: Path
+    cfg: ExperimentCfg
+    source: Path
+    differing: dict[str, Any] = field(default_factory=dict)
+    is_baseline: bool = True
+    teacher_run: Run | None = None  # the run whose checkpoint the teacher loads (teacher.from_experiment)
+    finetune_run: Run | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.experiment}/{self.variant}" if self.variant else self.experiment
+
+    def prerequisites(self) -> list[Run]:
+        return [run for run in (self.teacher_run, self.finetune_run) if run is not None]
+
+
+def load_runs(path: str | Path, overrides: Sequence[str] = (), *, _stack: tuple[Path, ...] = ()) -> list[Run]:
+    """Every run an experiment file makes, validated."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory; give an experiment .yaml file")
+    tree, base_override = sources.parse_overrides(overrides)
+    layered = sources.apply_overrides(sources.load_layers(path, base_override), tree)
+    _import_plugins(layered)
+    base = _structured(layered)
+    where = layered.where("ablation")
+    variants = variant_overrides(OmegaConf.to_container(base.ablation), where)  # type: ignore[arg-type]
+    runs = []
+    for variant, variant_tree in variants:
+        source = f"{sources._display(path.resolve())} (variant {variant})" if variant else sources.COMMAND_LINE
+        run_layers = sources.apply_overrides(layered, variant_tree, source) if variant_tree else layered
+        runs.append(_resolve_run(run_layers, path, variant, (*_stack, path.resolve())))
+    return _with_differences(runs, base.ablation.get("baseline"))
+
+
+def load_run(path: str | Path, overrides: Sequence[str] = ()) -> Run:
+    """The single run of an experiment that has no ablation."""
+    runs = load_runs(path, overrides)
+    if len(runs) != 1:
+        raise ConfigError(f"{path}: has {len(runs)} variants; expected a single run")
+    return runs[0]
+
+
+def _import_plugins(layered: Layered) -> None:
+    plugins = layered.config.get("plugins") or []
+    if not isinstance(plugins, Sequence) or isinstance(plugins, str):
+        raise ConfigError(f"{layered.where('plugins')}: plugins is a list of module names, got {plugins!r}")
+    try:
+        import_plugins([str(p) for p in plugins], where=layered.where("plugins"))
+    except PluginError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _structured(layered: Layered) -> DictConfig:
+    """The merged config checked against the typed schema (unknown keys, types)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ExperimentCfg), layered.config)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or ""
+        message = str(exc).splitlines()[0]
+        raise ConfigError(f"{layered.where(key)}: {key}: {message}") from None
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _resolve_run(layered: Layered, path: Path, variant: str, stack: tuple[Path, ...]) -> Run:
+    config = _structured(layered)
+    raw: dict[str, Any] = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
+    raw["name"] = raw["name"] or path.stem
+    raw["variant"] = variant
+    _check_name(raw["name"], layered.where("name"))
+    teacher_run = _linked_run(raw, "teacher", layered, path, stack)
+    finetune_run = _linked_run(raw, "finetune", layered, path, stack)
+    for key, spec in SECTIONS.items():
+        if raw.get(key) is not None:
+            raw[key] = resolve_section(spec, raw[key], layered.where(key))
+    _check_rules(raw, layered)
+    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExperimentCfg), raw))
+    assert isinstance(cfg, ExperimentCfg)
+    run_dir = Path(cfg.output_dir).expanduser().resolve() / cfg.name / variant
+    cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser().resolve()))
+    return Run(cfg.name, variant, run_dir, cfg, path.resolve(), teacher_run=teacher_run, finetune_run=finetune_run)
+
+
+def _check_name(name: str, where: str) -> None:
+    if not re.fullmatch(r"[A-Za-z0-9_.=,+-]+", name):
+        raise ConfigError(f"{where}: name {name!r} may only hold letters, digits and _ . = , + -")
+
+
+def _linked_run(raw: dict[str, Any], key: str, layered: Layered, path: Path, stack: tuple[Path, ...]) -> Run | None:
+    """Resolve ``teacher.from_experiment`` / ``finetune.from_experiment`` into that experiment's run,
+    and point the section's checkpoint at the run's final checkpoint."""
+    section = raw.get(key)
+    link = section.get("from_experiment") if section else None
+    if not link:
+        if key == "teacher" and section and section.get("checkpoint"):
+            _check_teacher_checkpoint(section["checkpoint"], layered.where("teacher.checkpoint"))
+        if key == "finetune" and section and section.get("checkpoint"):
+            _check_exists(section["checkpoint"], layered.where("finetune.checkpoint"), "finetune.checkpoint")
+        return None
+    origin = layered.where(f"{key}.from_experiment")
+    anchor = path.parent if origin == sources.COMMAND_LINE else Path(origin.split(" (")[0]).parent
+    target = (anchor / link).resolve()
+    if target in stack:
+        raise ConfigError(f"{origin}: {key}.from_experiment {link!r} links back to itself")
+    if not target.exists():
+        raise ConfigError(f"{origin}: {key}.from_experiment: no experiment file {target}")
+    runs = load_runs(target, _stack=stack)
+    if len(runs) != 1:
+        raise ConfigError(f"{origin}: {key}.from_experiment {link!r} has {len(runs)} variants; it must make one run")
+    linked = runs[0]
+    if section.get("checkpoint"):
+        raise ConfigError(f"{origin}: give either {key}.checkpoint or {key}.from_experiment, not both")
+    section["from_experiment"] = str(target)
+    section["checkpoint"] = str(linked.run_dir / CHECKPOINT)
+    if key == "teacher" and not section.get("name"):
+        section["name"] = linked.cfg.model["name"]
+    return linked
+
+
+def _check_teacher_checkpoint(checkpoint: str, where: str) -> None:
+    from research.teachers import check_teacher_checkpoint
+
+    try:
+        check_teacher_checkpoint(checkpoint)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{where}: teacher.checkpoint: {exc}") from None
+
+
+def _check_exists(file: str, where: str, key: str) -> None:
+    if not Path(file).expanduser().is_file():
+        raise ConfigError(f"{where}: {key}: no such file {file}")
+
+
+def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
+    """Rules that span sections."""
+    if raw["job_type"] not in JOB_TYPES:
+        raise ConfigError(f"{layered.where('job_type')}: job_type {raw['job_type']!r} is not one of {JOB_TYPES}")
+    if raw["train"]["precision"] not in PRECISIONS:
+        raise ConfigError(
+            f"{layered.where('train.precision')}: train.precision {raw['train']['precision']!r} is not one of {PRECISIONS}"
+        )
+    if raw["finetune"]["interpolation"] not in ("bicubic", "bilinear"):
+        raise ConfigError(f"{layered.where('finetune.interpolation')}: finetune.interpolation is bicubic or bilinear")
+    loss, model = raw["loss"]["name"], raw["model"]["name"]
+    if LOSSES.metadata(loss).get("needs_teacher"):
+        if not MODELS.metadata(model).get("distilled"):
+            distilled = [n for n in MODELS.names() if MODELS.metadata(n).get("distilled")]
+            raise ConfigError(
+                f"{layered.where('loss.name')}: loss {loss!r} needs a model with a distillation token, and "
+                f"{model!r} has none; use one of: {', '.join(distilled)}"
+            )
+        if raw.get("teacher") is None:
+            raise ConfigError(f"{layered.where('loss.name')}: loss {loss!r} needs a teacher: section")
+    _check_batch_for_mixing(raw, layered)
+    _check_slurm_time(raw["slurm"]["time"], layered.where("slurm.time"))
+    for key in ("batch_size", "workers"):
+        if raw["loader"][key] < (1 if key == "batch_size" else 0):
+            raise ConfigError(f"{layered.where('loader.' + key)}: loader.{key} must be positive")
+
+
+def _check_batch_for_mixing(raw: dict[str, Any], layered: Layered) -> None:
+    recipe = build_component(SECTIONS["aug"], raw["aug"], img_size=raw["model"].get("img_size", 224))
+    batch = raw["loader"]["batch_size"]
+    if recipe.mixup_active and batch % 2:
+        raise ConfigError(
+            f"{layered.where('loader.batch_size')}: loader.batch_size={batch} is odd, and mixup/cutmix "
+            "(aug.mixup, aug.cutmix) mix each batch with its flipped self, which needs an even batch per process"
+        )
+
+
+def slurm_minutes(text: str) -> int:
+    """A SLURM time spec in minutes, rounded up: ``90``, ``90:30``, ``1:30:00``, ``2-12``, ``2-00:00:00``."""
+    text = str(text).strip()
+    days, _, rest = text.rpartition("-")
+    parts = rest.split(":")
+    if (days and not days.isdigit()) or len(parts) > 3 or not all(part.isdigit() for part in parts):
+        raise ValueError(text)
+    numbers = [int(part) for part in parts]
+    if days:  # D-H, D-H:M, D-H:M:S
+        numbers += [0] * (3 - len(numbers))
+    elif len(numbers) < 3:  # M, M:S
+        numbers = [0, *numbers] + [0] * (2 - len(numbers))
+    hours, minutes, seconds = numbers
+    return int(days or 0) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
+
+
+def _check_slurm_time(text: str, where: str) -> None:
+    try:
+        slurm_minutes(text)
+    except ValueError:
+        raise ConfigError(f"{where}: slurm.time {text!r} is not a SLURM time (minutes, HH:MM:SS or D-HH:MM:SS)") from None
+
+
+def _with_differences(runs: list[Run], baseline: str | None) -> list[Run]:
+    flats = [sources.flatten(dataclasses.asdict(run.cfg)) for run in runs]
+    keys = differing_keys(flats, ignore=("variant", "ablation."))
+    baseline = baseline if baseline is not None else runs[0].variant
+    return [
+        dataclasses.replace(run, differing={k: flat.get(k) for k in keys}, is_baseline=run.variant == baseline)
+        for run, flat in zip(runs, flats)
+    ]

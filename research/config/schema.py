@@ -1,0 +1,141 @@
+"""The typed schema of an experiment file, one dataclass per fixed section.
+
+Sections that pick a registered component (``model``, ``teacher``, ``loss``, ``data``, ``aug``,
+``logger``) are ``name`` plus the builder's own keyword arguments: their keys are checked against the
+builder's signature by :mod:`research.config.components`, not listed here. Defaults of the fixed
+sections are the paper's ImageNet recipe (DeiT, Touvron et al. 2021, Table 9 and section 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+# OmegaConf needs typing.Dict/List/Optional, not PEP 604/585 forms, in structured configs.
+
+
+@dataclass
+class LoaderCfg:
+    """Data loading. ``batch_size`` is per process (rank); the paper's 1024 is 8 GPUs x 128."""
+
+    batch_size: int = 128
+    eval_batch_size: Optional[int] = None  # default: 2 x batch_size (no gradients at eval)
+    workers: int = 8
+    pin_memory: bool = True
+    limit_train: Optional[int] = None  # keep a fixed, seeded subset of this many training images
+    limit_val: Optional[int] = None
+
+
+@dataclass
+class OptimCfg:
+    """Optimizer (timm's ``create_optimizer_v2``). With ``scale_lr``, the lr is per 512 images and
+    scales linearly with the global batch: lr x batch_size x world_size / 512 (DeiT section 6)."""
+
+    name: str = "adamw"
+    lr: float = 5e-4
+    scale_lr: bool = True
+    weight_decay: float = 0.05
+    eps: Optional[float] = None  # None: the optimizer's default
+    betas: Optional[List[float]] = None
+    momentum: float = 0.9
+    clip_grad: Optional[float] = None  # max gradient norm; None = no clipping
+
+
+@dataclass
+class SchedCfg:
+    """Learning-rate schedule (timm's ``create_scheduler_v2``), stepped every iteration."""
+
+    name: str = "cosine"
+    warmup_epochs: float = 5.0
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+
+
+@dataclass
+class TrainCfg:
+    """The training loop's options; recipe techniques that act in the loop live here too."""
+
+    epochs: int = 300
+    label_smoothing: float = 0.1
+    ema: bool = False  # keep an EMA of the weights; both raw and EMA weights are evaluated
+    ema_decay: float = 0.99996
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 only on GPU)
+    compile: bool = False  # torch.compile the student
+    channels_last: bool = False
+    checkpoint_every_steps: int = 0  # also checkpoint every N steps inside an epoch (0 = per epoch only)
+    log_every_steps: int = 50
+    eval_every_epochs: int = 1
+    resume: bool = True  # continue from <run dir>/last.pt when it exists
+    progress: bool = True  # tqdm progress bar on rank 0
+
+
+@dataclass
+class FinetuneCfg:
+    """Start from another run's weights (e.g. a 224 model fine-tuned at 384, DeiT section 6)."""
+
+    checkpoint: Optional[str] = None
+    from_experiment: Optional[str] = None  # an experiment file whose finished run provides the checkpoint
+    interpolation: str = "bicubic"  # position-embedding interpolation: bicubic | bilinear
+
+
+@dataclass
+class SlurmCfg:
+    """Resources of one run on a SLURM cluster; nothing here is site-specific by default."""
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: str = "24:00:00"  # D-HH:MM:SS, HH:MM:SS or minutes
+    nodes: int = 1
+    gpus_per_node: int = 0
+    tasks_per_node: Optional[int] = None  # default: gpus_per_node, or 1 on a CPU-only cluster
+    cpus_per_task: int = 10
+    mem_gb: Optional[float] = None
+    constraint: Optional[str] = None
+    extra: Dict[str, Any] = field(default_factory=dict)  # more sbatch parameters, as submitit passes them
+    setup: List[str] = field(default_factory=list)  # shell lines run before the job (module load ...)
+    max_requeues: int = 3  # preemptions / time limits survived before the run gives up
+    array_parallelism: int = 64
+
+
+@dataclass
+class AblationCfg:
+    """Variants of one experiment: named override sets and/or a grid over keys (their product)."""
+
+    baseline: Optional[str] = None  # the variant deltas are measured against; default: the first
+    variants: Dict[str, Any] = field(default_factory=dict)  # name -> {dotted.key: value}
+    grid: Dict[str, Any] = field(default_factory=dict)  # dotted.key -> [values]
+
+
+def _component(name: Any) -> Any:
+    return field(default_factory=lambda: {"name": name})
+
+
+@dataclass
+class ExperimentCfg:
+    """One experiment file, resolved. ``variant`` is set by the expansion of an ablation."""
+
+    name: str = ""  # default: the file name without .yaml
+    description: str = ""
+    job_type: str = "train"  # train | teacher | finetune | eval (W&B job_type)
+    plugins: List[str] = field(default_factory=list)
+    seed: int = 0
+    output_dir: str = "runs"  # run dir = <output_dir>/<name>[/<variant>]
+    variant: str = ""
+    model: Dict[str, Any] = _component("???")
+    teacher: Optional[Dict[str, Any]] = None
+    loss: Dict[str, Any] = _component("none")
+    data: Dict[str, Any] = _component("cifar10_jpeg")
+    aug: Dict[str, Any] = _component("deit")
+    logger: Dict[str, Any] = _component("wandb")
+    loader: LoaderCfg = field(default_factory=LoaderCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    sched: SchedCfg = field(default_factory=SchedCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    finetune: FinetuneCfg = field(default_factory=FinetuneCfg)
+    slurm: SlurmCfg = field(default_factory=SlurmCfg)
+    ablation: AblationCfg = field(default_factory=AblationCfg)
+
+
+JOB_TYPES = ("train", "teacher", "finetune", "eval")
+PRECISIONS = ("fp32", "bf16", "fp16")

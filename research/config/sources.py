@@ -1,0 +1,160 @@
+"""Reading experiment files: YAML with ``_base_`` inheritance, and ``dotted.key=value`` overrides.
+
+``_base_`` is a path relative to the file (or a list of them, merged in order); the file's own keys
+win over its bases. Dicts merge recursively; scalars and lists replace (OmegaConf's merge). Every leaf
+key remembers the file (or the command line) that set it last, so an error can name its source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+from research.config.errors import ConfigError
+
+BASE_KEY = "_base_"
+COMMAND_LINE = "command line"
+
+
+@dataclass
+class Layered:
+    """A merged config and, for each dotted leaf key, where its value came from."""
+
+    config: DictConfig
+    origin: dict[str, str] = field(default_factory=dict)
+
+    def where(self, dotted_key: str) -> str:
+        """The file (or 'command line') that set ``dotted_key`` or its closest parent."""
+        key = dotted_key
+        while key:
+            if key in self.origin:
+                return self.origin[key]
+            key = key.rpartition(".")[0]
+        return next(iter(self.origin.values()), "?")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; empty dicts stay as leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse one YAML file into a dict; errors name the file, line and column."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such experiment file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: malformed YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: an experiment file is a mapping of keys, got a {type(data).__name__}")
+    return data
+
+
+def _bases(value: Any, path: Path) -> list[Path]:
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(item, str) and item for item in items):
+        raise ConfigError(f"{path}: {BASE_KEY} is a path or a list of paths, got {value!r}")
+    return [(path.parent / item).resolve() for item in items]
+
+
+def load_layers(path: Path, base_override: str | None = None, _stack: tuple[Path, ...] = ()) -> Layered:
+    """Read ``path`` and its ``_base_`` chain into one merged config with per-key origins."""
+    path = path.resolve()
+    if path in _stack:
+        chain = " -> ".join(str(p) for p in (*_stack, path))
+        raise ConfigError(f"{_stack[-1]}: _base_ cycle: {chain}")
+    raw = read_yaml(path)
+    bases = raw.pop(BASE_KEY, None)
+    if base_override is not None:  # `_base_=...` on the command line swaps the recipe under an ablation
+        bases = base_override
+    merged = Layered(OmegaConf.create({}))
+    for base in _bases(bases, path) if bases else []:
+        layer = load_layers(base, None, (*_stack, path))
+        merged = merge(merged, layer.config, layer.origin)
+    if BASE_KEY in flatten(raw):
+        raise ConfigError(f"{path}: {BASE_KEY} is only allowed at the top of a file")
+    try:
+        own = OmegaConf.create(raw)
+    except Exception as exc:  # keys OmegaConf cannot hold (non-string keys, ...)
+        raise ConfigError(f"{path}: {exc}") from None
+    return merge(merged, own, dict.fromkeys(flatten(raw), _display(path)))
+
+
+def merge(into: Layered, config: DictConfig, origin: Mapping[str, str]) -> Layered:
+    merged = OmegaConf.merge(into.config, config)
+    assert isinstance(merged, DictConfig)
+    return Layered(merged, {**into.origin, **origin})
+
+
+def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], str | None]:
+    """``["optim.lr=1e-3", "aug.mixup=0"]`` -> a nested dict (values typed as YAML), and the
+    ``_base_`` override if one is given. An item without ``=`` is an error."""
+    items: list[str] = []
+    base = None
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"override {item!r} is not of the form dotted.key=value (for example optim.lr=1e-3)"
+            )
+        if key.strip() == BASE_KEY:
+            base = value
+            continue
+        items.append(item)
+    try:
+        tree = OmegaConf.to_container(OmegaConf.from_dotlist(items))
+    except Exception as exc:
+        raise ConfigError(f"cannot parse overrides {items}: {exc}") from None
+    assert isinstance(tree, dict)
+    return tree, base
+
+
+def apply_overrides(layered: Layered, tree: Mapping[str, Any], source: str = COMMAND_LINE) -> Layered:
+    return merge(layered, OmegaConf.create(dict(tree)), dict.fromkeys(flatten(tree), source))
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def as_override_tree(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, Any]:
+    """A variant's overrides, written as ``{dotted.key: value}`` or nested, as a nested dict."""
+    if isinstance(overrides, Sequence) and not isinstance(overrides, str):
+        tree, base = parse_overrides(overrides)
+        if base is not None:
+            raise ConfigError("a variant cannot change _base_")
+        return tree
+    nested: dict[str, Any] = {}
+    for key, value in flatten(dict(overrides)).items():
+        node = nested
+        *parents, leaf = str(key).split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested

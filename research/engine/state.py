@@ -1,0 +1,68 @@
+"""The training state: everything a checkpoint saves and a resume restores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from research.engine import checkpoint
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and ``torch.compile`` wrappers (its state dict has clean keys)."""
+    model = getattr(model, "_orig_mod", model)
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+@dataclass
+class TrainState:
+    """Live objects of a run and its progress counters.
+
+    ``epoch`` counts finished epochs; ``epoch_step`` the optimizer steps already done in the
+    unfinished one (non-zero only in a mid-epoch checkpoint); ``step`` counts all steps.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler | None = None
+    ema: nn.Module | None = None
+    epoch: int = 0
+    step: int = 0
+    epoch_step: int = 0
+    best_top1: float = float("-inf")
+    wall_time_s: float = 0.0  # training time over every life of the run
+    updating: bool = False  # inside optimizer.step + EMA update: weights are half-written
+
+    def state_dict(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "epoch_step": self.epoch_step,
+            "best_top1": self.best_top1,
+            "wall_time_s": self.wall_time_s,
+            "rng": checkpoint.rng_states(),
+            "config": config,
+        }
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        unwrap(self.model).load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if self.scaler is not None and saved.get("scaler") is not None:
+            self.scaler.load_state_dict(saved["scaler"])
+        if self.ema is not None and saved.get("ema") is not None:
+            self.ema.load_state_dict(saved["ema"])
+        self.epoch, self.step, self.epoch_step = saved["epoch"], saved["step"], saved["epoch_step"]
+        self.best_top1, self.wall_time_s = saved["best_top1"], saved["wall_time_s"]
+        self.scheduler.step_update(num_updates=self.step)
+        checkpoint.restore_rng_states(saved["rng"])

@@ -1,0 +1,85 @@
+"""Datasets, recipe and loaders of a run, from its config (the engine sees only :class:`TrainData`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from research.config import ConfigError, ExperimentCfg
+from research.config.components import SECTIONS, build_component
+from research.data import build_train_sampler
+from research.engine.fit import TrainData
+from research.launch.dist import DistEnv
+
+
+@dataclass
+class RunData:
+    loop_data: TrainData
+    num_classes: int
+    recipe: Any
+    train_size: int
+    val_size: int
+
+
+def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
+    recipe = build_component(SECTIONS["aug"], cfg.aug, img_size=cfg.model["img_size"])
+    train_set = build_component(SECTIONS["data"], cfg.data, split="train", transform=recipe.train_transform)
+    val_set = build_component(SECTIONS["data"], cfg.data, split="val", transform=recipe.eval_transform)
+    num_classes = len(train_set.classes)
+    train_set = _limit(train_set, cfg.loader.limit_train, cfg.seed)
+    val_set = _limit(val_set, cfg.loader.limit_val, cfg.seed)
+    batch = cfg.loader.batch_size
+    sampler = build_train_sampler(
+        train_set, repeats=recipe.repeats, num_replicas=env.world_size, rank=env.rank, seed=cfg.seed
+    )
+    steps = len(sampler) // batch
+    if steps == 0:
+        raise ConfigError(
+            f"loader.batch_size={batch} is larger than the {len(sampler)} training images each of the "
+            f"{env.world_size} processes gets; lower loader.batch_size"
+        )
+
+    def train_batches(epoch: int, skip_steps: int) -> DataLoader:
+        sampler.set_epoch(epoch)
+        # A fresh loader per epoch, its workers seeded from (seed, epoch): the augmentations of an
+        # epoch are the same whether the run was resumed before it or not.
+        indices = list(sampler)[skip_steps * batch : steps * batch]
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 7 + env.rank)
+        return _loader(train_set, cfg, batch, env, sampler=indices, drop_last=True, generator=generator)
+
+    val_shard = Subset(val_set, range(env.rank, len(val_set), env.world_size))  # no padding: exact totals
+    eval_batch = cfg.loader.eval_batch_size or 2 * batch
+    loop_data = TrainData(
+        train_batches=train_batches,
+        steps_per_epoch=steps,
+        val_loader=_loader(val_shard, cfg, eval_batch, env),
+        mix=recipe.mixup(num_classes=num_classes, label_smoothing=cfg.train.label_smoothing),
+        batch_size=batch,
+        world_size=env.world_size,
+    )
+    return RunData(loop_data, num_classes, recipe, len(train_set), len(val_set))
+
+
+def _limit(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
+    """A fixed, seeded subset of ``limit`` items (keeps ``.classes``)."""
+    size = len(dataset)  # type: ignore[arg-type]
+    if limit is None or limit >= size:
+        return dataset
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    subset = Subset(dataset, sorted(order[:limit]))
+    subset.classes = dataset.classes  # type: ignore[attr-defined]
+    return subset
+
+
+def _loader(dataset: Dataset, cfg: ExperimentCfg, batch: int, env: DistEnv, **kwargs: Any) -> DataLoader:
+    workers = cfg.loader.workers
+    return DataLoader(
+        dataset,
+        batch_size=batch,
+        num_workers=workers,
+        pin_memory=cfg.loader.pin_memory and env.device.type == "cuda",
+        **kwargs,
+    )

@@ -1,0 +1,53 @@
+"""The run's tracker (``logger:`` section), told who the run is: W&B group = experiment, name = run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from research.config import Run
+from research.config.components import SECTIONS, build_component
+from research.engine.state import unwrap
+from research.launch.data import RunData
+from research.launch.dist import DistEnv
+from research.tracking import RunInfo, flatten_config
+
+
+def run_tags(run: Run, data: RunData) -> tuple[str, ...]:
+    """The data-efficiency techniques that are on, so W&B can filter and colour by them."""
+    cfg = run.cfg
+    tags = list(data.recipe.techniques())
+    if cfg.loss["name"] != "none":
+        tags.append(f"distill-{cfg.loss['name']}")
+    if cfg.train.ema:
+        tags.append("ema")
+    if cfg.model.get("drop_path_rate"):
+        tags.append("stochastic-depth")
+    if cfg.train.label_smoothing:
+        tags.append("label-smoothing")
+    if run.is_baseline and run.variant:
+        tags.append("baseline")
+    return tuple(tags)
+
+
+def build_tracker(run: Run, record: dict[str, Any], data: RunData, model: nn.Module, env: DistEnv) -> Any:
+    n_parameters = sum(p.numel() for p in unwrap(model).parameters())
+    config = {
+        **flatten_config(record),
+        "git_commit": record["git"]["commit"],
+        "n_parameters": n_parameters,
+        "variant": run.variant,
+        "is_baseline": run.is_baseline,
+    }
+    info = RunInfo(
+        run_dir=run.run_dir,
+        project=run.cfg.logger.get("project") or "deit",
+        group=run.experiment,
+        name=run.name,
+        job_type=run.cfg.job_type,
+        tags=run_tags(run, data),
+        config=config,
+        is_rank_zero=env.is_main,
+    )
+    return build_component(SECTIONS["logger"], run.cfg.logger, run=info)

@@ -1,0 +1,186 @@
+"""One run, from its validated config to a finished run dir: the pipeline every launcher calls.
+
+``train(run)`` reads like a table of contents: data, teacher, model, objective, optimizer, state
+(resumed when the run dir holds a checkpoint), tracker, then the engine's ``fit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from research.config import ConfigError, ExperimentCfg, Run
+from research.config.components import SECTIONS, build_component
+from research.engine.checkpoint import load as load_checkpoint
+from research.engine.evaluate import evaluate
+from research.engine.fit import Loop, fit
+from research.engine.run_dir import CONFIG, RunDir
+from research.engine.state import TrainState, unwrap
+from research.launch import provenance
+from research.launch.data import RunData, build_data
+from research.launch.dist import DistEnv, init_distributed
+from research.launch.tracking import build_tracker
+from research.losses import build_base_criterion
+from research.models.finetune import load_for_finetune
+
+log = logging.getLogger(__name__)
+
+
+def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], None] | None = None) -> dict[str, Any]:
+    """Train ``run`` to its last epoch, resuming from its run dir; returns the summary."""
+    env = env or init_distributed()
+    cfg = run.cfg
+    _seed_everything(cfg.seed + env.rank)
+    record = resolved_config(run)
+    run_dir = RunDir(run.run_dir, config=record, is_main=env.is_main)
+    if env.is_main:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        (run.run_dir / CONFIG).write_text(yaml.safe_dump(record, sort_keys=False))
+    data = build_data(cfg, env)
+    teacher = build_teacher(cfg, data.num_classes, env)
+    model = build_model(cfg, data.num_classes, env)
+    objective = build_component(
+        SECTIONS["loss"],
+        cfg.loss,
+        base_criterion=build_base_criterion(mixup_active=data.recipe.mixup_active, label_smoothing=cfg.train.label_smoothing),
+        teacher=teacher,
+    )
+    state = build_state(cfg, model, data, env)
+    resumed = _resume(cfg, state, run_dir)
+    tracker = build_tracker(run, record, data, model, env)
+    loop = Loop(state, data.loop_data, objective, tracker, run_dir, cfg.train, env.device, cfg.optim.clip_grad, env.is_main)
+    if on_loop is not None:
+        on_loop(loop)
+    try:
+        if teacher is not None and not resumed:
+            _log_teacher(loop, teacher)
+        _log_start(run, data, model, state, resumed, env)
+        last = fit(loop)
+        summary = _summary(state, cfg, last, "done")
+        run_dir.write_summary(summary)
+        tracker.summary(summary)
+        return summary
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+        run_dir.write_summary({**_summary(state, cfg, {}, status), "error": repr(exc)[:500]})
+        raise
+    finally:
+        tracker.close()
+
+
+def resolved_config(run: Run) -> dict[str, Any]:
+    """The run's config as saved in ``config.yaml`` and sent to W&B, with code provenance."""
+    record = dataclasses.asdict(run.cfg)
+    record.pop("ablation")
+    return {**record, "run_name": run.name, "git": provenance.git_info(), "versions": provenance.versions()}
+
+
+def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module:
+    model = build_component(SECTIONS["model"], cfg.model, num_classes=num_classes)
+    if cfg.finetune.checkpoint:
+        saved = load_checkpoint(cfg.finetune.checkpoint)
+        load_for_finetune(model, saved.get("model", saved), interpolation=cfg.finetune.interpolation)
+    model.to(env.device)
+    if cfg.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        model = torch.compile(model)  # type: ignore[assignment]
+    if env.world_size > 1:
+        model = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+    return model
+
+
+def build_teacher(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module | None:
+    """The frozen teacher, when the loss distils (built before the student: a bad checkpoint fails fast)."""
+    if cfg.teacher is None or cfg.loss["name"] == "none":
+        return None
+    teacher = build_component(SECTIONS["teacher"], cfg.teacher, num_classes=num_classes)
+    return teacher.to(env.device)
+
+
+def build_state(cfg: ExperimentCfg, model: nn.Module, data: RunData, env: DistEnv) -> TrainState:
+    if cfg.train.precision == "fp16" and env.device.type != "cuda":
+        raise ConfigError("train.precision=fp16 needs a GPU; use bf16 or fp32 on a CPU")
+    lr = cfg.optim.lr
+    if cfg.optim.scale_lr:  # DeiT section 6: lr = 5e-4 x global batch / 512
+        lr *= cfg.loader.batch_size * env.world_size / 512
+    extra = {key: getattr(cfg.optim, key) for key in ("eps", "betas") if getattr(cfg.optim, key) is not None}
+    optimizer = create_optimizer_v2(
+        model, opt=cfg.optim.name, lr=lr, weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum, **extra
+    )
+    scheduler, _ = create_scheduler_v2(
+        optimizer,
+        sched=cfg.sched.name,
+        num_epochs=cfg.train.epochs,
+        warmup_epochs=cfg.sched.warmup_epochs,
+        warmup_lr=cfg.sched.warmup_lr,
+        min_lr=cfg.sched.min_lr,
+        step_on_epochs=False,  # per iteration: a short run must not spend a whole epoch at warmup_lr
+        updates_per_epoch=data.loop_data.steps_per_epoch,
+    )
+    scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+    ema = ModelEmaV3(unwrap(model), decay=cfg.train.ema_decay) if cfg.train.ema else None
+    return TrainState(model, optimizer, scheduler, scaler, ema)
+
+
+def _resume(cfg: ExperimentCfg, state: TrainState, run_dir: RunDir) -> bool:
+    if not cfg.train.resume:
+        return False
+    saved = run_dir.resume_point()
+    if saved is None:
+        return False
+    state.load_state_dict(saved)
+    run_dir.truncate_metrics(state.epoch)
+    return True
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _log_teacher(loop: Loop, teacher: nn.Module) -> None:
+    metrics = evaluate(teacher, loop.data.val_loader, loop.device, loop.options.precision)
+    record = {f"teacher/{k}": v for k, v in metrics.items()}
+    loop.tracker.log(record, step=loop.state.step)
+    loop.run_dir.append_metrics({"epoch": 0, **record})
+    if loop.is_main:
+        log.info("teacher: top-1 %.2f%%, top-5 %.2f%% on the validation set", metrics["top1"], metrics["top5"])
+
+
+def _log_start(run: Run, data: RunData, model: nn.Module, state: TrainState, resumed: bool, env: DistEnv) -> None:
+    if not env.is_main:
+        return
+    where = f"resumed at epoch {state.epoch}, step {state.step}" if resumed else "from scratch"
+    log.info(
+        "%s: %s; %d train / %d val images, %d classes, %d processes; %s",
+        run.name, run.run_dir, data.train_size, data.val_size, data.num_classes, env.world_size, where,
+    )
+
+
+def _summary(state: TrainState, cfg: ExperimentCfg, last: dict[str, Any], status: str) -> dict[str, Any]:
+    return {
+        "status": status,
+        "epochs_done": state.epoch,
+        "epochs": cfg.train.epochs,
+        "best_top1": state.best_top1 if state.best_top1 > float("-inf") else None,
+        "last_top1": last.get("val/top1"),
+        "last_top5": last.get("val/top5"),
+        "images_per_s": last.get("train/epoch_images_per_s"),
+        "wall_time_s": state.wall_time_s,
+        "finished_at": time.time() if status == "done" else None,
+    }
