@@ -11,7 +11,7 @@ import inspect
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -19,13 +19,18 @@ EXIT_BAD_INPUT = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return run_with_errors(lambda: args.command(args), prog=f"research {args.name}", debug=args.debug)
+
+
+def run_with_errors(command: Callable[[], int | None], *, prog: str, debug: bool) -> int:
+    """Run a command; bad input becomes one line on stderr and exit status 2 (unless ``debug``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
-        return int(args.command(args) or 0)
+        return int(command() or 0)
     except Exception as exc:
-        if args.debug or not _is_bad_input(exc):
+        if debug or not _is_bad_input(exc):
             raise
-        print(f"research {args.name}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

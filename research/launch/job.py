@@ -1,0 +1,90 @@
+"""The callable a SLURM job runs: one run, requeued with its state when SLURM preempts it or its time
+limit comes.
+
+submitit owns the signal handling (do not install a SIGUSR1 handler of our own: NCCL and submitit both
+rely on it). On the signal, submitit calls :meth:`TrainJob.checkpoint` on rank 0 of the live job:
+it saves the training state as of the last finished step (unless the signal landed inside an optimizer
+update, in which case the last saved checkpoint stands), and returns the same job for requeueing. The
+requeued job resumes from ``<run dir>/last.pt``, mid-epoch included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from research.config import Run
+from research.engine.fit import Loop
+
+log = logging.getLogger(__name__)
+LIVES = "slurm_lives.jsonl"
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """Train one run; picklable (holds the frozen run config, never model state)."""
+
+    def __init__(self, run: Run, launch_dir: str) -> None:
+        self.run = run
+        self.launch_dir = launch_dir  # relative paths in the config are relative to where you launched
+        self._loop: Loop | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"run": self.run, "launch_dir": self.launch_dir}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["run"], state["launch_dir"])  # type: ignore[misc]
+
+    def __call__(self) -> dict[str, Any]:
+        from research.launch.dist import shutdown_distributed
+        from research.launch.train import train
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        _run_from(self.launch_dir)
+        if int(os.environ.get("RANK", 0)) == 0:
+            _record_life(self.run.run_dir)
+        try:
+            return train(self.run, on_loop=self._attach)
+        finally:
+            shutdown_distributed()
+
+    def _attach(self, loop: Loop) -> None:
+        self._loop = loop
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
+        """Save what was trained, then ask submitit to requeue this run (within ``slurm.max_requeues``)."""
+        loop = self._loop
+        if loop is not None and not loop.state.updating:
+            loop.run_dir.save(loop.state)
+            log.warning("%s: preempted at epoch %d step %d; state saved", self.run.name, loop.state.epoch, loop.state.step)
+        lives = len(read_lives(self.run.run_dir))
+        if lives > self.run.cfg.slurm.max_requeues:
+            log.error("%s: requeued %d times already (slurm.max_requeues); not requeueing", self.run.name, lives - 1)
+            return None
+        return submitit.helpers.DelayedSubmission(TrainJob(self.run, self.launch_dir))
+
+
+def _run_from(launch_dir: str) -> None:
+    """Run in the launch dir, while imports keep coming from the code snapshot the job started in."""
+    snapshot = os.getcwd()
+    sys.path[:] = [snapshot if entry in ("", ".") else entry for entry in sys.path]
+    os.chdir(launch_dir)
+
+
+def _record_life(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    entry = {"job_id": os.environ.get("SLURM_JOB_ID"), "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"), "started": time.time()}
+    with open(run_dir / LIVES, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+
+
+def read_lives(run_dir: Path) -> list[dict[str, Any]]:
+    file = Path(run_dir) / LIVES
+    return [json.loads(line) for line in file.read_text().splitlines() if line] if file.exists() else []
