@@ -1,0 +1,29 @@
+"""Experiment tracking: the ``Tracker`` protocol and the ``LOGGERS`` builders ``wandb`` (default),
+``jsonl`` and ``none``. Only rank 0 of a distributed run gets a real tracker.
+"""
+
+from research.tracking.base import (
+    GuardedTracker,
+    RunInfo,
+    Tracker,
+    TrackerWarning,
+    flatten_config,
+)
+from research.tracking.jsonl import JsonlTracker, build_jsonl
+from research.tracking.null import NullTracker, build_null
+from research.tracking.wandb_logger import WandbTracker, build_wandb, read_lives
+
+__all__ = [
+    "GuardedTracker",
+    "JsonlTracker",
+    "NullTracker",
+    "RunInfo",
+    "Tracker",
+    "TrackerWarning",
+    "WandbTracker",
+    "build_jsonl",
+    "build_null",
+    "build_wandb",
+    "flatten_config",
+    "read_lives",
+]

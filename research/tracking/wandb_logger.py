@@ -1,0 +1,312 @@
+"""Weights & Biases tracker, the default logger (``logger: {name: wandb}``).
+
+Mode: online when an API key is available, else offline, writing real run files that ``wandb sync``
+uploads later. The explicit ``mode`` parameter wins over ``WANDB_MODE``, which wins over that automatic
+choice. Run files go under ``$WANDB_DIR`` if set, else under the run dir. Every other W&B setting comes
+from its ``WANDB_*`` environment variable (``WANDB_SILENT``, ``WANDB_CONSOLE``, ...).
+
+Requeued runs (SLURM preemption, node failure) start the tracker again in the same run dir. Each start
+is a *life*, recorded as one line of ``<run_dir>/wandb_lives.jsonl`` (life number, W&B run id, mode,
+name, run-file directory), which is what a report reads to stitch the lives of a run together:
+
+* online, the W&B run id kept in ``<run_dir>/wandb_id`` is passed back with ``resume="allow"``, so all
+  lives append to one W&B run;
+* offline, W&B cannot resume a run, so life ``n > 1`` is a new W&B run in the same group named
+  ``"<name> (life n)"`` and tagged ``resumed`` and ``life-n``.
+
+Metrics are plotted against the step metric ``trainer/step``, logged as a value, instead of W&B's
+internal ``step=``: W&B drops a ``log(step=s)`` with ``s`` below the last step it saw, which is exactly
+what a life resuming from an older checkpoint does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import netrc
+import os
+import secrets
+import string
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+from research.registry import LOGGERS
+from research.tracking.base import (
+    GuardedTracker,
+    RunInfo,
+    Tracker,
+    as_number,
+    flatten_config,
+    warn_once_disabled,
+)
+from research.tracking.null import NullTracker
+
+__all__ = [
+    "ID_FILE",
+    "LIVES_FILE",
+    "STEP_METRIC",
+    "WandbTracker",
+    "build_wandb",
+    "has_api_key",
+    "read_lives",
+    "resolve_mode",
+    "start_wandb_run",
+]
+
+log = logging.getLogger(__name__)
+
+STEP_METRIC = "trainer/step"
+ID_FILE = "wandb_id"
+LIVES_FILE = "wandb_lives.jsonl"
+DEFAULT_PROJECT = "deit"
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+
+# W&B's own aliases ("dryrun", "run") are accepted so that an inherited WANDB_MODE keeps working.
+_MODES = {
+    "online": "online",
+    "run": "online",
+    "offline": "offline",
+    "dryrun": "offline",
+    "disabled": "disabled",
+}
+
+
+class WandbTracker:
+    """Logs to one live ``wandb`` run (``wandb.sdk.wandb_run.Run``) against the ``trainer/step`` metric.
+
+    Args:
+        run: the object ``wandb.init`` returned.
+    """
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self._defined: set[str] = set()
+
+    def log(self, metrics: Mapping[str, float], *, step: int) -> None:
+        row = {key: as_number(value) for key, value in metrics.items()}
+        self._define_step_metric(row)
+        row[STEP_METRIC] = int(step)
+        self.run.log(row)
+
+    def summary(self, values: Mapping[str, Any]) -> None:
+        self.run.summary.update(dict(values))
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+    def _define_step_metric(self, row: Mapping[str, Any]) -> None:
+        # One glob per namespace ("val/*") covers keys the engine adds later; keys without a namespace
+        # ("epoch") and our own "trainer/" namespace (which holds the step metric itself) are named exactly.
+        if not self._defined:
+            self.run.define_metric(STEP_METRIC)
+            self._defined.add(STEP_METRIC)
+        for key in row:
+            namespace, slash, _ = key.partition("/")
+            pattern = f"{namespace}/*" if slash and namespace != "trainer" else key
+            if key != STEP_METRIC and pattern not in self._defined:
+                self.run.define_metric(pattern, step_metric=STEP_METRIC)
+                self._defined.add(pattern)
+
+    def __repr__(self) -> str:
+        return f"WandbTracker({getattr(self.run, 'id', None)!r})"
+
+
+def resolve_mode(mode: Optional[str] = None) -> str:
+    """``"online"``, ``"offline"`` or ``"disabled"``: ``mode``, else ``$WANDB_MODE``, else by API key.
+
+    Raises:
+        ValueError: an unknown mode (a typo in the config or in ``WANDB_MODE``).
+    """
+    requested, source = (mode, "logger.mode") if mode else (os.environ.get("WANDB_MODE"), "WANDB_MODE")
+    if not requested:
+        return "online" if has_api_key() else "offline"
+    resolved = _MODES.get(requested.strip().lower())
+    if resolved is None:
+        raise ValueError(f"{source}={requested!r} is not a W&B mode; use one of online, offline, disabled")
+    return resolved
+
+
+def has_api_key() -> bool:
+    """Whether W&B credentials exist: ``WANDB_API_KEY``, an identity token file, or a netrc entry.
+
+    Reads only whether a key is there, never the key. Re-implemented on the standard library because
+    wandb's own lookup is private and has moved between releases.
+    """
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL).netloc
+    candidates = [os.environ["NETRC"]] if os.environ.get("NETRC") else ["~/.netrc", "~/_netrc"]
+    for candidate in candidates:
+        path = Path(candidate).expanduser()
+        if not path.is_file():
+            continue
+        try:
+            entry = netrc.netrc(str(path)).authenticators(host)
+        except (OSError, netrc.NetrcParseError):
+            return False
+        return bool(entry and entry[2])
+    return False
+
+
+def read_lives(run_dir: Path) -> list[dict[str, Any]]:
+    """The lives of the run in ``run_dir``, oldest first (empty before the first start).
+
+    A line cut short by a job killed mid-write still counts as a life, as ``{"life": n}``.
+    """
+    path = Path(run_dir) / LIVES_FILE
+    if not path.exists():
+        return []
+    lives = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            lives.append(json.loads(line))
+        except json.JSONDecodeError:
+            lives.append({"life": number})
+    return lives
+
+
+def start_wandb_run(
+    wandb: Any, run: RunInfo, *, project: str, entity: Optional[str], mode: str
+) -> Any:
+    """Start (or, online, resume) the W&B run for this life of ``run`` and record the life.
+
+    If an online start fails (no network, server error), this life falls back to an offline run.
+
+    Args:
+        wandb: the imported ``wandb`` module.
+        run: the run being tracked.
+        project: the W&B project.
+        entity: the W&B entity (user or team); None = the account's default.
+        mode: ``"online"`` or ``"offline"`` (see :func:`resolve_mode`).
+
+    Returns:
+        The live ``wandb`` run.
+    """
+    run_dir = Path(run.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    root = Path(os.environ.get("WANDB_DIR") or run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    if mode == "online" and not has_api_key():
+        log.warning("W&B: no API key (`wandb login` or WANDB_API_KEY): logging offline under %s", root)
+        mode = "offline"
+    if mode == "online":
+        try:
+            return _start_life(wandb, run, root, project=project, entity=entity, mode="online")
+        except Exception as exc:
+            log.warning("W&B: online start failed (%r); logging this life offline", exc)
+    return _start_life(wandb, run, root, project=project, entity=entity, mode="offline")
+
+
+def _start_life(
+    wandb: Any, run: RunInfo, root: Path, *, project: str, entity: Optional[str], mode: str
+) -> Any:
+    run_dir = Path(run.run_dir)
+    lives = read_lives(run_dir)
+    life = len(lives) + 1
+    id_file = run_dir / ID_FILE
+    online_id = id_file.read_text(encoding="utf-8").strip() if mode == "online" and id_file.exists() else ""
+    tags = list(dict.fromkeys(run.tags))
+    if online_id:  # the same W&B run continues: keep the name it was created with
+        name = next((entry["name"] for entry in lives if entry.get("id") == online_id), run.name)
+        tags.append("resumed")
+    elif life > 1:  # a new W&B run for a later life: make it findable next to the earlier ones
+        name = f"{run.name} (life {life})"
+        tags += ["resumed", f"life-{life}"]
+    else:
+        name = run.name
+    kwargs: dict[str, Any] = dict(
+        project=project,
+        entity=entity,
+        group=run.group,
+        name=name,
+        job_type=run.job_type,
+        tags=tags,
+        config=flatten_config(run.config),
+        dir=str(root),
+        mode=mode,
+        reinit="create_new",  # never finish or reuse a run this tracker did not start
+    )
+    if mode == "online":
+        # allow_val_change: a requeued life may legitimately carry an edited config (more epochs)
+        kwargs.update(id=online_id or _new_run_id(), resume="allow", allow_val_change=True)
+    wb_run = wandb.init(**kwargs)
+    _record_life(run_dir, life, wb_run, mode, name, resumed=bool(online_id))
+    return wb_run
+
+
+def _new_run_id() -> str:
+    alphabet = string.ascii_lowercase + string.digits  # the characters W&B's own ids use
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+def _record_life(run_dir: Path, life: int, wb_run: Any, mode: str, name: str, *, resumed: bool) -> None:
+    # Bookkeeping is best effort: the W&B run is already live, losing it would be worse than losing
+    # the ability to stitch this life to the next one.
+    try:
+        if mode == "online":
+            (run_dir / ID_FILE).write_text(wb_run.id + "\n", encoding="utf-8")
+        entry = {
+            "life": life,
+            "id": wb_run.id,
+            "mode": mode,
+            "name": name,
+            "resumed": resumed,
+            "sync_dir": str(getattr(wb_run.settings, "sync_dir", "")),
+            "started": round(time.time(), 3),
+        }
+        path = run_dir / LIVES_FILE
+        cut_short = path.exists() and not path.read_bytes().endswith(b"\n")  # a killed job's last line
+        with path.open("a", encoding="utf-8") as f:
+            f.write(("\n" if cut_short else "") + json.dumps(entry) + "\n")
+    except OSError as exc:
+        log.warning("W&B: cannot record life %d in %s: %s", life, run_dir, exc)
+
+
+@LOGGERS.register("wandb")
+def build_wandb(
+    *,
+    run: RunInfo,
+    project: Optional[str] = None,
+    entity: Optional[str] = None,
+    mode: Optional[str] = None,
+) -> Tracker:
+    """Track the run with Weights & Biases (see the module docstring for modes, lives and resuming).
+
+    Args:
+        run: injected by the engine.
+        project: the W&B project; None = the run's project (``RunInfo.project``), else ``"deit"``.
+        entity: the W&B user or team; None = the account's default (or ``WANDB_ENTITY``).
+        mode: ``"online"``, ``"offline"``, ``"disabled"``, or None = ``WANDB_MODE`` if set, else online
+            when an API key is available and offline otherwise.
+
+    Returns:
+        The tracker on rank 0; a no-op tracker on other ranks, when disabled, or (with one warning)
+        when wandb cannot be imported or started.
+
+    Raises:
+        ValueError: ``mode`` or ``WANDB_MODE`` is not a W&B mode.
+    """
+    if not run.is_rank_zero:
+        return NullTracker()
+    resolved = resolve_mode(mode)
+    if resolved == "disabled":
+        return NullTracker()
+    try:
+        import wandb
+    except ImportError as exc:
+        hint = "`pip install wandb`, or use logger.name=jsonl"
+        warn_once_disabled("wandb", f"cannot import wandb ({exc}); {hint}")
+        return NullTracker()
+    try:
+        wb_run = start_wandb_run(
+            wandb, run, project=project or run.project or DEFAULT_PROJECT, entity=entity, mode=resolved
+        )
+    except Exception as exc:
+        warn_once_disabled("wandb", f"wandb.init failed with {type(exc).__name__}: {exc}")
+        return NullTracker()
+    return GuardedTracker(WandbTracker(wb_run), name="wandb")
