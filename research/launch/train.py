@@ -35,6 +35,7 @@ from research.launch.dist import DistEnv, init_distributed
 from research.launch.tracking import build_tracker
 from research.losses import build_base_criterion
 from research.models.finetune import load_for_finetune
+from research.registry import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,10 @@ def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module
     if cfg.train.compile:
         model = torch.compile(model)  # type: ignore[assignment]
     if env.world_size > 1:
-        model = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        # Without distillation the distillation head gets no gradient, which DDP must be told about.
+        unused = cfg.loss["name"] == "none" and MODELS.metadata(cfg.model["name"]).get("distilled", False)
+        device_ids = [env.device.index] if env.device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
     return model
 
 

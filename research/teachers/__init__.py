@@ -1,0 +1,23 @@
+"""Frozen teachers for distillation (``TEACHERS``), and reading their checkpoints.
+
+Builders take the dataset's ``num_classes`` (injected) plus ``checkpoint`` and ``channels_last``
+from the experiment; ``timm`` also takes ``arch``. The config loader calls
+:func:`check_teacher_checkpoint` at load time so a missing file fails before the job queues.
+"""
+
+from research.teachers import cnn  # noqa: F401  (registers the builders)
+from research.teachers.checkpoint import (
+    TeacherCheckpointError,
+    check_teacher_checkpoint,
+    load_teacher_weights,
+    read_state_dict,
+)
+from research.teachers.cnn import Teacher
+
+__all__ = [
+    "Teacher",
+    "TeacherCheckpointError",
+    "check_teacher_checkpoint",
+    "load_teacher_weights",
+    "read_state_dict",
+]

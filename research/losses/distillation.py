@@ -1,0 +1,194 @@
+"""DeiT's objectives (Touvron et al. 2021, Sec. 4): ground truth alone, or ground truth plus soft or
+hard distillation from a frozen teacher, with the semantics of the reference ``DistillationLoss``
+(facebookresearch/deit, ``losses.py``).
+
+For a distilled student ``(class_logits, dist_logits)`` the ground-truth criterion trains the class
+head and the distillation term trains the distillation head; the two are mixed as
+``(1 - alpha) * base + alpha * distill``. The teacher sees the same (mixed) images as the student.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from research.losses.base import LossOutput, StudentOutput, split_outputs
+from research.registry import LOSSES
+
+__all__ = ["DistillationObjective", "GroundTruthObjective", "HardDistillation", "SoftDistillation"]
+
+KL_REDUCTIONS = ("numel", "batchmean")
+
+
+class GroundTruthObjective(nn.Module):
+    """The base criterion on the class head; no teacher.
+
+    A distilled student's ``dist_logits`` are ignored, as in the reference code with
+    ``--distillation-type none``: the distillation token and head then get no gradient, so DDP
+    needs ``find_unused_parameters=True`` for that combination.
+    """
+
+    def __init__(self, *, base_criterion: nn.Module) -> None:
+        super().__init__()
+        self.base_criterion = base_criterion
+
+    def forward(self, images: torch.Tensor, outputs: StudentOutput, targets: torch.Tensor) -> LossOutput:
+        class_logits, _ = split_outputs(outputs)
+        base = self.base_criterion(class_logits, targets)
+        return LossOutput(base, {"loss/base": base.detach()})
+
+
+class DistillationObjective(nn.Module):
+    """``(1 - alpha) * base(class_logits, targets) + alpha * distill(dist_logits, teacher(images))``.
+
+    Subclasses define :meth:`distillation_loss`. The teacher is a submodule so that ``.to(device)``
+    on the objective moves it with the student; it should be frozen (``research.teachers.Teacher``),
+    and it is called under ``torch.no_grad`` in any case.
+    """
+
+    def __init__(self, *, base_criterion: nn.Module, teacher: nn.Module, alpha: float) -> None:
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha weighs distillation against ground truth and must be in [0, 1], got {alpha}")
+        self.base_criterion = base_criterion
+        self.teacher = teacher
+        self.alpha = alpha
+
+    def distillation_loss(self, dist_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of the student's ``(B, C)`` distillation logits against the teacher's."""
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor, outputs: StudentOutput, targets: torch.Tensor) -> LossOutput:
+        class_logits, dist_logits = split_outputs(outputs)
+        if dist_logits is None:
+            raise ValueError(
+                f"{type(self).__name__} needs a distilled student returning (class_logits, dist_logits) in "
+                "train mode, but the model returned a single Tensor; use a *_distilled_* model or loss 'none'"
+            )
+        base = self.base_criterion(class_logits, targets)
+        with torch.no_grad():  # the teacher only provides targets
+            teacher_logits = self.teacher(images)  # (B, C)
+        if teacher_logits.shape != dist_logits.shape:
+            raise ValueError(
+                f"teacher logits {tuple(teacher_logits.shape)} do not match the student's distillation logits "
+                f"{tuple(dist_logits.shape)}; teacher and student must predict the same classes"
+            )
+        distill = self.distillation_loss(dist_logits, teacher_logits)
+        loss = (1.0 - self.alpha) * base + self.alpha * distill
+        return LossOutput(loss, {"loss/base": base.detach(), "loss/distill": distill.detach()})
+
+
+class SoftDistillation(DistillationObjective):
+    """``tau^2 * KL(softmax(teacher / tau) || softmax(student / tau))`` (paper Sec. 4, "soft distillation").
+
+    Args:
+        tau: Softmax temperature; ``tau^2`` keeps the gradient scale independent of it (Hinton et al. 2015).
+        kl_reduction: ``"numel"`` divides the summed KL by ``B * C``, as the reference code does:
+            its authors trained with the legacy PyTorch ``kl_div`` mean and kept that normalisation for
+            the release so results reproduce (facebookresearch/deit#61; ``batchmean`` gave similar or
+            slightly lower accuracy). ``"batchmean"`` divides by ``B`` only, the KL's mathematical
+            definition used by timm and most KD code; it is ``C`` times larger, so the same ``alpha``
+            means a much stronger distillation term.
+    """
+
+    def __init__(
+        self, *, base_criterion: nn.Module, teacher: nn.Module, alpha: float, tau: float, kl_reduction: str
+    ) -> None:
+        super().__init__(base_criterion=base_criterion, teacher=teacher, alpha=alpha)
+        if tau <= 0.0:
+            raise ValueError(f"tau is a softmax temperature and must be > 0, got {tau}")
+        if kl_reduction not in KL_REDUCTIONS:
+            raise ValueError(f"kl_reduction must be one of {', '.join(map(repr, KL_REDUCTIONS))}, got {kl_reduction!r}")
+        self.tau = tau
+        self.kl_reduction = kl_reduction
+
+    def distillation_loss(self, dist_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        # Both sides as log-probabilities (log_target=True), which is numerically safer than
+        # probabilities for a peaked teacher; the reference code does the same.
+        log_p_student = F.log_softmax(dist_logits / self.tau, dim=-1)  # (B, C)
+        log_p_teacher = F.log_softmax(teacher_logits / self.tau, dim=-1)  # (B, C)
+        kl_sum = F.kl_div(log_p_student, log_p_teacher, reduction="sum", log_target=True)
+        n = dist_logits.numel() if self.kl_reduction == "numel" else dist_logits.shape[0]
+        return kl_sum * (self.tau * self.tau) / n
+
+
+class HardDistillation(DistillationObjective):
+    """Cross-entropy against the teacher's hard decision ``argmax_c Z_t(c)`` (paper Sec. 4, "hard-label")."""
+
+    def distillation_loss(self, dist_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(dist_logits, teacher_logits.argmax(dim=-1))
+
+
+def _require_teacher(name: str, teacher: nn.Module | None) -> nn.Module:
+    if teacher is None:
+        raise ValueError(
+            f"loss {name!r} distils from a teacher, but none was given; add a 'teacher:' section "
+            "(e.g. name: regnety_160 with a checkpoint path) or use loss 'none'"
+        )
+    return teacher
+
+
+@LOSSES.register("none", needs_teacher=False)
+def no_distillation(
+    *,
+    base_criterion: nn.Module,
+    teacher: nn.Module | None,
+    alpha: float = 0.5,
+    tau: float = 1.0,
+    kl_reduction: str = "numel",
+) -> GroundTruthObjective:
+    """Ground truth only (``alpha``, ``tau`` and ``kl_reduction`` are unused).
+
+    A distilled student is trained through its class head only (see :class:`GroundTruthObjective`).
+    """
+    if teacher is not None:
+        raise ValueError("loss 'none' does not use a teacher; remove the 'teacher:' section or use loss 'soft'/'hard'")
+    return GroundTruthObjective(base_criterion=base_criterion)
+
+
+@LOSSES.register("soft", needs_teacher=True)
+def soft(
+    *,
+    base_criterion: nn.Module,
+    teacher: nn.Module | None,
+    alpha: float = 0.5,
+    tau: float = 1.0,
+    kl_reduction: str = "numel",
+) -> SoftDistillation:
+    """Soft distillation with the reference code's defaults (``--distillation-alpha 0.5 --distillation-tau 1.0``)."""
+    teacher = _require_teacher("soft", teacher)
+    return SoftDistillation(
+        base_criterion=base_criterion, teacher=teacher, alpha=alpha, tau=tau, kl_reduction=kl_reduction
+    )
+
+
+@LOSSES.register("soft_paper", needs_teacher=True)
+def soft_paper(
+    *,
+    base_criterion: nn.Module,
+    teacher: nn.Module | None,
+    alpha: float = 0.1,
+    tau: float = 3.0,
+    kl_reduction: str = "numel",
+) -> SoftDistillation:
+    """Soft distillation with the paper's setting, tau = 3.0 and lambda (our alpha) = 0.1 (Sec. 5.2)."""
+    teacher = _require_teacher("soft_paper", teacher)
+    return SoftDistillation(
+        base_criterion=base_criterion, teacher=teacher, alpha=alpha, tau=tau, kl_reduction=kl_reduction
+    )
+
+
+@LOSSES.register("hard", needs_teacher=True)
+def hard(
+    *,
+    base_criterion: nn.Module,
+    teacher: nn.Module | None,
+    alpha: float = 0.5,
+    tau: float = 1.0,
+    kl_reduction: str = "numel",
+) -> HardDistillation:
+    """Hard-label distillation, the paper's default (Sec. 4); equal weights as in the paper (``tau``,
+    ``kl_reduction`` unused)."""
+    teacher = _require_teacher("hard", teacher)
+    return HardDistillation(base_criterion=base_criterion, teacher=teacher, alpha=alpha)

@@ -1,0 +1,74 @@
+"""ResNets for 32x32 inputs (CIFAR), built from timm's ``ResNet`` with a CIFAR stem.
+
+They are plain classifiers (``distilled=False``): the same engine trains them from scratch so that
+they can serve as teachers for a distilled DeiT on CIFAR (``research.teachers``), like RegNetY-16GF
+does on ImageNet in the paper (Touvron et al. 2021, Sec. 5.2).
+
+The only change from timm's ImageNet ResNet is the stem. The ImageNet stem (7x7 stride-2 conv, then
+3x3 stride-2 max-pool) divides the resolution by 4 before the first stage, which leaves 8x8 maps at
+32x32 input; the CIFAR ResNets of He et al. 2016 (Sec. 4.2, https://arxiv.org/abs/1512.03385) use a
+single 3x3 stride-1 conv and no pooling instead.
+"""
+
+from __future__ import annotations
+
+import timm
+from timm.models.resnet import BasicBlock, ResNet
+from torch import nn
+
+from research.registry import MODELS
+
+__all__ = ["resnet10_cifar", "resnet18_cifar"]
+
+
+def _cifar_stem(net: ResNet, *, in_chans: int = 3) -> ResNet:
+    """Replace ``net``'s stem by a 3x3 stride-1 conv without max-pool; keeps ``bn1``/``act1``."""
+    width = net.bn1.num_features  # the stem's output width, which ``layer1`` was built for
+    net.conv1 = nn.Conv2d(in_chans, width, kernel_size=3, stride=1, padding=1, bias=False)
+    # Same init as timm's ResNet.init_weights gives every other conv.
+    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
+    net.maxpool = nn.Identity()
+    return net
+
+
+@MODELS.register("resnet18_cifar", distilled=False, family="cnn")
+def resnet18_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0) -> ResNet:
+    """ResNet-18 (timm ``resnet18``) with a CIFAR stem; 11.2M parameters, 4x4 final maps at 32x32.
+
+    Args:
+        num_classes: Classifier outputs.
+        img_size: Unused (fully convolutional with global pooling); kept so every MODELS builder
+            shares one signature.
+        drop_path_rate: Stochastic depth rate, linearly increasing over the residual blocks.
+    """
+    del img_size
+    net = timm.create_model("resnet18", pretrained=False, num_classes=num_classes, drop_path_rate=drop_path_rate)
+    return _cifar_stem(net)
+
+
+@MODELS.register("resnet10_cifar", distilled=False, family="cnn")
+def resnet10_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0) -> ResNet:
+    """A narrow ResNet-10 with a CIFAR stem: one basic block per stage, widths 16/32/64/128; 0.3M parameters.
+
+    Small enough to train as a teacher on 2 CPU cores in tests and smoke runs. (timm's ``ResNet``
+    always runs four stages, hence not the three-stage ResNet-8 of He et al.)
+
+    Args:
+        num_classes: Classifier outputs.
+        img_size: Unused (fully convolutional with global pooling); kept so every MODELS builder
+            shares one signature.
+        drop_path_rate: Stochastic depth rate, linearly increasing over the residual blocks.
+    """
+    del img_size
+    net = ResNet(
+        block=BasicBlock,
+        layers=(1, 1, 1, 1),
+        channels=(16, 32, 64, 128),
+        # timm's single-conv stem is always 64 wide; the "deep" stem is 2 * stem_width wide, so this
+        # makes layer1 expect 16 channels (no projection). _cifar_stem then swaps in one 3x3 conv.
+        stem_type="deep",
+        stem_width=8,
+        num_classes=num_classes,
+        drop_path_rate=drop_path_rate,
+    )
+    return _cifar_stem(net)
