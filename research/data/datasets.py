@@ -1,0 +1,342 @@
+"""Dataset builders registered in :data:`research.registry.DATASETS`.
+
+Every builder has the signature ``(*, split, transform, <own parameters>)``: the engine passes
+``split`` (``"train"`` or ``"val"``) and ``transform``; the other parameters are the experiment's
+``data:`` keys. Each returns a map-style dataset of ``(image, label)`` with ``.classes`` (class names,
+index = label), so the class count always comes from the data, never from a config value.
+
+Relative paths (``root``, ``archive``) are resolved against the current working directory, and
+``~`` is expanded; the default archive path assumes you run from the project's root, where the
+shared data sits at ``../shared/data``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import lzma
+import os
+import shutil
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from torch.utils.data import Dataset
+from torchvision.datasets import CIFAR10, ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+
+from research.data.memory import DataError, InMemoryImageDataset, load_rgb
+from research.registry import DATASETS
+
+__all__ = ["extract_archive_once", "imagefolder", "cifar10_jpeg", "cifar10", "synthetic", "SPLITS"]
+
+SPLITS = ("train", "val")
+Transform = Optional[Callable[[Any], Any]]
+
+_LAYOUT = "<root>/{train,val}/<class name>/<image file>"
+
+
+def _resolve(path: str) -> Path:
+    return Path(path).expanduser().resolve()
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+
+
+def _class_dirs(split_dir: Path) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+
+
+def _has_image(folder: Path) -> bool:
+    """Whether ImageFolder would find an image in ``folder`` (stops at the first one)."""
+    return any(has_file_allowed_extension(f, IMG_EXTENSIONS) for _, _, files in os.walk(folder) for f in files)
+
+
+def _image_folder(root: Path, split: str, transform: Transform) -> ImageFolder:
+    """ImageFolder on ``root/split`` that fails with a :class:`DataError` naming the path at fault."""
+    if not root.is_dir():
+        raise DataError(f"dataset root {root} does not exist or is not a folder; expected layout {_LAYOUT}")
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DataError(f"{root} has no {split!r} folder; expected layout {_LAYOUT}")
+    classes = _class_dirs(split_dir)
+    if not classes:
+        raise DataError(f"{split_dir} has no class folders; expected layout {_LAYOUT}")
+    # Labels are indices into the sorted class names of *each* split, so a class folder missing from
+    # one split would silently shift every later label. Refuse rather than evaluate garbage.
+    other = root / ("val" if split == "train" else "train")
+    if other.is_dir() and (other_classes := _class_dirs(other)) != classes:
+        only_here = sorted(set(classes) - set(other_classes))
+        only_there = sorted(set(other_classes) - set(classes))
+        raise DataError(
+            f"{split_dir} and {other} must hold the same class folders (labels are their sorted index); "
+            f"only in {split}: {only_here or 'none'}, only in {other.name}: {only_there or 'none'}"
+        )
+    empty = [str(split_dir / name) for name in classes if not _has_image(split_dir / name)]
+    if empty:
+        raise DataError(
+            f"class folders without images ({', '.join(IMG_EXTENSIONS)}): {', '.join(empty)}; "
+            "add images or remove the folders"
+        )
+    return ImageFolder(str(split_dir), transform=transform, loader=load_rgb)
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(*, split: str, transform: Transform, root: str = "") -> ImageFolder:
+    """Images in class folders, the layout DeiT reads ImageNet from: ``<root>/<split>/<class>/<image>``.
+
+    Args:
+        split: ``"train"`` or ``"val"`` (injected by the engine).
+        transform: Applied to each PIL image (injected by the engine).
+        root: Folder holding ``train/`` and ``val/``; relative to the current directory. Required.
+
+    Raises:
+        DataError: missing folders, class folders differing between splits, a class without images.
+            An unreadable image raises when it is loaded, naming the file.
+    """
+    _check_split(split)
+    if not root:
+        raise DataError(f"data.root is required by dataset 'imagefolder': the folder laid out as {_LAYOUT}")
+    return _image_folder(_resolve(root), split, transform)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CIFAR-10 as JPEG files in a tar archive
+
+
+@contextlib.contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    """An advisory inter-process lock (fcntl); a no-op where fcntl is missing.
+
+    Only an optimisation: concurrent extractions stay correct without it (atomic rename), the lock
+    just stops DDP ranks or parallel jobs from each decompressing the same archive.
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_MARKER = ".extracted.json"
+
+
+def _count_files(folder: Path) -> dict[str, int]:
+    """Files per split folder directly below ``folder`` (``{"train": 40000, "val": 5000}``)."""
+    return {
+        split.name: sum(len(files) for _, _, files in os.walk(split))
+        for split in sorted(folder.iterdir())
+        if split.is_dir()
+    }
+
+
+def extract_archive_once(archive: Path, cache_dir: Path, name: str) -> Path:
+    """Extract ``archive`` (whose members all sit under ``name/``) to ``cache_dir/name``, once.
+
+    Safe under concurrency: each process extracts into its own temporary folder and renames it into
+    place (atomic on one filesystem), so readers see either nothing or a complete tree; a file lock
+    makes the others wait instead of extracting too. The file count per split is checked against the
+    archive and stored in ``cache_dir/name/.extracted.json``, whose presence marks a finished extraction.
+
+    Returns:
+        ``cache_dir/name``.
+
+    Raises:
+        DataError: missing or malformed archive, a different archive than the cached one, or a
+            ``cache_dir/name`` folder that this function did not create.
+    """
+    target = cache_dir / name
+    if (target / _MARKER).is_file():
+        return _checked_extraction(target, archive)
+    if not archive.is_file():
+        raise DataError(
+            f"archive {archive} not found (relative paths are resolved against the current directory "
+            f"{Path.cwd()}); set data.archive to the {name} archive's path"
+        )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with _exclusive_lock(cache_dir / f".{name}.lock"):
+        if (target / _MARKER).is_file():  # another process finished while we waited for the lock
+            return _checked_extraction(target, archive)
+        if target.exists():
+            raise DataError(
+                f"{target} exists but was not extracted by research (no {_MARKER}), so its contents are "
+                f"unverified; delete it (it is re-extracted from {archive}) or set data.cache_dir elsewhere"
+            )
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-extracting-", dir=cache_dir))
+        try:
+            expected = _extract(archive, tmp, name)
+            found = _count_files(tmp / name)
+            if found != expected:
+                raise DataError(f"extracting {archive} gave {found} files per split, the archive lists {expected}")
+            marker = {"archive": str(archive), "archive_bytes": archive.stat().st_size, "files": expected}
+            (tmp / name / _MARKER).write_text(json.dumps(marker, indent=1))
+            try:
+                os.rename(tmp / name, target)
+            except OSError:
+                if not (target / _MARKER).is_file():  # not a lost race with a finished extraction
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return _checked_extraction(target, archive)
+
+
+def _extract(archive: Path, into: Path, name: str) -> dict[str, int]:
+    """Extract after checking every member is a plain file or folder under ``name/``; files per split."""
+    counts: dict[str, int] = {}
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for member in members:
+                parts = Path(member.name).parts
+                if parts[:1] != (name,) or ".." in parts or not (member.isfile() or member.isdir()):
+                    raise DataError(
+                        f"{archive}: unexpected member {member.name!r}; expected only files and folders under {name}/"
+                    )
+                if member.isfile() and len(parts) >= 3:
+                    counts[parts[1]] = counts.get(parts[1], 0) + 1
+            # filter="data" (Python >= 3.10.12) refuses links, devices and absolute paths as well.
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(into, members=members, **kwargs)
+    except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, zlib.error) as exc:
+        raise DataError(f"cannot extract {archive}: {exc}; is it a complete .tar(.gz|.xz) file?") from exc
+    return counts
+
+
+def _checked_extraction(target: Path, archive: Path) -> Path:
+    marker = json.loads((target / _MARKER).read_text())
+    if archive.is_file() and archive.stat().st_size != marker["archive_bytes"]:
+        raise DataError(
+            f"{target} was extracted from {marker['archive']} ({marker['archive_bytes']} bytes) but data.archive "
+            f"{archive} has {archive.stat().st_size} bytes; delete {target} to re-extract it"
+        )
+    return target
+
+
+@DATASETS.register("cifar10_jpeg")
+def cifar10_jpeg(
+    *,
+    split: str,
+    transform: Transform,
+    archive: str = "../shared/data/cifar10-jpeg.tar.xz",
+    cache_dir: str = "~/.cache/research",
+    in_memory: bool = False,
+) -> Dataset:
+    """CIFAR-10 as JPEG files (``cifar10/{train,val}/<class>/*.jpg``), extracted once into a cache.
+
+    Args:
+        split: ``"train"`` (40k images) or ``"val"`` (5k) (injected by the engine).
+        transform: Applied to each PIL image (injected by the engine).
+        archive: The ``.tar.xz``; relative to the current directory (the default fits the project
+            root). Only read when the cache has no finished extraction.
+        cache_dir: Where ``cifar10/`` is extracted (about 180 MB on disk); ``~`` is expanded.
+        in_memory: Decode every image once into a ``(N, 32, 32, 3)`` uint8 array (about 120 MB for
+            train) instead of decoding each JPEG every epoch; the array is cached as
+            ``<cache_dir>/cifar10/<split>.uint8.npy`` for the next run. Same pixels either way.
+
+    Raises:
+        DataError: missing archive, failed or mismatched extraction, wrong image count.
+    """
+    _check_split(split)
+    root = extract_archive_once(_resolve(archive), _resolve(cache_dir), "cifar10")
+    folder = _image_folder(root, split, transform)
+    expected = json.loads((root / _MARKER).read_text())["files"].get(split)
+    if len(folder) != expected:
+        raise DataError(
+            f"{root / split} holds {len(folder)} images but the archive had {expected}; the cache was modified: "
+            f"delete {root} to re-extract it"
+        )
+    if not in_memory:
+        return folder
+    # Inside the extraction, so deleting it (e.g. for a new archive) also drops the decoded pixels.
+    cache_file = root / f"{split}.uint8.npy"
+    return InMemoryImageDataset.from_files(folder.samples, folder.classes, transform, cache_file=cache_file)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CIFAR-10 in torchvision's format
+
+
+@DATASETS.register("cifar10")
+def cifar10(*, split: str, transform: Transform, root: str = "") -> CIFAR10:
+    """CIFAR-10 from the original python pickles (torchvision's ``CIFAR10``); never downloads.
+
+    ``split="train"`` is the 50k training batches, ``"val"`` the 10k test batch.
+
+    Args:
+        split: ``"train"`` or ``"val"`` (injected by the engine).
+        transform: Applied to each PIL image (injected by the engine).
+        root: The folder that contains ``cifar-10-batches-py/`` (or that folder itself); relative to
+            the current directory. Required.
+
+    Raises:
+        DataError: missing or corrupt batches.
+    """
+    _check_split(split)
+    hint = "set data.root to the folder containing cifar-10-batches-py/ (the extracted cifar-10-python.tar.gz)"
+    if not root:
+        raise DataError(f"data.root is required by dataset 'cifar10': {hint}")
+    path = _resolve(root)
+    if path.name == CIFAR10.base_folder:
+        path = path.parent
+    try:
+        return CIFAR10(str(path), train=split == "train", transform=transform, download=False)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        raise DataError(f"no complete CIFAR-10 batches in {path / CIFAR10.base_folder}: {hint}") from exc
+
+
+# ---------------------------------------------------------------------------------------------------
+# Synthetic data for tests
+
+
+@DATASETS.register("synthetic")
+def synthetic(
+    *,
+    split: str,
+    transform: Transform,
+    num_classes: int = 10,
+    size: int = 64,
+    img_size: int = 32,
+    seed: int = 0,
+) -> InMemoryImageDataset:
+    """Generated images for unit tests: each class is a colour plus a stripe orientation, with noise.
+
+    The class signal survives crops, flips and RandAugment, so a tiny model learns it in a few steps
+    (a test can assert accuracy well above chance). Both splits share the class patterns and differ in
+    their noise and sample order.
+
+    Args:
+        split: ``"train"`` or ``"val"`` (injected by the engine).
+        transform: Applied to each PIL image (injected by the engine).
+        num_classes: Number of classes; labels are balanced (``i % num_classes`` before shuffling).
+        size: Images in this split.
+        img_size: Height and width of the images.
+        seed: Fixes the class patterns and the samples.
+    """
+    _check_split(split)
+    if num_classes < 1 or size < 1 or img_size < 1:
+        raise ValueError(f"num_classes, size and img_size must be >= 1, got {num_classes}, {size}, {img_size}")
+    patterns = np.random.default_rng(seed)
+    colours = patterns.uniform(0.15, 0.85, size=(num_classes, 3))  # (C, 3)
+    angles = patterns.permutation(num_classes) * np.pi / num_classes  # distinct stripe orientations
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
+    targets = rng.permutation(np.arange(size) % num_classes)  # (N,)
+    ys, xs = np.meshgrid(np.arange(img_size), np.arange(img_size), indexing="ij")  # (H, W) each
+    phase = rng.uniform(0, 2 * np.pi, size=(size, 1, 1))  # random offset so no pixel is a class giveaway
+    along = np.cos(angles[targets])[:, None, None] * xs + np.sin(angles[targets])[:, None, None] * ys  # (N, H, W)
+    stripes = 0.25 * np.sin(2 * np.pi * along / max(img_size / 4, 2) + phase)  # (N, H, W)
+    noise = rng.normal(0, 0.08, size=(size, img_size, img_size, 3))
+    images = colours[targets][:, None, None, :] + stripes[..., None] + noise  # (N, H, W, 3)
+    pixels = np.clip(images * 255, 0, 255).round().astype(np.uint8)
+    return InMemoryImageDataset(pixels, targets.tolist(), [f"class_{i}" for i in range(num_classes)], transform)

@@ -1,0 +1,38 @@
+"""A tiny synthetic experiment that trains in seconds on a CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+TINY = {
+    "model": {"name": "deit_nano_patch4_32", "img_size": 32},
+    "data": {"name": "synthetic", "size": 48, "num_classes": 4},
+    "aug": {"name": "none", "simple_crop": True},
+    "logger": {"name": "none"},
+    "loader": {"batch_size": 8, "workers": 0},
+    "optim": {"lr": 2e-3},
+    "sched": {"warmup_epochs": 1},
+    "train": {"epochs": 2, "log_every_steps": 2, "progress": False},
+}
+
+
+@pytest.fixture
+def experiment(tmp_path: Path) -> Callable[..., Path]:
+    """Write an experiment file (TINY deep-merged with ``changes``) into tmp_path; returns its path."""
+
+    def write(name: str = "tiny", **changes: dict) -> Path:
+        config = {"name": name, "output_dir": str(tmp_path / "runs"), **{k: dict(v) for k, v in TINY.items()}}
+        for section, values in changes.items():
+            if isinstance(values, dict) and isinstance(config.get(section), dict):
+                config[section] = {**config[section], **values}
+            else:
+                config[section] = values
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    return write

@@ -1,0 +1,127 @@
+"""The training loop end to end on synthetic data: resume, mid-epoch checkpoints, EMA, schedule."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from research.config import load_run
+from research.engine import checkpoint
+from research.engine.run_dir import read_metrics, read_summary
+from research.launch.train import train
+
+
+def _epochs(run_dir: Path) -> list[dict]:
+    return [m for m in read_metrics(run_dir) if "val/top1" in m]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(epochs: int):
+    """An ``on_loop`` hook that stops training right after epoch ``epochs`` is checkpointed."""
+
+    def hook(loop) -> None:
+        append = loop.run_dir.append_metrics
+
+        def append_then_stop(record):
+            append(record)
+            if record.get("epoch") == epochs:
+                raise Interrupt
+
+        loop.run_dir.append_metrics = append_then_stop
+
+    return hook
+
+
+def test_resumed_run_matches_uninterrupted_run(experiment) -> None:
+    straight = load_run(experiment("straight"))
+    train(straight)
+
+    resumed = load_run(experiment("resumed"))
+    with pytest.raises(Interrupt):
+        train(resumed, on_loop=_interrupt_after(1))
+    assert read_summary(resumed.run_dir)["status"] == "failed"
+    assert checkpoint.load(resumed.run_dir / "last.pt")["epoch"] == 1
+    summary = train(resumed)
+
+    assert summary["status"] == "done" and summary["epochs_done"] == 2
+    a, b = _epochs(straight.run_dir), _epochs(resumed.run_dir)
+    assert [m["epoch"] for m in b] == [1, 2]  # no duplicated epoch lines after the resume
+    for key in ("train/epoch_loss", "val/loss", "val/top1", "val/top5"):
+        assert a[-1][key] == pytest.approx(b[-1][key], rel=1e-6, abs=1e-6), key
+
+
+def test_mid_epoch_checkpoint_resumes_inside_the_epoch(experiment) -> None:
+    run = load_run(experiment(train={"epochs": 1, "checkpoint_every_steps": 2, "progress": False, "log_every_steps": 2}))
+
+    def stop_after_step_two(loop) -> None:
+        save = loop.run_dir.save
+
+        def save_then_stop(state, best=False):
+            save(state, best=best)
+            if state.epoch_step == 2:
+                raise Interrupt
+
+        loop.run_dir.save = save_then_stop
+
+    with pytest.raises(Interrupt):
+        train(run, on_loop=stop_after_step_two)
+    saved = checkpoint.load(run.run_dir / "last.pt")
+    assert (saved["epoch"], saved["epoch_step"], saved["step"]) == (0, 2, 2)
+    train(run)
+    final = checkpoint.load(run.run_dir / "last.pt")
+    steps_per_epoch = 48 // 8
+    assert (final["epoch"], final["epoch_step"], final["step"]) == (1, 0, steps_per_epoch)
+
+
+def test_ema_weights_are_evaluated_and_every_option_saves(experiment) -> None:
+    run = load_run(experiment(train={"epochs": 1, "ema": True, "ema_decay": 0.9, "precision": "bf16", "progress": False}))
+    train(run)
+    (record,) = _epochs(run.run_dir)
+    assert {"val/top1", "val_ema/top1", "val_ema/top5", "val_ema/loss"} <= set(record)
+    saved = checkpoint.load(run.run_dir / "last.pt")
+    assert saved["ema"] is not None and (run.run_dir / "best.pt").exists()
+    assert saved["config"]["train"]["ema"] is True
+
+
+def test_lr_is_stepped_per_iteration_from_warmup(experiment) -> None:
+    run = load_run(experiment(logger={"name": "jsonl"}, train={"epochs": 2, "log_every_steps": 1, "progress": False}))
+    train(run)
+    steps = [json.loads(line) for line in (run.run_dir / "log.jsonl").read_text().splitlines()]
+    lrs = [s["train/lr"] for s in steps if "train/loss" in s]
+    peak = 2e-3 * 8 / 512
+    assert lrs[0] < peak / 2  # starts near warmup_lr ...
+    assert lrs[1] > lrs[0] and lrs[2] > lrs[1]  # ... and rises within the first epoch, step by step
+    assert max(lrs) == pytest.approx(peak, rel=0.2)
+
+
+def test_config_yaml_records_the_resolved_config_and_git(experiment) -> None:
+    run = load_run(experiment(train={"epochs": 1, "progress": False}))
+    train(run)
+    import yaml
+
+    saved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    assert saved["aug"]["mixup"] == 0.0 and saved["model"]["drop_path_rate"] == 0.1  # defaults filled in
+    assert set(saved["git"]) == {"commit", "dirty"}
+    assert saved["run_name"] == "tiny"
+
+
+def test_atomic_save_keeps_the_old_checkpoint_when_writing_fails(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "last.pt"
+    checkpoint.save_atomic({"epoch": 1}, target)
+
+    def broken_save(obj, handle):
+        handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        checkpoint.save_atomic({"epoch": 2}, target)
+    monkeypatch.undo()
+    assert checkpoint.load(target)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
