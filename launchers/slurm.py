@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         from research.console import text_table
         from research.launch.slurm import launch
 
-        runs = load_runs(args.config, args.overrides)
+        runs = load_runs(args.config, args.overrides, check_files=not args.dry_run)
         rows = launch(runs, force=args.force, dry_run=args.dry_run, snapshot=not args.no_snapshot)
         table = [
             [row.run.name, row.action, row.job_id or "-", ",".join(row.depends_on) or "-", str(row.run.run_dir), row.run.name,

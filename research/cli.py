@@ -72,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from research.config.components import SECTIONS
     from research.registry import REGISTRIES
 
     kinds = [args.kind] if args.kind else list(REGISTRIES)
@@ -81,9 +82,15 @@ def _list(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"unknown kind {kind!r}; choose one of: {', '.join(REGISTRIES)}")
         registry = REGISTRIES[kind]
+        # Parameters the engine passes (num_classes, img_size, ...) have no YAML key: do not offer them.
+        injected = {key for spec in SECTIONS.values() if spec.registry is registry for key in spec.injected}
         print(f"{kind}:")
         for name in registry.names():
-            params = [p for p in registry.signature(name).parameters.values() if p.default is not inspect.Parameter.empty]
+            params = [
+                p
+                for p in registry.signature(name).parameters.values()
+                if p.default is not inspect.Parameter.empty and p.name not in injected
+            ]
             detail = ", ".join(f"{p.name}={p.default!r}" for p in params) if args.kind else ""
             print(f"  {name}" + (f"  ({detail})" if detail else ""))
     return 0
@@ -95,7 +102,7 @@ def _expand(args: argparse.Namespace) -> int:
     from research.console import text_table
     from research.launch.status import run_status
 
-    runs = load_runs(args.config, args.overrides)
+    runs = load_runs(args.config, args.overrides, check_files=False)
     rows = []
     for run in runs:
         differing = " ".join(f"{k}={format_value(v)}" for k, v in run.differing.items())

@@ -15,7 +15,7 @@ import dataclasses
 import difflib
 import inspect
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,25 +78,31 @@ def build_component(spec: Section, section: Mapping[str, Any], /, **injected: An
     return spec.registry.build(section["name"], **component_kwargs(section, spec), **injected)
 
 
-def resolve_section(spec: Section, raw: Any, where: str) -> dict[str, Any]:
+Where = Callable[[str], str]  # dotted key -> the file (or 'command line') that set it
+
+
+def resolve_section(spec: Section, raw: Any, where: str | Where) -> dict[str, Any]:
     """Validate ``raw`` against the builder it names; return it with defaults filled in.
 
     Args:
         spec: the section's registry and injected parameters.
         raw: the section as merged from the files and overrides.
-        where: the file (or 'command line') that set the section, for error messages.
+        where: the file (or 'command line') that set the section, or a function from a dotted key to
+            the source that set it (``Layered.where``), so an error names the source of the bad key.
     """
+    if isinstance(where, str):
+        where = lambda key, source=where: source  # noqa: E731
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: {spec.key}: expected a mapping with a 'name' key, got {raw!r}")
+        raise ConfigError(f"{where(spec.key)}: {spec.key}: expected a mapping with a 'name' key, got {raw!r}")
     name = raw.get("name")
     if not isinstance(name, str) or name in ("", "???"):
         raise ConfigError(
-            f"{where}: {spec.key}.name is missing; choose one of: {', '.join(spec.registry.names())}"
+            f"{where(spec.key)}: {spec.key}.name is missing; choose one of: {', '.join(spec.registry.names())}"
         )
     try:
         builder = spec.registry.get(name)
     except RegistryError as exc:
-        raise ConfigError(f"{where}: {spec.key}.name: {exc}") from None
+        raise ConfigError(f"{where(spec.key + '.name')}: {spec.key}.name: {exc}") from None
     params = _keyword_parameters(builder)
     given = component_kwargs(raw, spec)
     _check_keys(spec, name, params, given, where)
@@ -115,23 +121,23 @@ def _keyword_parameters(builder: Any) -> dict[str, inspect.Parameter]:
 
 
 def _check_keys(
-    spec: Section, name: str, params: Mapping[str, inspect.Parameter], given: Mapping[str, Any], where: str
+    spec: Section, name: str, params: Mapping[str, inspect.Parameter], given: Mapping[str, Any], where: Where
 ) -> None:
     settable = [key for key in params if key not in spec.injected]
     for key in given:
         if key in spec.injected:
             source = _INJECTED_FROM.get(key, "the engine")
-            raise ConfigError(f"{where}: {spec.key}.{key} cannot be set here: it comes from {source}")
+            raise ConfigError(f"{where(f'{spec.key}.{key}')}: {spec.key}.{key} cannot be set here: it comes from {source}")
         if key not in params:
             close = difflib.get_close_matches(key, settable, n=1, cutoff=0.5)
             hint = f" Did you mean {spec.key}.{close[0]}?" if close else ""
             raise ConfigError(
-                f"{where}: {spec.key}.{key}: {spec.registry.kind} {name!r} has no parameter {key!r}.{hint} "
+                f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}: {spec.registry.kind} {name!r} has no parameter {key!r}.{hint} "
                 f"Its parameters: {', '.join(settable) or '(none)'}"
             )
     for key in settable:
         if params[key].default is inspect.Parameter.empty and key not in given:
-            raise ConfigError(f"{where}: {spec.key}.{key} is required by {spec.registry.kind} {name!r}")
+            raise ConfigError(f"{where(spec.key)}: {spec.key}.{key} is required by {spec.registry.kind} {name!r}")
 
 
 def _typed_values(
@@ -140,7 +146,7 @@ def _typed_values(
     builder: Any,
     params: Mapping[str, inspect.Parameter],
     given: Mapping[str, Any],
-    where: str,
+    where: Where,
 ) -> dict[str, Any]:
     hints = _type_hints(builder)
     fields, literals = [], {}
@@ -163,12 +169,12 @@ def _typed_values(
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         message = str(exc).splitlines()[0]
-        raise ConfigError(f"{where}: {spec.key}.{key}: {message} ({spec.registry.kind} {name!r})") from None
+        raise ConfigError(f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}: {message} ({spec.registry.kind} {name!r})") from None
     assert isinstance(values, dict)
     for key, choices in literals.items():
         if values.get(key) not in choices:
             raise ConfigError(
-                f"{where}: {spec.key}.{key}={values.get(key)!r} is not one of {', '.join(map(repr, choices))}"
+                f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}={values.get(key)!r} is not one of {', '.join(map(repr, choices))}"
             )
     return values
 

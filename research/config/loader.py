@@ -52,8 +52,17 @@ class Run:
         return [run for run in (self.teacher_run, self.finetune_run) if run is not None]
 
 
-def load_runs(path: str | Path, overrides: Sequence[str] = (), *, _stack: tuple[Path, ...] = ()) -> list[Run]:
-    """Every run an experiment file makes, validated."""
+def load_runs(
+    path: str | Path, overrides: Sequence[str] = (), *, check_files: bool = True, _stack: tuple[Path, ...] = ()
+) -> list[Run]:
+    """Every run an experiment file makes, validated.
+
+    Args:
+        path: the experiment YAML file.
+        overrides: ``dotted.key=value`` items, applied over the file (and under ablation variants).
+        check_files: also check that checkpoints the runs read (teacher.checkpoint, finetune.checkpoint)
+            exist; off for commands that only show a plan (expand, --dry-run) on another machine.
+    """
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory; give an experiment .yaml file")
@@ -67,7 +76,7 @@ def load_runs(path: str | Path, overrides: Sequence[str] = (), *, _stack: tuple[
     for variant, variant_tree in variants:
         source = f"{sources._display(path.resolve())} (variant {variant})" if variant else sources.COMMAND_LINE
         run_layers = sources.apply_overrides(layered, variant_tree, source) if variant_tree else layered
-        runs.append(_resolve_run(run_layers, path, variant, (*_stack, path.resolve())))
+        runs.append(_resolve_run(run_layers, path, variant, (*_stack, path.resolve()), check_files))
     return _with_differences(runs, base.ablation.get("baseline"))
 
 
@@ -101,17 +110,17 @@ def _structured(layered: Layered) -> DictConfig:
     return merged
 
 
-def _resolve_run(layered: Layered, path: Path, variant: str, stack: tuple[Path, ...]) -> Run:
+def _resolve_run(layered: Layered, path: Path, variant: str, stack: tuple[Path, ...], check_files: bool) -> Run:
     config = _structured(layered)
     raw: dict[str, Any] = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
     raw["name"] = raw["name"] or path.stem
     raw["variant"] = variant
     _check_name(raw["name"], layered.where("name"))
-    teacher_run = _linked_run(raw, "teacher", layered, path, stack)
-    finetune_run = _linked_run(raw, "finetune", layered, path, stack)
+    teacher_run = _linked_run(raw, "teacher", layered, path, stack, check_files)
+    finetune_run = _linked_run(raw, "finetune", layered, path, stack, check_files)
     for key, spec in SECTIONS.items():
         if raw.get(key) is not None:
-            raw[key] = resolve_section(spec, raw[key], layered.where(key))
+            raw[key] = resolve_section(spec, raw[key], layered.where)
     _check_rules(raw, layered)
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExperimentCfg), raw))
     assert isinstance(cfg, ExperimentCfg)
@@ -125,12 +134,16 @@ def _check_name(name: str, where: str) -> None:
         raise ConfigError(f"{where}: name {name!r} may only hold letters, digits and _ . = , + -")
 
 
-def _linked_run(raw: dict[str, Any], key: str, layered: Layered, path: Path, stack: tuple[Path, ...]) -> Run | None:
+def _linked_run(
+    raw: dict[str, Any], key: str, layered: Layered, path: Path, stack: tuple[Path, ...], check_files: bool
+) -> Run | None:
     """Resolve ``teacher.from_experiment`` / ``finetune.from_experiment`` into that experiment's run,
     and point the section's checkpoint at the run's final checkpoint."""
     section = raw.get(key)
     link = section.get("from_experiment") if section else None
     if not link:
+        if not check_files:
+            return None
         if key == "teacher" and section and section.get("checkpoint"):
             _check_teacher_checkpoint(section["checkpoint"], layered.where("teacher.checkpoint"))
         if key == "finetune" and section and section.get("checkpoint"):
@@ -143,7 +156,7 @@ def _linked_run(raw: dict[str, Any], key: str, layered: Layered, path: Path, sta
         raise ConfigError(f"{origin}: {key}.from_experiment {link!r} links back to itself")
     if not target.exists():
         raise ConfigError(f"{origin}: {key}.from_experiment: no experiment file {target}")
-    runs = load_runs(target, _stack=stack)
+    runs = load_runs(target, check_files=check_files, _stack=stack)
     if len(runs) != 1:
         raise ConfigError(f"{origin}: {key}.from_experiment {link!r} has {len(runs)} variants; it must make one run")
     linked = runs[0]
@@ -199,12 +212,10 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
 
 def _check_batch_for_mixing(raw: dict[str, Any], layered: Layered) -> None:
     recipe = build_component(SECTIONS["aug"], raw["aug"], img_size=raw["model"].get("img_size", 224))
-    batch = raw["loader"]["batch_size"]
-    if recipe.mixup_active and batch % 2:
-        raise ConfigError(
-            f"{layered.where('loader.batch_size')}: loader.batch_size={batch} is odd, and mixup/cutmix "
-            "(aug.mixup, aug.cutmix) mix each batch with its flipped self, which needs an even batch per process"
-        )
+    try:
+        recipe.check_batch_size(raw["loader"]["batch_size"])
+    except ValueError as exc:
+        raise ConfigError(f"{layered.where('loader.batch_size')}: loader.batch_size: {exc}") from None
 
 
 def slurm_minutes(text: str) -> int:

@@ -29,13 +29,16 @@ class Layered:
     origin: dict[str, str] = field(default_factory=dict)
 
     def where(self, dotted_key: str) -> str:
-        """The file (or 'command line') that set ``dotted_key`` or its closest parent."""
+        """The file (or 'command line') that set ``dotted_key`` or its closest parent; for a section
+        (``model``), the source of a key inside it."""
         key = dotted_key
         while key:
             if key in self.origin:
                 return self.origin[key]
             key = key.rpartition(".")[0]
-        return next(iter(self.origin.values()), "?")
+        # Origins are kept per leaf, so a section has none of its own: name a file that set a key in it.
+        inside = [source for leaf, source in self.origin.items() if leaf.startswith(f"{dotted_key}.")]
+        return inside[-1] if inside else next(iter(self.origin.values()), "?")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from research.config import ConfigError, ExperimentCfg
 from research.config.components import SECTIONS, build_component
-from research.data import build_train_sampler
+from research.data import build_eval_sampler, build_train_sampler
 from research.engine.fit import TrainData
 from research.launch.dist import DistEnv
 
@@ -50,12 +50,12 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 7 + env.rank)
         return _loader(train_set, cfg, batch, env, sampler=indices, drop_last=True, generator=generator)
 
-    val_shard = Subset(val_set, range(env.rank, len(val_set), env.world_size))  # no padding: exact totals
+    val_sampler = build_eval_sampler(val_set, num_replicas=env.world_size, rank=env.rank)  # no padding: exact totals
     eval_batch = cfg.loader.eval_batch_size or 2 * batch
     loop_data = TrainData(
         train_batches=train_batches,
         steps_per_epoch=steps,
-        val_loader=_loader(val_shard, cfg, eval_batch, env),
+        val_loader=_loader(val_set, cfg, eval_batch, env, sampler=val_sampler),
         mix=recipe.mixup(num_classes=num_classes, label_smoothing=cfg.train.label_smoothing),
         batch_size=batch,
         world_size=env.world_size,
