@@ -4,7 +4,7 @@
 # Idempotent: returns at once when every tool is already on PATH.
 set -euo pipefail
 
-tools=(slurmctld slurmd sbatch srun sinfo squeue scontrol munged)
+tools=(slurmctld slurmd sbatch srun sinfo squeue scontrol scancel munged)
 missing=()
 for tool in "${tools[@]}"; do
   # /usr/sbin may be missing from a non-login PATH; the daemons live there.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
@@ -128,7 +129,10 @@ def train_one_epoch(loop: Loop) -> dict[str, float]:
             loop.run_dir.save(state)
     state.epoch += 1
     state.epoch_step = 0
-    mean_loss = (epoch_loss / max(epoch_steps, 1)).item()
+    totals = torch.stack([epoch_loss, torch.tensor(float(epoch_steps), device=loop.device)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)  # the epoch's loss over every rank, not rank 0's share
+    mean_loss = (totals[0] / totals[1].clamp(min=1)).item()
     return {"train/epoch_loss": mean_loss, "train/lr": _lr(state.optimizer), **window.epoch_rate()}
 
 
