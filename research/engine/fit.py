@@ -123,6 +123,10 @@ def train_one_epoch(loop: Loop) -> dict[str, float]:
         window.add(loss)
         if state.step % options.log_every_steps == 0:
             logs = window.flush(_lr(state.optimizer))
+            if not math.isfinite(logs["train/loss"]):  # checked here, not every step: .item() syncs a GPU
+                raise FloatingPointError(
+                    f"train loss is {logs['train/loss']} at step {state.step}; lower optim.lr or set optim.clip_grad"
+                )
             loop.tracker.log({**logs, "epoch": state.epoch}, step=state.step)
             progress.set_postfix(loss=f"{logs['train/loss']:.3f}", lr=f"{logs['train/lr']:.2e}", img_s=f"{logs['train/images_per_s']:.0f}")
         if options.checkpoint_every_steps and state.step % options.checkpoint_every_steps == 0:
@@ -148,8 +152,6 @@ def train_step(loop: Loop, images: torch.Tensor, targets: torch.Tensor) -> torch
         outputs = state.model(images)
         result = loop.objective(images, outputs, targets)
     loss = result.loss
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} at step {state.step}; lower optim.lr or enable optim.clip_grad")
     state.optimizer.zero_grad(set_to_none=True)
     _backward_and_step(state, loss, loop.clip_grad)
     state.scheduler.step_update(num_updates=state.step)
