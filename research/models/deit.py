@@ -1,0 +1,326 @@
+"""DeiT: the data-efficient image transformer, with and without the distillation token.
+
+DeiT's architecture is ViT-B's (Dosovitskiy et al. 2020), also at smaller widths, so, as in
+facebookresearch/deit, the models subclass timm's :class:`~timm.models.vision_transformer.VisionTransformer`
+and reuse its blocks, attention and initialisation. The distilled variant (paper Sec. 4, Fig. 2) adds a
+second learned token that attends with the class token and the patches, and a second linear head on it.
+
+Parameter names and shapes follow timm's models of the same name, so official checkpoints load with
+``strict=True``. Entry points are registered in :data:`research.registry.MODELS` under timm's names
+(``deit_tiny_patch16_224`` ...) plus 32x32 variants with 4x4 patches for CIFAR-size experiments.
+"""
+
+from functools import partial
+from typing import Any, Callable, Union
+
+import torch
+from timm.layers import LayerNorm, get_device_dtype, trunc_normal_
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+from research.registry import MODELS
+
+__all__ = ["DeiT", "DistilledDeiT", "EVAL_HEADS"]
+
+#: What a distilled model returns in eval mode: the late fusion of both heads (the paper's default, Sec. 4
+#: "joint classifiers"; computed as in facebookresearch/deit and timm, as the mean of the two heads' logits),
+#: the class head alone, or the distillation head alone (Table 5 compares the three).
+EVAL_HEADS = ("both", "class", "distillation")
+
+# Width, depth and heads per variant. Table 1 of the paper: DeiT-Ti/S/B keep ViT-B's depth and a head
+# dimension of 64 and only change the width. mini/micro/nano are ours (not in the paper): shallower and
+# narrower models for 32x32 inputs and for tests.
+_VARIANTS: dict[str, dict[str, int]] = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "mini": dict(embed_dim=192, depth=6, num_heads=3),
+    "micro": dict(embed_dim=128, depth=6, num_heads=4),
+    "nano": dict(embed_dim=64, depth=2, num_heads=2),
+}
+
+# Shared by every variant (paper Table 1 and facebookresearch/deit models.py): MLP hidden size 4x the
+# width, biased qkv projection, LayerNorm with eps 1e-6.
+_COMMON: dict[str, Any] = dict(mlp_ratio=4.0, qkv_bias=True, norm_layer=partial(LayerNorm, eps=1e-6))
+
+
+class DeiT(VisionTransformer):
+    """DeiT without the distillation token: timm's ViT, predicting from the class token.
+
+    The class exists so every model of the family carries :attr:`distilled` and so both variants share one
+    type; the architecture is exactly timm's. DeiT's contribution for this model is the training recipe
+    (paper Sec. 6), which lives in the engine and the augmentation recipes, not here.
+    """
+
+    #: Whether the model has a distillation token and returns two logit tensors in training.
+    distilled: bool = False
+
+
+class DistilledDeiT(DeiT):
+    """DeiT with a distillation token (paper Sec. 4, Fig. 2).
+
+    The distillation token is a learned embedding appended after the class token. It goes through the
+    transformer like the class token, and its output feeds a second linear head trained against the
+    teacher's prediction, while the class head is trained against the label.
+
+    In training mode :meth:`forward` returns ``(class_logits, distillation_logits)`` so the loss can
+    supervise each head. In eval mode it returns one tensor chosen by :attr:`eval_head`.
+
+    Args:
+        eval_head: What eval mode returns: ``"both"`` (the mean of both heads' logits, the paper's
+            default), ``"class"`` or ``"distillation"``. Can be changed later by assigning
+            ``model.eval_head``, e.g. to evaluate one trained model each way as in Table 5.
+        **kwargs: Passed to timm's ``VisionTransformer`` (``embed_dim``, ``depth``, ...).
+
+    Raises:
+        ValueError: On an unknown ``eval_head`` or timm options that conflict with the token layout
+            (DeiT's position embedding covers both tokens and the head reads tokens 0 and 1).
+    """
+
+    distilled = True
+
+    def __init__(self, *, eval_head: str = "both", **kwargs: Any) -> None:
+        unsupported = {
+            key: kwargs[key]
+            for key, default in (("global_pool", "token"), ("class_token", True), ("no_embed_class", False),
+                                 ("reg_tokens", 0), ("dynamic_img_size", False))
+            if kwargs.get(key, default) != default
+        }
+        if unsupported:
+            raise ValueError(
+                f"DistilledDeiT does not support {unsupported}: the distilled head reads the class and "
+                "distillation tokens, which carry position embeddings; drop these options"
+            )
+        # Like timm's VisionTransformerDistilled: build the plain ViT without initialising it, replace the
+        # parts that depend on the extra token, then initialise everything once.
+        weight_init = kwargs.pop("weight_init", "")
+        super().__init__(weight_init="skip", **kwargs)
+        dd = {"device": kwargs.get("device"), "dtype": kwargs.get("dtype")}
+
+        self.eval_head = eval_head
+        self.num_prefix_tokens = 2  # [cls, dist]
+        self.dist_token = nn.Parameter(torch.empty(1, 1, self.embed_dim, **dd))
+        # One position embedding per token, both prefix tokens included: DeiT concatenates
+        # [cls, dist, patches] and then adds pos_embed (timm's no_embed_class=False layout).
+        self.pos_embed = nn.Parameter(
+            torch.empty(1, self.num_prefix_tokens + self.patch_embed.num_patches, self.embed_dim, **dd)
+        )
+        self.head_dist = self._linear_head(self.num_classes, dd)
+
+        self.weight_init_mode = "reset" if weight_init == "skip" else weight_init
+        if weight_init != "skip":
+            self.init_weights(needs_reset=False)
+
+    @property
+    def eval_head(self) -> str:
+        """Which logits eval mode returns: one of :data:`EVAL_HEADS`."""
+        return self._eval_head
+
+    @eval_head.setter
+    def eval_head(self, value: str) -> None:
+        if value not in EVAL_HEADS:
+            raise ValueError(f"eval_head must be one of {', '.join(map(repr, EVAL_HEADS))}; got {value!r}")
+        self._eval_head = value
+
+    def _linear_head(self, num_classes: int, dd: dict[str, Any]) -> nn.Module:
+        return nn.Linear(self.embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+
+    def init_weights(self, mode: str = "", needs_reset: bool = True) -> None:
+        """timm's ViT initialisation, plus the distillation token drawn like DeiT's (truncated normal, std .02)."""
+        trunc_normal_(self.dist_token, std=0.02)
+        super().init_weights(mode=mode, needs_reset=needs_reset)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        matcher = super().group_matcher(coarse)
+        matcher["stem"] += "|dist_token"  # the token is part of the embedding stem, like cls_token
+        return matcher
+
+    @torch.jit.ignore
+    def get_classifier(self) -> tuple[nn.Module, nn.Module]:  # type: ignore[override]
+        return self.head, self.head_dist
+
+    def reset_classifier(self, num_classes: int, global_pool: Union[str, None] = None) -> None:
+        """Replace both heads with fresh ``num_classes``-way heads (``0`` removes them)."""
+        if global_pool not in (None, "", "token"):
+            raise ValueError(f"DistilledDeiT reads the class and distillation tokens; got global_pool={global_pool!r}")
+        super().reset_classifier(num_classes)
+        self.head_dist = self._linear_head(num_classes, get_device_dtype(self))
+        self.head_dist.train(self.training)
+
+    def _pos_embed(self, x: Tensor) -> Tensor:
+        # x: (B, N, D) patch tokens from patch_embed
+        batch = x.shape[0]
+        cls_token = self.cls_token.expand(batch, -1, -1)  # (B, 1, D)
+        dist_token = self.dist_token.expand(batch, -1, -1)  # (B, 1, D)
+        x = torch.cat((cls_token, dist_token, x), dim=1)  # (B, 2+N, D): [cls, dist, patches]
+        x = x + self.pos_embed  # (1, 2+N, D) broadcast over the batch
+        return self.pos_drop(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        """Logits from the final tokens ``x`` of shape (B, 2+N, D); see the class docstring for what is returned.
+
+        With ``pre_logits`` the (B, D) features of the token(s) :attr:`eval_head` selects are returned
+        (the mean of both tokens for ``"both"``).
+        """
+        cls_features = self.head_drop(x[:, 0])  # (B, D)
+        dist_features = self.head_drop(x[:, 1])  # (B, D)
+        if pre_logits:
+            return self._select(cls_features, dist_features)
+        class_logits = self.head(cls_features)  # (B, K)
+        distillation_logits = self.head_dist(dist_features)  # (B, K)
+        if self.training and not torch.jit.is_scripting():
+            return class_logits, distillation_logits
+        return self._select(class_logits, distillation_logits)
+
+    def _select(self, from_class: Tensor, from_distillation: Tensor) -> Tensor:
+        if self.eval_head == "class":
+            return from_class
+        if self.eval_head == "distillation":
+            return from_distillation
+        return (from_class + from_distillation) / 2
+
+    def forward(self, x: Tensor, **kwargs: Any) -> Union[Tensor, tuple[Tensor, Tensor]]:  # type: ignore[override]
+        """Image (B, C, H, W) -> logits (B, K) in eval, ``(class_logits, distillation_logits)`` in training."""
+        return self.forward_head(self.forward_features(x, **kwargs))
+
+
+def _deit_args(variant: str, patch_size: int, num_classes: int, img_size: int, drop_path_rate: float) -> dict[str, Any]:
+    """Constructor arguments of a :class:`DeiT` / :class:`DistilledDeiT` of the given variant."""
+    if img_size <= 0 or img_size % patch_size:
+        raise ValueError(
+            f"img_size must be a positive multiple of the patch size {patch_size}, got {img_size}; "
+            f"try {max(1, round(img_size / patch_size)) * patch_size}"
+        )
+    if not 0.0 <= drop_path_rate < 1.0:
+        raise ValueError(f"drop_path_rate is a probability in [0, 1), got {drop_path_rate}")
+    return dict(
+        img_size=img_size,
+        patch_size=patch_size,
+        num_classes=num_classes,
+        drop_path_rate=drop_path_rate,
+        **_VARIANTS[variant],
+        **_COMMON,
+    )
+
+
+def _register(name: str, *, distilled: bool, patch_size: int, img_size: int) -> Callable[[Callable], Callable]:
+    return MODELS.register(name, distilled=distilled, family="deit", patch_size=patch_size, default_img_size=img_size)
+
+
+# --- ImageNet models of the paper, under timm's names (drop_path_rate 0.1: paper Table 9) ------------------
+
+
+@_register("deit_tiny_patch16_224", distilled=False, patch_size=16, img_size=224)
+def deit_tiny_patch16_224(*, num_classes: int = 1000, img_size: int = 224, drop_path_rate: float = 0.1) -> DeiT:
+    """DeiT-Ti (5M parameters, Table 1)."""
+    return DeiT(**_deit_args("tiny", 16, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_small_patch16_224", distilled=False, patch_size=16, img_size=224)
+def deit_small_patch16_224(*, num_classes: int = 1000, img_size: int = 224, drop_path_rate: float = 0.1) -> DeiT:
+    """DeiT-S (22M parameters, Table 1)."""
+    return DeiT(**_deit_args("small", 16, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_base_patch16_224", distilled=False, patch_size=16, img_size=224)
+def deit_base_patch16_224(*, num_classes: int = 1000, img_size: int = 224, drop_path_rate: float = 0.1) -> DeiT:
+    """DeiT-B (86M parameters, Table 1): ViT-B's architecture."""
+    return DeiT(**_deit_args("base", 16, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_base_patch16_384", distilled=False, patch_size=16, img_size=384)
+def deit_base_patch16_384(*, num_classes: int = 1000, img_size: int = 384, drop_path_rate: float = 0.1) -> DeiT:
+    """DeiT-B↑384: DeiT-B fine-tuned at 384x384 (Sec. 6, "Fine-tuning at different resolution")."""
+    return DeiT(**_deit_args("base", 16, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_tiny_distilled_patch16_224", distilled=True, patch_size=16, img_size=224)
+def deit_tiny_distilled_patch16_224(
+    *, num_classes: int = 1000, img_size: int = 224, drop_path_rate: float = 0.1, eval_head: str = "both"
+) -> DistilledDeiT:
+    """DeiT-Ti⚗: DeiT-Ti with the distillation token."""
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("tiny", 16, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_small_distilled_patch16_224", distilled=True, patch_size=16, img_size=224)
+def deit_small_distilled_patch16_224(
+    *, num_classes: int = 1000, img_size: int = 224, drop_path_rate: float = 0.1, eval_head: str = "both"
+) -> DistilledDeiT:
+    """DeiT-S⚗: DeiT-S with the distillation token."""
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("small", 16, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_base_distilled_patch16_224", distilled=True, patch_size=16, img_size=224)
+def deit_base_distilled_patch16_224(
+    *, num_classes: int = 1000, img_size: int = 224, drop_path_rate: float = 0.1, eval_head: str = "both"
+) -> DistilledDeiT:
+    """DeiT-B⚗: DeiT-B with the distillation token."""
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("base", 16, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_base_distilled_patch16_384", distilled=True, patch_size=16, img_size=384)
+def deit_base_distilled_patch16_384(
+    *, num_classes: int = 1000, img_size: int = 384, drop_path_rate: float = 0.1, eval_head: str = "both"
+) -> DistilledDeiT:
+    """DeiT-B⚗↑384: DeiT-B⚗ fine-tuned at 384x384."""
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("base", 16, num_classes, img_size, drop_path_rate))
+
+# --- 32x32 inputs (CIFAR size; ours, not in the paper) -----------------------------------------------------
+# 4x4 patches give an 8x8 grid of 64 tokens, where 16x16 patches would leave 4.
+
+
+@_register("deit_tiny_patch4_32", distilled=False, patch_size=4, img_size=32)
+def deit_tiny_patch4_32(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1) -> DeiT:
+    """DeiT-Ti's transformer (width 192, depth 12, 3 heads) on 4x4 patches."""
+    return DeiT(**_deit_args("tiny", 4, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_tiny_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
+def deit_tiny_distilled_patch4_32(
+    *, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1, eval_head: str = "both"
+) -> DistilledDeiT:
+    """:func:`deit_tiny_patch4_32` with the distillation token."""
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("tiny", 4, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_mini_patch4_32", distilled=False, patch_size=4, img_size=32)
+def deit_mini_patch4_32(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1) -> DeiT:
+    """Half DeiT-Ti's depth: width 192, depth 6, 3 heads, 4x4 patches."""
+    return DeiT(**_deit_args("mini", 4, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_mini_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
+def deit_mini_distilled_patch4_32(
+    *, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1, eval_head: str = "both"
+) -> DistilledDeiT:
+    """:func:`deit_mini_patch4_32` with the distillation token."""
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("mini", 4, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_micro_patch4_32", distilled=False, patch_size=4, img_size=32)
+def deit_micro_patch4_32(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1) -> DeiT:
+    """Width 128, depth 6, 4 heads, 4x4 patches."""
+    return DeiT(**_deit_args("micro", 4, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_micro_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
+def deit_micro_distilled_patch4_32(
+    *, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1, eval_head: str = "both"
+) -> DistilledDeiT:
+    """:func:`deit_micro_patch4_32` with the distillation token."""
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("micro", 4, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_nano_patch4_32", distilled=False, patch_size=4, img_size=32)
+def deit_nano_patch4_32(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1) -> DeiT:
+    """Width 64, depth 2, 2 heads, 4x4 patches: for tests and smoke runs."""
+    return DeiT(**_deit_args("nano", 4, num_classes, img_size, drop_path_rate))
+
+
+@_register("deit_nano_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
+def deit_nano_distilled_patch4_32(
+    *, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1, eval_head: str = "both"
+) -> DistilledDeiT:
+    """:func:`deit_nano_patch4_32` with the distillation token."""
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("nano", 4, num_classes, img_size, drop_path_rate))
