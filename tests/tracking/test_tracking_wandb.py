@@ -20,48 +20,6 @@ from research.registry import LOGGERS
 from research.tracking import GuardedTracker, NullTracker, RunInfo, TrackerWarning, WandbTracker, read_lives
 from research.tracking.wandb_logger import ID_FILE, STEP_METRIC, has_api_key, resolve_mode
 
-_LEAKY_ENV = (
-    "WANDB_MODE",
-    "WANDB_DIR",
-    "WANDB_API_KEY",
-    "WANDB_IDENTITY_TOKEN_FILE",
-    "WANDB_BASE_URL",
-    "WANDB_PROJECT",
-    "WANDB_ENTITY",
-    "WANDB_RUN_ID",
-    "WANDB_RESUME",
-    "WANDB_NAME",
-    "WANDB_TAGS",
-    "WANDB_RUN_GROUP",
-    "WANDB_JOB_TYPE",
-)
-
-
-@pytest.fixture
-def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No credentials (so: offline), nothing written outside ``tmp_path``, no console or stats threads."""
-    for var in _LEAKY_ENV:
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    home = tmp_path / "wandb-home"
-    for var, sub in [
-        ("WANDB_CONFIG_DIR", "config"),
-        ("WANDB_CACHE_DIR", "cache"),
-        ("WANDB_DATA_DIR", "data"),
-        ("WANDB_ARTIFACT_DIR", "artifacts"),
-    ]:
-        monkeypatch.setenv(var, str(home / sub))
-    for var, value in [
-        ("WANDB_SILENT", "true"),
-        ("WANDB_CONSOLE", "off"),
-        ("WANDB__DISABLE_STATS", "true"),  # settings.x_disable_stats
-        ("WANDB_DISABLE_GIT", "true"),
-        ("WANDB_DISABLE_CODE", "true"),
-    ]:
-        monkeypatch.setenv(var, value)
-    return tmp_path
-
-
 def make_run(root: Path, **overrides: Any) -> RunInfo:
     fields: dict[str, Any] = dict(
         run_dir=root / "runs" / "ablate_mixup" / "mixup=0",

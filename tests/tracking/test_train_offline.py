@@ -1,0 +1,42 @@
+"""A real training run logged to W&B in offline mode, read back from its ``.wandb`` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from wandb_reader import read_runs
+
+from research.cli import main
+
+
+def test_training_run_writes_an_offline_wandb_run_with_group_name_config_and_history(wandb_env: Path) -> None:
+    experiment = {
+        "name": "ablate_hflip",
+        "output_dir": str(wandb_env / "runs"),
+        "model": {"name": "deit_nano_patch4_32", "img_size": 32},
+        "data": {"name": "synthetic", "size": 32, "num_classes": 4},
+        "aug": {"name": "none", "simple_crop": True},
+        "logger": {"name": "wandb", "project": "deit-tests"},
+        "loader": {"batch_size": 8, "workers": 0},
+        "train": {"epochs": 2, "log_every_steps": 2, "progress": False},
+        "ablation": {"grid": {"aug.hflip": [0.5]}},
+    }
+    path = wandb_env / "ablate_hflip.yaml"
+    path.write_text(yaml.safe_dump(experiment))
+    assert main(["train", str(path)]) == 0
+
+    run_dir = wandb_env / "runs" / "ablate_hflip" / "hflip=0.5"
+    (run,) = read_runs(run_dir, count=1)
+    assert (run.project, run.group, run.name, run.job_type) == ("deit-tests", "ablate_hflip", "ablate_hflip/hflip=0.5", "train")
+    assert {"hflip", "label-smoothing", "stochastic-depth", "baseline"} <= set(run.tags)
+    assert run.config["optim.lr"] == 5e-4 and run.config["aug.hflip"] == 0.5 and run.config["model.name"] == "deit_nano_patch4_32"
+    assert run.config["n_parameters"] > 0
+    assert run.config["git_commit"] == yaml.safe_load((run_dir / "config.yaml").read_text())["git"]["commit"]
+
+    steps = [step for step, _ in run.metric("train/loss")]
+    assert len(steps) == 4 and steps == sorted(steps)  # 4 steps per epoch, logged every 2 steps, 2 epochs
+    top1 = run.metric("val/top1")
+    assert len(top1) == 2 and all(0.0 <= value <= 100.0 for _, value in top1)
+    assert run.summary["status"] == "done" and run.summary["epochs_done"] == 2
+    assert run.summary["best_top1"] == max(value for _, value in top1)
