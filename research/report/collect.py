@@ -1,0 +1,232 @@
+"""One result per run of an ablation, read from its run dir: what the report's table, plots and CSV show.
+
+The run dir's ``metrics.jsonl`` is the source of truth (one line per finished epoch; a resume drops
+the lines past the checkpoint it resumes from), so a run still training shows its best top-1 so far,
+and a run that never started shows nothing. ``summary.json`` only exists once a run ended (done, failed or
+interrupted), so it is read for what the epoch lines lack: the final throughput and the wall time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from research.config import Run
+from research.config.expand import format_value
+from research.engine.run_dir import CONFIG, read_metrics, read_summary
+from research.launch.status import DONE, FAILED, NOT_STARTED, RUNNING, run_status
+
+__all__ = [
+    "RUN_DIR",
+    "STATUSES",
+    "WANDB",
+    "VariantResult",
+    "collect",
+    "format_commit",
+    "read_commit",
+    "summarize",
+    "with_deltas",
+]
+
+RUN_DIR, WANDB = "run dir", "wandb"  # where a result was read from (VariantResult.source)
+STATUSES = (DONE, RUNNING, FAILED, NOT_STARTED)  # the order the report counts runs in
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    """What one run of an experiment reached. Top-1 / top-5 are validation accuracies in percent.
+
+    Attributes:
+        experiment: the experiment name (the W&B group).
+        variant: the ablation variant, ``""`` for an experiment without an ablation.
+        run_dir: where the run writes (or would write) its files.
+        differing: the dotted config keys this experiment's variants disagree on, with this run's values.
+        is_baseline: deltas of the other variants are measured against this one.
+        status: ``done``, ``running`` (incl. queued, preempted, interrupted), ``failed`` or ``not started``.
+        epochs: the epochs the run trains for.
+        epochs_done: the epochs finished so far.
+        curve: ``(epoch, val top-1)`` of every evaluated epoch, in epoch order.
+        best_top1: the best val top-1 so far (the weights ``best.pt`` holds); None before the first eval.
+        best_epoch: the epoch of ``best_top1``.
+        top5: val top-5 at ``best_epoch``, so both numbers describe the same weights.
+        last_top1: val top-1 of the last evaluated epoch.
+        best_ema_top1: the best val top-1 of the EMA weights, when the run keeps an EMA (``train.ema``).
+        teacher_top1: the teacher's val top-1, when the run distils.
+        images_per_s: training throughput of the last epoch (all processes).
+        wall_time_s: training time so far (excluding the time spent queued).
+        commit: the git commit the run's code came from, ``-dirty`` when it had uncommitted changes.
+        source: ``"run dir"`` or ``"wandb"`` (read from the W&B API).
+        delta_top1: ``best_top1`` minus the baseline's, in percentage points; set by :func:`with_deltas`.
+        changes: the ``differing`` keys whose value is not the baseline's (all of them for the baseline
+            itself): what this variant changes; set by :func:`with_deltas`.
+    """
+
+    experiment: str
+    variant: str
+    run_dir: Path
+    differing: Mapping[str, Any]
+    is_baseline: bool
+    status: str
+    epochs: int
+    epochs_done: int = 0
+    curve: tuple[tuple[int, float], ...] = ()
+    best_top1: float | None = None
+    best_epoch: int | None = None
+    top5: float | None = None
+    last_top1: float | None = None
+    best_ema_top1: float | None = None
+    teacher_top1: float | None = None
+    images_per_s: float | None = None
+    wall_time_s: float | None = None
+    commit: str | None = None
+    source: str = RUN_DIR
+    delta_top1: float | None = None
+    changes: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The run name, as in W&B and the run dir: ``experiment/variant``."""
+        return f"{self.experiment}/{self.variant}" if self.variant else self.experiment
+
+    @property
+    def differing_text(self) -> str:
+        """``aug.mixup=0 aug.cutmix=0``, or ``""`` for a single run."""
+        return _spell(self.differing)
+
+    @property
+    def changes_text(self) -> str:
+        """What the variant changes from the baseline, ``aug.mixup=0``; every differing key for the baseline."""
+        return _spell(self.changes)
+
+
+def collect(runs: Sequence[Run]) -> list[VariantResult]:
+    """The result of every run, read from the run dirs, with deltas against each experiment's baseline."""
+    results = []
+    for run in runs:
+        status = run_status(run.run_dir)
+        records = read_metrics(run.run_dir) if status != NOT_STARTED else []
+        results.append(
+            summarize(
+                run,
+                records,
+                status=status,
+                summary=read_summary(run.run_dir),
+                commit=read_commit(run.run_dir),
+                source=RUN_DIR,
+            )
+        )
+    return with_deltas(results)
+
+
+def summarize(
+    run: Run,
+    records: Iterable[Mapping[str, Any]],
+    *,
+    status: str,
+    summary: Mapping[str, Any] | None = None,
+    commit: str | None = None,
+    source: str = RUN_DIR,
+) -> VariantResult:
+    """Reduce a run's epoch records (``metrics.jsonl`` lines or W&B history rows) to its result.
+
+    Args:
+        run: the run, as the experiment file describes it.
+        records: dicts with ``epoch`` and any of ``val/top1``, ``val/top5``, ``val_ema/top1``,
+            ``teacher/top1``, ``train/epoch_images_per_s``; several records of one epoch (a resumed run
+            that redid it) count once, the last one winning.
+        status: the run's status (see :mod:`research.launch.status`).
+        summary: the run's ``summary.json`` (or W&B summary), which fills what the records lack.
+        commit: the code's git commit.
+        source: where the records were read from.
+    """
+    summary = summary or {}
+    by_epoch: dict[int, dict[str, Any]] = {}
+    teacher_top1 = None
+    for record in records:
+        if "teacher/top1" in record:  # the epoch-0 line of a distilled run: the teacher, not the student
+            teacher_top1 = _number(record["teacher/top1"])
+        elif _number(record.get("epoch")) is not None and record["epoch"] >= 1:
+            by_epoch[int(record["epoch"])] = dict(record)
+    epochs = [by_epoch[epoch] for epoch in sorted(by_epoch)]
+    curve = tuple((int(r["epoch"]), float(r["val/top1"])) for r in epochs if _number(r.get("val/top1")) is not None)
+    best = max(curve, key=lambda point: point[1], default=None)  # first of equals, as fit() keeps best.pt
+    best_record: Mapping[str, Any] = by_epoch[best[0]] if best else {}
+    ema = [float(r["val_ema/top1"]) for r in epochs if _number(r.get("val_ema/top1")) is not None]
+    throughput = [r["train/epoch_images_per_s"] for r in epochs if _number(r.get("train/epoch_images_per_s"))]
+    return VariantResult(
+        experiment=run.experiment,
+        variant=run.variant,
+        run_dir=run.run_dir,
+        differing=dict(run.differing),
+        is_baseline=run.is_baseline,
+        status=status,
+        epochs=int(summary.get("epochs") or run.cfg.train.epochs),
+        epochs_done=max([*by_epoch, int(_number(summary.get("epochs_done")) or 0)], default=0),
+        curve=curve,
+        best_top1=best[1] if best else _number(summary.get("best_top1")),
+        best_epoch=best[0] if best else None,
+        top5=_number(best_record.get("val/top5")),
+        last_top1=curve[-1][1] if curve else _number(summary.get("last_top1")),
+        best_ema_top1=max(ema, default=None),
+        teacher_top1=teacher_top1 if teacher_top1 is not None else _number(summary.get("teacher/top1")),
+        images_per_s=_number(summary.get("images_per_s")) or (float(throughput[-1]) if throughput else None),
+        wall_time_s=_number(summary.get("wall_time_s")),
+        commit=commit,
+        source=source,
+    )
+
+
+def with_deltas(results: Sequence[VariantResult]) -> list[VariantResult]:
+    """``results`` compared with their experiment's baseline: ``delta_top1`` (best top-1 minus the
+    baseline's) and ``changes`` (the keys set differently from the baseline).
+
+    A delta needs both numbers, so it stays None while the run or its baseline has no evaluated epoch.
+    """
+    baselines = {r.experiment: r for r in results if r.is_baseline}
+    out = []
+    for result in results:
+        baseline = baselines.get(result.experiment)
+        reference = baseline.best_top1 if baseline is not None else None
+        delta = None if result.best_top1 is None or reference is None else result.best_top1 - reference
+        changes = dict(result.differing)
+        if baseline is not None and baseline is not result:
+            changes = {k: v for k, v in changes.items() if repr(v) != repr(baseline.differing.get(k))}
+        out.append(dataclasses.replace(result, delta_top1=delta, changes=changes))
+    return out
+
+
+def read_commit(run_dir: Path) -> str | None:
+    """The git commit recorded in the run's ``config.yaml`` (``git.commit``), if the run started."""
+    file = Path(run_dir) / CONFIG
+    if not file.exists():
+        return None
+    try:
+        git = (yaml.safe_load(file.read_text()) or {}).get("git") or {}
+    except yaml.YAMLError:
+        return None
+    return format_commit(git.get("commit"), git.get("dirty"))
+
+
+def format_commit(commit: Any, dirty: Any = None) -> str | None:
+    """``abc123``, or ``abc123-dirty`` (as ``git describe --dirty`` spells it); None when unknown."""
+    if not commit or commit == "unknown":
+        return None
+    return f"{commit}-dirty" if dirty else str(commit)
+
+
+def _spell(values: Mapping[str, Any]) -> str:
+    return " ".join(f"{key}={format_value(value)}" for key, value in values.items())
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for missing / non-numeric / NaN values (a diverged run logs NaN losses)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+

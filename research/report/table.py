@@ -1,0 +1,113 @@
+"""The report's table (Markdown for ``report.md``, plain text for the terminal) and ``runs.csv``."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from research.config.expand import format_value
+from research.console import markdown_table, text_table
+from research.report.collect import VariantResult
+
+__all__ = ["CSV_COLUMNS", "csv_rows", "table", "write_csv"]
+
+# Columns shown only when some run has a value (train.ema, distillation): header -> VariantResult field.
+_OPTIONAL = {"EMA top-1": "best_ema_top1", "teacher top-1": "teacher_top1"}
+
+# runs.csv: the fixed columns, then one column per differing config key (``aug.mixup``, ...).
+CSV_COLUMNS = (
+    "experiment",
+    "variant",
+    "run",
+    "is_baseline",
+    "status",
+    "epochs_done",
+    "epochs",
+    "best_top1",
+    "best_epoch",
+    "top5",
+    "delta_top1",
+    "last_top1",
+    "best_ema_top1",
+    "teacher_top1",
+    "images_per_s",
+    "wall_time_s",
+    "differing",
+    "commit",
+    "source",
+    "run_dir",
+)
+
+
+def table(results: Sequence[VariantResult], *, markdown: bool = True) -> str:
+    """One experiment's runs as a table: variant, differing keys, best top-1, top-5 (at the best top-1),
+    delta vs the baseline, epochs done / total, images/s and status. Missing values show as ``-``.
+
+    The differing keys of a variant are those it sets differently from the baseline, which keeps the
+    row of a named variant (``no_mixup``) short; the baseline's row lists all of them.
+    """
+    optional = {h: key for h, key in _OPTIONAL.items() if any(getattr(r, key) is not None for r in results)}
+    headers = ["variant", "differing keys", "best top-1", "top-5", "Δ top-1", *optional]
+    headers += ["epochs", "images/s", "status"]
+    rows = []
+    for result in results:
+        name = result.variant or result.experiment
+        if result.is_baseline and len(results) > 1:
+            name += " (baseline)"
+        rows.append(
+            [
+                name,
+                result.changes_text or "-",
+                _pct(result.best_top1),
+                _pct(result.top5),
+                _signed(result.delta_top1),
+                *(_pct(getattr(result, key)) for key in optional.values()),
+                f"{result.epochs_done}/{result.epochs}",
+                None if result.images_per_s is None else f"{result.images_per_s:.0f}",
+                result.status,
+            ]
+        )
+    return (markdown_table if markdown else text_table)(headers, rows)
+
+
+def csv_rows(results: Sequence[VariantResult]) -> list[dict[str, Any]]:
+    """One dict per run: :data:`CSV_COLUMNS`, then the differing keys of every experiment (blank where
+    a run's experiment does not vary that key), so a script can group by them."""
+    keys = list(dict.fromkeys(key for result in results for key in result.differing))
+    rows = []
+    for result in results:
+        row = {column: _csv_value(result, column) for column in CSV_COLUMNS}
+        row.update({key: format_value(result.differing[key]) if key in result.differing else "" for key in keys})
+        rows.append(row)
+    return rows
+
+
+def write_csv(results: Sequence[VariantResult], path: Path) -> None:
+    """``runs.csv``: :func:`csv_rows`, with missing values as empty cells."""
+    rows = csv_rows(results)
+    columns = list(rows[0]) if rows else list(CSV_COLUMNS)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({key: "" if value is None else value for key, value in row.items()} for row in rows)
+
+
+def _csv_value(result: VariantResult, column: str) -> Any:
+    if column == "run":
+        return result.name
+    if column == "differing":
+        return result.differing_text
+    value = getattr(result, column)
+    if isinstance(value, float):
+        return round(value, 4)
+    return str(value) if isinstance(value, Path) else value
+
+
+def _pct(value: float | None) -> str | None:
+    return None if value is None else f"{value:.2f}"
+
+
+def _signed(value: float | None) -> str | None:
+    return None if value is None else f"{value:+.2f}"

@@ -1,0 +1,155 @@
+"""``research report``: read the runs of one or more experiments and write the report dir.
+
+The report dir holds ``report.md`` (header, one table per experiment, the plots), ``runs.csv`` (the
+same rows, one column per differing config key, for scripts), ``top1_curves.png`` and
+``top1_delta.png``. It works at any point of an ablation: runs still training show their best so far,
+runs not started show ``-`` and are left out of the plots.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from research.config import Run, load_runs
+from research.launch.status import NOT_STARTED
+from research.report.collect import STATUSES, VariantResult, collect, with_deltas
+from research.report.plots import plot_top1_curves, plot_top1_delta
+from research.report.table import table, write_csv
+from research.report.wandb_api import WandbUnavailable, fetch_results
+
+__all__ = ["CURVES", "CSV", "DELTAS", "MARKDOWN", "merge_results", "write_report"]
+
+log = logging.getLogger(__name__)
+
+MARKDOWN, CSV, CURVES, DELTAS = "report.md", "runs.csv", "top1_curves.png", "top1_delta.png"
+
+
+def write_report(
+    configs: Sequence[Path],
+    out_dir: Path | None = None,
+    use_wandb: bool = False,
+    *,
+    wandb_api: Any | None = None,
+    echo: bool = True,
+) -> Path:
+    """Write the report of the experiments in ``configs`` and print its tables.
+
+    Args:
+        configs: experiment YAML files (an experiment given twice is reported once).
+        out_dir: the report dir; default ``reports/<first experiment name>``.
+        use_wandb: also read the runs from the W&B API, for runs whose run dirs are not on this
+            machine; per run, the source that has seen more epochs wins. Without credentials or
+            network the report is made from the run dirs, and its header says so.
+        wandb_api: the ``wandb.Api`` to use (tests pass a stand-in); default: a new one.
+        echo: print the tables to stdout.
+
+    Returns:
+        The report dir.
+    """
+    runs = _load(configs)
+    results = collect(runs)
+    sources = ["run dirs"]
+    if use_wandb:
+        try:
+            results = merge_results(results, fetch_results(runs, api=wandb_api))
+            sources.append("W&B API")
+        except WandbUnavailable as exc:
+            log.warning("W&B API not read (%s); reporting from the run dirs only", exc)
+            sources.append(f"W&B API not read: {exc}")
+    out = Path(out_dir) if out_dir is not None else Path("reports") / runs[0].experiment
+    out.mkdir(parents=True, exist_ok=True)
+    plot_top1_curves(results, out / CURVES)
+    plot_top1_delta(results, out / DELTAS)
+    write_csv(results, out / CSV)
+    (out / MARKDOWN).write_text(render_markdown(runs, results, sources=sources), encoding="utf-8")
+    if echo:
+        for experiment, group in _by_experiment(results).items():
+            print(f"{experiment} ({_count(group)})\n{table(group, markdown=False)}\n")
+    return out
+
+
+def merge_results(local: Sequence[VariantResult], remote: Sequence[VariantResult]) -> list[VariantResult]:
+    """Per run, the run dir's result unless W&B has seen more of the run (more epochs, or any start)."""
+    by_dir = {result.run_dir: result for result in remote}
+    merged = []
+    for result in local:
+        other = by_dir.get(result.run_dir)
+        ahead = other is not None and (other.epochs_done > result.epochs_done or result.status == NOT_STARTED)
+        merged.append(other if ahead else result)
+    return with_deltas(merged)
+
+
+def render_markdown(runs: Sequence[Run], results: Sequence[VariantResult], *, sources: Sequence[str]) -> str:
+    """``report.md``: a header (experiments, date, commit, sources), a table per experiment, the plots."""
+    groups = _by_experiment(results)
+    files = {run.experiment: run.source for run in runs}
+    commits = list(dict.fromkeys(r.commit for r in results if r.commit))
+    lines = [
+        f"# Report: {', '.join(groups)}",
+        "",
+        f"- **Experiments:** {', '.join(f'{name} (`{_display(files[name])}`)' for name in groups)}",
+        f"- **Date:** {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
+        f"- **Commit:** {', '.join(f'`{c}`' for c in commits) if commits else 'unknown (no run has started)'}",
+        f"- **Read from:** {'; '.join(sources)}",
+        f"- **Status:** {_count(results)}",
+        "",
+    ]
+    for experiment, group in groups.items():
+        run = next(run for run in runs if run.experiment == experiment)
+        baseline = next((r.variant for r in group if r.is_baseline and r.variant), None)
+        lines += [f"## {experiment}", ""]
+        if run.cfg.description:
+            lines += [run.cfg.description.strip(), ""]
+        details = [f"run dirs: `{_display(run.run_dir.parent if run.variant else run.run_dir)}`"]
+        if baseline and len(group) > 1:
+            details.insert(0, f"baseline: `{baseline}`")
+        lines += ["; ".join(details), "", table(group), ""]
+    lines += [
+        "Best top-1 and top-5 are validation accuracies (%) of the epoch with the best top-1 so far (the",
+        "weights in `best.pt`); Δ top-1 is that minus the baseline's, in percentage points. Runs that are",
+        "not done show their best so far. `runs.csv` holds these rows for scripts.",
+        "",
+        "## Plots",
+        "",
+        f"![val top-1 per epoch]({CURVES})",
+        "",
+        f"![top-1 change vs the baseline]({DELTAS})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _load(configs: Sequence[Path]) -> list[Run]:
+    """Every run of every experiment file, each run once (two files may name one experiment)."""
+    runs: dict[Path, Run] = {}
+    for config in configs:
+        for run in load_runs(config, check_files=False):  # reporting reads results, not checkpoints
+            runs.setdefault(run.run_dir, run)
+    return list(runs.values())
+
+
+def _by_experiment(results: Sequence[VariantResult]) -> dict[str, list[VariantResult]]:
+    groups: dict[str, list[VariantResult]] = {}
+    for result in results:
+        groups.setdefault(result.experiment, []).append(result)
+    return groups
+
+
+def _count(results: Sequence[VariantResult]) -> str:
+    """``3 runs: 1 done, 1 running, 1 not started``."""
+    counts = Counter(r.status for r in results)
+    detail = ", ".join(f"{counts[status]} {status}" for status in STATUSES if counts[status])
+    return f"{len(results)} run{'s' if len(results) != 1 else ''}: {detail}"
+
+
+def _display(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it, else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
