@@ -7,6 +7,7 @@ key remembers the file (or the command line) that set it last, so an error can n
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,47 @@ from research.config.errors import ConfigError
 
 BASE_KEY = "_base_"
 COMMAND_LINE = "command line"
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without YAML 1.1 base-60 numbers and dates, with ``1e-3`` as a float.
+
+    Base 60 would read SLURM's ``time: 4:00:00`` as the integer 14400, which SLURM takes as minutes
+    (YAML 1.2 dropped it). Floats without a dot and dates as strings match OmegaConf's own loader.
+    Files and command-line values both go through this loader, so they read alike. A key written
+    twice in one mapping is an error: PyYAML would keep the last one silently (a variant would vanish).
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value != "<<":  # `<<` merges may repeat keys
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key_node.value!r} appears twice in this mapping", key_node.start_mark
+                    )
+                seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
+_INT, _FLOAT, _DATE = (f"tag:yaml.org,2002:{tag}" for tag in ("int", "float", "timestamp"))
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT, _DATE)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver(  # YAML 1.1 ints without the base-60 form
+    _INT,
+    re.compile(r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"),
+)
+YamlLoader.add_implicit_resolver(  # YAML 1.1 floats without the base-60 form, the dot optional
+    _FLOAT,
+    re.compile(
+        r"^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?|[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
 
 
 @dataclass
@@ -62,7 +104,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=YamlLoader)  # noqa: S506  (a safe loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
@@ -97,7 +139,7 @@ def load_layers(path: Path, base_override: str | None = None, _stack: tuple[Path
     for base in _bases(bases, path) if bases else []:
         layer = load_layers(base, None, (*_stack, path))
         merged = merge(merged, layer.config, layer.origin)
-    if BASE_KEY in flatten(raw):
+    if any(key.rpartition(".")[2] == BASE_KEY for key in flatten(raw)):
         raise ConfigError(f"{path}: {BASE_KEY} is only allowed at the top of a file")
     try:
         own = OmegaConf.create(raw)
@@ -115,7 +157,7 @@ def merge(into: Layered, config: DictConfig, origin: Mapping[str, str]) -> Layer
 def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], str | None]:
     """``["optim.lr=1e-3", "aug.mixup=0"]`` -> a nested dict (values typed as YAML), and the
     ``_base_`` override if one is given. An item without ``=`` is an error."""
-    items: list[str] = []
+    items: list[tuple[str, str, str]] = []
     base = None
     for item in overrides:
         key, sep, value = item.partition("=")
@@ -126,11 +168,14 @@ def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], str | Non
         if key.strip() == BASE_KEY:
             base = value
             continue
-        items.append(item)
-    try:
-        tree = OmegaConf.to_container(OmegaConf.from_dotlist(items))
-    except Exception as exc:
-        raise ConfigError(f"cannot parse overrides {items}: {exc}") from None
+        items.append((item, key.strip(), value))
+    conf = OmegaConf.create({})
+    for item, key, value in items:  # as OmegaConf.from_dotlist, with this module's YAML loader for values
+        try:
+            OmegaConf.update(conf, key, yaml.load(value, Loader=YamlLoader), merge=True)  # noqa: S506
+        except Exception as exc:
+            raise ConfigError(f"override {item!r}: cannot parse it: {str(exc).splitlines()[0]}") from None
+    tree = OmegaConf.to_container(conf)
     assert isinstance(tree, dict)
     return tree, base
 

@@ -1,0 +1,82 @@
+"""Fixtures shared by the spine tests: tiny experiment files, and registries restored after a test."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import research  # noqa: F401  (registers the built-ins, as every entry point does)
+from research.registry import REGISTRIES
+
+#: The smallest experiment that loads and trains in a second on CPU: synthetic 32x32 images, a nano DeiT.
+TINY: dict[str, Any] = {
+    "model": {"name": "deit_nano_patch4_32", "img_size": 32},
+    "data": {"name": "synthetic", "size": 32},
+    "aug": {"name": "none", "simple_crop": True},  # simple_crop: no RandomResizedCrop warning at 32px
+    "logger": {"name": "none"},
+    "loader": {"batch_size": 16, "workers": 0},
+    "train": {"epochs": 1, "progress": False},
+    "sched": {"warmup_epochs": 0},
+}
+
+ExperimentWriter = Callable[..., Path]
+
+
+def write_yaml(path: Path, content: dict[str, Any] | str) -> Path:
+    """Write ``content`` (a dict, or YAML text as is) to ``path``, creating parent folders."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+def deep_update(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_update(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture
+def yaml_file(tmp_path: Path) -> Callable[[str, dict[str, Any] | str], Path]:
+    """``yaml_file("bases/recipe.yaml", {...} or "text")`` writes a file under ``tmp_path``."""
+    return lambda relative, content: write_yaml(tmp_path / relative, content)
+
+
+@pytest.fixture
+def experiment(tmp_path: Path) -> ExperimentWriter:
+    """``experiment("name", optim={"lr": 1e-3}, ...)`` writes ``tmp_path/name.yaml``: :data:`TINY` with
+    the given sections merged in (``None`` removes a section) and ``output_dir`` under ``tmp_path``."""
+
+    def write(name: str = "tiny", /, **sections: Any) -> Path:
+        content = deep_update({"output_dir": str(tmp_path / "runs"), **TINY}, sections)
+        content = {key: value for key, value in content.items() if value is not None}
+        return write_yaml(tmp_path / f"{name}.yaml", content)
+
+    return write
+
+
+@pytest.fixture
+def restore_registries(tmp_path: Path) -> Iterator[None]:
+    """Undo whatever a test (or a plugin it imports) registers in the global registries, and forget
+    the modules it imported from ``tmp_path``, so later tests see the built-ins only."""
+    saved = {kind: (dict(r._builders), dict(r._metadata)) for kind, r in REGISTRIES.items()}
+    yield
+    for kind, registry in REGISTRIES.items():
+        builders, metadata = saved[kind]
+        registry._builders.clear()
+        registry._builders.update(builders)
+        registry._metadata.clear()
+        registry._metadata.update(metadata)
+    for name, module in list(sys.modules.items()):
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and Path(file).is_relative_to(tmp_path):
+            del sys.modules[name]

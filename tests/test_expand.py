@@ -1,0 +1,209 @@
+"""Ablations: variants and grids expand into named runs with their own run dirs, differing keys and a
+baseline; ``teacher.from_experiment`` links a run to another experiment's run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from research.config import CHECKPOINT, ConfigError, load_run, load_runs
+from research.config.expand import differing_keys, format_value, variant_overrides
+
+
+def names(runs) -> list[str]:
+    return [run.name for run in runs]
+
+
+def test_grid_names_run_dirs_and_differing_keys(tmp_path: Path, experiment) -> None:
+    runs = load_runs(experiment("ablate_x", aug={"name": "cifar"}, ablation={"grid": {"aug.mixup": [0, 0.8]}}))
+    assert names(runs) == ["ablate_x/mixup=0", "ablate_x/mixup=0.8"]
+    assert [run.run_dir for run in runs] == [tmp_path / "runs" / "ablate_x" / v for v in ("mixup=0", "mixup=0.8")]
+    assert [run.cfg.aug["mixup"] for run in runs] == [0.0, 0.8]
+    assert [run.differing for run in runs] == [{"aug.mixup": 0.0}, {"aug.mixup": 0.8}]  # nothing else differs
+    assert [run.is_baseline for run in runs] == [True, False]  # the first, by default
+    assert {run.experiment for run in runs} == {"ablate_x"}
+    assert [run.cfg.variant for run in runs] == ["mixup=0", "mixup=0.8"]
+
+
+def test_variants_times_grid(tmp_path: Path, experiment) -> None:
+    ablation = {
+        "variants": {"short": {"train.epochs": 1}, "long": {"train": {"epochs": 3}, "optim.lr": 1e-3}},
+        "grid": {"aug.mixup": [0, 0.8], "aug.cutmix": [0, 1]},
+    }
+    runs = load_runs(experiment("abl", aug={"name": "cifar"}, ablation=ablation))
+    assert len(runs) == 2 * 4
+    assert names(runs)[:4] == [
+        "abl/short,mixup=0,cutmix=0",
+        "abl/short,mixup=0,cutmix=1",
+        "abl/short,mixup=0.8,cutmix=0",
+        "abl/short,mixup=0.8,cutmix=1",
+    ]
+    long = runs[-1]
+    assert long.variant == "long,mixup=0.8,cutmix=1"
+    assert long.run_dir == tmp_path / "runs" / "abl" / "long,mixup=0.8,cutmix=1"
+    assert long.cfg.train.epochs == 3 and long.cfg.optim.lr == 1e-3 and long.cfg.aug["cutmix"] == 1.0
+    assert set(long.differing) == {"train.epochs", "optim.lr", "aug.mixup", "aug.cutmix"}
+    assert runs[0].cfg.optim.lr == 5e-4  # a variant's overrides stay in that variant
+    assert len({run.run_dir for run in runs}) == len(runs)
+
+
+def test_variant_overrides_as_a_list_of_items(experiment) -> None:
+    runs = load_runs(experiment("abl", ablation={"variants": {"a": ["optim.lr=1e-3", "train.epochs=2"], "b": {}}}))
+    assert names(runs) == ["abl/a", "abl/b"]
+    assert runs[0].cfg.optim.lr == 1e-3 and runs[0].cfg.train.epochs == 2
+    assert runs[0].differing == {"optim.lr": 1e-3, "train.epochs": 2}
+
+
+def test_command_line_applies_to_every_variant_and_variants_win(experiment) -> None:
+    path = experiment("abl", ablation={"variants": {"a": {"optim.lr": 1e-3}, "b": {}}})
+    a, b = load_runs(path, ["optim.lr=0.1", "seed=3"])
+    assert (a.cfg.optim.lr, b.cfg.optim.lr) == (1e-3, 0.1)
+    assert a.cfg.seed == b.cfg.seed == 3
+    assert "seed" not in a.differing
+
+
+def test_baseline_picks_a_variant(experiment) -> None:
+    runs = load_runs(experiment("abl", ablation={"baseline": "mixup=0.8", "grid": {"aug.mixup": [0, 0.8]}}))
+    assert [run.is_baseline for run in runs] == [False, True]
+
+
+def test_unknown_baseline_lists_the_variants(experiment) -> None:
+    expected = r"ablation.baseline 'mixup=0.5' is not a variant; variants: mixup=0, mixup=0.8"
+    with pytest.raises(ConfigError, match=expected):
+        load_runs(experiment("abl", ablation={"baseline": "mixup=0.5", "grid": {"aug.mixup": [0, 0.8]}}))
+
+
+def test_duplicate_run_names(tmp_path: Path, experiment) -> None:
+    with pytest.raises(ConfigError, match="same name: mixup=0") as caught:
+        load_runs(experiment("abl", ablation={"grid": {"aug.mixup": [0, 0.0]}}))
+    assert str(tmp_path / "abl.yaml") in str(caught.value)
+
+
+def test_a_variant_written_twice_is_an_error_not_a_lost_run(tmp_path: Path, yaml_file, experiment) -> None:
+    experiment("base")
+    path = yaml_file("abl.yaml", "_base_: base.yaml\nablation:\n  variants:\n    a: {}\n    b: {}\n    a: {seed: 1}\n")
+    with pytest.raises(ConfigError, match=r"abl\.yaml:6:5: malformed YAML: key 'a' appears twice"):
+        load_runs(path)
+
+
+def test_grid_keys_ending_the_same_way_use_full_keys(experiment) -> None:
+    runs = load_runs(experiment("abl", ablation={"grid": {"optim.name": ["adamw", "sgd"], "sched.name": ["cosine"]}}))
+    assert names(runs) == ["abl/optim.name=adamw,sched.name=cosine", "abl/optim.name=sgd,sched.name=cosine"]
+
+
+def test_variant_names_cannot_hold_a_slash(experiment) -> None:
+    with pytest.raises(ConfigError, match="cannot contain '/'"):
+        load_runs(experiment("abl", ablation={"variants": {"a/b": {}}}))
+
+
+@pytest.mark.parametrize("values", [[], "0.8", 0.8])
+def test_grid_values_must_be_a_non_empty_list(experiment, values) -> None:
+    with pytest.raises(ConfigError, match=r"ablation.grid.aug.mixup: expected a non-empty list"):
+        load_runs(experiment("abl", ablation={"grid": {"aug.mixup": values}}))
+
+
+def test_bad_key_in_a_variant_names_the_variant(tmp_path: Path, experiment) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_runs(experiment("abl", ablation={"variants": {"fast": {"optim.lrr": 1e-3}}}))
+    message = str(caught.value)
+    assert "abl.yaml (variant fast)" in message and "optim.lrr" in message
+
+
+def test_no_ablation_is_one_run_named_after_the_experiment(experiment) -> None:
+    assert variant_overrides({}, "x.yaml") == [("", {})]
+    (run,) = load_runs(experiment("single"))
+    assert run.name == "single" and run.differing == {} and run.is_baseline
+
+
+def test_differing_keys_keeps_first_seen_order_and_missing_keys() -> None:
+    flats = [{"a": 1, "b": 2, "c": 3}, {"a": 1, "b": 5, "d": 0}, {"a": 1, "b": 2, "c": 3, "x.y": 9}]
+    assert differing_keys(flats) == ["b", "c", "d", "x.y"]
+    assert differing_keys(flats, ignore=("x.",)) == ["b", "c", "d"]
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(None, "null"), (True, "true"), (False, "false"), (0.0, "0"), (0.8, "0.8"), (1e-4, "0.0001"), (3, "3"),
+     ("rand-m9", "rand-m9"), ([1, 0.5], "[1,0.5]")],
+)
+def test_format_value(value, text: str) -> None:
+    assert format_value(value) == text
+
+
+# --- teacher.from_experiment -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def teacher_experiment(experiment) -> Path:
+    return experiment("teacher", job_type="teacher", model={"name": "resnet10_cifar"})
+
+
+def student_sections(link: str) -> dict:
+    return {
+        "model": {"name": "deit_nano_distilled_patch4_32"},
+        "loss": {"name": "hard"},
+        "teacher": {"from_experiment": link},
+    }
+
+
+def test_teacher_from_experiment_links_the_runs(tmp_path: Path, experiment, teacher_experiment: Path) -> None:
+    run = load_run(experiment("student", **student_sections("teacher.yaml")))
+    assert run.teacher_run is not None
+    assert run.teacher_run.name == "teacher" and run.teacher_run.run_dir == tmp_path / "runs" / "teacher"
+    assert run.prerequisites() == [run.teacher_run]
+    assert run.cfg.teacher["checkpoint"] == str(tmp_path / "runs" / "teacher" / CHECKPOINT)
+    assert run.cfg.teacher["name"] == "resnet10_cifar"  # the teacher experiment's model
+    assert run.cfg.teacher["from_experiment"] == str(teacher_experiment)
+
+
+def test_teacher_link_is_relative_to_the_file_that_sets_it(
+    tmp_path: Path, yaml_file, experiment, teacher_experiment
+) -> None:
+    yaml_file("bases/student.yaml", {"_base_": "../student_base.yaml", **student_sections("../teacher.yaml")})
+    experiment("student_base")
+    run = load_run(yaml_file("exp.yaml", {"_base_": "bases/student.yaml"}))
+    assert run.teacher_run is not None and run.teacher_run.run_dir == tmp_path / "runs" / "teacher"
+
+
+def test_teacher_link_from_the_command_line_is_relative_to_the_experiment(experiment, teacher_experiment) -> None:
+    path = experiment("student", model={"name": "deit_nano_distilled_patch4_32"}, loss={"name": "hard"})
+    run = load_run(path, ["teacher.from_experiment=teacher.yaml"])
+    assert run.teacher_run is not None and run.teacher_run.name == "teacher"
+
+
+def test_every_variant_shares_the_teacher_run(experiment, teacher_experiment) -> None:
+    ablation = {"grid": {"loss.alpha": [0.5, 0.9]}}
+    runs = load_runs(experiment("student", **student_sections("teacher.yaml"), ablation=ablation))
+    assert len(runs) == 2
+    assert runs[0].teacher_run == runs[1].teacher_run
+    assert "teacher.checkpoint" not in runs[0].differing
+
+
+def test_teacher_link_to_a_missing_file(experiment) -> None:
+    with pytest.raises(ConfigError, match="teacher.from_experiment: no experiment file .*nope.yaml"):
+        load_run(experiment("student", **student_sections("nope.yaml")))
+
+
+def test_teacher_link_to_itself(experiment) -> None:
+    with pytest.raises(ConfigError, match="links back to itself"):
+        load_run(experiment("student", **student_sections("student.yaml")))
+
+
+def test_teacher_link_to_an_ablation(experiment) -> None:
+    experiment("teachers", model={"name": "resnet10_cifar"}, ablation={"grid": {"seed": [0, 1]}})
+    with pytest.raises(ConfigError, match="has 2 variants; it must make one run"):
+        load_run(experiment("student", **student_sections("teachers.yaml")))
+
+
+def test_teacher_link_and_checkpoint_together(tmp_path: Path, experiment, teacher_experiment) -> None:
+    sections = student_sections("teacher.yaml")
+    sections["teacher"]["checkpoint"] = str(tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match="either teacher.checkpoint or teacher.from_experiment"):
+        load_run(experiment("student", **sections))
+
+
+def test_error_in_the_teacher_experiment_names_the_teacher_file(experiment) -> None:
+    experiment("teacher", model={"name": "resnet10_cifar"}, optim={"lrr": 1})
+    with pytest.raises(ConfigError, match=r"teacher\.yaml: optim\.lrr"):
+        load_run(experiment("student", **student_sections("teacher.yaml")))

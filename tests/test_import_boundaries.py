@@ -1,0 +1,109 @@
+"""Module boundaries, checked on the source (AST), imports inside functions included.
+
+Components (models, teachers, losses, data) depend on the deep-learning stack and the registry only,
+so any of them can be reused or replaced alone; the engine trains whatever it is handed and knows no
+component or launcher; launchers/ are scripts at the edge that nothing imports.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "research"
+
+THIRD_PARTY_FOR_COMPONENTS = {"torch", "torchvision", "timm", "einops", "numpy", "PIL"}
+COMPONENTS = ("models", "teachers", "losses", "data")
+NOT_FOR_THE_ENGINE = ("research.models", "research.teachers", "research.losses", "research.data", "research.launch")
+
+
+def imports(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line, absolute module name)`` for every import in ``path``; ``from research import x`` gives
+    ``research.x`` and relative imports are resolved against the file's package."""
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    if path.name == "__init__.py":
+        package = ".".join(path.relative_to(REPO).parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1])
+                module = f"{base}.{node.module}" if node.module else base
+            else:
+                module = node.module or ""
+            yield node.lineno, module
+            for alias in node.names:  # `from research import models` imports research.models
+                yield node.lineno, f"{module}.{alias.name}"
+
+
+def python_files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*.py") if "__pycache__" not in path.parts)
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(f"{package}.")
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_components_import_only_the_stack_and_the_registry(component: str) -> None:
+    own = f"research.{component}"
+    offenders = []
+    for path in python_files(PACKAGE / component):
+        for line, module in imports(path):
+            top = module.split(".")[0]
+            if top == "research":
+                ok = _within(module, own) or _within(module, "research.registry") or module == "research"
+            else:
+                ok = top in THIRD_PARTY_FOR_COMPONENTS or top in sys.stdlib_module_names or top == "__future__"
+            if not ok:
+                offenders.append(f"{path.relative_to(REPO)}:{line}: {module}")
+    assert not offenders, f"research/{component} may import only {sorted(THIRD_PARTY_FOR_COMPONENTS)}, the standard " \
+        f"library, research.registry and itself:\n" + "\n".join(offenders)
+
+
+def test_teachers_reach_models_through_the_registry_only() -> None:
+    modules = {module for path in python_files(PACKAGE / "teachers") for _, module in imports(path)}
+    assert not any(_within(module, "research.models") for module in modules)
+    assert "research.registry.MODELS" in modules  # how a CIFAR teacher builds its network
+
+
+def test_engine_knows_no_component_and_no_launcher() -> None:
+    offenders = [
+        f"{path.relative_to(REPO)}:{line}: {module}"
+        for path in python_files(PACKAGE / "engine")
+        for line, module in imports(path)
+        if any(_within(module, forbidden) for forbidden in NOT_FOR_THE_ENGINE)
+    ]
+    assert not offenders, "research/engine must not import components or launch code:\n" + "\n".join(offenders)
+
+
+def test_nothing_imports_the_launcher_scripts() -> None:
+    offenders = [
+        f"{path.relative_to(REPO)}:{line}: {module}"
+        for folder in (PACKAGE, REPO / "launchers", REPO / "tests")
+        if folder.exists()
+        for path in python_files(folder)
+        for line, module in imports(path)
+        if _within(module, "launchers")
+    ]
+    assert not offenders, "launchers/ are entry-point scripts; import research.launch instead:\n" + "\n".join(offenders)
+
+
+def test_the_checker_sees_relative_and_from_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AST walk itself: a checker that finds nothing would pass every test above."""
+    fake = tmp_path / "research" / "teachers" / "fake.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(
+        "import os\nfrom ..models import deit\nfrom research import engine\n\ndef f():\n    import launchers.slurm\n"
+    )
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    found = {module for _, module in imports(fake)}
+    assert {"os", "research.models", "research.models.deit", "research.engine", "launchers.slurm"} <= found
