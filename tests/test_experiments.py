@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 import yaml
@@ -53,13 +53,13 @@ def _id(path: Path) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def runs_of(path: Path, base: Optional[str] = None) -> tuple[Run, ...]:
+def runs_of(path: Path, base: str | None = None) -> tuple[Run, ...]:
     """The runs of ``path``, on its own ``_base_`` or on ``base`` (cached: loading builds transforms)."""
     overrides = [f"_base_={base}"] if base else []
     return tuple(load_runs(path, overrides, check_files=False))
 
 
-def base_of(path: Path, base: Optional[str]) -> Path:
+def base_of(path: Path, base: str | None) -> Path:
     """The recipe file an ablation runs on: ``base`` if given, else the file's own ``_base_``."""
     if base is None:
         base = yaml.safe_load(path.read_text())["_base_"]
@@ -97,7 +97,7 @@ def cifar_base(path: Path) -> str:
     return CIFAR_BASE.get(path.stem, DEFAULT_CIFAR_BASE)
 
 
-def chosen_base(path: Path, which: Optional[str]) -> Optional[str]:
+def chosen_base(path: Path, which: str | None) -> str | None:
     return None if which is None else cifar_base(path)
 
 
@@ -127,7 +127,7 @@ def test_every_ablation_has_its_technique_keys_listed_here() -> None:
 
 @pytest.mark.parametrize("which", BASES)
 @pytest.mark.parametrize("path", ABLATIONS, ids=_id)
-def test_ablation_expands_on_both_recipes(path: Path, which: Optional[str]) -> None:
+def test_ablation_expands_on_both_recipes(path: Path, which: str | None) -> None:
     runs = runs_of(path, chosen_base(path, which))
     baseline = baseline_of(runs)
     assert baseline.variant == "full"
@@ -144,7 +144,7 @@ def test_variant_counts(name: str, count: int) -> None:
 
 @pytest.mark.parametrize("which", BASES)
 @pytest.mark.parametrize("path", ABLATIONS, ids=_id)
-def test_ablation_baseline_is_the_full_recipe(path: Path, which: Optional[str]) -> None:
+def test_ablation_baseline_is_the_full_recipe(path: Path, which: str | None) -> None:
     base = chosen_base(path, which)
     (recipe,) = runs_of(base_of(path, base))
     assert flat(baseline_of(runs_of(path, base))) == flat(recipe)
@@ -152,7 +152,7 @@ def test_ablation_baseline_is_the_full_recipe(path: Path, which: Optional[str]) 
 
 @pytest.mark.parametrize("which", BASES)
 @pytest.mark.parametrize("path", ABLATIONS, ids=_id)
-def test_variants_change_only_their_technique(path: Path, which: Optional[str]) -> None:
+def test_variants_change_only_their_technique(path: Path, which: str | None) -> None:
     runs = runs_of(path, chosen_base(path, which))
     baseline = baseline_of(runs)
     allowed = TECHNIQUE_KEYS[path.stem]
@@ -193,7 +193,7 @@ def test_ablate_all_removes_one_technique_per_variant_as_table_8() -> None:
 
 
 @pytest.mark.parametrize("which", BASES)
-def test_distillation_variants(which: Optional[str]) -> None:
+def test_distillation_variants(which: str | None) -> None:
     path = EXPERIMENTS / "ablate_distillation.yaml"
     runs = {run.variant: run for run in runs_of(path, chosen_base(path, which))}
     full = runs["full"].cfg

@@ -67,6 +67,7 @@ class TrainCfg:
     eval_every_epochs: int = 1
     resume: bool = True  # continue from <run dir>/last.pt when it exists
     progress: bool = True  # tqdm progress bar on rank 0
+    threads: Optional[int] = None  # torch compute threads per process; None = torch's default (all cores)
 
 
 @dataclass

@@ -44,6 +44,8 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
     """Train ``run`` to its last epoch, resuming from its run dir; returns the summary."""
     env = env or init_distributed()
     cfg = run.cfg
+    if cfg.train.threads:  # on a small CPU, loader workers and compute threads compete for the same cores
+        torch.set_num_threads(cfg.train.threads)
     _seed_everything(cfg.seed + env.rank)
     record = resolved_config(run)
     run_dir = RunDir(run.run_dir, config=record, is_main=env.is_main)
