@@ -65,7 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--force", action="store_true", help="train finished runs again (the old run dir is kept aside)")
     command("eval", _eval, "evaluate a checkpoint: research eval CONFIG checkpoint=PATH [overrides]")
     sub = command("report", _report, "tables and plots of experiments' runs", config=False)
-    sub.add_argument("configs", nargs="+", type=Path, help="experiment YAML files (ablations)")
+    sub.add_argument(
+        "configs", nargs="+", help="experiment YAML files (ablations), then dotted.key=value overrides applied to each"
+    )
     sub.add_argument("--out", type=Path, default=None, help="report dir (default: reports/<first experiment>)")
     sub.add_argument("--wandb", action="store_true", help="also read runs from the W&B API (online)")
     return parser
@@ -137,7 +139,9 @@ def _eval(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from research.report import write_report
 
-    out = write_report(args.configs, out_dir=args.out, use_wandb=args.wandb)
+    overrides = [item for item in args.configs if "=" in item]
+    configs = [Path(item) for item in args.configs if "=" not in item]
+    out = write_report(configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides)
     print(f"report written to {out}")
     return 0
 

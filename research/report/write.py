@@ -34,6 +34,7 @@ def write_report(
     out_dir: Path | None = None,
     use_wandb: bool = False,
     *,
+    overrides: Sequence[str] = (),
     wandb_api: Any | None = None,
     echo: bool = True,
 ) -> Path:
@@ -46,12 +47,14 @@ def write_report(
             machine; per run, the source that has seen more epochs wins. Without credentials or
             network the report is made from the run dirs, and its header says so.
         wandb_api: the ``wandb.Api`` to use (tests pass a stand-in); default: a new one.
+        overrides: ``dotted.key=value`` items applied to every experiment, as when it was launched
+            (``_base_=base/cifar10.yaml`` reports the CIFAR-10 version of an ablation).
         echo: print the tables to stdout.
 
     Returns:
         The report dir.
     """
-    runs = _load(configs)
+    runs = _load(configs, overrides)
     results = collect(runs)
     sources = ["run dirs"]
     if use_wandb:
@@ -124,11 +127,11 @@ def render_markdown(runs: Sequence[Run], results: Sequence[VariantResult], *, so
     return "\n".join(lines)
 
 
-def _load(configs: Sequence[Path]) -> list[Run]:
+def _load(configs: Sequence[Path], overrides: Sequence[str]) -> list[Run]:
     """Every run of every experiment file, each run once (two files may name one experiment)."""
     runs: dict[Path, Run] = {}
     for config in configs:
-        for run in load_runs(config, check_files=False):  # reporting reads results, not checkpoints
+        for run in load_runs(config, overrides, check_files=False):  # reporting reads results, not checkpoints
             runs.setdefault(run.run_dir, run)
     return list(runs.values())
 

@@ -213,6 +213,16 @@ def test_cli_report_default_dir(half_done: Path, tmp_path: Path, monkeypatch: py
     assert (tmp_path / "reports" / "ablate_flip" / MARKDOWN).is_file()
 
 
+def test_cli_report_applies_overrides_to_every_experiment(half_done: Path, tmp_path: Path, capsys) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    write_run(elsewhere / "ablate_flip" / "hflip=0.5", [41.0], epochs=1, status="done")
+    out = tmp_path / "report"
+    assert cli(["report", str(half_done), f"output_dir={elsewhere}", "--out", str(out)]) == 0
+    with open(out / CSV, newline="") as handle:
+        rows = {row["variant"]: row for row in csv.DictReader(handle)}
+    assert rows["hflip=0.5"]["best_top1"] == "41.0" and rows["hflip=0.5"]["run_dir"].startswith(str(elsewhere))
+
+
 # --- W&B API ------------------------------------------------------------------------------------------
 
 
