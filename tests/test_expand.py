@@ -68,6 +68,12 @@ def test_baseline_picks_a_variant(experiment) -> None:
     assert [run.is_baseline for run in runs] == [False, True]
 
 
+def test_named_baseline_crossed_with_a_grid_is_its_first_grid_point(experiment) -> None:
+    ablation = {"baseline": "full", "variants": {"full": {}, "flat": {"aug.hflip": 0.0}}, "grid": {"seed": [0, 1]}}
+    runs = load_runs(experiment("abl", ablation=ablation))
+    assert [run.variant for run in runs if run.is_baseline] == ["full,seed=0"]
+
+
 def test_unknown_baseline_lists_the_variants(experiment) -> None:
     expected = r"ablation.baseline 'mixup=0.5' is not a variant; variants: mixup=0, mixup=0.8"
     with pytest.raises(ConfigError, match=expected):

@@ -62,9 +62,19 @@ def variant_overrides(ablation: Mapping[str, Any], where: str) -> list[tuple[str
         dupes = sorted({name for name in names if names.count(name) > 1})
         raise ConfigError(f"{where}: ablation gives two variants the same name: {', '.join(dupes)}")
     baseline = ablation.get("baseline")
-    if baseline is not None and baseline not in names:
+    if baseline is not None and baseline_name(baseline, names) is None:
         raise ConfigError(f"{where}: ablation.baseline {baseline!r} is not a variant; variants: {', '.join(names)}")
     return runs
+
+
+def baseline_name(baseline: str | None, names: Sequence[str]) -> str | None:
+    """The run name ``ablation.baseline`` picks: a full variant name, or a named variant crossed with a
+    grid (``full`` -> ``full,seed=0``, its first grid point); the first variant when unset."""
+    if baseline is None:
+        return names[0] if names else None
+    if baseline in names:
+        return baseline
+    return next((name for name in names if name.startswith(f"{baseline},")), None)
 
 
 def _deep_merge(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:

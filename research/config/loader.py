@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from research.config import sources
 from research.config.components import SECTIONS, build_component, resolve_section
 from research.config.errors import ConfigError
-from research.config.expand import differing_keys, variant_overrides
+from research.config.expand import baseline_name, differing_keys, variant_overrides
 from research.config.schema import JOB_TYPES, PRECISIONS, ExperimentCfg
 from research.config.sources import Layered
 from research.plugins import PluginError, import_plugins
@@ -244,7 +244,7 @@ def _check_slurm_time(text: str, where: str) -> None:
 def _with_differences(runs: list[Run], baseline: str | None) -> list[Run]:
     flats = [sources.flatten(dataclasses.asdict(run.cfg)) for run in runs]
     keys = differing_keys(flats, ignore=("variant", "ablation."))
-    baseline = baseline if baseline is not None else runs[0].variant
+    baseline = baseline_name(baseline, [run.variant for run in runs])
     return [
         dataclasses.replace(run, differing={k: flat.get(k) for k in keys}, is_baseline=run.variant == baseline)
         for run, flat in zip(runs, flats)
