@@ -11,13 +11,15 @@ exactly what ran.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 import inspect
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -149,7 +151,8 @@ def _typed_values(
     where: Where,
 ) -> dict[str, Any]:
     hints = _type_hints(builder)
-    fields, literals = [], {}
+    fields: list[tuple[Any, ...]] = []
+    literals: dict[str, tuple[Any, ...]] = {}
     for key, param in params.items():
         if key in spec.injected:
             continue
@@ -161,7 +164,8 @@ def _typed_values(
         if default is inspect.Parameter.empty:
             fields.append((key, _omegaconf_type(hint)))
         else:
-            fields.append((key, _omegaconf_type(hint), dataclasses.field(default_factory=lambda d=default: d)))
+            # a factory, so mutable defaults (lists) are allowed and never shared
+            fields.append((key, _omegaconf_type(hint), dataclasses.field(default_factory=functools.partial(copy.deepcopy, default))))
     schema = dataclasses.make_dataclass(f"{spec.key}_{name}", fields)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(dict(given)))
@@ -171,6 +175,7 @@ def _typed_values(
         message = str(exc).splitlines()[0]
         raise ConfigError(f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}: {message} ({spec.registry.kind} {name!r})") from None
     assert isinstance(values, dict)
+    values = cast(dict[str, Any], values)
     for key, choices in literals.items():
         if values.get(key) not in choices:
             raise ConfigError(

@@ -139,7 +139,7 @@ def _linked_run(
 ) -> Run | None:
     """Resolve ``teacher.from_experiment`` / ``finetune.from_experiment`` into that experiment's run,
     and point the section's checkpoint at the run's final checkpoint."""
-    section = raw.get(key)
+    section: dict[str, Any] | None = raw.get(key)
     link = section.get("from_experiment") if section else None
     if not link:
         if not check_files:
@@ -149,6 +149,7 @@ def _linked_run(
         if key == "finetune" and section and section.get("checkpoint"):
             _check_exists(section["checkpoint"], layered.where("finetune.checkpoint"), "finetune.checkpoint")
         return None
+    assert section is not None  # it holds the link
     origin = layered.where(f"{key}.from_experiment")
     anchor = path.parent if origin == sources.COMMAND_LINE else Path(origin.split(" (")[0]).parent
     target = (anchor / link).resolve()

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -22,7 +22,7 @@ BASE_KEY = "_base_"
 COMMAND_LINE = "command line"
 
 
-class YamlLoader(yaml.SafeLoader):
+class YamlLoader(yaml.SafeLoader):  # type: ignore[misc]  # (PyYAML ships no type hints)
     """PyYAML's safe loader without YAML 1.1 base-60 numbers and dates, with ``1e-3`` as a float.
 
     Base 60 would read SLURM's ``time: 4:00:00`` as the integer 14400, which SLURM takes as minutes
@@ -40,7 +40,8 @@ class YamlLoader(yaml.SafeLoader):
                         None, None, f"key {key_node.value!r} appears twice in this mapping", key_node.start_mark
                     )
                 seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        return mapping
 
 
 _INT, _FLOAT, _DATE = (f"tag:yaml.org,2002:{tag}" for tag in ("int", "float", "timestamp"))
@@ -177,7 +178,7 @@ def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], str | Non
             raise ConfigError(f"override {item!r}: cannot parse it: {str(exc).splitlines()[0]}") from None
     tree = OmegaConf.to_container(conf)
     assert isinstance(tree, dict)
-    return tree, base
+    return cast(dict[str, Any], tree), base
 
 
 def apply_overrides(layered: Layered, tree: Mapping[str, Any], source: str = COMMAND_LINE) -> Layered:
@@ -198,6 +199,7 @@ def as_override_tree(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, 
         if base is not None:
             raise ConfigError("a variant cannot change _base_")
         return tree
+    assert isinstance(overrides, Mapping)
     nested: dict[str, Any] = {}
     for key, value in flatten(dict(overrides)).items():
         node = nested

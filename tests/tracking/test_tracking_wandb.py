@@ -17,8 +17,21 @@ import pytest
 from wandb_reader import WandbFileError, find_run_files, iter_records, read_runs
 
 from research.registry import LOGGERS
-from research.tracking import GuardedTracker, NullTracker, RunInfo, TrackerWarning, WandbTracker, read_lives
-from research.tracking.wandb_logger import ID_FILE, STEP_METRIC, has_api_key, resolve_mode
+from research.tracking import (
+    GuardedTracker,
+    NullTracker,
+    RunInfo,
+    TrackerWarning,
+    WandbTracker,
+    read_lives,
+)
+from research.tracking.wandb_logger import (
+    ID_FILE,
+    STEP_METRIC,
+    has_api_key,
+    resolve_mode,
+)
+
 
 def make_run(root: Path, **overrides: Any) -> RunInfo:
     fields: dict[str, Any] = dict(
