@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="submit finished runs again (old run dirs kept aside)")
     parser.add_argument("--no-snapshot", action="store_true", help="run the live working tree instead of a code snapshot")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
-    args = parser.parse_args(argv)
+    # Intermixed: options may come between overrides (``exp.yaml --dry-run slurm.partition=gpu``).
+    args = parser.parse_intermixed_args(argv)
 
     def submit() -> int:
         from research.config import load_runs

@@ -4,8 +4,8 @@ limit comes.
 submitit owns the signal handling (do not install a SIGUSR1 handler of our own: NCCL and submitit both
 rely on it). On the signal, submitit calls :meth:`TrainJob.checkpoint` on rank 0 of the live job:
 it saves the training state as of the last finished step (unless the signal landed inside an optimizer
-update, in which case the last saved checkpoint stands), and returns the same job for requeueing. The
-requeued job resumes from ``<run dir>/last.pt``, mid-epoch included.
+update or during an epoch's validation, in which case the last saved checkpoint stands), and returns
+the same job for requeueing. The requeued job resumes from ``<run dir>/last.pt``, mid-epoch included.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -61,14 +62,29 @@ class TrainJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
         """Save what was trained, then ask submitit to requeue this run (within ``slurm.max_requeues``)."""
         loop = self._loop
-        if loop is not None and not loop.state.updating:
+        if loop is not None and _between_steps(loop):
             loop.run_dir.save(loop.state)
             log.warning("%s: preempted at epoch %d step %d; state saved", self.run.name, loop.state.epoch, loop.state.step)
         lives = len(read_lives(self.run.run_dir))
         if lives > self.run.cfg.slurm.max_requeues:
             log.error("%s: requeued %d times already (slurm.max_requeues); not requeueing", self.run.name, lives - 1)
             return None
+        # submitit now runs `scontrol requeue`, and SLURM answers by sending SIGTERM to every process
+        # of the job, scontrol included: it could die before exiting 0, and submitit would record
+        # the accepted requeue as a failure. An ignored signal stays ignored in the children we start.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return submitit.helpers.DelayedSubmission(TrainJob(self.run, self.launch_dir))
+
+
+def _between_steps(loop: Loop) -> bool:
+    """Whether the live state is one a resume can continue from: between two steps of an epoch.
+
+    Not inside an optimizer update (half-updated weights), and not at an epoch's end: there the
+    epoch is counted done before its validation and its ``metrics.jsonl`` line are written, so a
+    resume from that state would never record the epoch. The last saved checkpoint stands instead.
+    """
+    state = loop.state
+    return not state.updating and 0 < state.epoch_step < loop.data.steps_per_epoch
 
 
 def _run_from(launch_dir: str) -> None:

@@ -39,8 +39,12 @@ class SlurmUnavailable(ConfigError):
     """No SLURM client on this machine."""
 
 
-class SubmissionRefused(RuntimeError):
-    """sbatch refused a job; the message holds sbatch's own words and the variants concerned."""
+class SubmissionRefused(ConfigError):
+    """sbatch refused a job; the message holds sbatch's own words and the variants concerned.
+
+    A :class:`ConfigError`: the fix is in the experiment's ``slurm:`` section (partition, account,
+    time, ...), so the launcher reports it in one line with exit status 2, like other bad input.
+    """
 
 
 @dataclass
@@ -103,7 +107,8 @@ def launch(runs: Sequence[Run], *, force: bool = False, dry_run: bool = False, s
             pending.append(Row(run, "would submit" if dry_run else "submitted", depends_on=deps))
         for group in _arrays(pending):
             _submit(group, dry_run=dry_run, snapshot=snapshot)
-            job_ids.update({row.run.run_dir: row.job_id for row in group if row.job_id})
+            # --dry-run has no job ids: a placeholder naming the run still shows its students' dependency.
+            job_ids.update({row.run.run_dir: row.job_id or f"<{row.run.name}>" for row in group})
         rows.extend(pending)
     return rows
 
@@ -155,9 +160,9 @@ def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=first.cfg.slurm.max_requeues)
     executor.update_parameters(**params)
-    os.environ.update(provenance.git_env())  # the job inherits it: the snapshot has no .git
     launch_dir = os.getcwd()
-    with _snapshot(Path(first.cfg.output_dir), first.experiment, enabled=snapshot):
+    # sbatch passes our environment on to the job, which runs from a snapshot without our .git.
+    with _environ(provenance.git_env()), _snapshot(Path(first.cfg.output_dir), first.experiment, enabled=snapshot):
         try:
             with executor.batch():
                 jobs = [executor.submit(TrainJob(row.run, launch_dir)) for row in rows]
@@ -169,6 +174,21 @@ def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool) -> None:
     for row, job in zip(rows, jobs):
         row.job_id = job.job_id
         _record_job(row.run.run_dir, job.job_id)
+
+
+@contextlib.contextmanager
+def _environ(variables: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the submission only (``launch`` may be called from a library)."""
+    saved = {key: os.environ.get(key) for key in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager

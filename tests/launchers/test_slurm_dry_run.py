@@ -1,0 +1,186 @@
+"""``launchers/slurm.py --dry-run``: the jobs and their ``#SBATCH`` lines, on a machine without SLURM.
+
+Every test here runs with ``sbatch`` off the PATH; the real submissions are in tests/slurm/test_launcher.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+TINY: dict[str, Any] = {
+    "model": {"name": "deit_nano_patch4_32", "img_size": 32},
+    "data": {"name": "synthetic", "size": 16, "num_classes": 4},
+    "aug": {"name": "none", "simple_crop": True},
+    "logger": {"name": "none"},
+    "loader": {"batch_size": 8, "workers": 0},
+    "train": {"epochs": 1, "progress": False},
+}
+
+
+def _load_launcher() -> ModuleType:
+    # A script, not a module: loaded by path (tests/launchers would shadow a `launchers` import).
+    spec = importlib.util.spec_from_file_location("slurm_launcher_script", REPO / "launchers" / "slurm.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+launcher = _load_launcher()
+
+
+@pytest.fixture(autouse=True)
+def no_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SLURM client on this 'machine': an empty PATH."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[..., Path]:
+    """``write("name", slurm={...}, ...)`` writes ``tmp_path/name.yaml``: TINY with sections replaced."""
+
+    def write_experiment(name: str, **sections: Any) -> Path:
+        config = {"name": name, "output_dir": str(tmp_path / "runs"), **TINY, **sections}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
+
+    return write_experiment
+
+
+def sbatch_blocks(out: str) -> dict[str, list[str]]:
+    """The ``#SBATCH`` lines printed for each array, keyed by the runs it holds ("a/x, a/y")."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in out.splitlines():
+        if line.startswith("sbatch parameters for "):
+            current = blocks.setdefault(line.removeprefix("sbatch parameters for ").rstrip(":"), [])
+        elif line.startswith("#SBATCH"):
+            current.append(line)
+    return blocks
+
+
+def table_rows(out: str) -> dict[str, list[str]]:
+    """The launcher's table, a row per variant (columns split on runs of two spaces)."""
+    lines = out.split("\n\n")[0].splitlines()
+    assert lines[0].split() == ["variant", "action", "job", "id", "after", "run", "dir", "W&B", "run", "differing", "keys"]
+    return {cells[0]: cells for cells in ([c.strip() for c in line.split("  ") if c.strip()] for line in lines[2:])}
+
+
+def test_dry_run_prints_each_array_with_its_sbatch_lines_on_gpu_nodes(write, tmp_path: Path, capsys) -> None:
+    slurm = {
+        "partition": "gpu",
+        "nodes": 2,
+        "gpus_per_node": 4,
+        "cpus_per_task": 8,
+        "mem_gb": 32,
+        "time": "1-12:00:00",
+        "extra": {"reservation": "deit"},
+        "array_parallelism": 2,
+    }
+    ablation = {"variants": {"lr1": {"optim.lr": 1e-3}, "lr3": {"optim.lr": 3e-3}}}
+    path = write("sweep", slurm=slurm, ablation=ablation)
+
+    # --dry-run between the file and an override: options may sit anywhere.
+    assert launcher.main([str(path), "--dry-run", "slurm.account=vision"]) == 0
+    out = capsys.readouterr().out
+
+    rows = table_rows(out)
+    runs = tmp_path / "runs" / "sweep"
+    assert rows["sweep/lr1"] == ["sweep/lr1", "would submit", "-", "-", str(runs / "lr1"), "sweep/lr1", "optim.lr=0.001"]
+    assert rows["sweep/lr3"][1:6] == ["would submit", "-", "-", str(runs / "lr3"), "sweep/lr3"]
+    (lines,) = sbatch_blocks(out).values()  # both variants in one array
+    for expected in [
+        "#SBATCH --array=0-1%2",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=vision",
+        "#SBATCH --nodes=2",
+        "#SBATCH --ntasks-per-node=4",  # one DDP process per GPU
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --mem=32768MB",
+        "#SBATCH --time=2160",  # minutes
+        "#SBATCH --reservation=deit",  # slurm.extra, passed through
+        "#SBATCH --job-name=sweep",
+    ]:
+        assert expected in lines, f"{expected} missing from:\n" + "\n".join(lines)
+    assert not any("dependency" in line for line in lines)
+    assert not runs.exists(), "a dry run writes nothing"
+
+
+def test_dry_run_on_cpu_nodes_runs_tasks_per_node_processes(write, capsys) -> None:
+    path = write("cpu", slurm={"partition": "cpu", "tasks_per_node": 2, "cpus_per_task": 1, "time": "30"})
+    assert launcher.main([str(path), "--dry-run"]) == 0
+    (lines,) = sbatch_blocks(capsys.readouterr().out).values()
+    assert {"#SBATCH --ntasks-per-node=2", "#SBATCH --cpus-per-task=1", "#SBATCH --time=30"} <= set(lines)
+    assert not any("gpus" in line for line in lines)
+
+
+def test_dry_run_shows_the_student_waiting_for_its_teacher(write, tmp_path: Path, capsys) -> None:
+    write("teacher", model={"name": "resnet10_cifar", "img_size": 32})
+    path = write(
+        "student",
+        model={"name": "deit_nano_distilled_patch4_32", "img_size": 32},
+        teacher={"from_experiment": "teacher.yaml"},
+        loss={"name": "hard"},
+    )
+    assert launcher.main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+
+    rows = table_rows(out)
+    assert list(rows) == ["teacher", "student"]  # the teacher is submitted first
+    assert rows["teacher"][1:4] == ["would submit", "-", "-"]
+    assert rows["student"][1:4] == ["would submit", "-", "<teacher>"]
+    blocks = sbatch_blocks(out)
+    assert not any("dependency" in line for line in blocks["teacher"])
+    # No job id before submission: the teacher's name stands in for it (shell-quoted by submitit).
+    assert "#SBATCH --dependency='afterok:<teacher>'" in blocks["student"]
+
+    # A finished teacher is not submitted again, and the student waits for nothing.
+    teacher_dir = tmp_path / "runs" / "teacher"
+    teacher_dir.mkdir(parents=True)
+    (teacher_dir / "summary.json").write_text(json.dumps({"status": "done", "epochs_done": 1, "epochs": 1}))
+    assert launcher.main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert rows["teacher"][1] == "finished" and rows["student"][1:4] == ["would submit", "-", "-"]
+    assert list(sbatch_blocks(out)) == ["student"]
+    assert not any("dependency" in line for line in sbatch_blocks(out)["student"])
+
+
+def test_submitting_without_slurm_exits_2_and_names_the_alternatives(write, tmp_path: Path, capsys) -> None:
+    path = write("plain", slurm={"partition": "debug"})
+    assert launcher.main([str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    error = captured.err.strip()
+    assert "\n" not in error and "sbatch not found" in error
+    assert "--dry-run" in error and "launchers/local.py" in error
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("tasks", [1, 8])
+def test_tasks_per_node_other_than_gpus_per_node_is_refused(write, capsys, tasks: int) -> None:
+    path = write("clash", slurm={"gpus_per_node": 4, "tasks_per_node": tasks})
+    assert launcher.main([str(path), "--dry-run"]) == 2
+    error = capsys.readouterr().err
+    assert f"slurm.tasks_per_node={tasks}" in error and "slurm.gpus_per_node=4" in error
+    assert "leave tasks_per_node unset" in error
+
+
+def test_tasks_per_node_equal_to_gpus_per_node_is_accepted(write, capsys) -> None:
+    path = write("same", slurm={"gpus_per_node": 4, "tasks_per_node": 4})
+    assert launcher.main([str(path), "--dry-run"]) == 0
+    (lines,) = sbatch_blocks(capsys.readouterr().out).values()
+    assert "#SBATCH --ntasks-per-node=4" in lines
