@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="train finished variants again (old run dirs kept aside)")
     parser.add_argument("--nproc", type=int, default=1, help="DDP processes per variant (default 1)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
 
     def launch() -> int:
         from research.config import load_runs

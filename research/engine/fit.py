@@ -78,8 +78,10 @@ def fit(loop: Loop) -> dict[str, Any]:
         if improved:
             state.best_top1 = record["val/top1"]
         record["val/best_top1"] = state.best_top1
-        loop.run_dir.save(state, best=improved)
+        # The line first: a kill between the two leaves an older checkpoint, and the resume drops
+        # the lines past it; the other order would lose this epoch's line for good.
         loop.run_dir.append_metrics(record)
+        loop.run_dir.save(state, best=improved)
         loop.tracker.log(record, step=state.step)
         if loop.is_main:
             log.info("epoch %d/%d: %s", state.epoch, options.epochs, _brief(record))

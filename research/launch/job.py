@@ -96,7 +96,7 @@ def _run_from(launch_dir: str) -> None:
 
 def _record_life(run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    entry = {"job_id": os.environ.get("SLURM_JOB_ID"), "array_task": os.environ.get("SLURM_ARRAY_TASK_ID"), "started": time.time()}
+    entry = {"job_id": submitit.JobEnvironment().job_id, "started": time.time()}  # "123_0", as in slurm_job.json
     with open(run_dir / LIVES, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
 

@@ -80,7 +80,8 @@ def executor_parameters(slurm: SlurmCfg, job_name: str) -> dict[str, Any]:
         "gpus_per_node": gpus or None,
         "mem": f"{int(slurm.mem_gb * 1024)}MB" if slurm.mem_gb else None,
         "setup": list(slurm.setup) or None,
-        "additional_parameters": dict(slurm.extra) or None,
+        # a student whose teacher failed is cancelled rather than left pending forever; slurm.extra can say otherwise
+        "additional_parameters": {"kill_on_invalid_dep": "yes", **slurm.extra},
     }
     return {key: value for key, value in params.items() if value is not None}
 

@@ -20,7 +20,7 @@ from research.tracking.null import NullTracker
 __all__ = ["JsonlTracker", "build_jsonl"]
 
 LOG_FILE = "log.jsonl"
-SUMMARY_FILE = "summary.json"
+SUMMARY_FILE = "log_summary.json"  # summary.json is the engine's
 
 
 class JsonlTracker:

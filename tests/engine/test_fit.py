@@ -26,14 +26,14 @@ def _interrupt_after(epochs: int):
     """An ``on_loop`` hook that stops training right after epoch ``epochs`` is checkpointed."""
 
     def hook(loop) -> None:
-        append = loop.run_dir.append_metrics
+        save = loop.run_dir.save
 
-        def append_then_stop(record):
-            append(record)
-            if record.get("epoch") == epochs:
+        def save_then_stop(state, best=False):
+            save(state, best=best)
+            if state.epoch == epochs and state.epoch_step == 0:
                 raise Interrupt
 
-        loop.run_dir.append_metrics = append_then_stop
+        loop.run_dir.save = save_then_stop
 
     return hook
 

@@ -170,7 +170,7 @@ def test_jsonl_appends_lines_and_merges_summary(tmp_path):
         "val/top1": 0.25,
         "epoch": 1,
     }
-    summary = json.loads((run.run_dir / "summary.json").read_text())
+    summary = json.loads((run.run_dir / "log_summary.json").read_text())
     assert summary == {"best/top1": 1.25, "life0": True, "life1": True}
 
 
