@@ -38,10 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = launch(runs, force=args.force, dry_run=args.dry_run, snapshot=not args.no_snapshot)
         table = [
             [row.run.name, row.action, row.job_id or "-", ",".join(row.depends_on) or "-", str(row.run.run_dir), row.run.name,
-             " ".join(f"{k}={format_value(v)}" for k, v in row.run.differing.items()) or "-"]
+             " ".join(f"{k}={format_value(v)}" for k, v in row.run.changes.items()) or "-"]
             for row in rows
         ]
-        print(text_table(["variant", "action", "job id", "after", "run dir", "W&B run", "differing keys"], table))
+        print(text_table(["variant", "action", "job id", "after", "run dir", "W&B run", "changes vs baseline"], table))
         for header in dict.fromkeys(row.sbatch for row in rows if row.sbatch):
             names = ", ".join(row.run.name for row in rows if row.sbatch == header)
             print(f"\nsbatch parameters for {names}:\n{header}")

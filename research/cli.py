@@ -107,10 +107,10 @@ def _expand(args: argparse.Namespace) -> int:
     runs = load_runs(args.config, args.overrides, check_files=False)
     rows = []
     for run in runs:
-        differing = " ".join(f"{k}={format_value(v)}" for k, v in run.differing.items())
+        changes = " ".join(f"{k}={format_value(v)}" for k, v in run.changes.items())
         marker = " (baseline)" if run.is_baseline and len(runs) > 1 else ""
-        rows.append([run.name + marker, run_status(run.run_dir), str(run.run_dir), differing or "-"])
-    print(text_table(["run", "status", "run dir", "differing keys"], rows))
+        rows.append([run.name + marker, run_status(run.run_dir), str(run.run_dir), changes or "-"])
+    print(text_table(["run", "status", "run dir", "changes vs baseline"], rows))
     print(f"{len(runs)} run{'s' if len(runs) != 1 else ''}")
     return 0
 

@@ -70,12 +70,22 @@ def test_expand_prints_the_runs(capsys, tmp_path: Path, experiment) -> None:
     status, out, err = cli(capsys, "expand", path, "optim.lr=1e-3")
     assert status == 0 and err == ""
     lines = out.splitlines()
-    assert lines[0].split() == ["run", "status", "run", "dir", "differing", "keys"]
+    assert lines[0].split() == ["run", "status", "run", "dir", "changes", "vs", "baseline"]
     assert "ablate_x/mixup=0 (baseline)" in lines[2] and "aug.mixup=0" in lines[2]
     assert "ablate_x/mixup=0.8" in lines[3] and "aug.mixup=0.8" in lines[3]
     assert str(tmp_path / "runs" / "ablate_x" / "mixup=0.8") in lines[3]
     assert "not started" in lines[2]
     assert lines[-1] == "2 runs"
+
+
+def test_expand_shows_what_each_variant_changes_from_the_baseline(capsys, experiment) -> None:
+    variants = {"full": {}, "flat": {"aug.hflip": 0.0}, "plain": {"aug.mixup": 0.0, "aug.cutmix": 0.0}}
+    path = experiment("ablate_y", aug={"name": "cifar"}, ablation={"baseline": "full", "variants": variants})
+    status, out, _ = cli(capsys, "expand", path)
+    rows = {line.split()[0]: line for line in out.splitlines()[2:-1]}
+    assert "aug.hflip=0.5" in rows["ablate_y/full"] and "aug.mixup=0.8" in rows["ablate_y/full"]
+    assert rows["ablate_y/flat"].endswith("aug.hflip=0")
+    assert rows["ablate_y/plain"].endswith("aug.mixup=0 aug.cutmix=0")
 
 
 def test_expand_a_single_run(capsys, experiment) -> None:

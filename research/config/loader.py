@@ -39,7 +39,8 @@ class Run:
     run_dir: Path
     cfg: ExperimentCfg
     source: Path
-    differing: dict[str, Any] = field(default_factory=dict)
+    differing: dict[str, Any] = field(default_factory=dict)  # keys whose value differs between the runs
+    changes: dict[str, Any] = field(default_factory=dict)  # what this run sets unlike the baseline (all keys for it)
     is_baseline: bool = True
     teacher_run: Run | None = None  # the run whose checkpoint the teacher loads (teacher.from_experiment)
     finetune_run: Run | None = None
@@ -246,7 +247,13 @@ def _with_differences(runs: list[Run], baseline: str | None) -> list[Run]:
     flats = [sources.flatten(dataclasses.asdict(run.cfg)) for run in runs]
     keys = differing_keys(flats, ignore=("variant", "ablation."))
     baseline = baseline_name(baseline, [run.variant for run in runs])
+    reference = next(flat for run, flat in zip(runs, flats) if run.variant == baseline)
     return [
-        dataclasses.replace(run, differing={k: flat.get(k) for k in keys}, is_baseline=run.variant == baseline)
+        dataclasses.replace(
+            run,
+            differing={k: flat.get(k) for k in keys},
+            changes={k: flat.get(k) for k in keys if run.variant == baseline or flat.get(k) != reference.get(k)},
+            is_baseline=run.variant == baseline,
+        )
         for run, flat in zip(runs, flats)
     ]

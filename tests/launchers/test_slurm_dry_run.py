@@ -74,7 +74,7 @@ def sbatch_blocks(out: str) -> dict[str, list[str]]:
 def table_rows(out: str) -> dict[str, list[str]]:
     """The launcher's table, a row per variant (columns split on runs of two spaces)."""
     lines = out.split("\n\n")[0].splitlines()
-    assert lines[0].split() == ["variant", "action", "job", "id", "after", "run", "dir", "W&B", "run", "differing", "keys"]
+    assert lines[0].split() == ["variant", "action", "job", "id", "after", "run", "dir", "W&B", "run", "changes", "vs", "baseline"]
     return {cells[0]: cells for cells in ([c.strip() for c in line.split("  ") if c.strip()] for line in lines[2:])}
 
 

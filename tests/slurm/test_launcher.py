@@ -85,7 +85,7 @@ def launch(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, st
 def table(out: str) -> dict[str, dict[str, str]]:
     """The launcher's table: per variant, its cells by column name (columns split on two spaces)."""
     lines = out.split("\n\n")[0].splitlines()
-    columns = ["variant", "action", "job id", "after", "run dir", "W&B run", "differing keys"]
+    columns = ["variant", "action", "job id", "after", "run dir", "W&B run", "changes vs baseline"]
     assert [c.strip() for c in lines[0].split("  ") if c.strip()] == columns
     rows = [[c.strip() for c in line.split("  ") if c.strip()] for line in lines[2:]]
     return {row[0]: dict(zip(columns, row, strict=True)) for row in rows}
