@@ -139,3 +139,17 @@ def resnet10_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = F
     return _models_teacher(
         "resnet10_cifar", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last
     )
+
+
+@TEACHERS.register("resnet9_cifar", arch="resnet9_cifar", source="research")
+def resnet9_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
+    """Page's ResNet-9 for CIFAR (MODELS ``resnet9_cifar``), trained by this package's engine."""
+    return _models_teacher("resnet9_cifar", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)
+
+
+@TEACHERS.register("resnet9_slim_cifar", arch="resnet9_slim_cifar", source="research")
+def resnet9_slim_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
+    """Half-width ResNet-9 (MODELS ``resnet9_slim_cifar``): the fast CIFAR teacher."""
+    return _models_teacher(
+        "resnet9_slim_cifar", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last
+    )

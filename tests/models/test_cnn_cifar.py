@@ -72,3 +72,15 @@ def test_resnet10_cifar_is_small_and_fits_a_batch() -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize(("name", "width"), [("resnet9_cifar", 64), ("resnet9_slim_cifar", 32)])
+def test_resnet9_shapes_and_registration(name: str, width: int) -> None:
+    assert MODELS.metadata(name) == {"distilled": False, "family": "cnn"}
+    net = MODELS.build(name, num_classes=10)
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 8 and [c.out_channels for c in convs] == [width, 2 * width, 2 * width, 2 * width, 4 * width, 8 * width, 8 * width, 8 * width]
+    logits = net(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10)
+    logits.logsumexp(dim=1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
