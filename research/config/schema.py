@@ -67,6 +67,8 @@ class TrainCfg:
     eval_every_epochs: int = 1
     resume: bool = True  # continue from <run dir>/last.pt when it exists
     progress: bool = True  # tqdm progress bar on rank 0
+    # timm's fused (scaled_dot_product) attention; its CPU backward is slow in bf16 (docs/PERFORMANCE.md)
+    fused_attention: bool = True
     threads: Optional[int] = None  # torch compute threads per process; None = torch's default (all cores)
 
 

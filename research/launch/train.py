@@ -93,6 +93,9 @@ def resolved_config(run: Run) -> dict[str, Any]:
 
 def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module:
     model = build_component(SECTIONS["model"], cfg.model, num_classes=num_classes)
+    for module in model.modules():  # timm attention blocks carry the switch
+        if hasattr(module, "fused_attn"):
+            module.fused_attn = cfg.train.fused_attention
     if cfg.finetune.checkpoint:
         saved = load_checkpoint(cfg.finetune.checkpoint)
         load_for_finetune(model, saved.get("model", saved), interpolation=cfg.finetune.interpolation)

@@ -125,3 +125,14 @@ def test_atomic_save_keeps_the_old_checkpoint_when_writing_fails(tmp_path: Path,
     monkeypatch.undo()
     assert checkpoint.load(target)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
+
+
+def test_fused_attention_switch_reaches_every_attention_block(experiment) -> None:
+    from research.launch.dist import DistEnv
+    from research.launch.train import build_model
+
+    for fused in (True, False):
+        run = load_run(experiment(train={"fused_attention": fused}))
+        model = build_model(run.cfg, num_classes=4, env=DistEnv())
+        flags = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
+        assert flags and all(flag is fused for flag in flags)
