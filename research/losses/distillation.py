@@ -9,6 +9,8 @@ head and the distillation term trains the distillation head; the two are mixed a
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,7 +41,7 @@ class GroundTruthObjective(nn.Module):
         return LossOutput(base, {"loss/base": base.detach()})
 
 
-class DistillationObjective(nn.Module):
+class DistillationObjective(nn.Module, abc.ABC):
     """``(1 - alpha) * base(class_logits, targets) + alpha * distill(dist_logits, teacher(images))``.
 
     Subclasses define :meth:`distillation_loss`. The teacher is a submodule so that ``.to(device)``
@@ -55,9 +57,9 @@ class DistillationObjective(nn.Module):
         self.teacher = teacher
         self.alpha = alpha
 
+    @abc.abstractmethod
     def distillation_loss(self, dist_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         """Scalar loss of the student's ``(B, C)`` distillation logits against the teacher's."""
-        raise NotImplementedError
 
     def forward(self, images: torch.Tensor, outputs: StudentOutput, targets: torch.Tensor) -> LossOutput:
         class_logits, dist_logits = split_outputs(outputs)
