@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     parser.add_argument("--force", action="store_true", help="train finished variants again (old run dirs kept aside)")
     parser.add_argument("--nproc", type=int, default=1, help="DDP processes per variant (default 1)")
+    parser.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="run only these variants (default: all)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
     args = parser.parse_intermixed_args(argv)
 
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         from research.config import load_runs
         from research.launch.local import run_locally
 
-        runs = load_runs(args.config, args.overrides)
+        runs = load_runs(args.config, args.overrides, only=args.only)
         run_locally(runs, force=args.force, nproc=args.nproc)
         return 0
 

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and sbatch parameters; submit nothing")
     parser.add_argument("--force", action="store_true", help="submit finished runs again (old run dirs kept aside)")
     parser.add_argument("--no-snapshot", action="store_true", help="run the live working tree instead of a code snapshot")
+    parser.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="run only these variants (default: all)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
     # Intermixed: options may come between overrides (``exp.yaml --dry-run slurm.partition=gpu``).
     args = parser.parse_intermixed_args(argv)
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         from research.console import text_table
         from research.launch.slurm import launch
 
-        runs = load_runs(args.config, args.overrides, check_files=not args.dry_run)
+        runs = load_runs(args.config, args.overrides, check_files=not args.dry_run, only=args.only)
         rows = launch(runs, force=args.force, dry_run=args.dry_run, snapshot=not args.no_snapshot)
         table = [
             [row.run.name, row.action, row.job_id or "-", ",".join(row.depends_on) or "-", str(row.run.run_dir), row.run.name,

@@ -54,7 +54,12 @@ class Run:
 
 
 def load_runs(
-    path: str | Path, overrides: Sequence[str] = (), *, check_files: bool = True, _stack: tuple[Path, ...] = ()
+    path: str | Path,
+    overrides: Sequence[str] = (),
+    *,
+    check_files: bool = True,
+    only: Sequence[str] = (),
+    _stack: tuple[Path, ...] = (),
 ) -> list[Run]:
     """Every run an experiment file makes, validated.
 
@@ -63,6 +68,8 @@ def load_runs(
         overrides: ``dotted.key=value`` items, applied over the file (and under ablation variants).
         check_files: also check that checkpoints the runs read (teacher.checkpoint, finetune.checkpoint)
             exist; off for commands that only show a plan (expand, --dry-run) on another machine.
+        only: keep only these variants (all when empty); differences are still taken against the
+            baseline, whether it is kept or not.
     """
     path = Path(path)
     if path.is_dir():
@@ -78,7 +85,16 @@ def load_runs(
         source = f"{sources._display(path.resolve())} (variant {variant})" if variant else sources.COMMAND_LINE
         run_layers = sources.apply_overrides(layered, variant_tree, source) if variant_tree else layered
         runs.append(_resolve_run(run_layers, path, variant, (*_stack, path.resolve()), check_files))
-    return _with_differences(runs, base.ablation.get("baseline"))
+    return _select(_with_differences(runs, base.ablation.get("baseline")), only, path)
+
+
+def _select(runs: list[Run], only: Sequence[str], path: Path) -> list[Run]:
+    names = [run.variant for run in runs]
+    unknown = [name for name in only if name not in names]
+    if unknown:
+        listed = ", ".join(names) if any(names) else "none: it is a single run"
+        raise ConfigError(f"{path}: no variant {', '.join(map(repr, unknown))}; its variants are {listed}")
+    return [run for run in runs if not only or run.variant in only]
 
 
 def load_run(path: str | Path, overrides: Sequence[str] = ()) -> Run:

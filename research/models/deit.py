@@ -173,6 +173,11 @@ class DistilledDeiT(DeiT):
             return class_logits, distillation_logits
         return self._select(class_logits, distillation_logits)
 
+    def forward_heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(class_logits, distillation_logits)`` of images ``x`` in either mode (evaluation reports each head)."""
+        tokens = self.forward_features(x)
+        return self.head(self.head_drop(tokens[:, 0])), self.head_dist(self.head_drop(tokens[:, 1]))
+
     def _select(self, from_class: Tensor, from_distillation: Tensor) -> Tensor:
         if self.eval_head == "class":
             return from_class

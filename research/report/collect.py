@@ -60,6 +60,9 @@ class VariantResult:
         teacher_top1: the teacher's val top-1, when the run distils.
         images_per_s: training throughput of the last epoch (all processes).
         wall_time_s: training time so far (excluding the time spent queued).
+        seed: the run's ``seed``.
+        head_top1: for a model with a distillation token, the top-1 of each prediction (``class``,
+            ``distillation``, ``both``) at the best epoch.
         commit: the git commit the run's code came from, ``-dirty`` when it had uncommitted changes.
         source: ``"run dir"`` or ``"wandb"`` (read from the W&B API).
         delta_top1: ``best_top1`` minus the baseline's, in percentage points; set by :func:`with_deltas`.
@@ -84,6 +87,8 @@ class VariantResult:
     teacher_top1: float | None = None
     images_per_s: float | None = None
     wall_time_s: float | None = None
+    seed: int | None = None
+    head_top1: Mapping[str, float] = field(default_factory=dict)
     commit: str | None = None
     source: str = RUN_DIR
     delta_top1: float | None = None
@@ -177,6 +182,12 @@ def summarize(
         teacher_top1=teacher_top1 if teacher_top1 is not None else _number(summary.get("teacher/top1")),
         images_per_s=_number(summary.get("images_per_s")) or (float(throughput[-1]) if throughput else None),
         wall_time_s=_number(summary.get("wall_time_s")),
+        seed=run.cfg.seed,
+        head_top1={
+            key.removeprefix("val/top1_"): float(value)
+            for key, value in best_record.items()
+            if key.startswith("val/top1_") and _number(value) is not None
+        },
         commit=commit,
         source=source,
     )

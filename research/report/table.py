@@ -15,6 +15,8 @@ __all__ = ["CSV_COLUMNS", "csv_rows", "table", "write_csv"]
 
 # Columns shown only when some run has a value (train.ema, distillation): header -> VariantResult field.
 _OPTIONAL = {"EMA top-1": "best_ema_top1", "teacher top-1": "teacher_top1"}
+# Per-head columns of distilled models: VariantResult.head_top1 key -> header prefix.
+_HEADS = {"class": "class-head", "distillation": "dist.-head", "both": "both-heads"}
 
 # runs.csv: the fixed columns, then one column per differing config key (``aug.mixup``, ...).
 CSV_COLUMNS = (
@@ -34,6 +36,7 @@ CSV_COLUMNS = (
     "teacher_top1",
     "images_per_s",
     "wall_time_s",
+    "seed",
     "differing",
     "commit",
     "source",
@@ -43,14 +46,17 @@ CSV_COLUMNS = (
 
 def table(results: Sequence[VariantResult], *, markdown: bool = True) -> str:
     """One experiment's runs as a table: variant, differing keys, best top-1, top-5 (at the best top-1),
-    delta vs the baseline, epochs done / total, images/s and status. Missing values show as ``-``.
+    delta vs the baseline, epochs done / total, images/s, wall time, seed and status. Missing values
+    show as ``-``. Distilled models add the top-1 of each head at the best epoch.
 
     The differing keys of a variant are those it sets differently from the baseline, which keeps the
     row of a named variant (``no_mixup``) short; the baseline's row lists all of them.
     """
     optional = {h: key for h, key in _OPTIONAL.items() if any(getattr(r, key) is not None for r in results)}
+    heads = [head for head in _HEADS if any(head in r.head_top1 for r in results)]
     headers = ["variant", "differing keys", "best top-1", "top-5", "Δ top-1", *optional]
-    headers += ["epochs", "images/s", "status"]
+    headers += [f"{_HEADS[head]} top-1" for head in heads]
+    headers += ["epochs", "images/s", "wall time", "seed", "status"]
     rows = []
     for result in results:
         name = result.variant or result.experiment
@@ -64,8 +70,11 @@ def table(results: Sequence[VariantResult], *, markdown: bool = True) -> str:
                 _pct(result.top5),
                 _signed(result.delta_top1),
                 *(_pct(getattr(result, key)) for key in optional.values()),
+                *(_pct(result.head_top1.get(head)) for head in heads),
                 f"{result.epochs_done}/{result.epochs}",
                 None if result.images_per_s is None else f"{result.images_per_s:.0f}",
+                _minutes(result.wall_time_s),
+                None if result.seed is None else str(result.seed),
                 result.status,
             ]
         )
@@ -111,3 +120,7 @@ def _pct(value: float | None) -> str | None:
 
 def _signed(value: float | None) -> str | None:
     return None if value is None else f"{value:+.2f}"
+
+
+def _minutes(seconds: float | None) -> str | None:
+    return None if seconds is None else f"{seconds / 60:.1f} min"

@@ -119,6 +119,19 @@ def test_dry_run_prints_each_array_with_its_sbatch_lines_on_gpu_nodes(write, tmp
     assert not runs.exists(), "a dry run writes nothing"
 
 
+def test_only_submits_the_named_variants_and_refuses_unknown_ones(write, capsys) -> None:
+    ablation = {"baseline": "a", "variants": {"a": {}, "b": {"optim.lr": 1e-3}, "c": {"optim.lr": 3e-3}}}
+    path = write("pick", ablation=ablation)
+    assert launcher.main([str(path), "--dry-run", "--only", "c", "b"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    assert sorted(rows) == ["pick/b", "pick/c"]
+    assert rows["pick/c"][-1] == "optim.lr=0.003"  # still compared with the baseline that is not run
+
+    assert launcher.main([str(path), "--dry-run", "--only", "d"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no variant 'd'" in err and "its variants are a, b, c" in err
+
+
 def test_dry_run_on_cpu_nodes_runs_tasks_per_node_processes(write, capsys) -> None:
     path = write("cpu", slurm={"partition": "cpu", "tasks_per_node": 2, "cpus_per_task": 1, "time": "30"})
     assert launcher.main([str(path), "--dry-run"]) == 0

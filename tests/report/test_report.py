@@ -133,6 +133,23 @@ def test_resumed_epochs_count_once_and_teacher_line_is_not_an_epoch(experiment, 
     assert "teacher top-1" in headers and "EMA top-1" not in headers  # shown only when some run has one
 
 
+def test_table_shows_wall_time_seed_and_each_head_of_a_distilled_run(experiment, tmp_path: Path) -> None:
+    path = experiment("heads", seed=3, train={"epochs": 2})
+    heads = {"val/top1_class": 61.0, "val/top1_distillation": 63.5, "val/top1_both": 64.0}
+    write_run(tmp_path / "runs" / "heads", [50.0, 64.0], epochs=2, status="done",
+              extra_records=[{"epoch": 2, "val/top1": 64.0, "val/top5": 94.0, **heads}])
+    (result,) = collect(load_runs(path, check_files=False))
+    assert result.seed == 3 and result.wall_time_s == 12.0
+    assert result.head_top1 == {"class": 61.0, "distillation": 63.5, "both": 64.0}  # at the best epoch
+    rendered = table([result])
+    row = table_rows(rendered)["heads"]
+    headers = [cell.strip() for cell in rendered.splitlines()[0].strip("|").split("|")]
+    cells = dict(zip(headers, row))
+    assert cells["class-head top-1"] == "61.00" and cells["dist.-head top-1"] == "63.50"
+    assert cells["both-heads top-1"] == "64.00"
+    assert cells["wall time"] == "0.2 min" and cells["seed"] == "3"
+
+
 def test_failed_run_keeps_its_best_so_far(experiment, tmp_path: Path) -> None:
     path = experiment("ablate_lr", ablation={"grid": {"optim.lr": [1e-3, 1e-2]}})
     write_run(tmp_path / "runs" / "ablate_lr" / "lr=0.001", [50.0], epochs=1, status="done")
@@ -162,13 +179,13 @@ def test_report_of_half_finished_ablation(half_done: Path, tmp_path: Path, capsy
     assert out == tmp_path / "report"
     markdown = (out / MARKDOWN).read_text()
     rows = table_rows(markdown)
-    header = ["variant", "differing keys", "best top-1", "top-5", "Δ top-1", "epochs", "images/s", "status"]
-    assert f"| {' | '.join(header)} |" in markdown
+    header = ["variant", "differing keys", "best top-1", "top-5", "Δ top-1", "epochs", "images/s", "wall time", "seed"]
+    assert f"| {' | '.join(header)} | status |" in markdown
     assert rows["hflip=0.5 (baseline)"] == [
-        "hflip=0.5 (baseline)", "aug.hflip=0.5", "60.00", "90.00", "+0.00", "4/4", "1234", "done"
+        "hflip=0.5 (baseline)", "aug.hflip=0.5", "60.00", "90.00", "+0.00", "4/4", "1234", "0.2 min", "0", "done"
     ]
-    assert rows["hflip=0"] == ["hflip=0", "aug.hflip=0", "62.00", "92.00", "+2.00", "2/4", "902", "running"]
-    assert rows["hflip=1"] == ["hflip=1", "aug.hflip=1", "-", "-", "-", "0/4", "-", "not started"]
+    assert rows["hflip=0"] == ["hflip=0", "aug.hflip=0", "62.00", "92.00", "+2.00", "2/4", "902", "-", "0", "running"]
+    assert rows["hflip=1"] == ["hflip=1", "aug.hflip=1", "-", "-", "-", "0/4", "-", "-", "0", "not started"]
     assert "ablate_flip" in markdown.splitlines()[0] and COMMIT in markdown and "**Date:**" in markdown
     assert "3 runs: 1 done, 1 running, 1 not started" in markdown
     assert f"]({CURVES})" in markdown and f"]({DELTAS})" in markdown
