@@ -97,6 +97,7 @@ class Settings:
     epoch_precision: str = "auto"  # auto: the faster precision of the distilled engine step
     epoch_workers: int = 1  # fits 2 cores best: 0 and 1 beat 2 by ~10% (augmentation is ~2% of the work)
     epoch_eager_attention: bool = False  # also time the engine's epoch with timm's non-fused attention
+    compile: bool = False  # also time the engine step with train.compile (torch.compile, non-fused attention)
     out: str | None = None
     tiny: bool = False
 
@@ -132,6 +133,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
         "--epoch-eager-attention",
         action="store_true",
         help="also time the engine's epoch with attention as explicit matmuls (TIMM_FUSED_ATTN=0)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time the engine step with train.compile (compiles first: ~1 min)"
     )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument(
@@ -263,13 +267,15 @@ def img_size_of(model: str) -> int:
     return int(MODELS.metadata(model).get("default_img_size", 32))
 
 
-def bench_experiment(settings: Settings, *, precision: str, teacher_checkpoint: str | None, workdir: Path) -> dict[str, Any]:
+def bench_experiment(
+    settings: Settings, *, precision: str, teacher_checkpoint: str | None, workdir: Path, compiled: bool = False
+) -> dict[str, Any]:
     """The experiment a step measurement runs: the DeiT recipe (schema defaults: AdamW 5e-4, wd 0.05,
     cosine, label smoothing 0.1) with ``cifar`` augmentation at 32 px or ``deit`` above, synthetic data."""
     size = img_size_of(settings.model)
     distil = teacher_checkpoint is not None
     return {
-        "name": f"bench_{precision}_{'distilled' if distil else 'plain'}",
+        "name": f"bench_{precision}_{'distilled' if distil else 'plain'}{'_compiled' if compiled else ''}",
         "output_dir": str(workdir / "runs"),
         "model": {"name": settings.model, "img_size": size},
         "data": {"name": "synthetic", "size": settings.batch, "img_size": size, "num_classes": NUM_CLASSES},
@@ -278,7 +284,8 @@ def bench_experiment(settings: Settings, *, precision: str, teacher_checkpoint: 
         **({"teacher": {"name": settings.teacher, "checkpoint": teacher_checkpoint}} if distil else {}),
         "logger": {"name": "none"},
         "loader": {"batch_size": settings.batch, "workers": 0},
-        "train": {"epochs": 1, "precision": precision, "progress": False},
+        "train": {"epochs": 1, "precision": precision, "progress": False}
+        | ({"compile": True, "fused_attention": False} if compiled else {}),
     }
 
 
@@ -436,6 +443,8 @@ class StepResult:
     ceiling_fraction: float
     eager_attention_img_s: float | None = None  # the engine step with timm's non-fused attention
     eager_attention_speedup: float | None = None  # median per-round ratio against the engine step
+    compiled_img_s: float | None = None  # the engine step with torch.compile (and non-fused attention)
+    compiled_speedup: float | None = None  # median per-round ratio against the non-fused eager step
     distilled_img_s: float | None = None
     reference_distilled_img_s: float | None = None
     distilled_engine_over_reference: float | None = None
@@ -484,6 +493,9 @@ def measure_steps(
                 train_step(plain, images, targets)
 
         steps["engine_eager_attention"] = engine_eager
+    if settings.compile:
+        experiment = bench_experiment(settings, precision=precision, teacher_checkpoint=None, workdir=workdir, compiled=True)
+        steps["engine_compiled"] = engine(build_loop(experiment, workdir))
     if distilled is not None:
         steps["engine_distilled"] = engine(distilled)
         steps["reference_distilled"] = reference(distilled)
@@ -516,6 +528,10 @@ def measure_steps(
     if "engine_eager_attention" in rate:
         result.eager_attention_img_s = rate["engine_eager_attention"]
         result.eager_attention_speedup = _paired_ratio(times, "engine", "engine_eager_attention")
+    if "engine_compiled" in rate:
+        result.compiled_img_s = rate["engine_compiled"]
+        eager = "engine_eager_attention" if "engine_eager_attention" in rate else "engine"
+        result.compiled_speedup = _paired_ratio(times, eager, "engine_compiled")
     if settings.profile:
         _progress(f"{precision}: profiling {settings.steps} engine steps")
         result.profile = profile_step(steps["engine"], steps=settings.steps)
@@ -881,6 +897,13 @@ def print_report(results: dict[str, Any], settings: Settings) -> None:
             + ", ".join(
                 f"{s['precision']} {s['eager_attention_img_s']:.1f} img/s ({s['eager_attention_speedup']:.2f}x)"
                 for s in results["steps"]
+            )
+        )
+    if any(s["compiled_img_s"] is not None for s in results["steps"]):
+        print(
+            "Engine step with train.compile (torch.compile, non-fused attention), against the non-fused eager step: "
+            + ", ".join(
+                f"{s['precision']} {s['compiled_img_s']:.1f} img/s ({s['compiled_speedup']:.2f}x)" for s in results["steps"]
             )
         )
     if any(s["distilled_img_s"] is not None for s in results["steps"]):

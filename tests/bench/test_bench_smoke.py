@@ -4,7 +4,6 @@ reports every measurement."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
 import random
@@ -16,6 +15,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "throughput.py"
@@ -23,12 +23,7 @@ SCRIPT = ROOT / "bench" / "throughput.py"
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_throughput", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/throughput.py")
 
 
 def _seed(seed: int) -> None:
@@ -130,3 +125,20 @@ def test_tiny_run_prints_and_writes_every_measurement(tmp_path: Path) -> None:
     data = results["data"]
     assert data["per_worker_img_s"] > 0 and set(data["loader_img_s"]) == {"1", "2"}
     assert data["workers_needed"] > 0 and data["shared_core_img_s"] > 0
+
+
+@pytest.mark.slow
+def test_compile_option_times_a_compiled_engine_step(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--compile", "--precision", "bf16", "--teacher", "none", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Engine step with train.compile" in done.stdout
+    (step,) = json.loads(out.read_text())["steps"]
+    assert "engine_compiled" in step["block_seconds"] and len(step["block_seconds"]["engine_compiled"]) == 2
+    assert step["compiled_img_s"] > 0 and math.isfinite(step["compiled_speedup"])

@@ -5,17 +5,15 @@ Every test here runs with ``sbatch`` off the PATH; the real submissions are in t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import yaml
+from scripts import load_script
 
-REPO = Path(__file__).resolve().parents[2]
 TINY: dict[str, Any] = {
     "model": {"name": "deit_nano_patch4_32", "img_size": 32},
     "data": {"name": "synthetic", "size": 16, "num_classes": 4},
@@ -26,16 +24,7 @@ TINY: dict[str, Any] = {
 }
 
 
-def _load_launcher() -> ModuleType:
-    # A script, not a module: loaded by path (tests/launchers would shadow a `launchers` import).
-    spec = importlib.util.spec_from_file_location("slurm_launcher_script", REPO / "launchers" / "slurm.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-launcher = _load_launcher()
+launcher = load_script("launchers/slurm.py")
 
 
 @pytest.fixture(autouse=True)

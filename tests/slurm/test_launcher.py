@@ -7,7 +7,6 @@ separate processes, and write their run dirs under ``tmp_path``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
@@ -15,12 +14,12 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import submitit
 import yaml
+from scripts import load_script
 
 from research.engine import checkpoint
 from research.engine.run_dir import read_metrics, read_summary
@@ -28,7 +27,6 @@ from research.launch.job import read_lives
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
 # Seconds a job may take to start and finish on a loaded 2-core machine (importing torch alone can
 # take 10 s per process there); a requeued job also waits for its old credential to expire.
 JOB_TIMEOUT_S = 150
@@ -44,15 +42,7 @@ TINY: dict[str, Any] = {
 }
 
 
-def _load_launcher() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("slurm_launcher_script", REPO / "launchers" / "slurm.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-launcher = _load_launcher()
+launcher = load_script("launchers/slurm.py")
 
 
 @pytest.fixture
