@@ -687,7 +687,11 @@ def engine_epoch(
     overrides = [
         f"model.name={settings.model}",
         f"loss.name={'hard' if distil else 'none'}",
-        *([f"teacher.name={settings.teacher}", f"teacher.checkpoint={teacher_checkpoint}"] if distil else []),
+        *(
+            [f"teacher.name={settings.teacher}", f"teacher.checkpoint={teacher_checkpoint}", "teacher.channels_last=true"]
+            if distil
+            else []
+        ),
         f"data.archive={Path(settings.archive).expanduser().resolve()}",
         f"loader.batch_size={settings.batch}",
         f"loader.workers={settings.epoch_workers}",

@@ -49,9 +49,9 @@ def evaluate(
             else:
                 logits = model(images).float()
         k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices  # (B, k)
-        hits = top.eq(targets[:, None])
-        head_hits = [_hits(by_head[head], targets) for head in heads]
+        hits = _topk_hits(logits, targets, k)  # (B, k)
+        # The same topk as top-1's: bf16 logits tie often, and other ways to rank break ties differently.
+        head_hits = [_topk_hits(by_head[head], targets, k)[:, 0].sum().double() for head in heads]
         totals += torch.stack(
             [
                 F.cross_entropy(logits, targets, reduction="sum").double(),
@@ -75,5 +75,6 @@ def evaluate(
 HEADS = ("class", "distillation", "both")
 
 
-def _hits(logits: Tensor, targets: Tensor) -> Tensor:
-    return logits.argmax(dim=1).eq(targets).sum().double()
+def _topk_hits(logits: Tensor, targets: Tensor, k: int) -> Tensor:
+    """(B, k) booleans: whether the i-th ranked class of each image is its target."""
+    return logits.topk(k, dim=1).indices.eq(targets[:, None])

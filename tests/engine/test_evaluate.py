@@ -58,3 +58,19 @@ def test_plain_model_reports_only_its_prediction() -> None:
     assert abs(metrics["top1"] - top1(logits, targets)) < 1e-4
     expected_loss = torch.nn.functional.cross_entropy(logits, targets).item()
     assert abs(metrics["loss"] - expected_loss) < 1e-5
+
+
+class _TiedHeads(torch.nn.Module):
+    """Both heads give classes 1 and 2 the same top score, as bf16 logits often do early in training."""
+
+    eval_head = "both"
+
+    def forward_heads(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.tensor([0.0, 1.0, 1.0, 0.0]).expand(len(images), 4)
+        return logits, logits.clone()
+
+
+def test_head_top1_breaks_ties_as_top1_does() -> None:
+    targets = torch.tensor([1, 2, 2, 2])
+    metrics = evaluate(_TiedHeads(), [(torch.zeros(4, 3, 32, 32), targets)], CPU)
+    assert metrics["top1_both"] == metrics["top1"] == metrics["top1_class"]
