@@ -94,7 +94,7 @@ class Settings:
     profile: bool = False  # also profile the engine step: where the time goes, by aten op
     epoch: bool = False
     epoch_images: int = 5000
-    epoch_precision: str = "auto"  # auto: the faster precision of the distilled engine step
+    epoch_precision: str = "auto"  # auto: the precision of experiments/base/cifar10.yaml
     epoch_workers: int = 1  # fits 2 cores best: 0 and 1 beat 2 by ~10% (augmentation is ~2% of the work)
     epoch_eager_attention: bool = False  # also time the engine's epoch with timm's non-fused attention
     compile: bool = False  # also time the engine step with train.compile (torch.compile, non-fused attention)
@@ -1009,9 +1009,8 @@ def run(settings: Settings) -> dict[str, Any]:
 
         if settings.epoch:
             precision = settings.epoch_precision
-            if precision == "auto":
-                best = max(steps, key=lambda s: s.distilled_img_s if s.distilled_img_s is not None else s.engine_img_s)
-                precision = best.precision
+            if precision == "auto":  # what the CIFAR recipe trains in (bf16, with non-fused attention)
+                precision = load_run(CIFAR_EXPERIMENT).cfg.train.precision
             results["epoch"] = asdict(
                 measure_epoch(settings, precision=precision, teacher_checkpoint=checkpoint, workdir=workdir)
             )
