@@ -65,6 +65,7 @@ class TrainCfg:
     checkpoint_every_steps: int = 0  # also checkpoint every N steps inside an epoch (0 = per epoch only)
     log_every_steps: int = 50
     eval_every_epochs: int = 1
+    eval_hflip: bool = False  # also evaluate each val image mirrored and average the logits (flip TTA)
     resume: bool = True  # continue from <run dir>/last.pt when it exists
     progress: bool = True  # tqdm progress bar on rank 0
     # timm's fused (scaled_dot_product) attention; its CPU backward is slow in bf16 (docs/PERFORMANCE.md)

@@ -29,6 +29,9 @@ def evaluate_checkpoint(run: Run, checkpoint: Path) -> dict[str, Any]:
             weights = {k.removeprefix("module."): v for k, v in weights.items()}
         model = build_component(SECTIONS["model"], run.cfg.model, num_classes=data.num_classes)
         model.load_state_dict(weights, strict=True)
-        metrics = evaluate(model.to(env.device), data.loop_data.val_loader, env.device, run.cfg.train.precision)
+        options = run.cfg.train
+        metrics = evaluate(
+            model.to(env.device), data.loop_data.val_loader, env.device, options.precision, hflip=options.eval_hflip
+        )
         results.update({f"{'val' if key == 'model' else 'val_ema'}/{k}": v for k, v in metrics.items()})
     return results

@@ -163,27 +163,31 @@ class DistilledDeiT(DeiT):
         With ``pre_logits`` the (B, D) features of the token(s) :attr:`eval_head` selects are returned
         (the mean of both tokens for ``"both"``).
         """
-        cls_features = self.head_drop(x[:, 0])  # (B, D)
-        dist_features = self.head_drop(x[:, 1])  # (B, D)
         if pre_logits:
-            return self._select(cls_features, dist_features)
-        class_logits = self.head(cls_features)  # (B, K)
-        distillation_logits = self.head_dist(dist_features)  # (B, K)
+            return self._select(self.head_drop(x[:, 0]), self.head_drop(x[:, 1]))  # (B, D)
+        class_logits, distillation_logits = self._logits(x)  # (B, K) each
         if self.training and not torch.jit.is_scripting():
             return class_logits, distillation_logits
         return self._select(class_logits, distillation_logits)
 
-    def forward_heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(class_logits, distillation_logits)`` of images ``x`` in either mode (evaluation reports each head)."""
-        tokens = self.forward_features(x)
+    def forward_heads(self, x: Tensor) -> dict[str, Tensor]:
+        """Logits (B, K) of images ``x`` for every :data:`EVAL_HEADS` entry, from one pass in either mode.
+
+        Evaluation reports each way to predict (the paper's Table 3) with it.
+        """
+        return self._by_head(*self._logits(self.forward_features(x)))
+
+    def _logits(self, tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """(class logits, distillation logits) from the final tokens (B, 2+N, D)."""
         return self.head(self.head_drop(tokens[:, 0])), self.head_dist(self.head_drop(tokens[:, 1]))
 
+    @staticmethod
+    def _by_head(from_class: Tensor, from_distillation: Tensor) -> dict[str, Tensor]:
+        """Each :data:`EVAL_HEADS` entry from the two tokens' outputs; "both" is their mean (late fusion)."""
+        return {"both": (from_class + from_distillation) / 2, "class": from_class, "distillation": from_distillation}
+
     def _select(self, from_class: Tensor, from_distillation: Tensor) -> Tensor:
-        if self.eval_head == "class":
-            return from_class
-        if self.eval_head == "distillation":
-            return from_distillation
-        return (from_class + from_distillation) / 2
+        return self._by_head(from_class, from_distillation)[self.eval_head]
 
     def forward(self, x: Tensor, **kwargs: Any) -> Union[Tensor, tuple[Tensor, Tensor]]:  # type: ignore[override]
         """Image (B, C, H, W) -> logits (B, K) in eval, ``(class_logits, distillation_logits)`` in training."""

@@ -65,12 +65,52 @@ class _TiedHeads(torch.nn.Module):
 
     eval_head = "both"
 
-    def forward_heads(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_heads(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = torch.tensor([0.0, 1.0, 1.0, 0.0]).expand(len(images), 4)
-        return logits, logits.clone()
+        return {"class": logits, "distillation": logits.clone(), "both": logits.clone()}
 
 
 def test_head_top1_breaks_ties_as_top1_does() -> None:
     targets = torch.tensor([1, 2, 2, 2])
     metrics = evaluate(_TiedHeads(), [(torch.zeros(4, 3, 32, 32), targets)], CPU)
     assert metrics["top1_both"] == metrics["top1"] == metrics["top1_class"]
+
+
+def test_hflip_averages_each_image_with_its_mirror() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))  # sees left from right
+    images = torch.randn(12, 3, 8, 8)
+    with torch.no_grad():
+        single, mirrored = model(images), model(images.flip(-1))
+    averaged = (single + mirrored) / 2
+    # Labels the single view gets right on 7 images and the mirror-averaged logits on the other 5.
+    targets = torch.cat([single[:7].argmax(1), averaged[7:].argmax(1)])
+    assert top1(single, targets) != top1(averaged, targets)  # the flip changes predictions here
+
+    metrics = evaluate(model, batches(images, targets, 5), CPU, hflip=True)
+
+    assert abs(metrics["top1"] - top1(averaged, targets)) < 1e-4
+    assert abs(metrics["top1_single_view"] - top1(single, targets)) < 1e-4
+    assert abs(metrics["loss"] - torch.nn.functional.cross_entropy(averaged, targets).item()) < 1e-5
+    assert "top1_single_view" not in evaluate(model, batches(images, targets, 5), CPU)
+
+
+def test_hflip_applies_to_every_head_of_a_distilled_model() -> None:
+    torch.manual_seed(0)
+    model = MODELS.build("deit_nano_distilled_patch4_32", num_classes=4, drop_path_rate=0.0, eval_head="distillation")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(std=0.5)
+    model.eval()
+    images, targets = torch.randn(10, 3, 32, 32), torch.randint(0, 4, (10,))
+    with torch.no_grad():
+        single, mirrored = model.forward_heads(images), model.forward_heads(images.flip(-1))
+        heads = [(single[head] + mirrored[head]) / 2 for head in ("class", "distillation")]
+        single_distillation = single["distillation"]
+
+    metrics = evaluate(model, batches(images, targets, 4), CPU, hflip=True)
+
+    assert abs(metrics["top1_class"] - top1(heads[0], targets)) < 1e-4
+    assert abs(metrics["top1_distillation"] - top1(heads[1], targets)) < 1e-4
+    assert abs(metrics["top1"] - metrics["top1_distillation"]) < 1e-4
+    assert abs(metrics["top1_single_view"] - top1(single_distillation, targets)) < 1e-4

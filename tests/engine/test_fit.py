@@ -80,10 +80,12 @@ def test_mid_epoch_checkpoint_resumes_inside_the_epoch(experiment) -> None:
 
 
 def test_ema_weights_are_evaluated_and_every_option_saves(experiment) -> None:
-    run = load_run(experiment(train={"epochs": 1, "ema": True, "ema_decay": 0.9, "precision": "bf16", "progress": False}))
+    options = {"epochs": 1, "ema": True, "ema_decay": 0.9, "precision": "bf16", "progress": False, "eval_hflip": True}
+    run = load_run(experiment(train=options))
     train(run)
     (record,) = _epochs(run.run_dir)
     assert {"val/top1", "val_ema/top1", "val_ema/top5", "val_ema/loss"} <= set(record)
+    assert {"val/top1_single_view", "val_ema/top1_single_view"} <= set(record)  # flip TTA reaches both
     saved = checkpoint.load(run.run_dir / "last.pt")
     assert saved["ema"] is not None and (run.run_dir / "best.pt").exists()
     assert saved["config"]["train"]["ema"] is True
