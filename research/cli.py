@@ -70,6 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--out", type=Path, default=None, help="report dir (default: reports/<first experiment>)")
     sub.add_argument("--wandb", action="store_true", help="also read runs from the W&B API (online)")
+    sub.add_argument(
+        "--only", nargs="+", default=[], metavar="VARIANT", help="report only these variants and the baseline"
+    )
     return parser
 
 
@@ -141,7 +144,7 @@ def _report(args: argparse.Namespace) -> int:
 
     overrides = [item for item in args.configs if "=" in item]
     configs = [Path(item) for item in args.configs if "=" not in item]
-    out = write_report(configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides)
+    out = write_report(configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only)
     print(f"report written to {out}")
     return 0
 

@@ -35,6 +35,7 @@ def write_report(
     use_wandb: bool = False,
     *,
     overrides: Sequence[str] = (),
+    only: Sequence[str] = (),
     wandb_api: Any | None = None,
     echo: bool = True,
 ) -> Path:
@@ -49,12 +50,14 @@ def write_report(
         wandb_api: the ``wandb.Api`` to use (tests pass a stand-in); default: a new one.
         overrides: ``dotted.key=value`` items applied to every experiment, as when it was launched
             (``_base_=base/cifar10.yaml`` reports the CIFAR-10 version of an ablation).
+        only: report only these variants of each ablation, and its baseline, which the deltas need
+            (as ``launchers/local.py --only`` ran them); all when empty.
         echo: print the tables to stdout.
 
     Returns:
         The report dir.
     """
-    runs = _load(configs, overrides)
+    runs = _load(configs, overrides, only)
     results = collect(runs)
     sources = ["run dirs"]
     if use_wandb:
@@ -127,12 +130,15 @@ def render_markdown(runs: Sequence[Run], results: Sequence[VariantResult], *, so
     return "\n".join(lines)
 
 
-def _load(configs: Sequence[Path], overrides: Sequence[str]) -> list[Run]:
-    """Every run of every experiment file, each run once (two files may name one experiment)."""
+def _load(configs: Sequence[Path], overrides: Sequence[str], only: Sequence[str] = ()) -> list[Run]:
+    """The runs of every experiment file (``only`` these variants and the baselines), each run once
+    (two files may name one experiment). Reporting reads results, not checkpoints: no file checks."""
     runs: dict[Path, Run] = {}
     for config in configs:
-        for run in load_runs(config, overrides, check_files=False):  # reporting reads results, not checkpoints
-            runs.setdefault(run.run_dir, run)
+        chosen = {run.run_dir for run in load_runs(config, overrides, check_files=False, only=only)}
+        for run in load_runs(config, overrides, check_files=False):
+            if run.run_dir in chosen or run.is_baseline:
+                runs.setdefault(run.run_dir, run)
     return list(runs.values())
 
 

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from research.cli import main as cli
-from research.config import load_runs
+from research.config import ConfigError, load_runs
 from research.report import collect, write_report
 from research.report.plots import delta_label
 from research.report.table import table
@@ -238,6 +238,16 @@ def test_cli_report_applies_overrides_to_every_experiment(half_done: Path, tmp_p
     with open(out / CSV, newline="") as handle:
         rows = {row["variant"]: row for row in csv.DictReader(handle)}
     assert rows["hflip=0.5"]["best_top1"] == "41.0" and rows["hflip=0.5"]["run_dir"].startswith(str(elsewhere))
+
+
+def test_cli_report_only_keeps_the_named_variants_and_the_baseline(half_done: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "report"
+    assert cli(["report", str(half_done), "--only", "hflip=0", "--out", str(out)]) == 0
+    rows = table_rows((out / MARKDOWN).read_text())
+    assert set(rows) == {"hflip=0.5 (baseline)", "hflip=0"}  # hflip=1 was not asked for
+    assert rows["hflip=0"][4] == "+2.00"  # the delta still has its baseline
+    with pytest.raises(ConfigError, match="no variant 'hflip=2'.*hflip=0.5, hflip=0, hflip=1"):
+        write_report([half_done], tmp_path / "other", False, only=["hflip=2"], echo=False)
 
 
 # --- W&B API ------------------------------------------------------------------------------------------
