@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from research.engine.state import unwrap
-from research.models.deit import EVAL_HEADS
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -29,8 +28,8 @@ def evaluate(
 ) -> dict[str, float]:
     """Cross-entropy, top-1 and top-5 accuracy (in %) of ``model`` over ``loader``.
 
-    For a model with a distillation token (one that has ``forward_heads``), the top-1 of each way to
-    predict is added from the same forward pass: ``top1_class``, ``top1_distillation`` and
+    For a model with a distillation token (one that has ``forward_heads`` and ``eval_heads``), the
+    top-1 of each way to predict is added from the same forward pass: ``top1_class``, ``top1_distillation`` and
     ``top1_both`` (the paper's Table 3 columns); ``top1`` is that of the model's ``eval_head``.
     With ``hflip``, every metric is of the logits averaged over each image and its mirror (the
     flip test-time augmentation of fast CIFAR training), and ``top1_single_view`` keeps the top-1
@@ -40,7 +39,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     plain = unwrap(model)
-    heads = EVAL_HEADS if hasattr(plain, "forward_heads") else ()
+    heads = tuple(getattr(plain, "eval_heads", ())) if hasattr(plain, "forward_heads") else ()
     extra = [f"top1_{head}" for head in heads] + (["top1_single_view"] if hflip else [])
     totals = torch.zeros(4 + len(extra), dtype=torch.float64, device=device)  # loss, top-1, top-5, count, extra
     for images, targets in loader:

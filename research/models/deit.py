@@ -78,6 +78,7 @@ class DistilledDeiT(DeiT):
     """
 
     distilled = True
+    eval_heads = EVAL_HEADS  # the keys of :meth:`forward_heads`; the engine reads them from here
 
     def __init__(self, *, eval_head: str = "both", **kwargs: Any) -> None:
         unsupported = {

@@ -64,6 +64,7 @@ class _TiedHeads(torch.nn.Module):
     """Both heads give classes 1 and 2 the same top score, as bf16 logits often do early in training."""
 
     eval_head = "both"
+    eval_heads = ("both", "class", "distillation")
 
     def forward_heads(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         logits = torch.tensor([0.0, 1.0, 1.0, 0.0]).expand(len(images), 4)
