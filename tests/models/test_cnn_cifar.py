@@ -90,3 +90,16 @@ def test_resnet9_scales_its_logits() -> None:
     net = MODELS.build("resnet9_slim_cifar", num_classes=10).eval()
     features = nn.Sequential(*list(net)[:-2])(torch.randn(2, 3, 32, 32))  # up to the head and the scale
     assert torch.allclose(net[-1](net[-2](features)), 0.125 * net[-2](features))
+
+
+def test_resnet9_normalises_after_pooling() -> None:
+    """Page's final layout: each downsampling layer pools right after its conv, so its BatchNorm and
+    ReLU run on the pooled map (a quarter of the pixels)."""
+    net = MODELS.build("resnet9_slim_cifar", num_classes=10)
+    sizes: list[int] = []
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.register_forward_hook(lambda _m, inputs, _out: sizes.append(inputs[0].shape[-1]))
+    net(torch.randn(2, 3, 32, 32))
+    # prep, layer1 conv (pooled), its residual pair, layer2 (pooled), layer3 (pooled), its residual pair
+    assert sizes == [32, 16, 16, 16, 8, 4, 4, 4]
