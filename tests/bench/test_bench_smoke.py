@@ -142,3 +142,31 @@ def test_compile_option_times_a_compiled_engine_step(tmp_path: Path) -> None:
     (step,) = json.loads(out.read_text())["steps"]
     assert "engine_compiled" in step["block_seconds"] and len(step["block_seconds"]["engine_compiled"]) == 2
     assert step["compiled_img_s"] > 0 and math.isfinite(step["compiled_speedup"])
+
+
+@pytest.mark.slow
+def test_epoch_option_times_the_engine_and_the_reference_on_real_cifar(tmp_path: Path) -> None:
+    archive = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--epoch", "--archive", str(archive), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "One CIFAR-10 epoch" in done.stdout and "every later epoch" in done.stdout
+
+    epoch = json.loads(out.read_text())["epoch"]
+    assert epoch["images"] == 64 and epoch["val_images"] == 16
+    for who in ("engine", "reference"):
+        phases = epoch[f"{who}_phases"]
+        assert all(seconds >= 0 for seconds in phases.values()), phases
+        assert math.isclose(sum(phases.values()), epoch[f"{who}_s"], rel_tol=1e-6)
+    assert epoch["engine_phases"]["teacher_eval_s"] > 0  # the tiny run distils, so the engine checks its teacher
+    assert math.isclose(epoch["reference_over_engine"], epoch["reference_s"] / epoch["engine_s"])
+    later = (epoch["reference_phases"]["train_s"] + epoch["reference_phases"]["eval_and_checkpoint_s"]) / (
+        epoch["engine_phases"]["train_s"] + epoch["engine_phases"]["eval_and_checkpoint_s"]
+    )
+    assert math.isclose(epoch["reference_over_engine_per_epoch"], later)

@@ -1,0 +1,118 @@
+"""How much of a training epoch the data path costs, for any experiment (default: the CIFAR teacher).
+
+For each DataLoader worker count it times, on the experiment's real data slice and in one process:
+
+* the loader alone (decode from memory, the recipe's per-image augmentation, collation);
+* the engine's ``train_step`` repeated on one fixed batch (the step without data);
+* the engine's ``train_step`` on the loader's batches (the training phase of an epoch).
+
+The loop is built by :func:`research.launch.train.train` itself (stopped at its ``on_loop`` hook),
+so the model, objective, optimizer and loader are the experiment's. Run from the repository root::
+
+    python bench/data_share.py                                  # teacher_cifar10.yaml, 10240 images
+    python bench/data_share.py --experiment experiments/deit_micro_distilled_cifar10.yaml --images 5120
+
+The share of the data path is ``1 - real / fixed``. Check ``uptime`` first: a neighbour on the two
+cores changes every rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import research  # noqa: F401  (registers the built-in components)
+from research.config import load_run
+from research.engine.fit import Loop, train_step
+from research.launch.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Built(Exception):
+    def __init__(self, loop: Loop) -> None:
+        super().__init__("loop built")
+        self.loop = loop
+
+
+def build_loop(experiment: Path, overrides: list[str]) -> Loop:
+    def stop(loop: Loop) -> None:
+        raise _Built(loop)
+
+    try:
+        train(load_run(experiment, overrides), on_loop=stop)
+    except _Built as built:
+        built.loop.state.model.train()
+        return built.loop
+    raise RuntimeError("train() returned without calling on_loop")
+
+
+def measure(loop: Loop, images: int) -> dict[str, float]:
+    """img/s of the loader alone, of steps on one fixed batch, and of steps on the loader's batches."""
+    started, count = time.perf_counter(), 0
+    for batch_images, _ in loop.data.train_batches(0, 0):
+        count += len(batch_images)
+    loader = count / (time.perf_counter() - started)
+
+    fixed = next(iter(loop.data.train_batches(0, 0)))
+    for _ in range(3):  # warm-up: allocator, oneDNN primitives
+        train_step(loop, *fixed)
+    steps = max(1, images // len(fixed[0]))
+    started = time.perf_counter()
+    for _ in range(steps):
+        train_step(loop, *fixed)
+    fixed_rate = steps * len(fixed[0]) / (time.perf_counter() - started)
+
+    started, count = time.perf_counter(), 0
+    for batch_images, targets in loop.data.train_batches(1, 0):
+        train_step(loop, batch_images, targets)
+        count += len(batch_images)
+    real = count / (time.perf_counter() - started)
+    return {"loader_img_s": loader, "fixed_batch_img_s": fixed_rate, "real_batches_img_s": real, "data_share": 1 - real / fixed_rate}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", type=Path, default=ROOT / "experiments" / "teacher_cifar10.yaml")
+    parser.add_argument("--images", type=int, default=10240, help="training images per pass (loader.limit_train)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="DataLoader worker counts to compare")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (this machine: 2 cores)")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON here")
+    parser.add_argument("overrides", nargs="*", help="extra config overrides, key=value")
+    args = parser.parse_args(argv)
+    if args.images < 1:
+        parser.error(f"--images must be >= 1, got {args.images}")
+    torch.set_num_threads(args.threads)
+    results: dict[str, Any] = {"experiment": str(args.experiment), "images": args.images, "workers": {}}
+    with tempfile.TemporaryDirectory(prefix="data_share_") as workdir:
+        for workers in args.workers:
+            overrides = [
+                f"loader.workers={workers}",
+                f"loader.limit_train={args.images}",
+                "loader.limit_val=256",
+                "logger.name=none",
+                "train.progress=false",
+                f"output_dir={workdir}/w{workers}",
+                *args.overrides,
+            ]
+            rates = measure(build_loop(args.experiment, overrides), args.images)
+            results["workers"][str(workers)] = rates
+            print(
+                f"{workers} worker(s): loader alone {rates['loader_img_s']:.0f} img/s, step on a fixed batch "
+                f"{rates['fixed_batch_img_s']:.0f} img/s, step on the loader's batches {rates['real_batches_img_s']:.0f} "
+                f"img/s: the data path costs {100 * rates['data_share']:.0f}% of the training phase",
+                flush=True,
+            )
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+    return results
+
+
+if __name__ == "__main__":
+    main()
