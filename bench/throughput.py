@@ -97,6 +97,7 @@ class Settings:
     epoch_precision: str = "auto"  # auto: the precision of experiments/base/cifar10.yaml
     epoch_workers: int = 1  # fits 2 cores best: 0 and 1 beat 2 by ~10% (augmentation is ~2% of the work)
     epoch_fused_attention: bool = False  # also time the engine's epoch with train.fused_attention=true
+    epoch_rounds: int = 1  # engine and reference epochs, alternating which goes first; ratios are medians
     compile: bool = False  # also time the engine step with train.compile (torch.compile, non-fused attention)
     out: str | None = None
     tiny: bool = False
@@ -130,6 +131,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--epoch-precision", choices=["auto", "fp32", "bf16"], default=defaults.epoch_precision)
     parser.add_argument("--epoch-workers", type=int, default=defaults.epoch_workers)
     parser.add_argument(
+        "--epoch-rounds",
+        type=int,
+        default=defaults.epoch_rounds,
+        help="rounds of (engine epoch, reference epoch), alternating which goes first; ratios are per-round medians",
+    )
+    parser.add_argument(
         "--epoch-fused-attention",
         action="store_true",
         help="also time the engine's epoch with train.fused_attention=true (the recipe runs it non-fused)",
@@ -145,7 +152,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     settings = Settings(**{key.replace("-", "_"): value for key, value in vars(args).items()})
     if settings.tiny:
         settings.shrink()
-    for key in ("batch", "repeats", "steps", "matmul_size", "data_images", "loader_batches", "epoch_images"):
+    for key in ("batch", "repeats", "steps", "matmul_size", "data_images", "loader_batches", "epoch_images", "epoch_rounds"):
         if getattr(settings, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
     if settings.batch % 2:
@@ -671,6 +678,9 @@ class EpochResult:
     # The same for every later epoch of a run: training, evaluation and checkpoint, without the
     # once-per-run setup (datasets, model) and the engine's check of the teacher on the val set.
     reference_over_engine_per_epoch: float
+    # One entry per round: engine_s, reference_s and both ratios. With several rounds, the seconds and
+    # phases above are per-key medians and the ratios above are medians of the per-round ratios.
+    rounds: list[dict[str, float]] = field(default_factory=list)
     engine_fused_attention_s: float | None = None
     engine_fused_attention_phases: dict[str, float] | None = None
     reference_over_engine_fused_attention: float | None = None
@@ -810,10 +820,40 @@ def measure_epoch(settings: Settings, *, precision: str, teacher_checkpoint: str
     if img_size_of(settings.model) != 32:
         raise SystemExit(f"--epoch times a CIFAR-10 epoch: {settings.model} is not a 32x32 model")
     val_images = min(5000, max(settings.batch, settings.epoch_images // 8))  # CIFAR-10 here: 40k train, 5k val
-    _progress(f"epoch: engine, {settings.epoch_images} images, {precision}, {settings.epoch_workers} workers, in-memory data")
-    engine_s, engine_phases = engine_epoch(
-        settings, precision=precision, teacher_checkpoint=teacher_checkpoint, val_images=val_images, workdir=workdir
-    )
+    engines, references, rounds = [], [], []
+    for index in range(settings.epoch_rounds):
+
+        def engine_side(index: int = index) -> tuple[float, dict[str, float]]:
+            _progress(
+                f"epoch round {index + 1}: engine, {settings.epoch_images} images, {precision}, "
+                f"{settings.epoch_workers} workers, in-memory data"
+            )
+            return engine_epoch(
+                settings,
+                precision=precision,
+                teacher_checkpoint=teacher_checkpoint,
+                val_images=val_images,
+                workdir=workdir / f"round{index}",
+            )
+
+        def reference_side(index: int = index) -> tuple[float, dict[str, float]]:
+            _progress(f"epoch round {index + 1}: reference way, {settings.epoch_images} images, fp32, JPEG decoding")
+            return reference_epoch(settings, teacher_checkpoint=teacher_checkpoint, val_images=val_images, workdir=workdir)
+
+        if index % 2:  # every other round the reference goes first, so a drift in load hits both sides
+            reference, engine = reference_side(), engine_side()
+        else:
+            engine, reference = engine_side(), reference_side()
+        engines.append(engine)
+        references.append(reference)
+        rounds.append(
+            {
+                "engine_s": engine[0],
+                "reference_s": reference[0],
+                "reference_over_engine": reference[0] / engine[0],
+                "reference_over_engine_per_epoch": _per_epoch_s(reference[1]) / _per_epoch_s(engine[1]),
+            }
+        )
     fused_s, fused_phases = None, None
     if settings.epoch_fused_attention:
         _progress("epoch: engine as above, with fused attention")
@@ -822,28 +862,31 @@ def measure_epoch(settings: Settings, *, precision: str, teacher_checkpoint: str
             precision=precision,
             teacher_checkpoint=teacher_checkpoint,
             val_images=val_images,
-            workdir=workdir,
+            workdir=workdir / "fused",
             fused_attention=True,
         )
-    _progress(f"epoch: reference way, {settings.epoch_images} images, fp32, JPEG decoding")
-    reference_s, reference_phases = reference_epoch(
-        settings, teacher_checkpoint=teacher_checkpoint, val_images=val_images, workdir=workdir
-    )
+    engine_s = statistics.median(seconds for seconds, _ in engines)
+    reference_s = statistics.median(seconds for seconds, _ in references)
     return EpochResult(
         images=settings.epoch_images,
         val_images=val_images,
         workers=settings.epoch_workers,
         engine_precision=precision,
         engine_s=engine_s,
-        engine_phases=engine_phases,
+        engine_phases=_median_phases([phases for _, phases in engines]),
         reference_s=reference_s,
-        reference_phases=reference_phases,
-        reference_over_engine=reference_s / engine_s,
-        reference_over_engine_per_epoch=_per_epoch_s(reference_phases) / _per_epoch_s(engine_phases),
+        reference_phases=_median_phases([phases for _, phases in references]),
+        reference_over_engine=statistics.median(r["reference_over_engine"] for r in rounds),
+        reference_over_engine_per_epoch=statistics.median(r["reference_over_engine_per_epoch"] for r in rounds),
+        rounds=rounds,
         engine_fused_attention_s=fused_s,
         engine_fused_attention_phases=fused_phases,
         reference_over_engine_fused_attention=reference_s / fused_s if fused_s else None,
     )
+
+
+def _median_phases(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(phases[key] for phases in runs) for key in runs[0]}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -960,7 +1003,11 @@ def print_report(results: dict[str, Any], settings: Settings) -> None:
             )
     epoch = results.get("epoch")
     if epoch:
-        print(f"\nOne CIFAR-10 epoch, {epoch['images']} train + {epoch['val_images']} val images, {epoch['workers']} workers:")
+        rounds = len(epoch["rounds"])
+        print(
+            f"\nOne CIFAR-10 epoch, {epoch['images']} train + {epoch['val_images']} val images, {epoch['workers']} workers"
+            + (f" (medians of {rounds} rounds, alternating which side goes first):" if rounds > 1 else ":")
+        )
         rows = [("engine", epoch["engine_s"], epoch["engine_phases"])]
         if epoch["engine_fused_attention_s"] is not None:
             rows.append(("engine, fused attention", epoch["engine_fused_attention_s"], epoch["engine_fused_attention_phases"]))
@@ -981,6 +1028,11 @@ def print_report(results: dict[str, Any], settings: Settings) -> None:
             f"  every later epoch (train + eval + checkpoint; no setup, no teacher check): reference / engine "
             f"{epoch['reference_over_engine_per_epoch']:.2f}x"
         )
+        if rounds > 1:
+            print(
+                "  per round, first epoch / later epochs: "
+                + ", ".join(f"{r['reference_over_engine']:.2f}x / {r['reference_over_engine_per_epoch']:.2f}x" for r in epoch["rounds"])
+            )
 
 
 def run(settings: Settings) -> dict[str, Any]:
