@@ -26,31 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from throughput import loop_of  # bench/throughput.py: the Loop that train() builds, stopped before fit
 
 import research  # noqa: F401  (registers the built-in components)
 from research.config import load_run
 from research.engine.fit import Loop, train_step
-from research.launch.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class _Built(Exception):
-    def __init__(self, loop: Loop) -> None:
-        super().__init__("loop built")
-        self.loop = loop
-
-
-def build_loop(experiment: Path, overrides: list[str]) -> Loop:
-    def stop(loop: Loop) -> None:
-        raise _Built(loop)
-
-    try:
-        train(load_run(experiment, overrides), on_loop=stop)
-    except _Built as built:
-        built.loop.state.model.train()
-        return built.loop
-    raise RuntimeError("train() returned without calling on_loop")
 
 
 def measure(loop: Loop, images: int) -> dict[str, float]:
@@ -101,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"output_dir={workdir}/w{workers}",
                 *args.overrides,
             ]
-            rates = measure(build_loop(args.experiment, overrides), args.images)
+            rates = measure(loop_of(load_run(args.experiment, overrides)), args.images)
             results["workers"][str(workers)] = rates
             print(
                 f"{workers} worker(s): loader alone {rates['loader_img_s']:.0f} img/s, step on a fixed batch "

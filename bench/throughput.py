@@ -58,7 +58,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import research  # noqa: F401  (registers the built-in components)
-from research.config import load_run
+from research.config import Run, load_run
 from research.data import RepeatedAugSampler
 from research.engine.fit import Loop, train_step
 from research.launch import train as train_module
@@ -297,20 +297,26 @@ def bench_experiment(
 
 
 def build_loop(experiment: dict[str, Any], workdir: Path) -> Loop:
-    """The :class:`Loop` exactly as :func:`research.launch.train.train` wires it for ``experiment``.
+    """The :class:`Loop` exactly as :func:`research.launch.train.train` wires it for ``experiment``
+    (a config dict, written to ``workdir`` as YAML); see :func:`loop_of`."""
+    path = workdir / f"{experiment['name']}.yaml"
+    path.write_text(yaml.safe_dump(experiment, sort_keys=False))
+    return loop_of(load_run(path))
+
+
+def loop_of(run: Run) -> Loop:
+    """The :class:`Loop` that :func:`research.launch.train.train` builds for ``run``.
 
     ``train`` is run up to its ``on_loop`` hook (data, teacher, model, objective, optimizer,
     scheduler, state all built by the project's code) and stopped there, so the benchmark measures
     the engine's real wiring, not a copy of it.
     """
-    path = workdir / f"{experiment['name']}.yaml"
-    path.write_text(yaml.safe_dump(experiment, sort_keys=False))
 
     def stop(loop: Loop) -> None:
         raise _Built(loop)
 
     try:
-        train(load_run(path), on_loop=stop)
+        train(run, on_loop=stop)
     except _Built as built:
         built.loop.state.model.train()
         return built.loop
