@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--experiment", type=Path, default=ROOT / "experiments" / "teacher_cifar10.yaml")
     parser.add_argument("--images", type=int, default=10240, help="training images per pass (loader.limit_train)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="DataLoader worker counts to compare")
+    parser.add_argument(
+        "--batch-augment", action="store_true", help="also time loader.batch_augment=true (crop and flip on whole batches)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (this machine: 2 cores)")
     parser.add_argument("--out", type=Path, help="also write the results as JSON here")
     parser.add_argument("overrides", nargs="*", help="extra config overrides, key=value")
@@ -72,21 +75,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--images must be >= 1, got {args.images}")
     torch.set_num_threads(args.threads)
     results: dict[str, Any] = {"experiment": str(args.experiment), "images": args.images, "workers": {}}
+    paths: list[tuple[str, list[str]]] = [
+        (str(w), [f"loader.workers={w}", "loader.batch_augment=false"]) for w in args.workers
+    ]
+    if args.batch_augment:
+        paths.append(("batch_augment", ["loader.batch_augment=true", "loader.workers=0"]))
     with tempfile.TemporaryDirectory(prefix="data_share_") as workdir:
-        for workers in args.workers:
+        for label, path_overrides in paths:
             overrides = [
-                f"loader.workers={workers}",
+                *path_overrides,
                 f"loader.limit_train={args.images}",
                 "loader.limit_val=256",
                 "logger.name=none",
                 "train.progress=false",
-                f"output_dir={workdir}/w{workers}",
+                f"output_dir={workdir}/{label}",
                 *args.overrides,
             ]
             rates = measure(loop_of(load_run(args.experiment, overrides)), args.images)
-            results["workers"][str(workers)] = rates
+            results["workers"][label] = rates
+            name = "crop and flip on whole batches (loader.batch_augment)" if label == "batch_augment" else f"{label} worker(s)"
             print(
-                f"{workers} worker(s): loader alone {rates['loader_img_s']:.0f} img/s, step on a fixed batch "
+                f"{name}: loader alone {rates['loader_img_s']:.0f} img/s, step on a fixed batch "
                 f"{rates['fixed_batch_img_s']:.0f} img/s, step on the loader's batches {rates['real_batches_img_s']:.0f} "
                 f"img/s: the data path costs {100 * rates['data_share']:.0f}% of the training phase",
                 flush=True,

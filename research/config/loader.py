@@ -221,19 +221,31 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
             )
         if raw.get("teacher") is None:
             raise ConfigError(f"{layered.where('loss.name')}: loss {loss!r} needs a teacher: section")
-    _check_batch_for_mixing(raw, layered)
+    _check_recipe_fits_loader(raw, layered)
     _check_slurm_time(raw["slurm"]["time"], layered.where("slurm.time"))
     for key in ("batch_size", "workers"):
         if raw["loader"][key] < (1 if key == "batch_size" else 0):
             raise ConfigError(f"{layered.where('loader.' + key)}: loader.{key} must be positive")
 
 
-def _check_batch_for_mixing(raw: dict[str, Any], layered: Layered) -> None:
+def _check_recipe_fits_loader(raw: dict[str, Any], layered: Layered) -> None:
     recipe = build_component(SECTIONS["aug"], raw["aug"], img_size=raw["model"].get("img_size", 224))
     try:
         recipe.check_batch_size(raw["loader"]["batch_size"])
     except ValueError as exc:
         raise ConfigError(f"{layered.where('loader.batch_size')}: loader.batch_size: {exc}") from None
+    if raw["loader"]["batch_augment"]:
+        if recipe.batch_transform is None:
+            raise ConfigError(
+                f"{layered.where('loader.batch_augment')}: loader.batch_augment crops and flips whole batches, but "
+                f"recipe {recipe.name!r} also applies {', '.join(recipe.per_image_techniques())} per image: "
+                "turn those off in aug: (simple_crop: true for the crop) or set loader.batch_augment: false"
+            )
+        if raw["data"].get("in_memory") is False:
+            raise ConfigError(
+                f"{layered.where('loader.batch_augment')}: loader.batch_augment needs the decoded images in memory: "
+                "set data.in_memory: true, or loader.batch_augment: false"
+            )
 
 
 def slurm_minutes(text: str) -> int:

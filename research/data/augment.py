@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -28,6 +28,7 @@ from timm.data.auto_augment import auto_augment_transform, rand_augment_transfor
 from timm.data.transforms_factory import DEFAULT_CROP_PCT
 from torchvision import transforms as T
 
+from research.data.batch_augment import BatchAugment
 from research.registry import AUGMENTATIONS
 
 __all__ = ["Recipe", "build_recipe", "check_policy", "eval_transform", "deit", "cifar", "none"]
@@ -56,6 +57,8 @@ class Recipe:
         repeats: Repeated-augmentation copies of each image per epoch (1 = off), for the sampler.
         mixup_alpha, cutmix_alpha, mixup_prob, mixup_switch_prob, mixup_mode: timm ``Mixup`` settings.
         enabled: Names of the techniques that are on, in pipeline order (see :meth:`techniques`).
+        batch_transform: The same train transform on whole uint8 batches, when it is a padded crop and
+            a flip only (``loader.batch_augment`` uses it); None for any other per-image technique.
     """
 
     name: str
@@ -69,6 +72,7 @@ class Recipe:
     mixup_switch_prob: float
     mixup_mode: str
     enabled: tuple[str, ...]
+    batch_transform: BatchAugment | None = None
 
     @property
     def mixup_active(self) -> bool:
@@ -95,6 +99,10 @@ class Recipe:
     def techniques(self) -> list[str]:
         """Names of the techniques that are on, e.g. for run tags: ``["random_resized_crop", "hflip", ...]``."""
         return list(self.enabled)
+
+    def per_image_techniques(self) -> list[str]:
+        """Techniques that are on and have no whole-batch version (empty iff :attr:`batch_transform` is set)."""
+        return _per_image(self.enabled)
 
     def check_batch_size(self, per_rank_batch: int) -> None:
         """Raise if mixing is on and the per-rank batch is odd (timm's Mixup pairs images within a batch).
@@ -176,6 +184,7 @@ def build_recipe(
     random_erasing: float,
     random_erasing_mode: str,
     random_erasing_count: int,
+    cutout: int,
     mixup: float,
     cutmix: float,
     mixup_prob: float,
@@ -205,6 +214,8 @@ def build_recipe(
             raise ValueError(f"aug.{key} must be >= 0 (0 = off), got {value}")
     if random_erasing_mode not in ("const", "rand", "pixel"):
         raise ValueError(f"aug.random_erasing_mode must be 'const', 'rand' or 'pixel', got {random_erasing_mode!r}")
+    if not 0 <= cutout <= img_size:
+        raise ValueError(f"aug.cutout is the side of the erased square in pixels, 0 to img_size={img_size} (0 = off), got {cutout}")
     if random_erasing_count < 1:
         raise ValueError(f"aug.random_erasing_count must be >= 1, got {random_erasing_count}")
     if mixup_mode not in ("batch", "pair", "elem"):
@@ -248,8 +259,12 @@ def build_recipe(
         # Reference datasets.py at input_size 32: RandomCrop(32, padding=4) replaces RandomResizedCrop,
         # since rescaling a 32px crop destroys most of the image. Padding is 1/8 of the side (4 at 32).
         flip = [T.RandomHorizontalFlip(hflip)] if hflip > 0 else []
-        primary = T.Compose([T.RandomCrop(img_size, padding=max(img_size // 8, 1)), *flip])
-    train = T.Compose([*primary.transforms, *secondary.transforms, *final.transforms])
+        primary = T.Compose([T.RandomCrop(img_size, padding=_crop_padding(img_size)), *flip])
+    # Cutout (DeVries & Taylor 2017, Page's CIFAR ResNet-9 recipe): one fixed square, set to 0 after
+    # normalising (the mean colour), placed uniformly inside the image.
+    area = cutout**2 / img_size**2
+    cut = [T.RandomErasing(p=1.0, scale=(area, area), ratio=(1.0, 1.0), value=0)] if cutout else []
+    train = T.Compose([*primary.transforms, *secondary.transforms, *final.transforms, *cut])
 
     enabled = [
         ("simple_crop" if simple_crop else "random_resized_crop", True),
@@ -258,6 +273,7 @@ def build_recipe(
         ("auto_augment", bool(auto_augment)),
         ("color_jitter", jitter_on),
         ("random_erasing", random_erasing > 0),
+        ("cutout", cutout > 0),
         ("mixup", mixup > 0 and mixup_prob > 0),
         ("cutmix", cutmix > 0 and mixup_prob > 0),
         ("repeated_aug", repeated_aug > 1),
@@ -274,7 +290,24 @@ def build_recipe(
         mixup_switch_prob=mixup_switch_prob,
         mixup_mode=mixup_mode,
         enabled=tuple(technique for technique, on in enabled if on),
+        batch_transform=None if _per_image([t for t, on in enabled if on]) else _batch_transform(img_size, hflip, cutout),
     )
+
+
+# What BatchAugment does, and what acts on whole batches or in the sampler anyway.
+_BATCHABLE = ("simple_crop", "hflip", "cutout", "mixup", "cutmix", "repeated_aug")
+
+
+def _per_image(techniques: Iterable[str]) -> list[str]:
+    return [technique for technique in techniques if technique not in _BATCHABLE]
+
+
+def _crop_padding(img_size: int) -> int:
+    return max(img_size // 8, 1)
+
+
+def _batch_transform(img_size: int, hflip: float, cutout: int) -> BatchAugment:
+    return BatchAugment(img_size, _crop_padding(img_size), hflip, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, cutout)
 
 
 @AUGMENTATIONS.register("deit")
@@ -287,6 +320,7 @@ def deit(
     random_erasing: float = 0.25,
     random_erasing_mode: ErasingMode = "pixel",
     random_erasing_count: int = 1,
+    cutout: int = 0,
     mixup: float = 0.8,
     cutmix: float = 1.0,
     mixup_prob: float = 1.0,
@@ -310,6 +344,8 @@ def deit(
         random_erasing: Probability of erasing a rectangle of each image (0 = off).
         random_erasing_mode: Fill of the erased area: per-pixel noise, per-channel noise or zeros.
         random_erasing_count: Rectangles erased per image.
+        cutout: Side in pixels of one square set to 0 (the mean colour) in every image, after
+            normalising; 0 = off. Not part of DeiT: the CIFAR CNN teacher's regulariser (Page).
         mixup: Mixup Beta(alpha, alpha) parameter (0 = off).
         cutmix: CutMix Beta parameter (0 = off).
         mixup_prob: Probability a batch is mixed at all.
@@ -334,6 +370,7 @@ def cifar(
     random_erasing: float = 0.25,
     random_erasing_mode: ErasingMode = "pixel",
     random_erasing_count: int = 1,
+    cutout: int = 0,
     mixup: float = 0.8,
     cutmix: float = 1.0,
     mixup_prob: float = 1.0,
@@ -363,6 +400,7 @@ def none(
     random_erasing: float = 0.0,
     random_erasing_mode: ErasingMode = "pixel",
     random_erasing_count: int = 1,
+    cutout: int = 0,
     mixup: float = 0.0,
     cutmix: float = 0.0,
     mixup_prob: float = 1.0,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from research.config import ConfigError, ExperimentCfg
 from research.config.components import SECTIONS, build_component
-from research.data import build_eval_sampler, build_train_sampler
+from research.data import InMemoryImageDataset, build_eval_sampler, build_train_sampler
+from research.data.batch_augment import InMemoryBatches
 from research.engine.fit import TrainData
 from research.launch.dist import DistEnv
 
@@ -42,25 +45,71 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
             f"{env.world_size} processes gets; lower loader.batch_size"
         )
 
-    def train_batches(epoch: int, skip_steps: int) -> DataLoader:
+    in_memory = _in_memory(train_set, val_set, recipe, cfg) if cfg.loader.batch_augment else None
+
+    def train_batches(epoch: int, skip_steps: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         sampler.set_epoch(epoch)
         # A fresh loader per epoch, its workers seeded from (seed, epoch): the augmentations of an
         # epoch are the same whether the run was resumed before it or not.
-        indices = list(sampler)[skip_steps * batch : steps * batch]
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 7 + env.rank)
+        if in_memory is not None:
+            pixels, targets, positions = in_memory[0]
+            indices = [positions[i] for i in sampler][: steps * batch]
+            return InMemoryBatches(
+                pixels, targets, indices, batch, recipe.batch_transform, train=True, drop_last=True,
+                generator=generator, skip_batches=skip_steps,
+            )  # fmt: skip
+        indices = list(sampler)[skip_steps * batch : steps * batch]
         return _loader(train_set, cfg, batch, env, sampler=indices, drop_last=True, generator=generator)
 
     val_sampler = build_eval_sampler(val_set, num_replicas=env.world_size, rank=env.rank)  # no padding: exact totals
     eval_batch = cfg.loader.eval_batch_size or 2 * batch
+    if in_memory is not None:
+        pixels, targets, positions = in_memory[1]
+        val_indices = [positions[i] for i in val_sampler]
+        val_loader: Iterable = InMemoryBatches(pixels, targets, val_indices, eval_batch, recipe.batch_transform, train=False)
+    else:
+        val_loader = _loader(val_set, cfg, eval_batch, env, sampler=val_sampler)
     loop_data = TrainData(
         train_batches=train_batches,
         steps_per_epoch=steps,
-        val_loader=_loader(val_set, cfg, eval_batch, env, sampler=val_sampler),
+        val_loader=val_loader,
         mix=recipe.mixup(num_classes=num_classes, label_smoothing=cfg.train.label_smoothing),
         batch_size=batch,
         world_size=env.world_size,
     )
     return RunData(loop_data, num_classes, recipe, len(train_set), len(val_set))
+
+
+_Arrays = tuple[np.ndarray, list[int], list[int]]
+
+
+def _in_memory(train_set: Dataset, val_set: Dataset, recipe: Any, cfg: ExperimentCfg) -> tuple[_Arrays, _Arrays]:
+    """The decoded pixels, targets and item -> row map of both splits, for ``loader.batch_augment``."""
+    if recipe.batch_transform is None:  # the config loader already refuses this; built directly, say it here
+        raise ConfigError(
+            f"loader.batch_augment: recipe {recipe.name!r} applies {', '.join(recipe.per_image_techniques())} per image, "
+            "which have no whole-batch version; set loader.batch_augment: false"
+        )
+    arrays = []
+    for split, dataset in (("train", train_set), ("val", val_set)):
+        positions = list(range(len(dataset)))  # type: ignore[arg-type]
+        if isinstance(dataset, Subset):  # loader.limit_*: items are rows of the full dataset
+            dataset, positions = dataset.dataset, list(dataset.indices)
+        if not isinstance(dataset, InMemoryImageDataset):
+            raise ConfigError(
+                f"loader.batch_augment needs the {split} images decoded in memory, but dataset {cfg.data['name']!r} "
+                f"gives {type(dataset).__name__}: set data.in_memory: true, or loader.batch_augment: false"
+            )
+        height, width = dataset.pixels.shape[1:3]
+        size = recipe.img_size
+        if split == "val" and (height, width) != (size, size):
+            raise ConfigError(
+                f"loader.batch_augment evaluates images as they are, but the val images are {width}x{height} and "
+                f"model.img_size is {size}: set loader.batch_augment: false (the per-image path resizes them)"
+            )
+        arrays.append((dataset.pixels, dataset.targets, positions))
+    return arrays[0], arrays[1]
 
 
 def _limit(dataset: Dataset, limit: int | None, seed: int) -> Dataset:

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -29,6 +31,36 @@ def test_data_share_times_loader_and_steps_per_worker_count(tmp_path: Path) -> N
         assert f"{workers} worker(s): loader alone" in done.stdout
         assert rates["loader_img_s"] > 0 and rates["fixed_batch_img_s"] > 0 and rates["real_batches_img_s"] > 0
         assert rates["data_share"] == 1 - rates["real_batches_img_s"] / rates["fixed_batch_img_s"]
+
+
+def test_data_share_times_crop_and_flip_on_whole_batches(tmp_path: Path) -> None:
+    experiment = tmp_path / "tiny_teacher.yaml"
+    experiment.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"name": "resnet10_cifar", "img_size": 32},
+                "data": {"name": "synthetic", "size": 96, "num_classes": 4},
+                "aug": {"name": "none", "simple_crop": True},
+                "loader": {"batch_size": 16},
+                "optim": {"name": "sgd", "lr": 0.1},
+                "logger": {"name": "none"},
+            }
+        )
+    )
+    out = tmp_path / "share.json"
+    done = subprocess.run(
+        [
+            sys.executable, "bench/data_share.py", "--experiment", str(experiment), "--images", "64",
+            "--workers", "0", "--batch-augment", "--out", str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(json.loads(out.read_text())["workers"]) == {"0", "batch_augment"}
+    assert "crop and flip on whole batches (loader.batch_augment): loader alone" in done.stdout
 
 
 def test_data_share_refuses_an_empty_pass() -> None:

@@ -1,0 +1,139 @@
+"""Crop, flip and cutout on whole uint8 batches: the per-image pipeline's result, drawn per batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+from research.data.batch_augment import BatchAugment, BatchAugmentParams, InMemoryBatches
+from research.registry import AUGMENTATIONS
+
+CROP_FLIP_ONLY = {"rand_augment": None, "color_jitter": None, "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0}
+
+
+def _crop_flip_recipe(**knobs):
+    return AUGMENTATIONS.build("cifar", img_size=32, **{**CROP_FLIP_ONLY, **knobs})
+
+
+def _pixels(count: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (count, size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_batch_result_is_the_per_image_pipeline_for_the_same_draws() -> None:
+    recipe = _crop_flip_recipe()
+    batch = recipe.batch_transform
+    pixels = _pixels(64)
+    params = batch.sample(64, 32, 32, torch.Generator().manual_seed(1))
+    assert params.flip.any() and not params.flip.all()  # both branches are compared
+
+    out = batch.apply(pixels, params)
+
+    expected = []
+    for image, top, left, flip in zip(pixels, params.top, params.left, params.flip):
+        pil = TF.crop(TF.pad(Image.fromarray(image.numpy()), 4), int(top), int(left), 32, 32)  # torchvision RandomCrop(32, padding=4)
+        expected.append(recipe.eval_transform(TF.hflip(pil) if flip else pil))  # ToTensor + Normalize
+    assert out.shape == (64, 3, 32, 32) and out.dtype == torch.float32
+    torch.testing.assert_close(out, torch.stack(expected), atol=1e-5, rtol=0)
+
+
+def test_cutout_is_the_per_image_erasing_of_a_fixed_square() -> None:
+    recipe = _crop_flip_recipe(cutout=8)
+    assert "cutout" in recipe.techniques() and recipe.batch_transform.cutout == 8
+    batch = recipe.batch_transform
+    pixels = _pixels(32)
+    params = batch.sample(32, 32, 32, torch.Generator().manual_seed(2))
+    assert params.cut_top.min() >= 0 and params.cut_top.max() <= 24  # the square stays inside the image
+
+    out = batch.apply(pixels, params)
+
+    for i in range(32):
+        pil = TF.crop(TF.pad(Image.fromarray(pixels[i].numpy()), 4), int(params.top[i]), int(params.left[i]), 32, 32)
+        pil = TF.hflip(pil) if params.flip[i] else pil
+        expected = TF.erase(recipe.eval_transform(pil), int(params.cut_top[i]), int(params.cut_left[i]), 8, 8, v=0)
+        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
+    assert (out == 0).all(dim=1).sum(dim=(1, 2)).min() >= 64  # each image has its 8x8 square of zeros
+
+
+def test_per_image_cutout_erases_one_square_of_that_size() -> None:
+    recipe = AUGMENTATIONS.build("none", img_size=32, simple_crop=True, cutout=8)
+    zeros = (recipe.train_transform(Image.new("RGB", (32, 32), (200, 30, 90))) == 0).all(dim=0)  # (32, 32)
+    rows, cols = zeros.nonzero(as_tuple=True)
+    assert zeros.sum() == 64 and rows.max() - rows.min() == 7 and cols.max() - cols.min() == 7
+    with pytest.raises(ValueError, match="aug.cutout"):
+        AUGMENTATIONS.build("none", img_size=32, cutout=33)
+
+
+def test_draws_cover_every_offset_and_flip_at_the_recipe_rate() -> None:
+    params = BatchAugment(32, 4, 0.5, (0.5,) * 3, (0.5,) * 3).sample(20_000, 32, 32, torch.Generator().manual_seed(0))
+    assert set(params.top.tolist()) == set(range(9)) == set(params.left.tolist())  # RandomCrop: [0, 2 * padding]
+    assert params.flip.float().mean().item() == pytest.approx(0.5, abs=0.02)
+    never = BatchAugment(32, 4, 0.0, (0.5,) * 3, (0.5,) * 3).sample(1000, 32, 32)
+    assert not never.flip.any()
+
+
+def test_unpadded_crop_of_larger_images_and_errors() -> None:
+    batch = BatchAugment(24, 0, 0.0, (0.0,) * 3, (1 / 255,) * 3)  # normalised values are the raw pixels
+    pixels = _pixels(4, size=32)
+    params = BatchAugmentParams(top=torch.tensor([0, 8, 3, 5]), left=torch.tensor([8, 0, 2, 7]), flip=torch.zeros(4, dtype=torch.bool))
+    out = batch.apply(pixels, params)
+    for i in range(4):
+        window = pixels[i, params.top[i] : params.top[i] + 24, params.left[i] : params.left[i] + 24].permute(2, 0, 1)
+        torch.testing.assert_close(out[i], window.float())
+    with pytest.raises(ValueError, match="does not fit"):
+        BatchAugment(40, 2, 0.5, (0.5,) * 3, (0.5,) * 3).sample(1, 32, 32)
+    with pytest.raises(ValueError, match="uint8"):
+        batch.apply(pixels.float(), params)
+
+
+@pytest.mark.parametrize(
+    "knobs, technique",
+    [
+        ({"rand_augment": "rand-m9-mstd0.5-inc1"}, "rand_augment"),
+        ({"auto_augment": "v0"}, "auto_augment"),
+        ({"color_jitter": 0.3}, "color_jitter"),
+        ({"random_erasing": 0.25}, "random_erasing"),
+        ({"simple_crop": False, "scale": [0.5, 1.0]}, "random_resized_crop"),
+    ],
+)
+def test_recipes_with_other_per_image_techniques_have_no_batch_version(knobs, technique) -> None:
+    recipe = _crop_flip_recipe(**knobs)
+    assert technique in recipe.techniques() and recipe.batch_transform is None
+
+
+def test_batch_version_keeps_flip_rate_and_ignores_batch_level_techniques() -> None:
+    recipe = _crop_flip_recipe(hflip=0.0, mixup=0.8, repeated_aug=3)
+    assert recipe.batch_transform is not None and recipe.batch_transform.hflip == 0.0
+    assert recipe.mixup_active and recipe.repeats == 3  # mixing stays in the loop, repeats in the sampler
+
+
+def test_batches_follow_the_indices_and_a_skip_resumes_the_same_draws() -> None:
+    pixels = _pixels(50).numpy()
+    targets = list(range(50))
+    order = np.random.default_rng(0).permutation(50).tolist()
+    transform = _crop_flip_recipe().batch_transform
+
+    def batches(skip: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = InMemoryBatches(
+            pixels, targets, order, 8, transform, train=True, drop_last=True,
+            generator=torch.Generator().manual_seed(3), skip_batches=skip,
+        )  # fmt: skip
+        assert len(epoch) == 6 - skip
+        return list(epoch)
+
+    full, resumed = batches(0), batches(2)
+    assert [len(t) for _, t in full] == [8] * 6  # 50 // 8 batches, the short one dropped
+    assert torch.cat([t for _, t in full]).tolist() == order[:48]
+    for (a_images, a_targets), (b_images, b_targets) in zip(full[2:], resumed):
+        assert torch.equal(a_targets, b_targets) and torch.equal(a_images, b_images)
+
+
+def test_evaluation_batches_are_the_eval_transform_of_every_image() -> None:
+    recipe = _crop_flip_recipe()
+    pixels = _pixels(10).numpy()
+    batches = list(InMemoryBatches(pixels, list(range(10)), list(range(10)), 4, recipe.batch_transform, train=False))
+    assert [len(t) for _, t in batches] == [4, 4, 2]  # no image dropped at evaluation
+    expected = torch.stack([recipe.eval_transform(Image.fromarray(image)) for image in pixels])
+    torch.testing.assert_close(torch.cat([images for images, _ in batches]), expected, atol=1e-5, rtol=0)

@@ -1,0 +1,115 @@
+"""``loader.batch_augment``: a run whose crops and flips are drawn per batch, end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from research.config import ConfigError, load_run
+from research.config.components import SECTIONS, build_component
+from research.data.batch_augment import InMemoryBatches
+from research.engine import checkpoint
+from research.engine.run_dir import read_metrics
+from research.launch.data import build_data
+from research.launch.dist import DistEnv
+from research.launch.train import train
+
+BATCHED = {"batch_augment": True, "batch_size": 8, "workers": 0}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_batched_run_learns_and_a_mid_epoch_resume_repeats_its_draws(experiment) -> None:
+    options = {"epochs": 2, "checkpoint_every_steps": 2, "log_every_steps": 2, "progress": False}
+    straight = load_run(experiment("straight", loader=BATCHED, train=options))
+    summary = train(straight)
+    assert summary["status"] == "done"
+
+    resumed = load_run(experiment("resumed", loader=BATCHED, train=options))
+
+    def stop_inside_the_second_epoch(loop) -> None:
+        assert isinstance(loop.data.val_loader, InMemoryBatches)  # no DataLoader, no worker
+        save = loop.run_dir.save
+
+        def save_then_stop(state, best=False):
+            save(state, best=best)
+            if state.epoch == 1 and state.epoch_step == 2:
+                raise Interrupt
+
+        loop.run_dir.save = save_then_stop
+
+    with pytest.raises(Interrupt):
+        train(resumed, on_loop=stop_inside_the_second_epoch)
+    assert checkpoint.load(resumed.run_dir / "last.pt")["epoch_step"] == 2
+    train(resumed)
+
+    a, b = read_metrics(straight.run_dir)[-1], read_metrics(resumed.run_dir)[-1]
+    # The resumed half-epoch saw the same crops and flips, so it ends at the same weights (the epoch
+    # loss differs: the resumed life averages only the steps it ran).
+    for key in ("val/loss", "val/top1"):
+        assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-6), key
+
+
+def test_batched_run_on_synthetic_data_beats_chance(experiment) -> None:
+    run = load_run(
+        experiment(
+            model={"name": "resnet10_cifar"},
+            data={"name": "synthetic", "size": 160, "num_classes": 4},
+            loader={**BATCHED, "batch_size": 16},
+            optim={"name": "sgd", "lr": 0.4, "weight_decay": 5e-4},
+            train={"epochs": 3, "log_every_steps": 5, "progress": False},
+        )
+    )
+    train(run)
+    assert read_metrics(run.run_dir)[-1]["val/top1"] > 50  # 4 classes: chance is 25
+
+
+def test_limited_splits_map_items_to_rows_of_the_full_array(experiment) -> None:
+    run = load_run(experiment(loader={**BATCHED, "batch_size": 4, "limit_train": 20, "limit_val": 6}))
+    data = build_data(run.cfg, DistEnv())
+    assert data.train_size == 20 and data.val_size == 6
+    # The batches must be the subset's rows, as the per-image eval transform reads them.
+    val_set = build_component(SECTIONS["data"], run.cfg.data, split="val", transform=data.recipe.eval_transform)
+    order = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(run.cfg.seed)).tolist()
+    rows = sorted(order[:6])
+    images, targets = zip(*data.loop_data.val_loader)
+    torch.testing.assert_close(torch.cat(images), torch.stack([val_set[i][0] for i in rows]), atol=1e-5, rtol=0)
+    assert torch.cat(targets).tolist() == [val_set.targets[i] for i in rows]
+
+    epoch = list(data.loop_data.train_batches(0, 0))
+    assert sum(len(t) for _, t in epoch) == 20
+
+
+def test_recipe_with_per_image_techniques_is_refused_before_anything_runs(experiment) -> None:
+    with pytest.raises(ConfigError, match=r"loader.batch_augment.*rand_augment, random_erasing"):
+        load_run(experiment(aug={"name": "cifar", "mixup": 0.0, "cutmix": 0.0}, loader=BATCHED))
+    path = _with_data(experiment(loader=BATCHED), {"name": "cifar10_jpeg", "archive": "never/read.tar.xz", "in_memory": False})
+    with pytest.raises(ConfigError, match="set data.in_memory: true"):
+        load_run(path)
+
+
+def test_dataset_not_in_memory_is_refused_when_built(experiment, tmp_path: Path) -> None:
+    for split in ("train", "val"):
+        for label in ("a", "b"):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(np.full((32, 32, 3), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    run = load_run(_with_data(experiment(loader=BATCHED), {"name": "imagefolder", "root": str(tmp_path / "images")}))
+    with pytest.raises(ConfigError, match="decoded in memory.*ImageFolder"):
+        build_data(run.cfg, DistEnv())
+
+
+def _with_data(path: Path, data: dict) -> Path:
+    """The experiment file at ``path`` with its whole ``data:`` section replaced."""
+    config = yaml.safe_load(path.read_text())
+    config["data"] = data
+    path.write_text(yaml.safe_dump(config))
+    return path
