@@ -237,7 +237,7 @@ def _check_recipe_fits_loader(raw: dict[str, Any], layered: Layered) -> None:
     if raw["loader"]["batch_augment"]:
         if recipe.batch_transform is None:
             raise ConfigError(
-                f"{layered.where('loader.batch_augment')}: loader.batch_augment crops and flips whole batches, but "
+                f"{layered.where('loader.batch_augment')}: loader.batch_augment crops, flips and cuts out whole batches, but "
                 f"recipe {recipe.name!r} also applies {', '.join(recipe.per_image_techniques())} per image: "
                 "turn those off in aug: (simple_crop: true for the crop) or set loader.batch_augment: false"
             )

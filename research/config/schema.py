@@ -22,8 +22,8 @@ class LoaderCfg:
     eval_batch_size: Optional[int] = None  # default: 2 x batch_size (no gradients at eval)
     workers: int = 8
     pin_memory: bool = True
-    # Crop and flip whole uint8 batches in the training process (no workers) instead of each image
-    # in a worker: for in-memory datasets and recipes whose per-image transform is crop + flip only.
+    # Crop, flip and cut out whole uint8 batches in the training process (no workers) instead of each
+    # image in a worker: for in-memory datasets and recipes with no other per-image technique.
     batch_augment: bool = False
     limit_train: Optional[int] = None  # keep a fixed, seeded subset of this many training images
     limit_val: Optional[int] = None

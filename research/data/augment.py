@@ -57,8 +57,9 @@ class Recipe:
         repeats: Repeated-augmentation copies of each image per epoch (1 = off), for the sampler.
         mixup_alpha, cutmix_alpha, mixup_prob, mixup_switch_prob, mixup_mode: timm ``Mixup`` settings.
         enabled: Names of the techniques that are on, in pipeline order (see :meth:`techniques`).
-        batch_transform: The same train transform on whole uint8 batches, when it is a padded crop and
-            a flip only (``loader.batch_augment`` uses it); None for any other per-image technique.
+        batch_transform: The same train transform on whole uint8 batches, when it is a padded crop, a
+            flip and cutout only (``loader.batch_augment`` uses it); None with any other per-image
+            technique (see :meth:`per_image_techniques`).
     """
 
     name: str

@@ -12,19 +12,20 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _data_share(*args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "bench/data_share.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
 def test_data_share_times_loader_and_steps_per_worker_count(tmp_path: Path) -> None:
     out = tmp_path / "share.json"
-    done = subprocess.run(
-        [
-            sys.executable, "bench/data_share.py", "--images", "64", "--workers", "0", "1", "--out", str(out),
-            "model.name=resnet10_cifar", "loader.batch_size=16", "data.in_memory=false",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = _data_share(
+        "--images", "64", "--workers", "0", "1", "--out", str(out),
+        "model.name=resnet10_cifar", "loader.batch_size=16", "data.in_memory=false",
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
     assert results["images"] == 64 and set(results["workers"]) == {"0", "1"}
     for workers, rates in results["workers"].items():
@@ -48,17 +49,7 @@ def test_data_share_times_crop_and_flip_on_whole_batches(tmp_path: Path) -> None
         )
     )
     out = tmp_path / "share.json"
-    done = subprocess.run(
-        [
-            sys.executable, "bench/data_share.py", "--experiment", str(experiment), "--images", "64",
-            "--workers", "0", "--batch-augment", "--out", str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _data_share("--experiment", str(experiment), "--images", "64", "--workers", "0", "--batch-augment", "--out", str(out))
     assert set(json.loads(out.read_text())["workers"]) == {"0", "batch_augment"}
     assert "crop and flip on whole batches (loader.batch_augment): loader alone" in done.stdout
 
