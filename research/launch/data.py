@@ -95,7 +95,8 @@ def _in_memory(train_set: Dataset, val_set: Dataset, recipe: Any, cfg: Experimen
     for split, dataset in (("train", train_set), ("val", val_set)):
         positions = list(range(len(dataset)))  # type: ignore[arg-type]
         if isinstance(dataset, Subset):  # loader.limit_*: items are rows of the full dataset
-            dataset, positions = dataset.dataset, list(dataset.indices)
+            positions = list(dataset.indices)
+            dataset = dataset.dataset
         if not isinstance(dataset, InMemoryImageDataset):
             raise ConfigError(
                 f"loader.batch_augment needs the {split} images decoded in memory, but dataset {cfg.data['name']!r} "
