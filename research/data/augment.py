@@ -279,6 +279,7 @@ def build_recipe(
         ("cutmix", cutmix > 0 and mixup_prob > 0),
         ("repeated_aug", repeated_aug > 1),
     ]
+    on = tuple(technique for technique, is_on in enabled if is_on)
     return Recipe(
         name=name,
         img_size=img_size,
@@ -290,8 +291,8 @@ def build_recipe(
         mixup_prob=mixup_prob,
         mixup_switch_prob=mixup_switch_prob,
         mixup_mode=mixup_mode,
-        enabled=tuple(technique for technique, on in enabled if on),
-        batch_transform=None if _per_image([t for t, on in enabled if on]) else _batch_transform(img_size, hflip, cutout),
+        enabled=on,
+        batch_transform=None if _per_image(on) else _batch_transform(img_size, hflip, cutout),
     )
 
 

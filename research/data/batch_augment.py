@@ -106,10 +106,6 @@ class BatchAugment:
             images.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)  # mask (B, 1, size, size)
         return images
 
-    def __call__(self, pixels: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Crop and flip ``pixels`` at random; see :meth:`apply`."""
-        return self.apply(pixels, self.sample(len(pixels), pixels.shape[1], pixels.shape[2], generator))
-
     def normalise(self, pixels: Tensor) -> Tensor:
         """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32, as ``ToTensor`` then ``Normalize``."""
         images = pixels.permute(0, 3, 1, 2).float()  # (B, 3, H, W)

@@ -49,8 +49,9 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
 
     def train_batches(epoch: int, skip_steps: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         sampler.set_epoch(epoch)
-        # A fresh loader per epoch, its workers seeded from (seed, epoch): the augmentations of an
-        # epoch are the same whether the run was resumed before it or not.
+        # The epoch's random draws (a fresh loader's workers, or the crops of the batch path) are
+        # seeded from (seed, epoch, rank): an epoch's augmentations are the same whether the run was
+        # resumed before it or not.
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 7 + env.rank)
         if in_memory is not None:
             pixels, targets, positions = in_memory[0]
