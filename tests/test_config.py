@@ -351,3 +351,8 @@ def test_slurm_minutes(text: str, minutes: int) -> None:
 def test_slurm_minutes_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         slurm_minutes(text)
+
+
+def test_negative_eval_translate_is_refused_at_load_time(experiment) -> None:
+    message = error_of(experiment("tiny", train={"eval_translate": -1}))
+    assert "train.eval_translate is a number of pixels" in message

@@ -226,6 +226,10 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
     for key in ("batch_size", "workers"):
         if raw["loader"][key] < (1 if key == "batch_size" else 0):
             raise ConfigError(f"{layered.where('loader.' + key)}: loader.{key} must be positive")
+    if raw["train"]["eval_translate"] < 0:
+        raise ConfigError(
+            f"{layered.where('train.eval_translate')}: train.eval_translate is a number of pixels (0 = off, airbench: 1)"
+        )
 
 
 def _check_recipe_fits_loader(raw: dict[str, Any], layered: Layered) -> None:
@@ -234,6 +238,11 @@ def _check_recipe_fits_loader(raw: dict[str, Any], layered: Layered) -> None:
         recipe.check_batch_size(raw["loader"]["batch_size"])
     except ValueError as exc:
         raise ConfigError(f"{layered.where('loader.batch_size')}: loader.batch_size: {exc}") from None
+    if "alternate_flip" in recipe.enabled and not raw["loader"]["batch_augment"]:
+        raise ConfigError(
+            f"{layered.where('aug.alternate_flip')}: aug.alternate_flip needs each image's place and the epoch, "
+            "which only the whole-batch path has: set loader.batch_augment: true (or aug.alternate_flip: false)"
+        )
     if raw["loader"]["batch_augment"]:
         if recipe.batch_transform is None:
             raise ConfigError(

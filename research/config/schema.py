@@ -69,6 +69,7 @@ class TrainCfg:
     log_every_steps: int = 50
     eval_every_epochs: int = 1
     eval_hflip: bool = False  # also evaluate each val image mirrored and average the logits (flip TTA)
+    eval_translate: int = 0  # also evaluate each val image moved this many pixels both ways (airbench's TTA at 1)
     resume: bool = True  # continue from <run dir>/last.pt when it exists
     progress: bool = True  # tqdm progress bar on rank 0
     # timm's fused (scaled_dot_product) attention; its CPU backward is slow in bf16 (docs/PERFORMANCE.md)

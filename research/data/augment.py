@@ -196,6 +196,8 @@ def build_recipe(
     scale: Optional[list[float]],
     simple_crop: bool,
     interpolation: str,
+    crop_padding: Optional[int] = None,
+    alternate_flip: bool = False,
 ) -> Recipe:
     """Validate the knobs and build a :class:`Recipe`; the registered recipes only choose defaults.
 
@@ -217,6 +219,9 @@ def build_recipe(
         raise ValueError(f"aug.random_erasing_mode must be 'const', 'rand' or 'pixel', got {random_erasing_mode!r}")
     if not 0 <= cutout <= img_size:
         raise ValueError(f"aug.cutout is the side of the erased square in pixels, 0 to img_size={img_size} (0 = off), got {cutout}")
+    padding = _crop_padding(img_size, crop_padding, simple_crop)
+    if alternate_flip and hflip != 0.5:
+        raise ValueError(f"aug.alternate_flip mirrors half the images each epoch: it needs aug.hflip: 0.5, got {hflip}")
     if random_erasing_count < 1:
         raise ValueError(f"aug.random_erasing_count must be >= 1, got {random_erasing_count}")
     if mixup_mode not in ("batch", "pair", "elem"):
@@ -258,9 +263,9 @@ def build_recipe(
     )
     if simple_crop:
         # Reference datasets.py at input_size 32: RandomCrop(32, padding=4) replaces RandomResizedCrop,
-        # since rescaling a 32px crop destroys most of the image. Padding is 1/8 of the side (4 at 32).
+        # since rescaling a 32px crop destroys most of the image. Padding: 1/8 of the side (4 at 32) by default.
         flip = [T.RandomHorizontalFlip(hflip)] if hflip > 0 else []
-        primary = T.Compose([T.RandomCrop(img_size, padding=_crop_padding(img_size)), *flip])
+        primary = T.Compose([T.RandomCrop(img_size, padding=padding), *flip])
     # Cutout (DeVries & Taylor 2017, Page's CIFAR ResNet-9 recipe): one fixed square, set to 0 after
     # normalising (the mean colour), placed uniformly inside the image.
     area = cutout**2 / img_size**2
@@ -270,6 +275,7 @@ def build_recipe(
     enabled = [
         ("simple_crop" if simple_crop else "random_resized_crop", True),
         ("hflip", hflip > 0),
+        ("alternate_flip", alternate_flip),
         ("rand_augment", bool(rand_augment)),
         ("auto_augment", bool(auto_augment)),
         ("color_jitter", jitter_on),
@@ -292,24 +298,32 @@ def build_recipe(
         mixup_switch_prob=mixup_switch_prob,
         mixup_mode=mixup_mode,
         enabled=on,
-        batch_transform=None if _per_image(on) else _batch_transform(img_size, hflip, cutout),
+        batch_transform=None if _per_image(on) else _batch_transform(img_size, padding, hflip, cutout, alternate_flip),
     )
 
 
 # What BatchAugment does, and what acts on whole batches or in the sampler anyway.
-_BATCHABLE = ("simple_crop", "hflip", "cutout", "mixup", "cutmix", "repeated_aug")
+_BATCHABLE = ("simple_crop", "hflip", "alternate_flip", "cutout", "mixup", "cutmix", "repeated_aug")
 
 
 def _per_image(techniques: Iterable[str]) -> list[str]:
     return [technique for technique in techniques if technique not in _BATCHABLE]
 
 
-def _crop_padding(img_size: int) -> int:
-    return max(img_size // 8, 1)
+def _crop_padding(img_size: int, crop_padding: Optional[int], simple_crop: bool) -> int:
+    if crop_padding is None:
+        return max(img_size // 8, 1)
+    if not simple_crop:
+        raise ValueError("aug.crop_padding sets the padded random crop's padding, unused without aug.simple_crop: true")
+    if not 0 <= crop_padding <= img_size:
+        raise ValueError(f"aug.crop_padding is a number of pixels, 0 to img_size={img_size}, got {crop_padding}")
+    return crop_padding
 
 
-def _batch_transform(img_size: int, hflip: float, cutout: int) -> BatchAugment:
-    return BatchAugment(img_size, _crop_padding(img_size), hflip, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, cutout)
+def _batch_transform(img_size: int, padding: int, hflip: float, cutout: int, alternate_flip: bool) -> BatchAugment:
+    return BatchAugment(
+        img_size, padding, hflip, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, cutout, alternate_flip=alternate_flip
+    )
 
 
 @AUGMENTATIONS.register("deit")
@@ -333,6 +347,8 @@ def deit(
     scale: Optional[list[float]] = None,
     simple_crop: bool = False,
     interpolation: Interpolation = "bicubic",
+    crop_padding: Optional[int] = None,
+    alternate_flip: bool = False,
 ) -> Recipe:
     """The paper's full training recipe (Table 8 / section 6; defaults of the reference ``main.py``).
 
@@ -357,6 +373,11 @@ def deit(
         hflip: Horizontal flip probability.
         scale: RandomResizedCrop area range ``[min, max]``; None = timm's ``[0.08, 1.0]``.
         simple_crop: Pad-by-img_size/8 random crop instead of RandomResizedCrop (for 32px images).
+        crop_padding: The padded crop's padding in pixels (a random translation of up to that
+            much); None = img_size/8, the reference code's 4 at 32px. Only with ``simple_crop``.
+        alternate_flip: Jordan's derandomised flip (airbench, 2024): a fixed random half of the
+            images is mirrored in even epochs and the other half in odd ones, so every image is
+            seen both ways every two epochs. Needs ``hflip: 0.5`` and ``loader.batch_augment``.
         interpolation: Resampling of the crop and the geometric RandAugment ops (the reference: bicubic).
     """
     return build_recipe("deit", **locals())
@@ -383,6 +404,8 @@ def cifar(
     scale: Optional[list[float]] = None,
     simple_crop: bool = True,
     interpolation: Interpolation = "bicubic",
+    crop_padding: Optional[int] = None,
+    alternate_flip: bool = False,
 ) -> Recipe:
     """The DeiT recipe at 32x32: every technique of :func:`deit`, with a padded random crop.
 
@@ -413,6 +436,8 @@ def none(
     scale: Optional[list[float]] = None,
     simple_crop: bool = False,
     interpolation: Interpolation = "bicubic",
+    crop_padding: Optional[int] = None,
+    alternate_flip: bool = False,
 ) -> Recipe:
     """No augmentation beyond the crop and flip every ImageNet recipe has; the ablation baseline.
 

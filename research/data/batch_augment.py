@@ -16,6 +16,7 @@ so a run switched from one path to the other sees other augmentations, not other
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["BatchAugment", "BatchAugmentParams", "InMemoryBatches"]
+__all__ = ["BatchAugment", "BatchAugmentParams", "InMemoryBatches", "alternating_flips"]
 
 
 @dataclass(frozen=True)
@@ -51,17 +52,30 @@ class BatchAugment:
         hflip: Probability that an image is mirrored.
         mean, std: Per-channel normalisation of the ``[0, 1]`` pixels.
         cutout: Side of the square set to 0 (the mean colour) in every normalised image; 0 = off.
+        alternate_flip: Mirror by :func:`alternating_flips` instead of at random (``hflip`` must be
+            0.5); :class:`InMemoryBatches` applies it, since it needs the images' rows and the epoch.
     """
 
     def __init__(
-        self, size: int, padding: int, hflip: float, mean: Sequence[float], std: Sequence[float], cutout: int = 0
+        self,
+        size: int,
+        padding: int,
+        hflip: float,
+        mean: Sequence[float],
+        std: Sequence[float],
+        cutout: int = 0,
+        *,
+        alternate_flip: bool = False,
     ) -> None:
         if size < 1 or padding < 0 or not 0.0 <= hflip <= 1.0 or not 0 <= cutout <= size:
             raise ValueError(
                 "need size >= 1, padding >= 0, 0 <= hflip <= 1 and 0 <= cutout <= size, "
                 f"got {size}, {padding}, {hflip}, {cutout}"
             )
+        if alternate_flip and hflip != 0.5:
+            raise ValueError(f"alternate_flip mirrors half of the images each epoch: it needs hflip=0.5, got {hflip}")
         self.size, self.padding, self.hflip, self.cutout = size, padding, hflip, cutout
+        self.alternate_flip = alternate_flip
         # Folded so that normalising is one multiply-add: (x / 255 - mean) / std.
         self._scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
         self._shift = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
@@ -112,7 +126,22 @@ class BatchAugment:
         return (images * self._scale + self._shift).contiguous()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, padding={self.padding}, hflip={self.hflip}, cutout={self.cutout})"
+        flip = ", alternate_flip=True" if self.alternate_flip else ""
+        return (
+            f"{type(self).__name__}(size={self.size}, padding={self.padding}, hflip={self.hflip}, "
+            f"cutout={self.cutout}{flip})"
+        )
+
+
+def alternating_flips(rows: Tensor, epoch: int, num_rows: int, seed: int) -> Tensor:
+    """Which of the images at ``rows`` to mirror in ``epoch``: Jordan's derandomised flip (airbench, 2024).
+
+    A random half of the ``num_rows`` images, fixed by ``seed``, is mirrored in even epochs and the
+    other half in odd epochs: each image is seen both ways in every two epochs, where independent
+    coin flips show a quarter of them the same way twice.
+    """
+    mirrored_first = torch.rand(num_rows, generator=torch.Generator().manual_seed(seed)) < 0.5  # (num_rows,)
+    return mirrored_first[rows] ^ bool(epoch % 2)
 
 
 class InMemoryBatches:
@@ -128,6 +157,7 @@ class InMemoryBatches:
         generator: Source of the random draws. They are all drawn when the object is made, so the
             batches from ``skip_batches`` on are the same as those of a full pass.
         skip_batches: Leading batches to leave out (a mid-epoch resume).
+        epoch, flip_seed: The epoch and the run's seed, for a transform with ``alternate_flip``.
     """
 
     def __init__(
@@ -142,6 +172,8 @@ class InMemoryBatches:
         drop_last: bool = False,
         generator: torch.Generator | None = None,
         skip_batches: int = 0,
+        epoch: int = 0,
+        flip_seed: int = 0,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -152,6 +184,9 @@ class InMemoryBatches:
         self.batch_size, self.transform = batch_size, transform
         height, width = pixels.shape[1:3]
         self.params = transform.sample(count, height, width, generator) if train else None
+        if self.params is not None and transform.alternate_flip:
+            flips = alternating_flips(self.indices, epoch, len(pixels), flip_seed)
+            self.params = dataclasses.replace(self.params, flip=flips)
         self.start = skip_batches * batch_size
 
     def __len__(self) -> int:

@@ -24,7 +24,13 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Iterable, device: torch.device, precision: str = "fp32", *, hflip: bool = False
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    precision: str = "fp32",
+    *,
+    hflip: bool = False,
+    translate: int = 0,
 ) -> dict[str, float]:
     """Cross-entropy, top-1 and top-5 accuracy (in %) of ``model`` over ``loader``.
 
@@ -33,24 +39,31 @@ def evaluate(
     ``top1_both`` (the paper's Table 3 columns); ``top1`` is that of the model's ``eval_head``.
     With ``hflip``, every metric is of the logits averaged over each image and its mirror (the
     flip test-time augmentation of fast CIFAR training), and ``top1_single_view`` keeps the top-1
-    of the unflipped images alone. Each rank evaluates its own shard; sums are all-reduced, so every
-    rank returns the totals.
+    of the unflipped images alone. With ``translate`` = t, the logits of the image (or of the pair)
+    get weight 1/2, and those of the image shifted t pixels along its diagonal, one way and the
+    other (reflect padded; each with its mirror under ``hflip``), 1/4 each: airbench's multi-crop test-time
+    augmentation at t = 1. Each rank evaluates its own shard; sums are all-reduced, so every rank
+    returns the totals.
     """
+    if translate < 0:
+        raise ValueError(f"translate is a number of pixels >= 0, got {translate}")
     was_training = model.training
     model.eval()
     plain = unwrap(model)
     heads = tuple(getattr(plain, "eval_heads", ())) if hasattr(plain, "forward_heads") else ()
-    extra = [f"top1_{head}" for head in heads] + (["top1_single_view"] if hflip else [])
+    augmented = hflip or translate > 0
+    extra = [f"top1_{head}" for head in heads] + (["top1_single_view"] if augmented else [])
     totals = torch.zeros(4 + len(extra), dtype=torch.float64, device=device)  # loss, top-1, top-5, count, extra
     for images, targets in loader:
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with autocast(device, precision):
-            by_head = _predict(model, images, heads)
-            if hflip:
-                single_view = by_head["top1"]
-                mirrored = _predict(model, images.flip(-1), heads)
-                by_head = {key: (logits + mirrored[key]) / 2 for key, logits in by_head.items()}
-                by_head["top1_single_view"] = single_view
+            single = _predict(model, images, heads)
+            by_head = _view(model, images, heads, hflip=hflip, plain=single)
+            if translate:
+                up_left, down_right = (_view(model, x, heads, hflip=hflip) for x in _translated(images, translate))
+                by_head = {key: logits / 2 + (up_left[key] + down_right[key]) / 4 for key, logits in by_head.items()}
+            if augmented:
+                by_head["top1_single_view"] = single["top1"]
         logits = by_head["top1"]
         k = min(5, logits.shape[1])
         hits = _topk_hits(logits, targets, k)  # (B, k)
@@ -82,6 +95,25 @@ def _predict(model: nn.Module, images: Tensor, heads: tuple[str, ...]) -> dict[s
     plain = unwrap(model)
     by_head = {head: logits.float() for head, logits in plain.forward_heads(images).items()}
     return {"top1": by_head[plain.eval_head], **{f"top1_{head}": by_head[head] for head in heads}}
+
+
+def _view(
+    model: nn.Module, images: Tensor, heads: tuple[str, ...], *, hflip: bool, plain: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """The logits of ``images`` (``plain`` when already computed), averaged with their mirror's under ``hflip``."""
+    plain = _predict(model, images, heads) if plain is None else plain
+    if not hflip:
+        return plain
+    mirrored = _predict(model, images.flip(-1), heads)
+    return {key: (logits + mirrored[key]) / 2 for key, logits in plain.items()}
+
+
+def _translated(images: Tensor, pixels: int) -> tuple[Tensor, Tensor]:
+    """``images`` (B, C, H, W) shifted by (+pixels, +pixels) and (-pixels, -pixels), borders reflected."""
+    height, width = images.shape[-2:]
+    padded = F.pad(images, (pixels,) * 4, mode="reflect")  # (B, C, H + 2p, W + 2p)
+    far = 2 * pixels
+    return padded[..., :height, :width], padded[..., far : far + height, far : far + width]
 
 
 def _topk_hits(logits: Tensor, targets: Tensor, k: int) -> Tensor:

@@ -95,12 +95,12 @@ def _brief(record: dict[str, Any]) -> str:
 
 def evaluate_all(loop: Loop) -> dict[str, float]:
     """Validation metrics of the raw weights and, when kept, of the EMA weights."""
-    precision, hflip = loop.options.precision, loop.options.eval_hflip
-    raw = evaluate(loop.state.model, loop.data.val_loader, loop.device, precision, hflip=hflip)
+    precision, views = loop.options.precision, {"hflip": loop.options.eval_hflip, "translate": loop.options.eval_translate}
+    raw = evaluate(loop.state.model, loop.data.val_loader, loop.device, precision, **views)
     metrics = {f"val/{k}": v for k, v in raw.items()}
     if loop.state.ema is not None:
         ema_model = getattr(loop.state.ema, "module", loop.state.ema)
-        ema = evaluate(ema_model, loop.data.val_loader, loop.device, precision, hflip=hflip)
+        ema = evaluate(ema_model, loop.data.val_loader, loop.device, precision, **views)
         metrics.update({f"val_ema/{k}": v for k, v in ema.items()})
     return metrics
 

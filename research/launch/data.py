@@ -45,6 +45,8 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
             f"{env.world_size} processes gets; lower loader.batch_size"
         )
 
+    if "alternate_flip" in recipe.enabled and not cfg.loader.batch_augment:  # the config loader refuses it too
+        raise ConfigError("aug.alternate_flip needs loader.batch_augment: true (the per-image path cannot alternate)")
     in_memory = _in_memory(train_set, val_set, recipe, cfg) if cfg.loader.batch_augment else None
 
     def train_batches(epoch: int, skip_steps: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -58,7 +60,7 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
             indices = [positions[i] for i in sampler][: steps * batch]
             return InMemoryBatches(
                 pixels, targets, indices, batch, recipe.batch_transform, train=True, drop_last=True,
-                generator=generator, skip_batches=skip_steps,
+                generator=generator, skip_batches=skip_steps, epoch=epoch, flip_seed=cfg.seed,
             )  # fmt: skip
         indices = list(sampler)[skip_steps * batch : steps * batch]
         return _loader(train_set, cfg, batch, env, sampler=indices, drop_last=True, generator=generator)

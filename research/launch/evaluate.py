@@ -30,8 +30,7 @@ def evaluate_checkpoint(run: Run, checkpoint: Path) -> dict[str, Any]:
         model = build_component(SECTIONS["model"], run.cfg.model, num_classes=data.num_classes)
         model.load_state_dict(weights, strict=True)
         options = run.cfg.train
-        metrics = evaluate(
-            model.to(env.device), data.loop_data.val_loader, env.device, options.precision, hflip=options.eval_hflip
-        )
+        views = {"hflip": options.eval_hflip, "translate": options.eval_translate}
+        metrics = evaluate(model.to(env.device), data.loop_data.val_loader, env.device, options.precision, **views)
         results.update({f"{'val' if key == 'model' else 'val_ema'}/{k}": v for k, v in metrics.items()})
     return results

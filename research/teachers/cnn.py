@@ -1,4 +1,4 @@
-"""Frozen CNN teachers (``TEACHERS``): timm ImageNet CNNs and this package's CIFAR ResNets.
+"""Frozen CNN teachers (``TEACHERS``): timm ImageNet CNNs and this package's CIFAR CNNs.
 
 The paper distils from a RegNetY-16GF trained on ImageNet (Touvron et al. 2021, Sec. 5.2) and
 compares RegNetY teachers of several sizes in Table 2. Every builder takes the dataset's
@@ -153,3 +153,9 @@ def resnet9_slim_cifar(*, num_classes: int, checkpoint: str, channels_last: bool
     return _models_teacher(
         "resnet9_slim_cifar", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last
     )
+
+
+@TEACHERS.register("airbench_cifar", arch="airbench_cifar", source="research")
+def airbench_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
+    """Jordan's airbench94 network (MODELS ``airbench_cifar``), trained by this package's engine."""
+    return _models_teacher("airbench_cifar", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from research.data.batch_augment import BatchAugment, BatchAugmentParams, InMemoryBatches
+from research.data.batch_augment import BatchAugment, BatchAugmentParams, InMemoryBatches, alternating_flips
 from research.registry import AUGMENTATIONS
 
 CROP_FLIP_ONLY = {"rand_augment": None, "color_jitter": None, "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0}
@@ -64,6 +64,44 @@ def test_per_image_cutout_erases_one_square_of_that_size() -> None:
     assert zeros.sum() == 64 and rows.max() - rows.min() == 7 and cols.max() - cols.min() == 7
     with pytest.raises(ValueError, match="aug.cutout"):
         AUGMENTATIONS.build("none", img_size=32, cutout=33)
+
+
+def test_crop_padding_reaches_both_paths_and_is_checked() -> None:
+    recipe = _crop_flip_recipe(crop_padding=2)
+    assert recipe.batch_transform.padding == 2
+    assert [t.padding for t in recipe.train_transform.transforms if hasattr(t, "padding")] == [2]  # RandomCrop
+    assert _crop_flip_recipe().batch_transform.padding == 4  # the default: img_size / 8
+    params = recipe.batch_transform.sample(5000, 32, 32, torch.Generator().manual_seed(0))
+    assert set(params.top.tolist()) == set(range(5))
+    with pytest.raises(ValueError, match="aug.crop_padding is a number of pixels"):
+        _crop_flip_recipe(crop_padding=-1)
+    with pytest.raises(ValueError, match="unused without aug.simple_crop"):
+        _crop_flip_recipe(crop_padding=2, simple_crop=False)
+
+
+def test_alternating_flips_show_each_image_both_ways_every_two_epochs() -> None:
+    rows = torch.arange(10_000)
+    even, odd = alternating_flips(rows, 0, 10_000, seed=0), alternating_flips(rows, 1, 10_000, seed=0)
+    assert (even ^ odd).all()  # each image mirrored in exactly one of two consecutive epochs
+    assert even.float().mean().item() == pytest.approx(0.5, abs=0.02)
+    assert torch.equal(alternating_flips(rows, 4, 10_000, seed=0), even)
+    assert not torch.equal(alternating_flips(rows, 0, 10_000, seed=1), even)  # the seed picks the half
+    picked = torch.tensor([7, 3, 9_999])
+    assert torch.equal(alternating_flips(picked, 0, 10_000, seed=0), even[picked])  # a row keeps its coin
+
+
+def test_in_memory_batches_alternate_each_rows_flip_between_epochs() -> None:
+    recipe = _crop_flip_recipe(alternate_flip=True)
+    assert recipe.batch_transform.alternate_flip and "alternate_flip" in recipe.techniques()
+    pixels, targets = _pixels(60).numpy(), list(range(60))
+    orders = [torch.randperm(60, generator=torch.Generator().manual_seed(epoch)).tolist() for epoch in range(2)]
+    flips = []
+    for epoch, order in enumerate(orders):
+        batches = InMemoryBatches(pixels, targets, order, 12, recipe.batch_transform, train=True, epoch=epoch, flip_seed=5)
+        flips.append(dict(zip(order, batches.params.flip.tolist())))
+    assert all(flips[0][row] != flips[1][row] for row in range(60))
+    with pytest.raises(ValueError, match="needs aug.hflip: 0.5"):
+        _crop_flip_recipe(alternate_flip=True, hflip=0.3)
 
 
 def test_draws_cover_every_offset_and_flip_at_the_recipe_rate() -> None:

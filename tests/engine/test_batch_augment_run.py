@@ -95,6 +95,17 @@ def test_recipe_with_per_image_techniques_is_refused_before_anything_runs(experi
         load_run(path)
 
 
+def test_alternate_flip_without_the_batch_path_is_refused(experiment) -> None:
+    aug = {"name": "none", "simple_crop": True, "alternate_flip": True}
+    with pytest.raises(ConfigError, match="aug.alternate_flip needs .* set loader.batch_augment: true"):
+        load_run(experiment(aug=aug, loader={"batch_augment": False}))
+    run = load_run(experiment(aug=aug, loader=BATCHED))  # with it, the same recipe loads
+    train_batches = build_data(run.cfg, DistEnv()).loop_data.train_batches
+    epochs = [train_batches(epoch, 0) for epoch in (0, 1)]  # the run's own epochs, sampler order included
+    flips = [dict(zip(b.indices.tolist(), b.params.flip.tolist())) for b in epochs]
+    assert flips[0].keys() == flips[1].keys() and all(flips[0][row] != flips[1][row] for row in flips[0])
+
+
 def test_dataset_not_in_memory_is_refused_when_built(experiment, tmp_path: Path) -> None:
     for split in ("train", "val"):
         for label in ("a", "b"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from research.engine.evaluate import evaluate
@@ -115,3 +116,41 @@ def test_hflip_applies_to_every_head_of_a_distilled_model() -> None:
     assert abs(metrics["top1_distillation"] - top1(heads[1], targets)) < 1e-4
     assert abs(metrics["top1"] - metrics["top1_distillation"]) < 1e-4
     assert abs(metrics["top1_single_view"] - top1(single_distillation, targets)) < 1e-4
+
+
+def _reflect_shift(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``images`` whose pixel (y, x) is the input's (y + dy, x + dx), borders reflected (numpy-style)."""
+    _, _, height, width = images.shape
+    rows = (torch.arange(height) + dy).abs()
+    rows = torch.where(rows > height - 1, 2 * (height - 1) - rows, rows)
+    cols = (torch.arange(width) + dx).abs()
+    cols = torch.where(cols > width - 1, 2 * (width - 1) - cols, cols)
+    return images[:, :, rows][:, :, :, cols]
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_translate_weights_the_image_half_and_two_diagonal_shifts_a_quarter_each(hflip: bool) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))  # sees every pixel's place
+    images = torch.randn(12, 3, 8, 8)
+
+    def view(x: torch.Tensor) -> torch.Tensor:
+        return (model(x) + model(x.flip(-1))) / 2 if hflip else model(x)
+
+    with torch.no_grad():
+        single = model(images)
+        expected = view(images) / 2 + (view(_reflect_shift(images, -1, -1)) + view(_reflect_shift(images, 1, 1))) / 4
+    targets = expected.argmax(1)
+    assert top1(single, targets) < 100.0  # the extra views change some predictions here
+
+    metrics = evaluate(model, batches(images, targets, 5), CPU, hflip=hflip, translate=1)
+
+    assert abs(metrics["top1"] - top1(expected, targets)) < 1e-4
+    assert abs(metrics["top1_single_view"] - top1(single, targets)) < 1e-4
+    assert abs(metrics["loss"] - torch.nn.functional.cross_entropy(expected, targets).item()) < 1e-5
+
+
+def test_translate_must_not_be_negative() -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    with pytest.raises(ValueError, match="translate is a number of pixels"):
+        evaluate(model, batches(torch.randn(2, 3, 8, 8), torch.zeros(2, dtype=torch.long), 2), CPU, translate=-1)

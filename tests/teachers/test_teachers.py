@@ -166,7 +166,7 @@ def test_unknown_timm_arch_suggests_names(tmp_path: Path) -> None:
 
 
 def test_registry_entries() -> None:
-    expected = {"regnety_160", "regnety_080", "regnety_040", "resnet50", "resnet18_cifar", "resnet10_cifar", "timm"}
+    expected = {"regnety_160", "regnety_080", "regnety_040", "resnet50", "resnet18_cifar", "resnet10_cifar", "airbench_cifar", "timm"}
     assert expected <= set(TEACHERS.names())
     for name in expected:
         params = TEACHERS.signature(name).parameters
