@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--images must be >= 1, got {args.images}")
     torch.set_num_threads(args.threads)
     results: dict[str, Any] = {"experiment": str(args.experiment), "images": args.images, "workers": {}}
-    paths: list[tuple[str, list[str]]] = [
-        (str(w), [f"loader.workers={w}", "loader.batch_augment=false"]) for w in args.workers
-    ]
+    # The per-image path cannot alternate flips (it has no epoch or row per image): random flips there.
+    per_image = ["loader.batch_augment=false", "aug.alternate_flip=false"]
+    paths: list[tuple[str, list[str]]] = [(str(w), [f"loader.workers={w}", *per_image]) for w in args.workers]
     if args.batch_augment:
         paths.append(("batch_augment", ["loader.batch_augment=true", "loader.workers=0"]))
     with tempfile.TemporaryDirectory(prefix="data_share_") as workdir:
