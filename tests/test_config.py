@@ -356,3 +356,14 @@ def test_slurm_minutes_rejects(text: str) -> None:
 def test_negative_eval_translate_is_refused_at_load_time(experiment) -> None:
     message = error_of(experiment("tiny", train={"eval_translate": -1}))
     assert "train.eval_translate is a number of pixels" in message
+
+
+@pytest.mark.parametrize(
+    ("optim", "message"),
+    [
+        ({"lookahead_every": -1}, "optim.lookahead_every is a number of steps"),
+        ({"lookahead_every": 5, "lookahead_max_decay": 1.0}, "optim.lookahead_max_decay is a decay in \\[0, 1\\)"),
+    ],
+)
+def test_bad_lookahead_is_refused_at_load_time(experiment, optim, message) -> None:
+    assert re.search(message, error_of(experiment("tiny", optim=optim)))

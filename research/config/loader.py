@@ -226,9 +226,22 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
     for key in ("batch_size", "workers"):
         if raw["loader"][key] < (1 if key == "batch_size" else 0):
             raise ConfigError(f"{layered.where('loader.' + key)}: loader.{key} must be positive")
+    if not 0 <= raw["loader"]["worker_nice"] <= 19:
+        raise ConfigError(
+            f"{layered.where('loader.worker_nice')}: loader.worker_nice is a niceness increment, 0 (off) to 19"
+        )
     if raw["train"]["eval_translate"] < 0:
         raise ConfigError(
             f"{layered.where('train.eval_translate')}: train.eval_translate is a number of pixels (0 = off, airbench: 1)"
+        )
+    if raw["optim"]["lookahead_every"] < 0:
+        raise ConfigError(
+            f"{layered.where('optim.lookahead_every')}: optim.lookahead_every is a number of steps (0 = off, airbench: 5)"
+        )
+    if not 0.0 <= raw["optim"]["lookahead_max_decay"] < 1.0:
+        raise ConfigError(
+            f"{layered.where('optim.lookahead_max_decay')}: optim.lookahead_max_decay is a decay in [0, 1) "
+            "(airbench: 0.774)"
         )
 
 

@@ -36,6 +36,7 @@ __all__ = ["Recipe", "build_recipe", "check_policy", "eval_transform", "deit", "
 MixupMode = Literal["batch", "pair", "elem"]
 ErasingMode = Literal["const", "rand", "pixel"]
 Interpolation = Literal["bicubic", "bilinear", "nearest", "random"]
+PaddingMode = Literal["constant", "reflect"]
 
 _AUTO_AUGMENT_POLICIES = ("original", "originalr", "v0", "v0r", "3a")
 # Sections of a RandAugment string that timm understands ("rand-m9-mstd0.5-inc1"). timm silently
@@ -197,6 +198,7 @@ def build_recipe(
     simple_crop: bool,
     interpolation: str,
     crop_padding: Optional[int] = None,
+    crop_padding_mode: PaddingMode = "constant",
     alternate_flip: bool = False,
 ) -> Recipe:
     """Validate the knobs and build a :class:`Recipe`; the registered recipes only choose defaults.
@@ -220,6 +222,7 @@ def build_recipe(
     if not 0 <= cutout <= img_size:
         raise ValueError(f"aug.cutout is the side of the erased square in pixels, 0 to img_size={img_size} (0 = off), got {cutout}")
     padding = _crop_padding(img_size, crop_padding, simple_crop)
+    _check_padding_mode(crop_padding_mode, padding, img_size, simple_crop)
     if alternate_flip and hflip != 0.5:
         raise ValueError(f"aug.alternate_flip mirrors half the images each epoch: it needs aug.hflip: 0.5, got {hflip}")
     if random_erasing_count < 1:
@@ -265,7 +268,7 @@ def build_recipe(
         # Reference datasets.py at input_size 32: RandomCrop(32, padding=4) replaces RandomResizedCrop,
         # since rescaling a 32px crop destroys most of the image. Padding: 1/8 of the side (4 at 32) by default.
         flip = [T.RandomHorizontalFlip(hflip)] if hflip > 0 else []
-        primary = T.Compose([T.RandomCrop(img_size, padding=padding), *flip])
+        primary = T.Compose([T.RandomCrop(img_size, padding=padding, padding_mode=crop_padding_mode), *flip])
     # Cutout (DeVries & Taylor 2017, Page's CIFAR ResNet-9 recipe): one fixed square, set to 0 after
     # normalising (the mean colour), placed uniformly inside the image.
     area = cutout**2 / img_size**2
@@ -298,7 +301,7 @@ def build_recipe(
         mixup_switch_prob=mixup_switch_prob,
         mixup_mode=mixup_mode,
         enabled=on,
-        batch_transform=None if _per_image(on) else _batch_transform(img_size, padding, hflip, cutout, alternate_flip),
+        batch_transform=None if _per_image(on) else _batch_transform(img_size, padding, crop_padding_mode, hflip, cutout, alternate_flip),
     )
 
 
@@ -320,9 +323,28 @@ def _crop_padding(img_size: int, crop_padding: Optional[int], simple_crop: bool)
     return crop_padding
 
 
-def _batch_transform(img_size: int, padding: int, hflip: float, cutout: int, alternate_flip: bool) -> BatchAugment:
+def _check_padding_mode(mode: str, padding: int, img_size: int, simple_crop: bool) -> None:
+    if mode not in ("constant", "reflect"):
+        raise ValueError(f"aug.crop_padding_mode is 'constant' (zeros) or 'reflect', got {mode!r}")
+    if mode == "reflect":
+        if not simple_crop:
+            raise ValueError("aug.crop_padding_mode sets the padded random crop's fill, unused without aug.simple_crop: true")
+        if padding >= img_size:
+            raise ValueError(f"aug.crop_padding_mode: reflect needs aug.crop_padding < img_size={img_size}, got {padding}")
+
+
+def _batch_transform(
+    img_size: int, padding: int, padding_mode: str, hflip: float, cutout: int, alternate_flip: bool
+) -> BatchAugment:
     return BatchAugment(
-        img_size, padding, hflip, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, cutout, alternate_flip=alternate_flip
+        img_size,
+        padding,
+        hflip,
+        IMAGENET_DEFAULT_MEAN,
+        IMAGENET_DEFAULT_STD,
+        cutout,
+        alternate_flip=alternate_flip,
+        padding_mode=padding_mode,
     )
 
 
@@ -348,6 +370,7 @@ def deit(
     simple_crop: bool = False,
     interpolation: Interpolation = "bicubic",
     crop_padding: Optional[int] = None,
+    crop_padding_mode: PaddingMode = "constant",
     alternate_flip: bool = False,
 ) -> Recipe:
     """The paper's full training recipe (Table 8 / section 6; defaults of the reference ``main.py``).
@@ -375,6 +398,8 @@ def deit(
         simple_crop: Pad-by-img_size/8 random crop instead of RandomResizedCrop (for 32px images).
         crop_padding: The padded crop's padding in pixels (a random translation of up to that
             much); None = img_size/8, the reference code's 4 at 32px. Only with ``simple_crop``.
+        crop_padding_mode: What the padding holds: ``constant`` (zeros, the reference code's) or
+            ``reflect`` (the image mirrored at its border, airbench's translation). Only with ``simple_crop``.
         alternate_flip: Jordan's derandomised flip (airbench, 2024): a fixed random half of the
             images is mirrored in even epochs and the other half in odd ones, so every image is
             seen both ways every two epochs. Needs ``hflip: 0.5`` and ``loader.batch_augment``.
@@ -405,6 +430,7 @@ def cifar(
     simple_crop: bool = True,
     interpolation: Interpolation = "bicubic",
     crop_padding: Optional[int] = None,
+    crop_padding_mode: PaddingMode = "constant",
     alternate_flip: bool = False,
 ) -> Recipe:
     """The DeiT recipe at 32x32: every technique of :func:`deit`, with a padded random crop.
@@ -437,6 +463,7 @@ def none(
     simple_crop: bool = False,
     interpolation: Interpolation = "bicubic",
     crop_padding: Optional[int] = None,
+    crop_padding_mode: PaddingMode = "constant",
     alternate_flip: bool = False,
 ) -> Recipe:
     """No augmentation beyond the crop and flip every ImageNet recipe has; the ablation baseline.

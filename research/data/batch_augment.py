@@ -7,11 +7,12 @@ same random crops, flips and squares for a whole batch and applies them with one
 on the ``(B, H, W, 3)`` array, in the training process: no worker at all. :class:`InMemoryBatches`
 serves an epoch's batches that way.
 
-The result is the per-image pipeline's in distribution: torchvision's ``RandomCrop(size,
-padding=p)`` (zero padding, offsets uniform in ``[0, H + 2p - size]``), ``RandomHorizontalFlip(hflip)``,
-``ToTensor``, ``Normalize(mean, std)`` and, for cutout, ``RandomErasing(p=1, value=0)`` with a fixed
-``cutout x cutout`` square placed uniformly inside the image. The random numbers themselves differ,
-so a run switched from one path to the other sees other augmentations, not other data.
+The result is the per-image pipeline's in distribution: torchvision's ``RandomCrop(size, padding=p,
+padding_mode=m)`` (zero or reflect padding, offsets uniform in ``[0, H + 2p - size]``),
+``RandomHorizontalFlip(hflip)``, ``ToTensor``, ``Normalize(mean, std)`` and, for cutout,
+``RandomErasing(p=1, value=0)`` with a fixed ``cutout x cutout`` square placed uniformly inside the
+image. The random numbers themselves differ, so a run switched from one path to the other sees other
+augmentations, not other data.
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ class BatchAugment:
 
     Args:
         size: Output height and width.
-        padding: Zeros added on every side before cropping (0: crop without padding).
+        padding: Pixels added on every side before cropping (0: crop without padding).
         hflip: Probability that an image is mirrored.
         mean, std: Per-channel normalisation of the ``[0, 1]`` pixels.
         cutout: Side of the square set to 0 (the mean colour) in every normalised image; 0 = off.
         alternate_flip: Mirror by :func:`alternating_flips` instead of at random (``hflip`` must be
             0.5); :class:`InMemoryBatches` applies it, since it needs the images' rows and the epoch.
+        padding_mode: ``constant`` pads with zeros, ``reflect`` with the image mirrored at its
+            border (without repeating the edge pixel), as ``RandomCrop(padding_mode=...)`` does.
     """
 
     def __init__(
@@ -66,7 +69,10 @@ class BatchAugment:
         cutout: int = 0,
         *,
         alternate_flip: bool = False,
+        padding_mode: str = "constant",
     ) -> None:
+        if padding_mode not in ("constant", "reflect"):
+            raise ValueError(f"padding_mode is 'constant' or 'reflect', got {padding_mode!r}")
         if size < 1 or padding < 0 or not 0.0 <= hflip <= 1.0 or not 0 <= cutout <= size:
             raise ValueError(
                 "need size >= 1, padding >= 0, 0 <= hflip <= 1 and 0 <= cutout <= size, "
@@ -76,6 +82,7 @@ class BatchAugment:
             raise ValueError(f"alternate_flip mirrors half of the images each epoch: it needs hflip=0.5, got {hflip}")
         self.size, self.padding, self.hflip, self.cutout = size, padding, hflip, cutout
         self.alternate_flip = alternate_flip
+        self.padding_mode = padding_mode
         # Folded so that normalising is one multiply-add: (x / 255 - mean) / std.
         self._scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
         self._shift = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
@@ -87,6 +94,8 @@ class BatchAugment:
             raise ValueError(
                 f"a {self.size}px crop does not fit {width}x{height} images padded by {self.padding}"
             )
+        if self.padding_mode == "reflect" and self.padding >= min(height, width):
+            raise ValueError(f"reflect padding of {self.padding} needs images larger than that, got {width}x{height}")
         params = BatchAugmentParams(
             top=torch.randint(0, room_y + 1, (count,), generator=generator),
             left=torch.randint(0, room_x + 1, (count,), generator=generator),
@@ -103,13 +112,17 @@ class BatchAugment:
         if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise ValueError(f"expected (B, H, W, 3) uint8 pixels, got {pixels.dtype} {tuple(pixels.shape)}")
         p = self.padding
-        padded = torch.nn.functional.pad(pixels, (0, 0, p, p, p, p)) if p else pixels  # (B, H+2p, W+2p, 3)
         steps = torch.arange(self.size)
-        rows = params.top[:, None] + steps  # (B, size)
+        rows = params.top[:, None] + steps  # (B, size), in the padded image
         # A mirrored crop reads its columns right to left: crop and flip are one gather.
         cols = params.left[:, None] + torch.where(params.flip[:, None], self.size - 1 - steps, steps)  # (B, size)
+        if self.padding_mode == "reflect":  # read the padding from the image itself: no padded copy
+            source = pixels
+            rows, cols = _reflect(rows - p, pixels.shape[1]), _reflect(cols - p, pixels.shape[2])
+        else:
+            source = torch.nn.functional.pad(pixels, (0, 0, p, p, p, p)) if p else pixels  # (B, H+2p, W+2p, 3)
         batch = torch.arange(len(pixels))[:, None, None]
-        crops = padded[batch, rows[:, :, None], cols[:, None, :]]  # (B, size, size, 3)
+        crops = source[batch, rows[:, :, None], cols[:, None, :]]  # (B, size, size, 3)
         images = self.normalise(crops)
         if self.cutout:
             if params.cut_top is None or params.cut_left is None:
@@ -127,10 +140,17 @@ class BatchAugment:
 
     def __repr__(self) -> str:
         flip = ", alternate_flip=True" if self.alternate_flip else ""
+        mode = f", padding_mode={self.padding_mode!r}" if self.padding_mode != "constant" else ""
         return (
-            f"{type(self).__name__}(size={self.size}, padding={self.padding}, hflip={self.hflip}, "
+            f"{type(self).__name__}(size={self.size}, padding={self.padding}{mode}, hflip={self.hflip}, "
             f"cutout={self.cutout}{flip})"
         )
+
+
+def _reflect(index: Tensor, length: int) -> Tensor:
+    """Map indices in ``[-(length - 1), 2 * (length - 1)]`` into ``[0, length)`` by mirroring at both ends."""
+    last = length - 1
+    return last - (last - index.abs()).abs()
 
 
 def alternating_flips(rows: Tensor, epoch: int, num_rows: int, seed: int) -> Tensor:

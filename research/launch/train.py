@@ -27,6 +27,7 @@ from research.config.components import SECTIONS, build_component
 from research.engine.checkpoint import load as load_checkpoint
 from research.engine.evaluate import evaluate
 from research.engine.fit import Loop, fit
+from research.engine.lookahead import ScheduledLookahead
 from research.engine.run_dir import CONFIG, RunDir
 from research.engine.state import TrainState, unwrap
 from research.launch import provenance
@@ -130,6 +131,13 @@ def build_state(cfg: ExperimentCfg, model: nn.Module, data: RunData, env: DistEn
     optimizer = create_optimizer_v2(
         model, opt=cfg.optim.name, lr=lr, weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum, **extra
     )
+    if cfg.optim.lookahead_every:
+        optimizer = ScheduledLookahead(
+            optimizer,
+            total_steps=cfg.train.epochs * data.loop_data.steps_per_epoch,
+            k=cfg.optim.lookahead_every,
+            max_decay=cfg.optim.lookahead_max_decay,
+        )
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.sched.name,

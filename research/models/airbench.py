@@ -17,8 +17,13 @@ What the network itself carries from that recipe (the optimizer here is the engi
 * **BatchNorm without a learned scale**, momentum 0.4 (airbench's 0.6 in its convention), whose shift
   learns 64 times faster than the convs under SGD (:class:`ShiftOnlyBatchNorm`).
 
-Not carried: Lookahead, the alternating flip, multi-crop test-time augmentation, the triangular lr
-schedule; the teacher recipe (``experiments/teacher_cifar10.yaml``) says what it uses instead.
+The rest of airbench's recipe lives where every experiment can use it: Lookahead
+(``optim.lookahead_every``), the reflected 2-pixel translation (``aug.crop_padding``,
+``aug.crop_padding_mode``), the alternating flip (``aug.alternate_flip``) and multi-crop test-time
+augmentation (``train.eval_hflip``, ``train.eval_translate``). Not carried: the triangular lr schedule
+(the engine's is cosine with warm-up), the whitening bias frozen after 3 epochs, and weight decay on
+biases (timm's optimizers leave 1-D parameters undecayed). ``experiments/teacher_cifar10.yaml`` is
+the recipe.
 """
 
 from __future__ import annotations

@@ -79,6 +79,38 @@ def test_crop_padding_reaches_both_paths_and_is_checked() -> None:
         _crop_flip_recipe(crop_padding=2, simple_crop=False)
 
 
+def test_reflect_padding_is_the_per_image_reflect_crop_for_the_same_draws() -> None:
+    recipe = _crop_flip_recipe(crop_padding=2, crop_padding_mode="reflect")
+    batch = recipe.batch_transform
+    assert batch.padding_mode == "reflect"
+    crops = [t for t in recipe.train_transform.transforms if hasattr(t, "padding_mode")]
+    assert [(t.padding, t.padding_mode) for t in crops] == [(2, "reflect")]  # the per-image RandomCrop
+    pixels = _pixels(64, seed=3)
+    params = batch.sample(64, 32, 32, torch.Generator().manual_seed(4))
+    assert {0, 4} <= set(params.top.tolist()) and params.flip.any()  # both borders and both flips are compared
+
+    out = batch.apply(pixels, params)
+
+    for i in range(64):
+        padded = TF.pad(Image.fromarray(pixels[i].numpy()), 2, padding_mode="reflect")
+        pil = TF.crop(padded, int(params.top[i]), int(params.left[i]), 32, 32)
+        expected = recipe.eval_transform(TF.hflip(pil) if params.flip[i] else pil)
+        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=0)
+    zero_padded = _crop_flip_recipe(crop_padding=2).batch_transform.apply(pixels, params)
+    assert not torch.equal(out, zero_padded)  # the border crops differ from zero padding
+
+
+def test_padding_mode_is_checked() -> None:
+    with pytest.raises(ValueError, match="'constant' \\(zeros\\) or 'reflect'"):
+        _crop_flip_recipe(crop_padding_mode="edge")
+    with pytest.raises(ValueError, match="unused without aug.simple_crop"):
+        _crop_flip_recipe(crop_padding_mode="reflect", simple_crop=False)
+    with pytest.raises(ValueError, match="reflect needs aug.crop_padding < img_size"):
+        _crop_flip_recipe(crop_padding=32, crop_padding_mode="reflect")
+    with pytest.raises(ValueError, match="needs images larger"):
+        BatchAugment(8, 8, 0.5, (0.5,) * 3, (0.5,) * 3, padding_mode="reflect").sample(1, 8, 8)
+
+
 def test_alternating_flips_show_each_image_both_ways_every_two_epochs() -> None:
     rows = torch.arange(10_000)
     even, odd = alternating_flips(rows, 0, 10_000, seed=0), alternating_flips(rows, 1, 10_000, seed=0)
