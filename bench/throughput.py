@@ -95,7 +95,11 @@ class Settings:
     epoch: bool = False
     epoch_images: int = 5000
     epoch_precision: str = "auto"  # auto: the precision of experiments/base/cifar10.yaml
-    epoch_workers: int = 1  # fits 2 cores best: 0 and 1 beat 2 by ~10% (augmentation is ~2% of the work)
+    # DataLoader workers of each side's epoch. The engine's: the recipe's (base/cifar10.yaml: 0, its
+    # augmentation in line). The reference's: 1, its faster setting here (JPEG decoding off the step's
+    # thread); 2 workers lose ~10% on 2 cores for both.
+    epoch_workers: int = 0
+    epoch_reference_workers: int = 1
     epoch_fused_attention: bool = False  # also time the engine's epoch with train.fused_attention=true
     epoch_rounds: int = 1  # engine and reference epochs, alternating which goes first; ratios are medians
     compile: bool = False  # also time the engine step with train.compile (torch.compile, non-fused attention)
@@ -129,7 +133,18 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     parser.add_argument("--epoch", action="store_true", help="also time one CIFAR epoch end to end, engine vs reference")
     parser.add_argument("--epoch-images", type=int, default=defaults.epoch_images, help="training images of that epoch")
     parser.add_argument("--epoch-precision", choices=["auto", "fp32", "bf16"], default=defaults.epoch_precision)
-    parser.add_argument("--epoch-workers", type=int, default=defaults.epoch_workers)
+    parser.add_argument(
+        "--epoch-workers",
+        type=int,
+        default=defaults.epoch_workers,
+        help="the engine epoch's DataLoader workers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--epoch-reference-workers",
+        type=int,
+        default=defaults.epoch_reference_workers,
+        help="the reference epoch's DataLoader workers (default: %(default)s)",
+    )
     parser.add_argument(
         "--epoch-rounds",
         type=int,
@@ -674,7 +689,8 @@ def attach_step_rate(data: DataResult, steps: list[StepResult]) -> None:
 class EpochResult:
     images: int
     val_images: int
-    workers: int
+    workers: int  # the engine's DataLoader workers
+    reference_workers: int
     engine_precision: str
     engine_s: float
     engine_phases: dict[str, float]
@@ -791,7 +807,7 @@ def reference_epoch(
     )
     val_set = _slice(DATASETS.build("cifar10_jpeg", split="val", transform=recipe.eval_transform, archive=archive), val_images)
     sampler = RepeatedAugSampler(train_set, num_replicas=1, rank=0, repeats=recipe.repeats, seed=0)
-    workers = settings.epoch_workers
+    workers = settings.epoch_reference_workers
     train_loader = DataLoader(train_set, batch_size=settings.batch, sampler=sampler, num_workers=workers, drop_last=True)
     val_loader = DataLoader(val_set, batch_size=2 * settings.batch, num_workers=workers)
     model = MODELS.build(settings.model, num_classes=NUM_CLASSES, img_size=32, drop_path_rate=0.1)
@@ -843,7 +859,10 @@ def measure_epoch(settings: Settings, *, precision: str, teacher_checkpoint: str
             )
 
         def reference_side(index: int = index) -> tuple[float, dict[str, float]]:
-            _progress(f"epoch round {index + 1}: reference way, {settings.epoch_images} images, fp32, JPEG decoding")
+            _progress(
+                f"epoch round {index + 1}: reference way, {settings.epoch_images} images, fp32, JPEG decoding, "
+                f"{settings.epoch_reference_workers} workers"
+            )
             return reference_epoch(settings, teacher_checkpoint=teacher_checkpoint, val_images=val_images, workdir=workdir)
 
         if index % 2:  # every other round the reference goes first, so a drift in load hits both sides
@@ -877,6 +896,7 @@ def measure_epoch(settings: Settings, *, precision: str, teacher_checkpoint: str
         images=settings.epoch_images,
         val_images=val_images,
         workers=settings.epoch_workers,
+        reference_workers=settings.epoch_reference_workers,
         engine_precision=precision,
         engine_s=engine_s,
         engine_phases=_median_phases([phases for _, phases in engines]),
@@ -1011,7 +1031,8 @@ def print_report(results: dict[str, Any], settings: Settings) -> None:
     if epoch:
         rounds = len(epoch["rounds"])
         print(
-            f"\nOne CIFAR-10 epoch, {epoch['images']} train + {epoch['val_images']} val images, {epoch['workers']} workers"
+            f"\nOne CIFAR-10 epoch, {epoch['images']} train + {epoch['val_images']} val images, DataLoader workers: "
+            f"engine {epoch['workers']}, reference {epoch['reference_workers']}"
             + (f" (medians of {rounds} rounds, alternating which side goes first):" if rounds > 1 else ":")
         )
         rows = [("engine", epoch["engine_s"], epoch["engine_phases"])]

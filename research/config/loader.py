@@ -226,10 +226,6 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
     for key in ("batch_size", "workers"):
         if raw["loader"][key] < (1 if key == "batch_size" else 0):
             raise ConfigError(f"{layered.where('loader.' + key)}: loader.{key} must be positive")
-    if not 0 <= raw["loader"]["worker_nice"] <= 19:
-        raise ConfigError(
-            f"{layered.where('loader.worker_nice')}: loader.worker_nice is a niceness increment, 0 (off) to 19"
-        )
     if raw["train"]["eval_translate"] < 0:
         raise ConfigError(
             f"{layered.where('train.eval_translate')}: train.eval_translate is a number of pixels (0 = off, airbench: 1)"

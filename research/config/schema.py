@@ -25,10 +25,6 @@ class LoaderCfg:
     # Crop, flip and cut out whole uint8 batches in the training process (no workers) instead of each
     # image in a worker: for in-memory datasets and recipes with no other per-image technique.
     batch_augment: bool = False
-    # Niceness added to each DataLoader worker (0: as the training process). On a machine with few
-    # cores, a worker that needs a fraction of one core and competes at equal priority with the step's
-    # compute threads stalls them; raised, it runs in their gaps instead (docs/PERFORMANCE.md).
-    worker_nice: int = 0
     limit_train: Optional[int] = None  # keep a fixed, seeded subset of this many training images
     limit_val: Optional[int] = None
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -130,18 +128,11 @@ def _limit(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
 
 
 def _loader(dataset: Dataset, cfg: ExperimentCfg, batch: int, env: DistEnv, **kwargs: Any) -> DataLoader:
-    workers, nice = cfg.loader.workers, cfg.loader.worker_nice
+    workers = cfg.loader.workers
     return DataLoader(
         dataset,
         batch_size=batch,
         num_workers=workers,
         pin_memory=cfg.loader.pin_memory and env.device.type == "cuda",
-        worker_init_fn=functools.partial(_lower_priority, nice) if workers and nice else None,
         **kwargs,
     )
-
-
-def _lower_priority(nice: int, worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: add ``nice`` to this worker's niceness."""
-    del worker_id
-    os.nice(nice)

@@ -161,6 +161,8 @@ def test_epoch_option_times_the_engine_and_the_reference_on_real_cifar(tmp_path:
 
     epoch = json.loads(out.read_text())["epoch"]
     assert epoch["images"] == 64 and epoch["val_images"] == 16 and len(epoch["rounds"]) == 2
+    assert (epoch["workers"], epoch["reference_workers"]) == (0, 1)  # the recipe's, and the reference's faster
+    assert "DataLoader workers: engine 0, reference 1" in done.stdout
     for who in ("engine", "reference"):
         phases = epoch[f"{who}_phases"]
         assert all(seconds >= 0 for seconds in phases.values()), phases

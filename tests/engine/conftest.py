@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -36,3 +37,24 @@ def experiment(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+class Interrupt(Exception):
+    """What :func:`interrupt_at` raises: the run stops as a preempted job would, checkpoint written."""
+
+
+def interrupt_at(epoch: int, epoch_step: int = 0) -> Callable[[Any], None]:
+    """An ``on_loop`` hook that stops training right after the checkpoint of ``(epoch, epoch_step)``
+    (``epoch_step`` 0: the end-of-epoch checkpoint of epoch ``epoch``)."""
+
+    def hook(loop: Any) -> None:
+        save = loop.run_dir.save
+
+        def save_then_stop(state: Any, best: bool = False) -> None:
+            save(state, best=best)
+            if state.epoch == epoch and state.epoch_step == epoch_step:
+                raise Interrupt
+
+        loop.run_dir.save = save_then_stop
+
+    return hook

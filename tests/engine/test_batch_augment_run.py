@@ -19,11 +19,9 @@ from research.launch.data import build_data
 from research.launch.dist import DistEnv
 from research.launch.train import train
 
+from .conftest import Interrupt, interrupt_at
+
 BATCHED = {"batch_augment": True, "batch_size": 8, "workers": 0}
-
-
-class Interrupt(Exception):
-    pass
 
 
 def test_batched_run_learns_and_a_mid_epoch_resume_repeats_its_draws(experiment) -> None:
@@ -36,14 +34,7 @@ def test_batched_run_learns_and_a_mid_epoch_resume_repeats_its_draws(experiment)
 
     def stop_inside_the_second_epoch(loop) -> None:
         assert isinstance(loop.data.val_loader, InMemoryBatches)  # no DataLoader, no worker
-        save = loop.run_dir.save
-
-        def save_then_stop(state, best=False):
-            save(state, best=best)
-            if state.epoch == 1 and state.epoch_step == 2:
-                raise Interrupt
-
-        loop.run_dir.save = save_then_stop
+        interrupt_at(1, 2)(loop)
 
     with pytest.raises(Interrupt):
         train(resumed, on_loop=stop_inside_the_second_epoch)

@@ -13,29 +13,11 @@ from research.engine import checkpoint
 from research.engine.run_dir import read_metrics, read_summary
 from research.launch.train import train
 
+from .conftest import Interrupt, interrupt_at
+
 
 def _epochs(run_dir: Path) -> list[dict]:
     return [m for m in read_metrics(run_dir) if "val/top1" in m]
-
-
-class Interrupt(Exception):
-    pass
-
-
-def _interrupt_after(epochs: int):
-    """An ``on_loop`` hook that stops training right after epoch ``epochs`` is checkpointed."""
-
-    def hook(loop) -> None:
-        save = loop.run_dir.save
-
-        def save_then_stop(state, best=False):
-            save(state, best=best)
-            if state.epoch == epochs and state.epoch_step == 0:
-                raise Interrupt
-
-        loop.run_dir.save = save_then_stop
-
-    return hook
 
 
 def test_resumed_run_matches_uninterrupted_run(experiment) -> None:
@@ -44,7 +26,7 @@ def test_resumed_run_matches_uninterrupted_run(experiment) -> None:
 
     resumed = load_run(experiment("resumed"))
     with pytest.raises(Interrupt):
-        train(resumed, on_loop=_interrupt_after(1))
+        train(resumed, on_loop=interrupt_at(1))
     assert read_summary(resumed.run_dir)["status"] == "failed"
     assert checkpoint.load(resumed.run_dir / "last.pt")["epoch"] == 1
     summary = train(resumed)
@@ -59,18 +41,8 @@ def test_resumed_run_matches_uninterrupted_run(experiment) -> None:
 def test_mid_epoch_checkpoint_resumes_inside_the_epoch(experiment) -> None:
     run = load_run(experiment(train={"epochs": 1, "checkpoint_every_steps": 2, "progress": False, "log_every_steps": 2}))
 
-    def stop_after_step_two(loop) -> None:
-        save = loop.run_dir.save
-
-        def save_then_stop(state, best=False):
-            save(state, best=best)
-            if state.epoch_step == 2:
-                raise Interrupt
-
-        loop.run_dir.save = save_then_stop
-
     with pytest.raises(Interrupt):
-        train(run, on_loop=stop_after_step_two)
+        train(run, on_loop=interrupt_at(0, 2))
     saved = checkpoint.load(run.run_dir / "last.pt")
     assert (saved["epoch"], saved["epoch_step"], saved["step"]) == (0, 2, 2)
     train(run)

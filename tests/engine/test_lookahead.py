@@ -11,9 +11,7 @@ from research.engine.lookahead import AIRBENCH_MAX_DECAY, ScheduledLookahead
 from research.engine.run_dir import read_metrics
 from research.launch.train import train
 
-
-class Interrupt(Exception):
-    pass
+from .conftest import Interrupt, interrupt_at
 
 
 def _model(seed: int = 0) -> torch.nn.Linear:
@@ -128,18 +126,8 @@ def test_a_run_with_lookahead_resumes_mid_epoch_to_the_same_weights(experiment) 
 
     resumed = load_run(experiment("resumed", optim=optim, train=options))
 
-    def stop_inside_the_second_epoch(loop) -> None:
-        save = loop.run_dir.save
-
-        def save_then_stop(state, best=False):
-            save(state, best=best)
-            if state.epoch == 1 and state.epoch_step == 3:
-                raise Interrupt
-
-        loop.run_dir.save = save_then_stop
-
     with pytest.raises(Interrupt):
-        train(resumed, on_loop=stop_inside_the_second_epoch)
+        train(resumed, on_loop=interrupt_at(1, 3))
     saved = checkpoint.load(resumed.run_dir / "last.pt")
     assert any("lookahead_slow_buff" in state for state in saved["optimizer"]["state"].values())
     train(resumed)
