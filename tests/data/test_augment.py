@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import numpy as np
 import pytest
@@ -189,7 +188,5 @@ def test_full_deit_recipe_survives_many_draws():
     torch.manual_seed(0)
     recipe = AUGMENTATIONS.build("deit", img_size=16, scale=[0.08, 1.0])
     images = [_image(16, seed) for seed in range(20)]
-    start = time.perf_counter()
     for draw in range(2000):
         assert recipe.train_transform(images[draw % 20]).shape == (3, 16, 16)
-    assert time.perf_counter() - start < 10
