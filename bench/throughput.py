@@ -95,11 +95,11 @@ class Settings:
     epoch: bool = False
     epoch_images: int = 5000
     epoch_precision: str = "auto"  # auto: the precision of experiments/base/cifar10.yaml
-    # DataLoader workers of each side's epoch. The engine's: the recipe's (base/cifar10.yaml: 0, its
-    # augmentation in line). The reference's: 1, its faster setting here (JPEG decoding off the step's
-    # thread); 2 workers lose ~10% on 2 cores for both.
+    # DataLoader workers of each side's epoch. 0 is the fastest setting for both on 2 cores (the
+    # engine's recipe, base/cifar10.yaml, sets it; the reference's epoch measured 36.3 / 39.3 / 40.1 s
+    # at 0 / 1 / 2 workers, docs/PERFORMANCE.md): a worker stalls the step's two threads.
     epoch_workers: int = 0
-    epoch_reference_workers: int = 1
+    epoch_reference_workers: int = 0
     epoch_fused_attention: bool = False  # also time the engine's epoch with train.fused_attention=true
     epoch_rounds: int = 1  # engine and reference epochs, alternating which goes first; ratios are medians
     compile: bool = False  # also time the engine step with train.compile (torch.compile, non-fused attention)
