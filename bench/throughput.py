@@ -170,6 +170,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Settings:
     for key in ("batch", "repeats", "steps", "matmul_size", "data_images", "loader_batches", "epoch_images", "epoch_rounds"):
         if getattr(settings, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
+    for key in ("epoch_workers", "epoch_reference_workers"):
+        if getattr(settings, key) < 0:
+            parser.error(f"--{key.replace('_', '-')} must be >= 0")
     if settings.batch % 2:
         parser.error(f"--batch {settings.batch}: Mixup/CutMix pair images within a batch; give an even batch")
     return settings
