@@ -1,4 +1,4 @@
-"""airbench's Lookahead: slow weights whose inertia grows over the run (Jordan 2024, section 3.5).
+"""airbench's Lookahead: slow weights whose inertia grows over the run (Jordan 2024, arXiv:2404.00498).
 
 Lookahead (Zhang et al. 2019) keeps a slow copy of the weights; every ``k`` optimizer steps the
 slow copy moves towards the fast weights by ``alpha`` and the fast weights restart from it. timm's
