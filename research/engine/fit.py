@@ -77,7 +77,8 @@ def fit(loop: Loop) -> dict[str, Any]:
         improved = record.get("val/top1", -math.inf) > state.best_top1
         if improved:
             state.best_top1 = record["val/top1"]
-        record["val/best_top1"] = state.best_top1
+        if state.best_top1 > -math.inf:  # nothing before the first evaluation: -inf is not JSON
+            record["val/best_top1"] = state.best_top1
         # The line first: a kill between the two leaves an older checkpoint, and the resume drops
         # the lines past it; the other order would lose this epoch's line for good.
         loop.run_dir.append_metrics(record)

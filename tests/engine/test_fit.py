@@ -38,6 +38,19 @@ def test_resumed_run_matches_uninterrupted_run(experiment) -> None:
         assert a[-1][key] == pytest.approx(b[-1][key], rel=1e-6, abs=1e-6), key
 
 
+def test_metrics_lines_are_strict_json_before_the_first_evaluation(experiment) -> None:
+    run = load_run(experiment(train={"epochs": 2, "eval_every_epochs": 2, "progress": False}))
+    train(run)
+
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{constant} in metrics.jsonl")
+
+    lines = [json.loads(line, parse_constant=refuse) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    first, second = (line for line in lines if "epoch_time_s" in line)
+    assert "val/top1" not in first and "val/best_top1" not in first
+    assert second["val/best_top1"] == second["val/top1"]
+
+
 def test_mid_epoch_checkpoint_resumes_inside_the_epoch(experiment) -> None:
     run = load_run(experiment(train={"epochs": 1, "checkpoint_every_steps": 2, "progress": False, "log_every_steps": 2}))
 
