@@ -105,11 +105,14 @@ class ShiftOnlyBatchNorm(nn.BatchNorm2d):
         super().__init__(num_features, eps=eps, momentum=momentum, affine=False)
         self.gain = math.sqrt(shift_lr_gain)
         self.shift = nn.Parameter(torch.zeros(num_features))
+        # A fixed unit scale, passed explicitly: with weight=None and a bias, CUDA's batch-norm backward
+        # returns an empty bias gradient ("invalid gradient at index 2"); the CPU kernel does not.
+        self.register_buffer("unit_scale", torch.ones(num_features), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         use_batch_stats = self.training or self.running_mean is None
         return F.batch_norm(
-            x, self.running_mean, self.running_var, None, self.gain * self.shift, use_batch_stats, self.momentum, self.eps
+            x, self.running_mean, self.running_var, self.unit_scale, self.gain * self.shift, use_batch_stats, self.momentum, self.eps
         )
 
     def extra_repr(self) -> str:
