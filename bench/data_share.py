@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from throughput import loop_of  # bench/throughput.py: the Loop that train() builds, stopped before fit
+from speed.loops import loop_of  # the Loop that train() builds, stopped before fit
 
 import research  # noqa: F401  (registers the built-in components)
 from research.config import load_run

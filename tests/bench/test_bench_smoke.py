@@ -1,5 +1,5 @@
-"""bench/throughput.py: the reference loop computes what the engine computes, and a --tiny run
-reports every measurement."""
+"""bench/throughput.py: the reference loop computes what the engine computes, FLOPs are counted
+right, and a --tiny run reports every measurement."""
 
 from __future__ import annotations
 
@@ -10,20 +10,21 @@ import random
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
-from scripts import load_script
+from speed.flops import flops_by_device, forward_flops, model_flops, spec_peak_tflops
+from speed.loops import NUM_CLASSES, build_loop, random_teacher_checkpoint
+from speed.reference import ReferenceSettings, reference_loss_for, reference_step
+from speed.settings import Settings, parse_args
+from speed.steps import bench_experiment
+
+from research.engine.fit import train_step
+from research.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "throughput.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    return load_script("bench/throughput.py")
 
 
 def _seed(seed: int) -> None:
@@ -32,44 +33,104 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)  # drop path
 
 
-def test_reference_step_matches_the_engine_step(bench: ModuleType, tmp_path: Path) -> None:
+def test_reference_step_matches_the_engine_step(tmp_path: Path) -> None:
     """Same weights, same batch, same random draws: same loss and same updated weights, so the
     engine/reference ratio compares two ways of doing one computation."""
-    settings = bench.Settings()
+    settings = Settings()
     settings.shrink()
-    checkpoint = bench.random_teacher_checkpoint(settings.teacher, tmp_path / "teacher.pt")
-    experiment = bench.bench_experiment(settings, precision="fp32", teacher_checkpoint=checkpoint, workdir=tmp_path)
-    loop = bench.build_loop(experiment, tmp_path)
+    checkpoint = random_teacher_checkpoint(settings.teacher, tmp_path / "teacher.pt")
+    experiment = bench_experiment(settings, precision="fp32", teacher_checkpoint=checkpoint, workdir=tmp_path)
+    loop = build_loop(experiment, tmp_path, torch.device("cpu"))
     model, optimizer = copy.deepcopy((loop.state.model, loop.state.optimizer))
-    criterion = bench.reference_loss_for(loop)
+    criterion = reference_loss_for(loop)
     images = torch.randn(settings.batch, 3, 32, 32)
-    targets = torch.randint(0, bench.NUM_CLASSES, (settings.batch,))
+    targets = torch.randint(0, NUM_CLASSES, (settings.batch,))
 
     _seed(1)
-    engine_loss = bench.train_step(loop, images.clone(), targets).item()
+    engine_loss = train_step(loop, images.clone(), targets).item()
     _seed(1)
-    reference_loss = bench.reference_step(model, criterion, optimizer, loop.data.mix, images.clone(), targets, "fp32")
+    equal = ReferenceSettings.equal_to("fp32", torch.device("cpu"))
+    reference_loss = reference_step(model, criterion, optimizer, loop.data.mix, images.clone(), targets, equal)
 
     assert engine_loss == pytest.approx(reference_loss, rel=1e-5)
     for (name, engine_param), reference_param in zip(loop.state.model.named_parameters(), model.parameters()):
         torch.testing.assert_close(engine_param, reference_param, msg=name)
 
 
-def test_flops_count_attention(bench: ModuleType) -> None:
+def test_flops_count_attention() -> None:
     """The CPU attention kernel is counted: a nano DeiT's forward is more than its linear layers."""
-    model = bench.MODELS.build("deit_nano_patch4_32", num_classes=10).eval()
+    model = MODELS.build("deit_nano_patch4_32", num_classes=10).eval()
     images = torch.randn(2, 3, 32, 32)
     tokens, width, depth = 65, 64, 2  # 64 patches + class token; nano: width 64, depth 2
     linear = depth * tokens * 2 * (12 * width * width)  # qkv 3, proj 1, MLP 8 (x D^2), 2 FLOPs per MAC
     attention = depth * 4 * tokens * tokens * width  # QK^T and AV
-    assert bench.forward_flops(model, images) == pytest.approx(linear + attention, rel=0.05)
+    assert forward_flops(model, images) == pytest.approx(linear + attention, rel=0.05)
 
 
-def test_odd_batch_is_refused(bench: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+def _vit_forward_gflops(width: int, depth: int, tokens: int, patches: int, patch: int, classes: int) -> float:
+    """A ViT's forward FLOPs per image from its shapes: blocks (24 N D^2 + 4 N^2 D), patch embedding, head."""
+    blocks = depth * (24 * tokens * width**2 + 4 * tokens**2 * width)
+    return (blocks + patches * 2 * 3 * patch**2 * width + 2 * width * classes) / 1e9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name, width, expected",
+    [("deit_tiny_patch16_224", 192, 2.51), ("deit_small_patch16_224", 384, 9.20)],
+)
+def test_flops_of_deit_at_224_match_their_shapes(name: str, width: int, expected: float) -> None:
+    """The counts that MFU divides by: the paper's DeiT-Ti / DeiT-S at 224 (1000 classes), the same
+    in eval and training mode and at any batch, and equal to the shapes' arithmetic."""
+    model = MODELS.build(name, num_classes=1000)
+    counted = model_flops(model, 224) / 1e9
+    assert counted == pytest.approx(_vit_forward_gflops(width, 12, 197, 196, 16, 1000), rel=0.005)
+    assert counted == pytest.approx(expected, abs=0.01)
+    at_batch_8_training = forward_flops(model.train(), torch.randn(8, 3, 224, 224)) / 1e9
+    assert at_batch_8_training == pytest.approx(counted, rel=1e-6)
+
+
+def test_flop_counts_by_device_on_a_cpu_are_the_eval_count() -> None:
+    model = MODELS.build("deit_nano_patch4_32", num_classes=10)
+    counts = flops_by_device(model, 32, torch.device("cpu"))
+    assert list(counts) == ["cpu_eval"] and counts["cpu_eval"] == pytest.approx(model_flops(model, 32))
+    assert model.training  # counted on a copy: the caller's model keeps its mode
+
+
+def test_spec_peaks_by_card_name() -> None:
+    assert spec_peak_tflops("NVIDIA H200", "bf16") == pytest.approx(989.4)
+    assert spec_peak_tflops("NVIDIA H100 PCIe", "bf16") == pytest.approx(756.0)  # not the SXM entry
+    assert spec_peak_tflops("NVIDIA A100-SXM4-80GB", "fp32") == pytest.approx(19.5)
+    assert spec_peak_tflops("Tesla V100-SXM2-16GB", "bf16") is None  # no bf16 tensor cores
+    assert spec_peak_tflops("cpu", "bf16") is None
+
+
+def test_odd_batch_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        bench.parse_args(["--batch", "15"])
+        parse_args(["--batch", "15"])
     assert exit_info.value.code == 2
     assert "even batch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--device", "cpu", "--precision", "fp16"], "fp16 needs a GPU"),
+        (["--device", "tpu"], "--device tpu"),
+        (["--warmup", "-1"], "--warmup must be >= 0"),
+    ],
+)
+def test_bad_device_options_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_device_defaults_follow_the_machine() -> None:
+    settings = parse_args(["--device", "cpu"])
+    assert settings.torch_device() == torch.device("cpu") and settings.matmul_size == 2048
+    assert ReferenceSettings.deit(torch.device("cpu")) == ReferenceSettings("fp32", False, torch.device("cpu"))
+    assert ReferenceSettings.deit(torch.device("cuda")) == ReferenceSettings("fp16", True, torch.device("cuda"))
 
 
 @pytest.mark.slow
@@ -94,8 +155,9 @@ def test_tiny_run_prints_and_writes_every_measurement(tmp_path: Path) -> None:
         assert heading in done.stdout, heading
 
     results = json.loads(out.read_text())
-    assert {"machine", "settings", "flops", "steps", "ceiling_gflop_s", "data", "wall_time_s"} <= set(results)
-    assert results["settings"]["tiny"] is True
+    assert {"machine", "settings", "flops", "flop_counts", "steps", "ceiling_gflop_s", "data", "wall_time_s"} <= set(results)
+    assert results["settings"]["tiny"] is True and results["machine"]["device"] == "cpu"
+    assert list(results["flop_counts"]) == ["cpu_eval"] and results["flop_counts"]["cpu_eval"] == results["flops"]["student"]
     assert set(results["flops"]) == {"student", "teacher"}
     assert [s["precision"] for s in results["steps"]] == ["fp32", "bf16"]
     for step in results["steps"]:
@@ -114,6 +176,8 @@ def test_tiny_run_prints_and_writes_every_measurement(tmp_path: Path) -> None:
             "eager_attention_speedup",
         ):
             assert isinstance(step[key], float) and math.isfinite(step[key]), key
+        assert step["device"] == "cpu" and step["mfu"] is None and step["spec_peak_tflops"] is None  # no data sheet for a CPU
+        assert step["reference_deit_img_s"] is None  # on a CPU, deit's way is the fp32 reference row itself
         assert set(step["block_seconds"]) == {
             "matmul",
             "engine",
