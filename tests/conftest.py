@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 
 import research  # noqa: F401  (registers the built-ins, as every entry point does)
@@ -80,3 +81,13 @@ def restore_registries(tmp_path: Path) -> Iterator[None]:
         file = getattr(module, "__file__", None)
         if isinstance(file, str) and Path(file).is_relative_to(tmp_path):
             del sys.modules[name]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the ``cuda`` tests where torch sees no GPU, saying so in the summary (``-rs``)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="cuda: needs a CUDA GPU, and torch.cuda.is_available() is False here")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)

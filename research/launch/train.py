@@ -105,7 +105,7 @@ def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module
         model.to(memory_format=torch.channels_last)
     if cfg.train.compile:
         model = torch.compile(model)  # type: ignore[assignment]
-    if env.world_size > 1:
+    if env.distributed:
         # Without distillation the distillation head gets no gradient, which DDP must be told about.
         unused = cfg.loss["name"] == "none" and MODELS.metadata(cfg.model["name"]).get("distilled", False)
         device_ids = [env.device.index] if env.device.type == "cuda" else None
@@ -184,8 +184,9 @@ def _log_start(run: Run, data: RunData, model: nn.Module, state: TrainState, res
         return
     where = f"resumed at epoch {state.epoch}, step {state.step}" if resumed else "from scratch"
     log.info(
-        "%s: %s; %d train / %d val images, %d classes, %d processes; %s",
-        run.name, run.run_dir, data.train_size, data.val_size, data.num_classes, env.world_size, where,
+        "%s: %s; %d train / %d val images, %d classes, %d processes%s on %s; %s",
+        run.name, run.run_dir, data.train_size, data.val_size, data.num_classes, env.world_size,
+        " (DDP)" if env.distributed else "", env.device.type, where,
     )
 
 
