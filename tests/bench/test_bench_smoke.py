@@ -238,3 +238,14 @@ def test_epoch_option_times_the_engine_and_the_reference_on_real_cifar(tmp_path:
         assert math.isclose(epoch[key], sum(per_round) / 2)  # the median of two rounds
     for r in epoch["rounds"]:
         assert math.isclose(r["reference_over_engine"], r["reference_s"] / r["engine_s"])
+
+
+@pytest.mark.cuda
+def test_the_flop_counter_agrees_across_devices_modes_and_batches() -> None:
+    """MFU divides by the CPU eval-mode count; on a GPU, training mode at batch 8 must count the same
+    per image (one measurement once saw 1/8 of it there)."""
+    model = MODELS.build("deit_small_patch16_224", num_classes=1000)
+    counts = flops_by_device(model, 224, torch.device("cuda"), batch=8)
+    assert set(counts) == {"cpu_eval", "cuda_eval_batch8", "cuda_train_batch8"}
+    for key, value in counts.items():
+        assert value == pytest.approx(counts["cpu_eval"], rel=0.01), (key, counts)
