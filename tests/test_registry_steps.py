@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import timm
 import torch
-from conftest import write_yaml
+import yaml
 
 from research.config import load_run
 from research.engine.fit import Loop, train_step
@@ -40,7 +40,8 @@ class _Built(Exception):
 
 def engine_loop(experiment: dict[str, Any], tmp_path: Path, device: torch.device) -> Loop:
     """The Loop that ``train`` builds for ``experiment`` on ``device``, before its first epoch."""
-    path = write_yaml(tmp_path / "experiment.yaml", experiment)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(experiment, sort_keys=False))
 
     def stop(loop: Loop) -> None:
         raise _Built(loop)
