@@ -100,6 +100,9 @@ class SlurmCfg:
     time: str = "24:00:00"  # D-HH:MM:SS, HH:MM:SS or minutes
     nodes: int = 1
     gpus_per_node: int = 0
+    # The GPU type, as the cluster's gres names it (h200, a100, ...): requested as
+    # --gpus-per-node=<type>:<n>, and the device whose throughput prices the run (research/launch/cost.py)
+    gpu_type: Optional[str] = None
     tasks_per_node: Optional[int] = None  # default: gpus_per_node, or 1 on a CPU-only cluster
     cpus_per_task: int = 10
     mem_gb: Optional[float] = None
