@@ -81,6 +81,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--only", nargs="+", default=[], metavar="VARIANT", help="report only these variants and the baseline"
     )
+    paper = sub.add_mutually_exclusive_group()
+    paper.add_argument("--paper", type=Path, default=None, help="the paper's figures (default: research/report/paper.yaml)")
+    paper.add_argument("--no-paper", action="store_true", help="leave out the paper beside ours")
     return parser
 
 
@@ -189,7 +192,8 @@ def _report(args: argparse.Namespace) -> int:
 
     overrides = [item for item in args.configs if "=" in item]
     configs = [Path(item) for item in args.configs if "=" not in item]
-    out = write_report(configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only)
+    paper = False if args.no_paper else args.paper or True
+    out = write_report(configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only, paper=paper)
     print(f"report written to {out}")
     return 0
 
