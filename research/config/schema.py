@@ -56,6 +56,11 @@ class SchedCfg:
     warmup_epochs: float = 5.0
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
+    # timm's decay_rate: the power of the ``poly`` schedule (1.0: a straight line), the factor of ``step``
+    decay_rate: float = 0.1
+    # Decay from the end of the warm-up to the last epoch (timm's warmup_prefix, the schedule shortened by
+    # the warm-up so it still ends with training): poly at power 1 is then airbench's exact lr triangle
+    warmup_prefix: bool = False
 
 
 @dataclass
