@@ -326,6 +326,8 @@ def format_estimates(estimates: Sequence[Estimate], *, table: str | Path | None 
     totals, every source cited and, for unknown runs, the commands that measure them."""
     if not estimates:
         return ""
+    if all(e.device is None for e in estimates):  # one line, not a table of the same sentence
+        return f"cost estimate: {estimates[0].reason}"
     sources: dict[str, int] = {}
     lines = []
     for estimate in estimates:

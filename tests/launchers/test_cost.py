@@ -101,6 +101,7 @@ def test_no_target_device_says_how_to_name_one(tmp_path: Path) -> None:
     (run,) = load_runs(experiment(tmp_path, slurm={"gpus_per_node": 1}), check_files=False)
     estimate = estimate_run(run, [Throughput.from_mapping(ROW)])
     assert not estimate.known and "set slurm.gpu_type or pass --device (the table has: testgpu)" in estimate.reason
+    assert format_estimates([estimate]) == f"cost estimate: {estimate.reason}"
     assert estimate_run(run, [Throughput.from_mapping(ROW)], device="TestGPU").wall_s == pytest.approx(40.0)  # 1 GPU
 
 
