@@ -188,3 +188,21 @@ def test_research_throughput_refuses_a_gpu_name_on_a_cpu(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert research_main(["throughput", str(experiment(tmp_path)), "--device", "h200", "--table", str(tmp_path / "t.csv")]) == 2
     assert "there is no GPU here" in capsys.readouterr().err
+
+
+def test_research_throughput_times_a_distilled_step_without_the_teacher_checkpoint(tmp_path: Path) -> None:
+    table = tmp_path / "table.csv"
+    path = experiment(
+        tmp_path,
+        model={"name": "deit_nano_distilled_patch4_32", "img_size": 32},
+        teacher={"name": "resnet9_slim_cifar", "checkpoint": str(tmp_path / "never-written.pt")},
+        loss={"name": "hard"},
+        train={"epochs": 1, "precision": "bf16", "progress": False},
+    )
+    assert research_main(["throughput", str(path), "--device", "cpu-test", "--table", str(table), "--steps", "1"]) == 0
+    (row,) = read_table(table)
+    assert (row.model, row.teacher) == ("deit_nano_distilled_patch4_32", "resnet9_slim_cifar") and row.train_img_s > 0
+    # and that row now prices the run
+    (run,) = load_runs(path, check_files=False)
+    (estimate,) = estimate_runs([run], table=table, device="cpu-test")
+    assert estimate.known and estimate.train_s == pytest.approx(1000 / (2 * row.train_img_s))
