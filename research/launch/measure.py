@@ -45,7 +45,7 @@ def check_device_name(name: str, device: torch.device) -> None:
 
 
 def measure_runs(runs: Sequence[Run], *, device_name: str, steps: int = 20, warmup: int = 5) -> list[Throughput]:
-    """One row per distinct key among ``runs`` (and their prerequisites' own keys are not added)."""
+    """One measured row per distinct table key among ``runs`` (their teachers' own runs are not measured)."""
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     check_device_name(device_name, device)
     rows: dict[tuple[Any, ...], Throughput] = {}
@@ -122,7 +122,7 @@ def _teacher(cfg: ExperimentCfg, classes: int, device: torch.device) -> nn.Modul
 
 
 def _seconds_per_call(call: Callable[[], Any], device: torch.device, steps: int, warmup: int) -> float:
-    """Median-free mean over ``steps`` calls after ``warmup``, synchronised on a GPU."""
+    """Mean seconds per call over ``steps`` calls after ``warmup`` calls, synchronised on a GPU."""
     for _ in range(warmup):
         call()
     _sync(device)
