@@ -6,7 +6,9 @@
 Resources come from the experiment's ``slurm:`` section (override like any key: slurm.partition=gpu).
 Finished runs are skipped and queued ones left alone; the rest are submitted and resume from their
 checkpoints. A student whose teacher comes from another experiment waits for the teacher's job.
-``--dry-run`` prints the jobs and their sbatch parameters without submitting (no SLURM needed).
+``--dry-run`` prints the jobs and their sbatch parameters without submitting (no SLURM needed), and
+what they will cost: GPU-hours and wall time per run and in all, from the throughput table
+(research/launch/cost.py; the device is ``slurm.gpu_type`` or ``--device``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from research.cli import run_with_errors
+from research.cli import cost_options, print_cost, run_with_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-snapshot", action="store_true", help="run the live working tree instead of a code snapshot")
     parser.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="run only these variants (default: all)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
+    cost_options(parser)  # --device, --throughput-table: what the --dry-run's cost estimate assumes
     # Intermixed: options may come between overrides (``exp.yaml --dry-run slurm.partition=gpu``).
     args = parser.parse_intermixed_args(argv)
 
@@ -46,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         for header in dict.fromkeys(row.sbatch for row in rows if row.sbatch):
             names = ", ".join(row.run.name for row in rows if row.sbatch == header)
             print(f"\nsbatch parameters for {names}:\n{header}")
+        if args.dry_run:
+            print_cost([row.run for row in rows if row.action == "would submit"], args)
         return 0
 
     return run_with_errors(submit, prog="launchers/slurm.py", debug=args.debug)

@@ -60,7 +60,15 @@ def _parser() -> argparse.ArgumentParser:
 
     sub = command("list", _list, "list registered components", config=False)
     sub.add_argument("kind", nargs="?", help="models, teachers, losses, augmentations, datasets or loggers")
-    command("expand", _expand, "show the runs an experiment makes, without running anything")
+    sub = command("expand", _expand, "show the runs an experiment makes and their cost estimate, without running anything")
+    cost_options(sub)
+    sub = command(
+        "throughput", _throughput, "measure the training and evaluation images/s of an experiment's runs here; add them to the throughput table"
+    )
+    sub.add_argument("--device", required=True, help="this machine's device name in the table: the GPU type (h200) or cpu-...")
+    sub.add_argument("--table", type=Path, default=None, help="the table to write (default: $RESEARCH_THROUGHPUT_TABLE or the package's)")
+    sub.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="measure only these variants")
+    sub.add_argument("--steps", type=int, default=20, help="timed steps per measurement (after 5 warm-up steps)")
     sub = command("train", _train, "train every run of an experiment here (finished runs are skipped)")
     sub.add_argument("--force", action="store_true", help="train finished runs again (the old run dir is kept aside)")
     command("eval", _eval, "evaluate a checkpoint: research eval CONFIG checkpoint=PATH [overrides]")
@@ -73,7 +81,28 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--only", nargs="+", default=[], metavar="VARIANT", help="report only these variants and the baseline"
     )
+    paper = sub.add_mutually_exclusive_group()
+    paper.add_argument("--paper", type=Path, default=None, help="the paper's figures (default: research/report/paper.yaml)")
+    paper.add_argument("--no-paper", action="store_true", help="leave out the paper beside ours")
     return parser
+
+
+def cost_options(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--throughput-table``, shared by ``research expand`` and ``launchers/slurm.py``."""
+    parser.add_argument("--device", default=None, help="price the runs on this device (default: slurm.gpu_type), e.g. h200")
+    parser.add_argument(
+        "--throughput-table", type=Path, default=None, help="throughput CSV (default: $RESEARCH_THROUGHPUT_TABLE or the package's)"
+    )
+
+
+def print_cost(runs: Sequence[object], args: argparse.Namespace) -> None:
+    """The cost table of ``runs`` (research.launch.cost) for a command with :func:`cost_options`."""
+    from research.launch.cost import estimate_runs, format_estimates
+
+    estimates = estimate_runs(
+        runs, device=args.device, table=args.throughput_table, config=args.config, overrides=args.overrides  # type: ignore[arg-type]
+    )
+    print("\n" + format_estimates(estimates, table=args.throughput_table))
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -115,6 +144,25 @@ def _expand(args: argparse.Namespace) -> int:
         rows.append([run.name + marker, run_status(run.run_dir), str(run.run_dir), changes or "-"])
     print(text_table(["run", "status", "run dir", "changes vs baseline"], rows))
     print(f"{len(runs)} run{'s' if len(runs) != 1 else ''}")
+    print_cost(runs, args)
+    return 0
+
+
+def _throughput(args: argparse.Namespace) -> int:
+    from research.config import load_runs
+    from research.launch.cost import record_throughput
+    from research.launch.measure import measure_runs
+
+    runs = load_runs(args.config, args.overrides, check_files=False, only=args.only)
+    rows = measure_runs(runs, device_name=args.device, steps=args.steps)
+    path = record_throughput(rows, args.table)
+    for row in rows:
+        teacher = f" + teacher {row.teacher}" if row.teacher else ""
+        print(
+            f"{row.model}{teacher} {row.img_size}px batch {row.batch_size} {row.precision} on {row.device}: "
+            f"train {row.train_img_s:,.0f} img/s, eval {row.eval_img_s:,.0f} img/s ({row.scope})"
+        )
+    print(f"recorded in {path}")
     return 0
 
 
@@ -144,7 +192,8 @@ def _report(args: argparse.Namespace) -> int:
 
     overrides = [item for item in args.configs if "=" in item]
     configs = [Path(item) for item in args.configs if "=" not in item]
-    out = write_report(configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only)
+    paper = False if args.no_paper else args.paper or True
+    out = write_report(configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only, paper=paper)
     print(f"report written to {out}")
     return 0
 

@@ -75,14 +75,16 @@ def test_expand_prints_the_runs(capsys, tmp_path: Path, experiment) -> None:
     assert "ablate_x/mixup=0.8" in lines[3] and "aug.mixup=0.8" in lines[3]
     assert str(tmp_path / "runs" / "ablate_x" / "mixup=0.8") in lines[3]
     assert "not started" in lines[2]
-    assert lines[-1] == "2 runs"
+    assert lines[4] == "2 runs"
+    assert lines[-1].startswith("cost estimate: no target device: set slurm.gpu_type or pass --device")
 
 
 def test_expand_shows_what_each_variant_changes_from_the_baseline(capsys, experiment) -> None:
     variants = {"full": {}, "flat": {"aug.hflip": 0.0}, "plain": {"aug.mixup": 0.0, "aug.cutmix": 0.0}}
     path = experiment("ablate_y", aug={"name": "cifar"}, ablation={"baseline": "full", "variants": variants})
     status, out, _ = cli(capsys, "expand", path)
-    rows = {line.split()[0]: line for line in out.splitlines()[2:-1]}
+    runs = out.split("\n\n")[0]  # the runs; the cost estimate follows a blank line
+    rows = {line.split()[0]: line for line in runs.splitlines()[2:-1]}
     assert "aug.hflip=0.5" in rows["ablate_y/full"] and "aug.mixup=0.8" in rows["ablate_y/full"]
     assert rows["ablate_y/flat"].endswith("aug.hflip=0")
     assert rows["ablate_y/plain"].endswith("aug.mixup=0 aug.cutmix=0")
@@ -91,7 +93,7 @@ def test_expand_shows_what_each_variant_changes_from_the_baseline(capsys, experi
 def test_expand_a_single_run(capsys, experiment) -> None:
     status, out, _ = cli(capsys, "expand", experiment("single"))
     assert status == 0
-    assert out.splitlines()[-1] == "1 run"
+    assert out.split("\n\n")[0].splitlines()[-1] == "1 run"
     assert "(baseline)" not in out
 
 

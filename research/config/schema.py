@@ -56,6 +56,11 @@ class SchedCfg:
     warmup_epochs: float = 5.0
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
+    # timm's decay_rate: the power of the ``poly`` schedule (1.0: a straight line), the factor of ``step``
+    decay_rate: float = 0.1
+    # Decay from the end of the warm-up to the last epoch (timm's warmup_prefix, the schedule shortened by
+    # the warm-up so it still ends with training): poly at power 1 is then airbench's exact lr triangle
+    warmup_prefix: bool = False
 
 
 @dataclass
@@ -100,6 +105,9 @@ class SlurmCfg:
     time: str = "24:00:00"  # D-HH:MM:SS, HH:MM:SS or minutes
     nodes: int = 1
     gpus_per_node: int = 0
+    # The GPU type, as the cluster's gres names it (h200, a100, ...): requested as
+    # --gpus-per-node=<type>:<n>, and the device whose throughput prices the run (research/launch/cost.py)
+    gpu_type: Optional[str] = None
     tasks_per_node: Optional[int] = None  # default: gpus_per_node, or 1 on a CPU-only cluster
     cpus_per_task: int = 10
     mem_gb: Optional[float] = None

@@ -66,6 +66,8 @@ def executor_parameters(slurm: SlurmCfg, job_name: str) -> dict[str, Any]:
             f"slurm.tasks_per_node={slurm.tasks_per_node} but slurm.gpus_per_node={gpus}: DDP runs one task per GPU; "
             "leave tasks_per_node unset on GPU nodes"
         )
+    if slurm.gpu_type and not gpus:
+        raise ConfigError(f"slurm.gpu_type={slurm.gpu_type} asks for GPUs of that type: set slurm.gpus_per_node (1 or more)")
     params: dict[str, Any] = {
         "job_name": job_name,
         "time": slurm_minutes(slurm.time),
@@ -77,7 +79,8 @@ def executor_parameters(slurm: SlurmCfg, job_name: str) -> dict[str, Any]:
         "account": slurm.account,
         "qos": slurm.qos,
         "constraint": slurm.constraint,
-        "gpus_per_node": gpus or None,
+        # sbatch --gpus-per-node=h200:1 asks for that GPU type
+        "gpus_per_node": (f"{slurm.gpu_type}:{gpus}" if slurm.gpu_type else gpus) or None,
         "mem": f"{int(slurm.mem_gb * 1024)}MB" if slurm.mem_gb else None,
         "setup": list(slurm.setup) or None,
         # a student whose teacher failed is cancelled rather than left pending forever; slurm.extra can say otherwise

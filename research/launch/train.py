@@ -138,15 +138,28 @@ def build_state(cfg: ExperimentCfg, model: nn.Module, data: RunData, env: DistEn
             k=cfg.optim.lookahead_every,
             max_decay=cfg.optim.lookahead_max_decay,
         )
+    steps_per_epoch = data.loop_data.steps_per_epoch
+    # With warmup_prefix timm runs the decay for num_epochs *after* the warm-up: shorten it so the
+    # schedule ends with the last step (in steps, as warm-ups of a fraction of an epoch are common here).
+    decay_epochs: float = cfg.train.epochs
+    if cfg.sched.warmup_prefix:
+        if cfg.sched.warmup_epochs >= cfg.train.epochs:
+            raise ConfigError(
+                f"sched.warmup_prefix: the warm-up ({cfg.sched.warmup_epochs} epochs) leaves no decay in train.epochs="
+                f"{cfg.train.epochs}; shorten sched.warmup_epochs"
+            )
+        decay_epochs = round((cfg.train.epochs - cfg.sched.warmup_epochs) * steps_per_epoch) / steps_per_epoch
     scheduler, _ = create_scheduler_v2(
         optimizer,
         sched=cfg.sched.name,
-        num_epochs=cfg.train.epochs,
+        num_epochs=decay_epochs,  # type: ignore[arg-type]
         warmup_epochs=cfg.sched.warmup_epochs,
         warmup_lr=cfg.sched.warmup_lr,
         min_lr=cfg.sched.min_lr,
+        decay_rate=cfg.sched.decay_rate,
+        warmup_prefix=cfg.sched.warmup_prefix,
         step_on_epochs=False,  # per iteration: a short run must not spend a whole epoch at warmup_lr
-        updates_per_epoch=data.loop_data.steps_per_epoch,
+        updates_per_epoch=steps_per_epoch,
     )
     scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
     ema = ModelEmaV3(unwrap(model), decay=cfg.train.ema_decay) if cfg.train.ema else None

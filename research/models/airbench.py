@@ -20,9 +20,10 @@ What the network itself carries from that recipe (the optimizer here is the engi
 The rest of airbench's recipe lives where every experiment can use it: Lookahead
 (``optim.lookahead_every``), the reflected 2-pixel translation (``aug.crop_padding``,
 ``aug.crop_padding_mode``), the alternating flip (``aug.alternate_flip``) and multi-crop test-time
-augmentation (``train.eval_hflip``, ``train.eval_translate``). Not carried: the triangular lr schedule
-(the engine's is cosine with warm-up), the whitening bias frozen after 3 epochs, and weight decay on
-biases (timm's optimizers leave 1-D parameters undecayed). ``experiments/teacher_cifar10.yaml`` is
+augmentation (``train.eval_hflip``, ``train.eval_translate``), the triangular lr schedule
+(``sched.name: poly`` with ``sched.decay_rate: 1.0`` after a linear warm-up) and the whitening bias
+frozen after 3 epochs (``model.whiten_bias_steps``). Not carried: weight decay on biases (timm's
+optimizers leave 1-D parameters undecayed). ``experiments/teacher_cifar10.yaml`` is
 the recipe.
 """
 
@@ -54,9 +55,13 @@ class PatchWhitening(nn.Module):
         kernel_size: Patch side (airbench: 2).
         eps: Added to each eigenvalue before its inverse square root, so that the near-zero
             directions of the patch covariance are not amplified without bound.
+        bias_train_steps: Train the bias for this many training forward passes only, then freeze it
+            (airbench94: 3 epochs' steps); 0 trains it throughout. The count (``train_steps``) is in
+            the state dict, so a resumed run freezes on time. Frozen, the bias gets no gradient, so
+            under DDP this needs ``find_unused_parameters``; the one-GPU recipes do not use DDP.
     """
 
-    def __init__(self, in_chans: int = 3, *, kernel_size: int = 2, eps: float = 5e-4) -> None:
+    def __init__(self, in_chans: int = 3, *, kernel_size: int = 2, eps: float = 5e-4, bias_train_steps: int = 0) -> None:
         super().__init__()
         dims = in_chans * kernel_size**2
         self.kernel_size = kernel_size
@@ -64,12 +69,27 @@ class PatchWhitening(nn.Module):
         self.out_chans = 2 * dims  # each whitened direction with both signs, before the GELU
         self.register_buffer("filters", torch.zeros(self.out_chans, in_chans, kernel_size, kernel_size))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.bias_train_steps = bias_train_steps
+        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
         self.bias = nn.Parameter(torch.zeros(self.out_chans))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and not bool(self.fitted):
-            self.fit(x)
-        return F.conv2d(x, self.filters.to(x.dtype), self.bias.to(x.dtype))
+        bias = self.bias
+        if self.training:
+            if not bool(self.fitted):
+                self.fit(x)
+            # a host read per step only when the freeze is on (airbench reads its step counter too)
+            if self.bias_train_steps and int(self.train_steps) >= self.bias_train_steps:
+                bias = bias.detach()  # frozen: no gradient, so the optimizer leaves it (and its decay) alone
+            self.train_steps += 1
+        return F.conv2d(x, self.filters.to(x.dtype), bias.to(x.dtype))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # Checkpoints written before the step counter existed (the CPU teachers) load as "0 steps".
+        key = prefix + "train_steps"
+        if key not in state_dict:
+            state_dict = {**state_dict, key: torch.zeros((), dtype=torch.long)}
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @torch.no_grad()
     def fit(self, images: torch.Tensor) -> None:
@@ -89,7 +109,7 @@ class PatchWhitening(nn.Module):
         self.fitted.fill_(True)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, out_chans={self.out_chans}, eps={self.eps}"
+        return f"kernel_size={self.kernel_size}, out_chans={self.out_chans}, eps={self.eps}, bias_train_steps={self.bias_train_steps}"
 
 
 class ShiftOnlyBatchNorm(nn.BatchNorm2d):
@@ -150,8 +170,10 @@ class AirbenchNet(nn.Sequential):
         logit_scale: Fixed factor on the logits (airbench: 1/9).
     """
 
-    def __init__(self, *, num_classes: int, widths: tuple[int, int, int] = (64, 256, 256), logit_scale: float = 1 / 9) -> None:
-        whitening = PatchWhitening(3)
+    def __init__(
+        self, *, num_classes: int, widths: tuple[int, int, int] = (64, 256, 256), logit_scale: float = 1 / 9, whiten_bias_steps: int = 0
+    ) -> None:
+        whitening = PatchWhitening(3, bias_train_steps=whiten_bias_steps)
         super().__init__(
             whitening,  # (B, 24, 31, 31) at 32x32
             nn.GELU(),
@@ -169,7 +191,13 @@ class AirbenchNet(nn.Sequential):
 
 
 @MODELS.register("airbench_cifar", distilled=False, family="cnn")
-def airbench_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0) -> AirbenchNet:
-    """airbench94's network (widths 64/256/256); ``img_size`` and ``drop_path_rate`` are unused."""
+def airbench_cifar(
+    *, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0, whiten_bias_steps: int = 0
+) -> AirbenchNet:
+    """airbench94's network (widths 64/256/256); ``img_size`` and ``drop_path_rate`` are unused.
+
+    ``whiten_bias_steps``: freeze the whitening bias after this many training steps (airbench94: 3
+    epochs' worth; 0 = never), see :class:`PatchWhitening`.
+    """
     del img_size, drop_path_rate
-    return AirbenchNet(num_classes=num_classes)
+    return AirbenchNet(num_classes=num_classes, whiten_bias_steps=whiten_bias_steps)

@@ -19,8 +19,9 @@ from matplotlib.figure import Figure
 from research.config.expand import format_value
 from research.launch.status import DONE
 from research.report.collect import VariantResult
+from research.report.paper import Comparison
 
-__all__ = ["delta_label", "plot_top1_curves", "plot_top1_delta"]
+__all__ = ["delta_label", "paper_figure", "plot_paper_beside_ours", "plot_top1_curves", "plot_top1_delta"]
 
 _DPI = 120
 _GAIN, _LOSS = "#2a9d55", "#c8553d"  # bar colours: better / worse than the baseline
@@ -131,3 +132,67 @@ def _save(figure: Figure, path: Path) -> Path:
     FigureCanvasAgg(figure)  # attach the Agg canvas: savefig then needs no pyplot backend
     figure.savefig(path, format="png")
     return path
+
+
+def plot_paper_beside_ours(comparisons: Sequence[Comparison], path: Path) -> Path:
+    """The paper's delta and ours per paper row, side by side, with ✓ (same direction) or ✗.
+
+    One panel per table (and metric): grey bars are the paper's change against its reference row,
+    coloured bars ours against our run of that row. Throughput rows are drawn as a change in percent.
+    A bar beyond the panel (the paper's "did not train well" rows, -77 points) is cut at its edge and
+    labelled with its value.
+    """
+    return _save(paper_figure(comparisons), path)
+
+
+def paper_figure(comparisons: Sequence[Comparison]) -> Figure:
+    """The figure of :func:`plot_paper_beside_ours` (tests read its texts)."""
+    panels: dict[tuple[str, str], list[Comparison]] = {}
+    for comparison in comparisons:
+        panels.setdefault((comparison.paper.title, comparison.paper.metric), []).append(comparison)
+    heights = [1.4 + 0.55 * len(group) for group in panels.values()] or [2.0]
+    figure = Figure(figsize=(10.0, sum(heights)), dpi=_DPI, layout="constrained")
+    axes = figure.subplots(max(len(panels), 1), 1, squeeze=False, height_ratios=heights).ravel()
+    if not panels:
+        _empty(axes[0], "no paper row matches these experiments")
+        axes[0].set_axis_off()
+    for ax, ((title, metric), group) in zip(axes, panels.items()):
+        _paper_panel(ax, title, metric, group)
+    return figure
+
+
+def _paper_panel(ax: Axes, title: str, metric: str, group: Sequence[Comparison]) -> None:
+    def scaled(value: float | None) -> float | None:
+        return None if value is None else (100.0 * (value - 1.0) if metric == "images_per_s" else value)
+
+    theirs = [scaled(c.paper.delta) or 0.0 for c in group]
+    ours = [scaled(c.our_delta) for c in group]
+    shown = [abs(v) for v in ours if v is not None] + [abs(v) for v in theirs if abs(v) <= 10.0]
+    limit = 1.35 * max(shown or [1.0])
+    rows = range(len(group))
+    ax.barh([y + 0.2 for y in rows], [_clip(v, limit) for v in theirs], height=0.38, color="#9a9a9a", label="paper")
+    ours_drawn = [0.0 if v is None else _clip(v, limit) for v in ours]
+    colours = [_GAIN if c.agrees else _LOSS if c.agrees is False else "#cccccc" for c in group]
+    ax.barh([y - 0.2 for y in rows], ours_drawn, height=0.38, color=colours, label="ours")
+    unit = "%" if metric == "images_per_s" else ""
+    for y, (paper_value, our_value, comparison) in enumerate(zip(theirs, ours, group)):
+        ax.text(_clip(paper_value, limit), y + 0.2, f" {paper_value:+.1f}{unit} ", va="center", fontsize="x-small",
+                ha="left" if paper_value >= 0 else "right", color="#555555")
+        text = "no run yet" if our_value is None else f"{our_value:+.2f}{unit}"
+        ax.text(_clip(our_value or 0.0, limit), y - 0.2, f" {text} ", va="center", fontsize="x-small",
+                ha="left" if (our_value or 0.0) >= 0 else "right")
+        ax.text(1.01, y, comparison.mark, transform=ax.get_yaxis_transform(), va="center", fontsize="large",
+                color=_GAIN if comparison.agrees else _LOSS if comparison.agrees is False else "gray")
+    labels = [f"{c.paper.row}\n{c.experiment}/{c.paper.variant}" if c.paper.variant else f"{c.paper.row}\n{c.experiment}" for c in group]
+    ax.set_yticks(list(rows), labels, fontsize="x-small")
+    ax.invert_yaxis()
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_xlim(-1.6 * limit, 1.6 * limit)  # room for the labels
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel("change in throughput (%)" if metric == "images_per_s" else "Δ top-1 against the reference row (points)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize="x-small", loc="lower right")
+
+
+def _clip(value: float, limit: float) -> float:
+    return max(-limit, min(limit, value))

@@ -18,15 +18,17 @@ from typing import Any
 from research.config import Run, load_runs
 from research.launch.status import NOT_STARTED
 from research.report.collect import STATUSES, VariantResult, collect, with_deltas
-from research.report.plots import plot_top1_curves, plot_top1_delta
+from research.report.paper import Comparison, compare, paper_table, read_paper
+from research.report.plots import plot_paper_beside_ours, plot_top1_curves, plot_top1_delta
 from research.report.table import table, write_csv
 from research.report.wandb_api import WandbUnavailable, fetch_results
 
-__all__ = ["CURVES", "CSV", "DELTAS", "MARKDOWN", "merge_results", "write_report"]
+__all__ = ["CURVES", "CSV", "DELTAS", "MARKDOWN", "PAPER", "merge_results", "write_report"]
 
 log = logging.getLogger(__name__)
 
 MARKDOWN, CSV, CURVES, DELTAS = "report.md", "runs.csv", "top1_curves.png", "top1_delta.png"
+PAPER = "paper_vs_ours.png"
 
 
 def write_report(
@@ -38,6 +40,7 @@ def write_report(
     only: Sequence[str] = (),
     wandb_api: Any | None = None,
     echo: bool = True,
+    paper: Path | None | bool = True,
 ) -> Path:
     """Write the report of the experiments in ``configs`` and print its tables.
 
@@ -53,6 +56,9 @@ def write_report(
         only: report only these variants of each ablation, and its baseline, which the deltas need
             (as ``launchers/local.py --only`` ran them); all when empty.
         echo: print the tables to stdout.
+        paper: put the paper's figures beside ours (Tables 3, 5, 8) for the rows these experiments
+            run: True for the package's ``research/report/paper.yaml``, a path for another file,
+            False for none.
 
     Returns:
         The report dir.
@@ -71,11 +77,17 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     plot_top1_curves(results, out / CURVES)
     plot_top1_delta(results, out / DELTAS)
+    comparisons = compare(results, read_paper(None if paper is True else paper)) if paper is not False else []
+    if comparisons:
+        plot_paper_beside_ours(comparisons, out / PAPER)
     write_csv(results, out / CSV)
-    (out / MARKDOWN).write_text(render_markdown(runs, results, sources=sources), encoding="utf-8")
+    markdown = render_markdown(runs, results, sources=sources, comparisons=comparisons)
+    (out / MARKDOWN).write_text(markdown, encoding="utf-8")
     if echo:
         for experiment, group in _by_experiment(results).items():
             print(f"{experiment} ({_count(group)})\n{table(group, markdown=False)}\n")
+        for title, group in _by_table(comparisons).items():
+            print(f"paper beside ours, {title}\n{paper_table(group, markdown=False)}\n")
     return out
 
 
@@ -90,8 +102,11 @@ def merge_results(local: Sequence[VariantResult], remote: Sequence[VariantResult
     return with_deltas(merged)
 
 
-def render_markdown(runs: Sequence[Run], results: Sequence[VariantResult], *, sources: Sequence[str]) -> str:
-    """``report.md``: a header (experiments, date, commit, sources), a table per experiment, the plots."""
+def render_markdown(
+    runs: Sequence[Run], results: Sequence[VariantResult], *, sources: Sequence[str], comparisons: Sequence[Comparison] = ()
+) -> str:
+    """``report.md``: a header (experiments, date, commit, sources), a table per experiment, the paper
+    beside ours (when a paper row matches), the plots."""
     groups = _by_experiment(results)
     files = {run.experiment: run.source for run in runs}
     commits = list(dict.fromkeys(r.commit for r in results if r.commit))
@@ -120,6 +135,7 @@ def render_markdown(runs: Sequence[Run], results: Sequence[VariantResult], *, so
         "weights in `best.pt`); Δ top-1 is that minus the baseline's, in percentage points. Runs that are",
         "not done show their best so far. `runs.csv` holds these rows for scripts.",
         "",
+        *_paper_section(comparisons),
         "## Plots",
         "",
         f"![val top-1 per epoch]({CURVES})",
@@ -127,7 +143,42 @@ def render_markdown(runs: Sequence[Run], results: Sequence[VariantResult], *, so
         f"![top-1 change vs the baseline]({DELTAS})",
         "",
     ]
+    if comparisons:
+        lines += [f"![the paper's deltas beside ours]({PAPER})", ""]
     return "\n".join(lines)
+
+
+def _paper_section(comparisons: Sequence[Comparison]) -> list[str]:
+    """The paper beside ours: one table per paper table, with what each delta is taken against."""
+    if not comparisons:
+        return []
+    lines = [
+        "## The paper beside ours",
+        "",
+        "Touvron et al. 2021 (ImageNet-1k, 300 epochs; the figures and where each comes from are in",
+        "`research/report/paper.yaml`). Each row's Δ is against the table's reference row, ours against",
+        "our run of that row (seeds averaged); ✓: the same direction as the paper, ✗: the opposite.",
+        "Our scale (model, data, budget) is not the paper's: compare directions, not sizes.",
+        "",
+    ]
+    for title, group in _by_table(comparisons).items():
+        references = dict.fromkeys(
+            f"{c.paper.reference_row} = {c.paper.reference_value:g}" for c in group if c.paper.variant
+        )
+        lines += [f"### {title}", ""]
+        if references:
+            lines += [f"Reference row: {'; '.join(references)}; ours: the `{group[0].paper.reference_variant}` run.", ""]
+        agree = sum(c.agrees is True for c in group)
+        decided = sum(c.agrees is not None for c in group)
+        lines += [paper_table(group), "", f"Same direction in {agree} of {decided} rows with both deltas.", ""]
+    return lines
+
+
+def _by_table(comparisons: Sequence[Comparison]) -> dict[str, list[Comparison]]:
+    groups: dict[str, list[Comparison]] = {}
+    for comparison in comparisons:
+        groups.setdefault(comparison.paper.title, []).append(comparison)
+    return groups
 
 
 def _load(configs: Sequence[Path], overrides: Sequence[str], only: Sequence[str] = ()) -> list[Run]:

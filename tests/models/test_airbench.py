@@ -24,7 +24,7 @@ def test_registered_as_plain_cnn_with_the_shared_signature() -> None:
     assert MODELS.metadata("airbench_cifar") == {"distilled": False, "family": "cnn"}
     params = MODELS.signature("airbench_cifar").parameters
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
-    assert {k: p.default for k, p in params.items()} == {"num_classes": 1000, "img_size": 32, "drop_path_rate": 0.0}
+    assert {k: p.default for k, p in params.items()} == {"num_classes": 1000, "img_size": 32, "drop_path_rate": 0.0, "whiten_bias_steps": 0}
 
 
 def test_shapes_and_gradients() -> None:
@@ -75,6 +75,30 @@ def test_whitening_filters_are_not_trained() -> None:
     names = {name for name, _ in net.named_parameters()}
     assert "0.bias" in names and "0.filters" not in names
     assert "0.filters" in net.state_dict() and "0.fitted" in net.state_dict()
+
+
+def test_whitening_bias_freezes_after_its_steps_and_the_count_survives_a_resume() -> None:
+    net = MODELS.build("airbench_cifar", num_classes=10, whiten_bias_steps=2).train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, weight_decay=0.1)
+    biases = []
+    for seed in range(4):
+        optimizer.zero_grad()
+        net(_correlated_images(8, seed=seed)).logsumexp(dim=1).mean().backward()
+        optimizer.step()
+        biases.append(net[0].bias.detach().clone())
+    assert not torch.equal(biases[0], biases[1])  # the 2nd step still trains it ...
+    torch.testing.assert_close(biases[3], biases[1], rtol=0, atol=0)  # ... the 3rd and 4th do not, nor decay it
+    assert net[0].bias.grad is None and int(net[0].train_steps) == 4
+    resumed = MODELS.build("airbench_cifar", num_classes=10, whiten_bias_steps=2)
+    resumed.load_state_dict(net.state_dict())
+    resumed.train()(_correlated_images(8, seed=5)).sum().backward()
+    assert resumed[0].bias.grad is None
+
+
+def test_checkpoints_from_before_the_step_counter_still_load() -> None:
+    old = MODELS.build("airbench_cifar", num_classes=10).state_dict()
+    del old["0.train_steps"]
+    MODELS.build("airbench_cifar", num_classes=10).load_state_dict(old)  # strict
 
 
 def test_convs_start_as_identity_on_their_input_channels() -> None:

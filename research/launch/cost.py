@@ -1,0 +1,407 @@
+"""What an experiment will cost before it is submitted: GPU-hours and wall time per run and per grid.
+
+The figures come from a throughput table (``throughput.csv`` beside this module, or the file that
+``$RESEARCH_THROUGHPUT_TABLE`` or ``--throughput-table`` names): one row per measured
+(model, image size, per-device batch, precision, device, teacher), with the training and evaluation
+rates in images/s of one device and where each figure comes from. A run's estimate is
+
+    train seconds = epochs x train images / (devices x train_img_s)
+    eval seconds  = evaluations x val images x views / (devices x eval_img_s)
+
+with ``views`` the test-time augmentation's forward passes per image (2 with ``train.eval_hflip``,
+x3 with ``train.eval_translate``; x2 again with ``train.ema``), and GPU-hours = devices x wall time.
+Scaling over devices is taken as linear (no communication cost), and start-up, checkpoints and the
+teacher's one check of the val set are not counted. A run whose key has no row gets no figure: it is
+"unknown", with the command that measures it (``research throughput``). A row without an eval rate
+makes the estimate a lower bound, printed with ``>=``.
+
+The target device is ``slurm.gpu_type`` (which also asks SLURM for that GPU type), or the
+``--device`` option of ``research expand`` and ``launchers/slurm.py --dry-run``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from research.config import ConfigError, ExperimentCfg, Run
+from research.console import text_table
+
+__all__ = [
+    "COLUMNS",
+    "DEFAULT_TABLE",
+    "TABLE_ENV",
+    "Estimate",
+    "Throughput",
+    "dataset_sizes",
+    "estimate_run",
+    "estimate_runs",
+    "format_estimates",
+    "read_table",
+    "record_throughput",
+    "table_path",
+]
+
+DEFAULT_TABLE = Path(__file__).with_name("throughput.csv")
+TABLE_ENV = "RESEARCH_THROUGHPUT_TABLE"
+KEY = ("model", "img_size", "batch_size", "precision", "device", "teacher")
+
+# Datasets whose sizes are known without reading them: name -> (train, val, classes). ``imagefolder``
+# is counted on disk; ``synthetic`` takes its ``size`` and ``num_classes``.
+KNOWN_DATASETS: dict[str, tuple[int, int, int]] = {
+    "cifar10_jpeg": (40_000, 5_000, 10),  # ../shared/data/cifar10-jpeg.tar.xz
+    "cifar10": (50_000, 10_000, 10),  # torchvision's batches: train / test
+}
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """One measurement: images/s of one device.
+
+    Attributes:
+        model: the ``model.name`` (the student's, for a distilled run).
+        img_size: the input side in pixels.
+        batch_size: images per device per step (``loader.batch_size``).
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        device: the device's name, as ``slurm.gpu_type`` or ``--device`` spell it (``h200``; ``cpu-...``).
+        teacher: the teacher whose forward pass the train rate includes (``teacher.name``), or ``""``.
+        scope: ``step`` (the optimisation step on data already on the device: no data path) or
+            ``epoch`` (whole training epochs, the data path included).
+        train_img_s: training images/s.
+        eval_img_s: evaluation images/s (one view, no gradient), or None when not measured.
+        measured: when (a date) and with which code (a commit), free text.
+        source: the command that measured it, or the document that reports it.
+    """
+
+    model: str
+    img_size: int
+    batch_size: int
+    precision: str
+    device: str
+    teacher: str = ""
+    scope: str = "step"
+    train_img_s: float = 0.0
+    eval_img_s: float | None = None
+    measured: str = ""
+    source: str = ""
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (self.model, self.img_size, self.batch_size, self.precision, self.device.lower(), self.teacher)
+
+    @classmethod
+    def from_mapping(cls, row: Mapping[str, Any], where: str = "") -> Throughput:
+        """A row from a CSV line or a dict; empty cells take the defaults. Raises ConfigError naming ``where``."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(row) - known)
+        if unknown:
+            raise ConfigError(f"{where}: unknown throughput column(s) {', '.join(unknown)}; columns: {', '.join(COLUMNS)}")
+        try:
+            values = {key: value for key, value in row.items() if value not in ("", None)}
+            for key in ("img_size", "batch_size"):
+                values[key] = int(values[key])
+            for key in ("train_img_s", "eval_img_s"):
+                if key in values:
+                    values[key] = float(values[key])
+            made = cls(**values)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: bad throughput row {dict(row)}: {exc!r}") from None
+        if made.scope not in ("step", "epoch") or made.train_img_s <= 0 or (made.eval_img_s is not None and made.eval_img_s <= 0):
+            raise ConfigError(f"{where}: bad throughput row {dict(row)}: scope is step or epoch, rates are > 0")
+        return made
+
+
+COLUMNS = tuple(f.name for f in fields(Throughput))
+
+
+def table_path(path: str | Path | None = None) -> Path:
+    """The table in use: ``path``, else ``$RESEARCH_THROUGHPUT_TABLE``, else the package's ``throughput.csv``."""
+    chosen = path or os.environ.get(TABLE_ENV) or DEFAULT_TABLE
+    return Path(chosen).expanduser()
+
+
+def read_table(path: str | Path | None = None) -> list[Throughput]:
+    """Every row of the table (see :func:`table_path`). ``#`` lines are comments."""
+    file = table_path(path)
+    if not file.exists():
+        raise ConfigError(f"throughput table {file}: no such file; unset ${TABLE_ENV} or point it at a CSV with columns {', '.join(COLUMNS)}")
+    with open(file, newline="", encoding="utf-8") as handle:
+        lines = [line for line in handle if line.strip() and not line.lstrip().startswith("#")]
+    return [Throughput.from_mapping(row, where=str(file)) for row in csv.DictReader(lines)]
+
+
+def record_throughput(rows: Iterable[Throughput | Mapping[str, Any]], path: str | Path | None = None) -> Path:
+    """Merge measurements into a throughput table and return its path.
+
+    A row replaces the row of the table with the same key (model, img_size, batch_size, precision,
+    device, teacher); other rows are kept. The file is rewritten sorted by key, keeping its leading
+    ``#`` comment lines, and created when missing. This is what the benchmark and ``research
+    throughput`` call.
+
+    Args:
+        rows: :class:`Throughput` rows, or mappings with its field names (``eval_img_s`` may be absent).
+        path: the table; default :func:`table_path` (``$RESEARCH_THROUGHPUT_TABLE`` or the package's).
+    """
+    file = table_path(path)
+    new = [row if isinstance(row, Throughput) else Throughput.from_mapping(row, where="record_throughput") for row in rows]
+    header: list[str] = []
+    merged: dict[tuple[Any, ...], Throughput] = {}
+    if file.exists():
+        header = [line for line in file.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
+        merged = {row.key: row for row in read_table(file)}
+    merged.update({row.key: row for row in new})
+    file.parent.mkdir(parents=True, exist_ok=True)
+    with open(file, "w", newline="", encoding="utf-8") as handle:
+        handle.writelines(line + "\n" for line in header)
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for key in sorted(merged, key=lambda k: tuple(str(part) for part in k)):
+            row = asdict(merged[key])
+            writer.writerow({name: "" if value is None else _csv_number(value) for name, value in row.items()})
+    return file
+
+
+def _csv_number(value: Any) -> Any:
+    return f"{value:g}" if isinstance(value, float) else value
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The cost of one run on ``device``; ``train_s`` is None when it is unknown (see ``reason``)."""
+
+    run: Run
+    device: str | None
+    devices: int
+    train_images: int | None = None
+    train_s: float | None = None
+    eval_s: float | None = None  # None: no eval rate measured (the estimate is then a lower bound)
+    row: Throughput | None = None
+    reason: str = ""  # why unknown, or what the figure leaves out
+    command: str = ""  # the command that measures the missing row
+
+    @property
+    def known(self) -> bool:
+        return self.train_s is not None
+
+    @property
+    def wall_s(self) -> float | None:
+        return None if self.train_s is None else self.train_s + (self.eval_s or 0.0)
+
+    @property
+    def gpu_hours(self) -> float | None:
+        return None if self.wall_s is None else self.devices * self.wall_s / 3600
+
+
+def dataset_sizes(cfg: ExperimentCfg) -> tuple[int, int, int] | str:
+    """``(train images, val images, classes)`` of a run, or why they are unknown here.
+
+    ``loader.limit_train`` / ``limit_val`` cap the sizes; ``imagefolder`` is counted on disk (one
+    directory listing per class), so the estimate needs the data where it is made.
+    """
+    name, data = cfg.data["name"], cfg.data
+    if name in KNOWN_DATASETS:
+        train, val, classes = KNOWN_DATASETS[name]
+    elif name == "synthetic":
+        train = val = int(data.get("size", 64))
+        classes = int(data.get("num_classes", 10))
+    elif name == "imagefolder":
+        root = Path(str(data.get("root", ""))).expanduser()
+        if not (root / "train").is_dir() or not (root / "val").is_dir():
+            return f"dataset size unknown: {root}/train and /val are not on this machine (make the estimate where the data is)"
+        classes = sum(1 for entry in os.scandir(root / "train") if entry.is_dir())
+        train, val = (_count_files(root / split) for split in ("train", "val"))
+    else:
+        return f"dataset size unknown for data.name={name}"
+    train = min(train, cfg.loader.limit_train) if cfg.loader.limit_train else train
+    val = min(val, cfg.loader.limit_val) if cfg.loader.limit_val else val
+    return train, val, classes
+
+
+def _count_files(folder: Path) -> int:
+    return sum(1 for cls in os.scandir(folder) if cls.is_dir() for entry in os.scandir(cls.path) if entry.is_file())
+
+
+def device_count(cfg: ExperimentCfg) -> int:
+    """Processes of a run: one per GPU, or ``tasks_per_node`` (default 1) per node on CPUs."""
+    per_node = cfg.slurm.gpus_per_node or cfg.slurm.tasks_per_node or 1
+    return cfg.slurm.nodes * per_node
+
+
+def evaluation_views(cfg: ExperimentCfg) -> int:
+    """Forward passes per val image and evaluation: test-time views, twice with an EMA."""
+    views = (2 if cfg.train.eval_hflip else 1) * (3 if cfg.train.eval_translate else 1)
+    return views * (2 if cfg.train.ema else 1)
+
+
+def evaluations(cfg: ExperimentCfg) -> int:
+    """Evaluations in a run: every ``eval_every_epochs`` epochs, and after the last."""
+    every, epochs = max(cfg.train.eval_every_epochs, 1), cfg.train.epochs
+    return epochs // every + (1 if epochs % every else 0)
+
+
+def run_key(cfg: ExperimentCfg, device: str) -> tuple[Any, ...]:
+    """The table key a run needs: its student, input size, per-device batch, precision, device, teacher."""
+    teacher = cfg.teacher["name"] if cfg.teacher is not None and cfg.loss["name"] != "none" else ""
+    img_size = int(cfg.model.get("img_size") or cfg.aug.get("img_size") or 224)
+    return (cfg.model["name"], img_size, cfg.loader.batch_size, cfg.train.precision, device.lower(), teacher)
+
+
+def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = None, measure_command: str = "") -> Estimate:
+    """The cost of ``run`` on ``device`` (default ``slurm.gpu_type``) from ``table``.
+
+    Args:
+        run: a validated run.
+        table: the throughput rows (:func:`read_table`).
+        device: the target device's name; default the run's ``slurm.gpu_type``.
+        measure_command: the command that measures this run's row, with ``{device}`` to fill in.
+    """
+    cfg = run.cfg
+    target = device or cfg.slurm.gpu_type
+    devices = device_count(cfg)
+    if not target:
+        names = ", ".join(sorted({row.device for row in table})) or "none"
+        return Estimate(run, None, devices, reason=f"no target device: set slurm.gpu_type or pass --device (the table has: {names})")
+    command = measure_command.format(device=shlex.quote(target))
+    sizes = dataset_sizes(cfg)
+    if isinstance(sizes, str):
+        return Estimate(run, target, devices, reason=sizes)
+    train_images, val_images, _ = sizes
+    key = run_key(cfg, target)
+    row = next((row for row in table if row.key == key), None)
+    if row is None:
+        described = f"{key[0]} {key[1]}px batch {key[2]} {key[3]} on {target}" + (f" with teacher {key[5]}" if key[5] else "")
+        return Estimate(run, target, devices, train_images, reason=f"no measurement of {described}", command=command)
+    train_s = cfg.train.epochs * train_images / (devices * row.train_img_s)
+    eval_images = evaluations(cfg) * val_images * evaluation_views(cfg)
+    eval_s = None if row.eval_img_s is None else eval_images / (devices * row.eval_img_s)
+    left_out = "" if eval_s is not None else "evaluation not measured: training only, a lower bound"
+    return Estimate(run, target, devices, train_images, train_s, eval_s, row, reason=left_out, command=command)
+
+
+def estimate_runs(
+    runs: Sequence[Run],
+    *,
+    device: str | None = None,
+    table: str | Path | None = None,
+    config: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> list[Estimate]:
+    """Estimates for ``runs``, each with the ``research throughput`` command that measures its row.
+
+    ``overrides`` (the command line's) go into the commands of the runs of ``config``, not into those
+    of prerequisites from other files (a student's teacher experiment).
+    """
+    rows = read_table(table)
+    primary = Path(config).resolve() if config is not None else None
+    estimates = []
+    for run in runs:
+        own = primary is None or Path(run.source).resolve() == primary
+        words = ["research", "throughput", display_path(run.source), *(overrides if own else ())]
+        if run.variant:
+            words += ["--only", run.variant]
+        words += ["--device", "{device}"]
+        if table is not None or os.environ.get(TABLE_ENV):
+            words += ["--table", str(table_path(table))]
+        command = " ".join(shlex.quote(word) if word != "{device}" else word for word in words)
+        estimates.append(estimate_run(run, rows, device=device, measure_command=command))
+    return estimates
+
+
+def display_path(path: Path) -> str:
+    """``path`` relative to the working directory when below it, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def format_estimates(estimates: Sequence[Estimate], *, table: str | Path | None = None) -> str:
+    """The cost table (run, device, devices, GPU-hours, wall time, rate and its scope), the grid's
+    totals, every source cited and, for unknown runs, the commands that measure them."""
+    if not estimates:
+        return ""
+    if all(e.device is None for e in estimates):  # one line, not a table of the same sentence
+        return f"cost estimate: {estimates[0].reason}"
+    sources: dict[str, int] = {}
+    lines = []
+    for estimate in estimates:
+        row = estimate.row
+        basis = "-"
+        if row is not None:
+            ref = sources.setdefault(f"{row.source} ({row.measured}; {row.scope} scope)", len(sources) + 1)
+            basis = f"{row.train_img_s:,.0f} img/s {row.scope} [{ref}]"
+        bound = ">=" if estimate.known and estimate.eval_s is None else ""
+        lines.append(
+            [
+                estimate.run.name,
+                estimate.device or "?",
+                str(estimate.devices),
+                bound + _hours(estimate.gpu_hours) if estimate.known else "unknown",
+                bound + _duration(estimate.wall_s) if estimate.known else "unknown",
+                basis,
+                estimate.reason or "-",
+            ]
+        )
+    out = [
+        f"cost estimate (throughput table: {table_path(table)})",
+        text_table(["run", "device", "devices", "GPU-h", "wall time", "rate", "note"], lines),
+        _totals(estimates),
+    ]
+    out += [f"[{ref}] {source}" for source, ref in sources.items()]
+    commands = list(dict.fromkeys(e.command for e in estimates if not e.known and e.command))
+    if commands:
+        out.append("measure what is unknown, on the target device (adds rows to the table):")
+        out += [f"  {command}" for command in commands]
+    return "\n".join(out)
+
+
+def _totals(estimates: Sequence[Estimate]) -> str:
+    known = [e for e in estimates if e.known]
+    unknown = len(estimates) - len(known)
+    if not known:
+        return f"total: unknown ({unknown} of {len(estimates)} runs have no estimate)"
+    bound = ">=" if unknown or any(e.eval_s is None for e in known) else ""
+    hours = sum(e.gpu_hours or 0.0 for e in known)
+    serial = sum(e.wall_s or 0.0 for e in known)
+    parallel = _critical_path(known)
+    text = (
+        f"total over {len(known)} run{'s' if len(known) != 1 else ''}: {bound}{_hours(hours)} GPU-h; wall time "
+        f"{bound}{_duration(parallel)} with every run started at once (teachers first), {bound}{_duration(serial)} one after another"
+    )
+    return text + (f"; {unknown} run{'s' if unknown != 1 else ''} unknown, not counted" if unknown else "")
+
+
+def _critical_path(estimates: Sequence[Estimate]) -> float:
+    """The wall time when every run starts as soon as its prerequisites (teachers) finish."""
+    wall = {e.run.run_dir: e.wall_s or 0.0 for e in estimates}
+    finish: dict[Path, float] = {}
+
+    def done(run: Run) -> float:
+        if run.run_dir not in finish:
+            before = max((done(p) for p in run.prerequisites()), default=0.0)
+            finish[run.run_dir] = before + wall.get(run.run_dir, 0.0)
+        return finish[run.run_dir]
+
+    return max(done(e.run) for e in estimates)
+
+
+def _hours(hours: float | None) -> str:
+    if hours is None:
+        return "unknown"
+    return f"{hours:.3g}" if hours < 100 else f"{hours:,.0f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "unknown"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,208 @@
+"""The cost estimate before submitting (research/launch/cost.py): arithmetic, unknowns, the table file."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from scripts import load_script
+
+from research.cli import main as research_main
+from research.config import ConfigError, load_runs
+from research.launch.cost import (
+    DEFAULT_TABLE,
+    TABLE_ENV,
+    Throughput,
+    estimate_run,
+    estimate_runs,
+    format_estimates,
+    read_table,
+    record_throughput,
+)
+
+EXPERIMENT: dict[str, Any] = {
+    "name": "costly",
+    "model": {"name": "deit_nano_patch4_32", "img_size": 32},
+    "data": {"name": "synthetic", "size": 1000, "num_classes": 4},
+    "aug": {"name": "none", "simple_crop": True},
+    "logger": {"name": "none"},
+    "loader": {"batch_size": 8, "workers": 0},
+    "train": {"epochs": 3, "eval_every_epochs": 2, "eval_hflip": True, "precision": "bf16", "progress": False},
+    "slurm": {"gpus_per_node": 2, "gpu_type": "testgpu"},
+}
+# A hand-made table: the run's key at 100 img/s training and 400 img/s evaluation per device.
+ROW = {"model": "deit_nano_patch4_32", "img_size": 32, "batch_size": 8, "precision": "bf16", "device": "testgpu",
+       "scope": "step", "train_img_s": 100.0, "eval_img_s": 400.0, "measured": "today", "source": "by hand"}
+
+
+def experiment(tmp_path: Path, **sections: Any) -> Path:
+    config = {**EXPERIMENT, "output_dir": str(tmp_path / "runs"), **sections}
+    path = tmp_path / "costly.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def test_estimate_is_images_times_epochs_over_rate_plus_evaluation(tmp_path: Path) -> None:
+    (run,) = load_runs(experiment(tmp_path), check_files=False)
+    estimate = estimate_run(run, [Throughput.from_mapping(ROW)])
+    # 2 GPUs. Training: 3 epochs x 1000 images / (2 x 100 img/s) = 15 s. Evaluation after epochs 2 and 3
+    # (every 2nd, and the last), 1000 val images x 2 views (flip TTA) / (2 x 400 img/s) = 2 x 2.5 s.
+    assert estimate.train_s == pytest.approx(15.0)
+    assert estimate.eval_s == pytest.approx(5.0)
+    assert estimate.wall_s == pytest.approx(20.0)
+    assert estimate.gpu_hours == pytest.approx(2 * 20.0 / 3600)
+    text = format_estimates([estimate])
+    assert "testgpu" in text and "20 s" in text and "by hand" in text and ">=" not in text
+
+
+def test_grid_totals_add_gpu_hours_and_take_the_longest_run_for_the_wall_time(tmp_path: Path) -> None:
+    path = experiment(tmp_path, ablation={"variants": {"short": {}, "long": {"train.epochs": 6}}})
+    runs = load_runs(path, check_files=False)
+    estimates = [estimate_run(run, [Throughput.from_mapping(ROW)]) for run in runs]
+    # short: 15 + 5 s; long: 6 x 1000 / 200 = 30 s of training + 3 evaluations x 2.5 s = 37.5 s
+    assert [e.wall_s for e in estimates] == pytest.approx([20.0, 37.5])
+    total = format_estimates(estimates).splitlines()[5]
+    assert total.startswith("total over 2 runs: 0.0319 GPU-h")  # 2 GPUs x 57.5 s
+    assert "wall time 38 s with every run started at once" in total and "58 s one after another" in total
+
+
+def test_missing_eval_rate_gives_a_lower_bound(tmp_path: Path) -> None:
+    (run,) = load_runs(experiment(tmp_path), check_files=False)
+    estimate = estimate_run(run, [Throughput.from_mapping({**ROW, "eval_img_s": ""})])
+    assert estimate.eval_s is None and estimate.wall_s == pytest.approx(15.0)
+    text = format_estimates([estimate])
+    assert ">=15 s" in text and "evaluation not measured" in text
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"device": "othergpu"}, {"batch_size": 16}, {"precision": "fp16"}, {"img_size": 64}, {"teacher": "airbench_cifar"}],
+    ids=lambda change: next(iter(change)),
+)
+def test_a_run_without_its_measurement_is_unknown_with_the_command_to_measure_it(tmp_path: Path, change: dict[str, Any]) -> None:
+    table = tmp_path / "table.csv"
+    record_throughput([{**ROW, **change}], table)
+    (run,) = load_runs(experiment(tmp_path), check_files=False)
+    (estimate,) = estimate_runs([run], table=table, config=run.source, overrides=["train.epochs=3"])
+    assert not estimate.known and estimate.gpu_hours is None
+    assert "no measurement of deit_nano_patch4_32 32px batch 8 bf16 on testgpu" in estimate.reason
+    assert estimate.command.startswith("research throughput ")
+    assert estimate.command.endswith(f"costly.yaml train.epochs=3 --device testgpu --table {table}")
+    text = format_estimates([estimate])
+    cells = text.splitlines()[3].split()  # run, device, devices, GPU-h, wall time, rate, note...
+    assert cells[:6] == ["costly", "testgpu", "2", "unknown", "unknown", "-"]  # no figure at all
+    assert "total: unknown" in text and estimate.command in text
+
+
+def test_no_target_device_says_how_to_name_one(tmp_path: Path) -> None:
+    (run,) = load_runs(experiment(tmp_path, slurm={"gpus_per_node": 1}), check_files=False)
+    estimate = estimate_run(run, [Throughput.from_mapping(ROW)])
+    assert not estimate.known and "set slurm.gpu_type or pass --device (the table has: testgpu)" in estimate.reason
+    assert format_estimates([estimate]) == f"cost estimate: {estimate.reason}"
+    assert estimate_run(run, [Throughput.from_mapping(ROW)], device="TestGPU").wall_s == pytest.approx(40.0)  # 1 GPU
+
+
+def test_record_throughput_merges_by_key_and_keeps_the_comments(tmp_path: Path) -> None:
+    table = tmp_path / "table.csv"
+    table.write_text("# my cluster's table\n")
+    record_throughput([ROW, {**ROW, "batch_size": 16, "train_img_s": 150}], table)
+    record_throughput([Throughput.from_mapping({**ROW, "train_img_s": 120, "source": "again"})], table)
+    rows = read_table(table)
+    assert [(r.batch_size, r.train_img_s, r.source) for r in rows] == [(16, 150.0, "by hand"), (8, 120.0, "again")]
+    assert table.read_text().startswith("# my cluster's table\nmodel,img_size,")
+
+
+def test_the_table_comes_from_the_environment_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = tmp_path / "elsewhere.csv"
+    record_throughput([ROW], table)
+    monkeypatch.setenv(TABLE_ENV, str(table))
+    assert [row.source for row in read_table()] == ["by hand"]
+    monkeypatch.setenv(TABLE_ENV, str(tmp_path / "missing.csv"))
+    with pytest.raises(ConfigError, match="missing.csv: no such file"):
+        read_table()
+
+
+def test_bad_rows_are_refused_with_the_file_named(tmp_path: Path) -> None:
+    table = tmp_path / "bad.csv"
+    table.write_text("model,img_size,batch_size,precision,device,train_img_s,speed\nm,32,8,bf16,x,10,1\n")
+    with pytest.raises(ConfigError, match=r"bad.csv: unknown throughput column\(s\) speed"):
+        read_table(table)
+    with pytest.raises(ConfigError, match="rates are > 0"):
+        Throughput.from_mapping({**ROW, "train_img_s": 0})
+
+
+def test_the_shipped_table_cites_a_source_for_every_row() -> None:
+    rows = read_table(DEFAULT_TABLE)
+    assert rows and all(row.source and row.measured and math.isfinite(row.train_img_s) for row in rows)
+    h200 = {(r.model, r.batch_size): r.train_img_s for r in rows if r.device == "h200"}
+    assert h200[("deit_tiny_patch16_224", 256)] == 7341 and h200[("deit_base_patch16_224", 128)] == 2427
+    assert any(row.device.startswith("cpu") for row in rows)
+
+
+def test_research_expand_prints_the_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "table.csv"
+    record_throughput([ROW], table)
+    assert research_main(["expand", str(experiment(tmp_path)), "--throughput-table", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert f"cost estimate (throughput table: {table})" in out and "total over 1 run: 0.0111 GPU-h" in out
+
+
+def test_slurm_dry_run_prints_the_cost_and_asks_for_the_gpu_type(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch: only a dry run can work
+    table = tmp_path / "table.csv"
+    record_throughput([ROW], table)
+    launcher = load_script("launchers/slurm.py")
+    assert launcher.main([str(experiment(tmp_path)), "--dry-run", "--throughput-table", str(table)]) == 0
+    out = capsys.readouterr().out
+    assert "#SBATCH --gpus-per-node=testgpu:2" in out
+    assert "costly  testgpu  2        0.0111" in out
+
+
+def test_gpu_type_without_gpus_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    launcher = load_script("launchers/slurm.py")
+    path = experiment(tmp_path, slurm={"gpu_type": "h200"})
+    assert launcher.main([str(path), "--dry-run"]) == 2
+    assert "slurm.gpu_type=h200 asks for GPUs of that type: set slurm.gpus_per_node" in capsys.readouterr().err
+
+
+def test_research_throughput_measures_and_records_a_step_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "table.csv"
+    path = experiment(tmp_path, train={"epochs": 1, "precision": "fp32", "progress": False})
+    assert research_main(["throughput", str(path), "--device", "cpu-test", "--table", str(table), "--steps", "2"]) == 0
+    (row,) = read_table(table)
+    assert (row.model, row.batch_size, row.precision, row.device, row.scope) == ("deit_nano_patch4_32", 8, "fp32", "cpu-test", "step")
+    assert row.train_img_s > 0 and row.eval_img_s and row.eval_img_s > 0 and "research throughput" in row.source
+    assert "recorded in" in capsys.readouterr().out
+
+
+def test_research_throughput_refuses_a_gpu_name_on_a_cpu(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert research_main(["throughput", str(experiment(tmp_path)), "--device", "h200", "--table", str(tmp_path / "t.csv")]) == 2
+    assert "there is no GPU here" in capsys.readouterr().err
+
+
+def test_research_throughput_times_a_distilled_step_without_the_teacher_checkpoint(tmp_path: Path) -> None:
+    table = tmp_path / "table.csv"
+    path = experiment(
+        tmp_path,
+        model={"name": "deit_nano_distilled_patch4_32", "img_size": 32},
+        teacher={"name": "resnet9_slim_cifar", "checkpoint": str(tmp_path / "never-written.pt")},
+        loss={"name": "hard"},
+        train={"epochs": 1, "precision": "bf16", "progress": False},
+    )
+    assert research_main(["throughput", str(path), "--device", "cpu-test", "--table", str(table), "--steps", "1"]) == 0
+    (row,) = read_table(table)
+    assert (row.model, row.teacher) == ("deit_nano_distilled_patch4_32", "resnet9_slim_cifar") and row.train_img_s > 0
+    # and that row now prices the run
+    (run,) = load_runs(path, check_files=False)
+    (estimate,) = estimate_runs([run], table=table, device="cpu-test")
+    assert estimate.known and estimate.train_s == pytest.approx(1000 / (2 * row.train_img_s))
