@@ -1,6 +1,7 @@
 """One call that checks a GPU machine: the ``cuda`` tests, the train step at 224 (DeiT-Ti, -S, -B), the
 CIFAR-10 teacher recipe and the student recipe for a fixed number of epochs; one JSON and one Markdown
-summary in ``--out``. Started by ``bench/gpu_check.sh``, which first installs the carried wheels.
+summary in ``--out``, and ``throughput.csv``: the package's throughput table (what ``research expand``
+prices runs with) with the measured step rates merged in. Started by ``bench/gpu_check.sh``, which first installs the carried wheels.
 
 Each stage is a subprocess with its own time limit, inside an overall budget (``--budget-s``): a stage
 that fails or runs out of time is recorded as such, with the tail of its output, and the next one runs.
@@ -14,6 +15,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -66,6 +68,7 @@ def stages(args: argparse.Namespace, out: Path) -> list[Stage]:
     for model, batch in [("deit_nano_patch4_32", 16)] if dry else STEP_MODELS:
         bench = [python, "bench/throughput.py", "--model", model, "--batch", str(batch), "--teacher", "none", "--skip-data",
                  "--precision", "bf16", "--out", str(out / f"step_{model}.json")]  # fmt: skip
+        bench += ["--record-table", str(out / "throughput.csv")]
         bench += ["--device", "cpu", "--repeats", "2", "--matmul-size", "256"] if dry else ["--device", "cuda", "--repeats", "5", "--profile"]
         result.append(Stage(f"step {model}", bench, 60 if dry else 75))
     teacher = [python, "launchers/local.py", "experiments/teacher_cifar10.yaml", f"output_dir={runs}", *data]
@@ -211,6 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU, even on a GPU machine
     started = time.perf_counter()
+    table = out / "throughput.csv"  # the package's table, with this machine's step rates merged in
+    shutil.copyfile(ROOT / "research" / "launch" / "throughput.csv", table)
     plan = stages(args, out)
     for stage in plan:
         left = args.budget_s - (time.perf_counter() - started)
@@ -234,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(markdown(summary))
     print(markdown(summary))
-    print(f"written: {out / 'summary.json'}, {out / 'summary.md'} ({summary['wall_time_s']:.0f} s)")
+    print(f"written: {out / 'summary.json'}, {out / 'summary.md'}, {table} ({summary['wall_time_s']:.0f} s)")
+    print(f"to ship the measured step rates: cp {table} research/launch/throughput.csv")
     return 0 if all(stage.status == "passed" for stage in plan) else 1
 
 

@@ -35,7 +35,9 @@ Usage (from the repository root; see docs/PERFORMANCE.md for the numbers)::
 
 from __future__ import annotations
 
+import datetime
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -56,7 +58,10 @@ from speed.timing import load_average, progress
 
 import research  # noqa: F401  (registers the built-in components)
 from research.config import load_run
+from research.launch.cost import Throughput, record_throughput
 from research.registry import MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(settings: Settings) -> dict[str, Any]:
@@ -110,6 +115,22 @@ def _warn_if_counts_disagree(counts: dict[str, float]) -> None:
             progress(f"FLOP counter: {key} counts {value / 1e9:.3f} G per image against {reference / 1e9:.3f} G on the CPU; MFU uses the CPU count")
 
 
+def table_rows(results: dict[str, Any], settings: Settings, command: str) -> list[Throughput]:
+    """The engine's measured step rates as throughput-table rows (scope ``step``: data excluded)."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    measured = f"{datetime.date.today()} at {commit or 'unknown commit'}"
+    common = {"model": settings.model, "img_size": img_size_of(settings.model), "batch_size": settings.batch,
+              "device": settings.table_device_name(), "scope": "step", "measured": measured, "source": command}  # fmt: skip
+    rows = []
+    for step in results["steps"]:
+        rows.append(Throughput(**common, precision=step["precision"], train_img_s=round(step["engine_img_s"], 1)))
+        if step["distilled_img_s"] is not None:
+            rows.append(
+                Throughput(**common, precision=step["precision"], teacher=settings.teacher, train_img_s=round(step["distilled_img_s"], 1))
+            )
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv, description=__doc__.split("\n\n")[0])
     started = time.perf_counter()
@@ -120,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.out:
         Path(settings.out).write_text(json.dumps(results, indent=2) + "\n")
         print(f"results written to {settings.out}")
+    if settings.record_table:
+        command = "python bench/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        table = record_throughput(table_rows(results, settings, command), settings.record_table)
+        print(f"step rates recorded in {table}")
     if settings.markdown:
         Path(settings.markdown).write_text(markdown(results, settings))
         print(f"Markdown written to {settings.markdown}")

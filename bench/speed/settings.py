@@ -42,6 +42,8 @@ class Settings:
     threads: int = 2  # torch threads on a CPU (the machine's cores); DataLoader workers use one each
     out: str | None = None
     markdown: str | None = None
+    record_table: str | None = None  # merge the step rates into this throughput table (research/launch/cost.py)
+    device_name: str = ""  # the table's device name; default: the GPU's model ("h200"), or "cpu"
     tiny: bool = False
 
     def shrink(self) -> None:
@@ -50,6 +52,13 @@ class Settings:
         self.repeats, self.warmup, self.steps = 2, 1, 2
         self.matmul_size, self.data, self.data_images, self.loader_batches = 256, "synthetic", 32, 2
         self.epoch_images = 64
+
+    def table_device_name(self) -> str:
+        """How the throughput table names this device: ``--device-name``, else the GPU's model (``h200``)."""
+        if self.device_name:
+            return self.device_name
+        device = self.torch_device()
+        return torch.cuda.get_device_name(device).split()[-1].lower() if device.type == "cuda" else "cpu"
 
     def torch_device(self) -> torch.device:
         if self.device == "auto":
@@ -100,6 +109,11 @@ def parse_args(argv: Sequence[str] | None = None, *, description: str = "") -> S
     parser.add_argument("--threads", type=int, default=defaults.threads, help="torch threads on a CPU (default: %(default)s)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     parser.add_argument("--markdown", default=None, help="write the tables as Markdown here")
+    parser.add_argument(
+        "--record-table", default=None,
+        help="merge the engine's step rates into this throughput table (what research expand / slurm.py --dry-run price runs with)",
+    )  # fmt: skip
+    parser.add_argument("--device-name", default="", help="the device's name in that table (default: the GPU's model, e.g. h200; cpu)")
     parser.add_argument(
         "--tiny", action="store_true", help="CI smoke settings (seconds); replaces model, teacher, batch, rounds and sizes"
     )

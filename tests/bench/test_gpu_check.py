@@ -34,6 +34,9 @@ def test_dry_run_runs_every_stage_and_writes_the_summaries(tmp_path: Path) -> No
     for recipe in ("teacher", "student"):
         assert summary[recipe]["status"] == "done" and summary[recipe]["epochs"] == 1
         assert 0 <= summary[recipe]["val_top1"] <= 100
+    table = (out / "throughput.csv").read_text()
+    assert "deit_nano_patch4_32,32,16,bf16,cpu,,step," in table  # the measured step rate, merged into the table
+    assert "deit_base_patch16_224,224,128,bf16,h200" in table  # beside the package's own rows
     markdown = (out / "summary.md").read_text()
     assert "dry run on the CPU" in markdown and "| deit_nano_patch4_32 |" in markdown and "student recipe: done" in markdown
 
