@@ -77,7 +77,8 @@ def test_ema_weights_are_evaluated_and_every_option_saves(experiment) -> None:
 
 
 def test_lr_is_stepped_per_iteration_from_warmup(experiment) -> None:
-    run = load_run(experiment(logger={"name": "jsonl"}, train={"epochs": 2, "log_every_steps": 1, "progress": False}))
+    options = {"epochs": 2, "log_every_steps": 1, "progress": False}
+    run = load_run(experiment(logger={"name": "jsonl"}, sched={"warmup_epochs": 1, "step_on": "step"}, train=options))
     train(run)
     steps = [json.loads(line) for line in (run.run_dir / "log.jsonl").read_text().splitlines()]
     lrs = [s["train/lr"] for s in steps if "train/loss" in s]
