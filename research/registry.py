@@ -132,10 +132,10 @@ class Registry(Generic[T, I]):
     with :meth:`add_check` validate a run's config for the entry it picks, raising :class:`Invalid`.
     """
 
-    def __init__(self, kind: str, info: type[I], plural: str | None = None) -> None:
+    def __init__(self, kind: str, info: type[Any] = Info, plural: str | None = None) -> None:
         self.kind = kind
         self.plural = plural or f"{kind}s"
-        self.info_type = info
+        self.info_type: type[I] = info
         self._builders: dict[str, Builder] = {}
         self._info: dict[str, I] = {}
         self._checks: list[Check] = []
