@@ -229,11 +229,8 @@ class StepMeter:
             self.keys = ["loss", *logs]
         loss = loss.float()
         values = torch.stack([(~torch.isfinite(loss)).float(), loss, *(logs[key].float() for key in self.keys[1:])])
-        if self.window_sums is None:
-            self.window_sums, self.epoch_sums = values.clone(), values.clone()
-        else:
-            self.window_sums += values
-            self.epoch_sums += values  # type: ignore[operator]
+        self.window_sums = values.clone() if self.window_sums is None else self.window_sums.add_(values)
+        self.epoch_sums = values.clone() if self.epoch_sums is None else self.epoch_sums.add_(values)
         self.window_steps += 1
         self.epoch_steps += 1
 
