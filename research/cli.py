@@ -105,7 +105,7 @@ def _expand(args: argparse.Namespace) -> int:
     from research.config import load_runs
     from research.config.expand import format_value
     from research.console import text_table
-    from research.launch.status import run_status
+    from research.engine.run_dir import run_status
 
     runs = load_runs(args.config, args.overrides, check_files=False)
     rows = []

@@ -1,5 +1,6 @@
 """The files of one run: checkpoints, ``metrics.jsonl`` (one line per epoch, the source of truth for
-reports), ``summary.json`` (status and final numbers). Only the main process writes."""
+reports), ``summary.json`` (status and final numbers), and where a run stands, read from them alone
+(no scheduler needed). Only the main process writes."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from research.engine import checkpoint
 from research.engine.state import TrainState
 
+DONE, FAILED, RUNNING, NOT_STARTED = "done", "failed", "running", "not started"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
@@ -77,3 +79,19 @@ def _write_atomic(file: Path, text: str) -> None:
     tmp = file.with_name(f".{file.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, file)
+
+
+def run_status(run_dir: Path) -> str:
+    """``done`` / ``failed`` / ``running`` (started, unfinished: running, queued or preempted) / ``not started``."""
+    summary = read_summary(run_dir)
+    if summary is not None and summary.get("status") == DONE and summary["epochs_done"] >= summary["epochs"]:
+        return DONE
+    if summary is not None and summary.get("status") == FAILED:
+        return FAILED
+    if summary is not None or (Path(run_dir) / checkpoint.LAST).exists():
+        return RUNNING
+    return NOT_STARTED
+
+
+def is_done(run_dir: Path) -> bool:
+    return run_status(run_dir) == DONE

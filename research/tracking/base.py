@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "DEFAULT_PROJECT",
     "GuardedTracker",
     "RunInfo",
     "Tracker",
@@ -24,6 +25,9 @@ __all__ = [
     "flatten_config",
     "warn_once_disabled",
 ]
+
+
+DEFAULT_PROJECT = "deit"  # the W&B project of a run whose logger: section names none
 
 
 class TrackerWarning(RuntimeWarning):

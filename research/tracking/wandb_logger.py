@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 from research.registry import LOGGERS
 from research.tracking.base import (
+    DEFAULT_PROJECT,
     GuardedTracker,
     RunInfo,
     Tracker,
@@ -61,7 +62,6 @@ log = logging.getLogger(__name__)
 STEP_METRIC = "trainer/step"
 ID_FILE = "wandb_id"
 LIVES_FILE = "wandb_lives.jsonl"
-DEFAULT_PROJECT = "deit"
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 
 # W&B's own aliases ("dryrun", "run") are accepted so that an inherited WANDB_MODE keeps working.
@@ -279,7 +279,7 @@ def build_wandb(
 
     Args:
         run: injected by the engine.
-        project: the W&B project; None = the run's project (``RunInfo.project``), else ``"deit"``.
+        project: the W&B project; None = the run's project (``RunInfo.project``), else ``DEFAULT_PROJECT``.
         entity: the W&B user or team; None = the account's default (or ``WANDB_ENTITY``).
         mode: ``"online"``, ``"offline"``, ``"disabled"``, or None = ``WANDB_MODE`` if set, else online
             when an API key is available and offline otherwise.
