@@ -1,6 +1,7 @@
 """The files of one run: checkpoints, ``metrics.jsonl`` (one line per epoch, the source of truth for
-reports), ``summary.json`` (status and final numbers), and where a run stands, read from them alone
-(no scheduler needed). Only the main process writes."""
+reports), ``summary.json`` (status and final numbers), ``lives.jsonl`` (one line per start of the run:
+a first start, a resume, a SLURM requeue), and where a run stands, read from them alone (no scheduler
+needed). Only the main process writes."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from research.engine.state import TrainState
 
 DONE, FAILED, RUNNING, NOT_STARTED = "done", "failed", "running", "not started"
 METRICS = "metrics.jsonl"
+LIVES = "lives.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 
@@ -95,3 +97,37 @@ def run_status(run_dir: Path) -> str:
 
 def is_done(run_dir: Path) -> bool:
     return run_status(run_dir) == DONE
+
+
+def read_lives(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's lives, oldest first: ``{"life": n, "started": t, "job_id": ...}`` plus what the tracker
+    noted (its W&B run). A line cut short by a job killed mid-write still counts, as ``{"life": n}``."""
+    file = Path(run_dir) / LIVES
+    if not file.exists():
+        return []
+    lives = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            lives.append(json.loads(line))
+        except json.JSONDecodeError:
+            lives.append({"life": number})
+    return lives
+
+
+def start_life(run_dir: Path, **fields: Any) -> int:
+    """Record a new life of the run (SLURM counts requeues by them); returns its number, from 1."""
+    life = len(read_lives(run_dir)) + 1
+    note_life(run_dir, life, started=round(time.time(), 3), **fields)
+    return life
+
+
+def note_life(run_dir: Path, life: int, **fields: Any) -> None:
+    """Merge ``fields`` into life ``life``'s line, appending the line if it is not there yet."""
+    lives = read_lives(run_dir)
+    entry = next((e for e in lives if e.get("life") == life), None)
+    if entry is None:
+        lives.append({"life": life, **fields})
+    else:
+        entry.update(fields)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    _write_atomic(Path(run_dir) / LIVES, "".join(json.dumps(e) + "\n" for e in lives))

@@ -31,7 +31,7 @@ def run_tags(run: Run, data: RunData) -> tuple[str, ...]:
     return tuple(tags)
 
 
-def build_tracker(run: Run, record: dict[str, Any], data: RunData, model: nn.Module, env: DistEnv) -> Any:
+def build_tracker(run: Run, record: dict[str, Any], data: RunData, model: nn.Module, env: DistEnv, life: int) -> Any:
     n_parameters = sum(p.numel() for p in unwrap(model).parameters())
     config = {
         **flatten_config(record),
@@ -49,5 +49,6 @@ def build_tracker(run: Run, record: dict[str, Any], data: RunData, model: nn.Mod
         tags=run_tags(run, data),
         config=config,
         is_rank_zero=env.is_main,
+        life=max(life, 1),
     )
     return build_component(SECTIONS["logger"], run.cfg.logger, run=info)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from research.engine.checkpoint import load as load_checkpoint
 from research.engine.evaluate import evaluate
 from research.engine.fit import Loop, fit
 from research.engine.lookahead import ScheduledLookahead
-from research.engine.run_dir import CONFIG, RunDir
+from research.engine.run_dir import CONFIG, RunDir, start_life
 from research.engine.state import TrainState, unwrap
 from research.launch import provenance
 from research.launch.data import RunData, build_data
@@ -50,9 +51,11 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
     _seed_everything(cfg.seed + env.rank)
     record = resolved_config(run)
     run_dir = RunDir(run.run_dir, config=record, is_main=env.is_main)
+    life = 0
     if env.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / CONFIG).write_text(yaml.safe_dump(record, sort_keys=False))
+        life = start_life(run.run_dir, job_id=_slurm_job_id())
     data = build_data(cfg, env)
     teacher = build_teacher(cfg, data.num_classes, env)
     model = build_model(cfg, data.num_classes, env)
@@ -64,7 +67,7 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
     )
     state = build_state(cfg, model, data, env)
     resumed = _resume(cfg, state, run_dir)
-    tracker = build_tracker(run, record, data, model, env)
+    tracker = build_tracker(run, record, data, model, env, life)
     loop = Loop(
         state, data.loop_data, objective, tracker, run_dir, cfg.train, env.device,
         clip_grad=cfg.optim.clip_grad, is_main=env.is_main, ema_copy_first=cfg.train.ema_copy_first,
@@ -177,6 +180,12 @@ def _resume(cfg: ExperimentCfg, state: TrainState, run_dir: RunDir) -> bool:
     state.load_state_dict(saved)
     run_dir.truncate_metrics(state.epoch)
     return True
+
+
+def _slurm_job_id() -> str | None:
+    """``123_4`` for task 4 of array job 123 (as squeue and slurm_job.json name it), else the job id."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
 def _seed_everything(seed: int) -> None:

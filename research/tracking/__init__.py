@@ -12,7 +12,7 @@ from research.tracking.base import (
 )
 from research.tracking.jsonl import JsonlTracker, build_jsonl
 from research.tracking.null import NullTracker, build_null
-from research.tracking.wandb_logger import WandbTracker, build_wandb, has_api_key, read_lives
+from research.tracking.wandb_logger import WandbTracker, build_wandb, has_api_key
 
 __all__ = [
     "DEFAULT_PROJECT",
@@ -28,5 +28,4 @@ __all__ = [
     "build_wandb",
     "flatten_config",
     "has_api_key",
-    "read_lives",
 ]

@@ -47,6 +47,8 @@ class RunInfo:
         tags: the techniques that are on in this run, e.g. ``("mixup", "distill-hard")``.
         config: the fully resolved, nested config (plus ``git_commit`` and ``n_parameters``).
         is_rank_zero: only rank 0 of a distributed job logs; other ranks get a no-op tracker.
+        life: which start of the run this is (1, then one more per resume or requeue), as recorded in
+            the run dir's ``lives.jsonl``.
     """
 
     run_dir: Path
@@ -57,6 +59,7 @@ class RunInfo:
     tags: tuple[str, ...] = ()
     config: Mapping[str, Any] = field(default_factory=dict)
     is_rank_zero: bool = True
+    life: int = 1
 
 
 @runtime_checkable

@@ -10,7 +10,7 @@ import torch
 
 from research.config import load_run
 from research.engine import checkpoint
-from research.engine.run_dir import read_metrics, read_summary
+from research.engine.run_dir import read_lives, read_metrics, read_summary
 from research.launch.train import train
 
 from .conftest import Interrupt, interrupt_at
@@ -32,6 +32,7 @@ def test_resumed_run_matches_uninterrupted_run(experiment) -> None:
     summary = train(resumed)
 
     assert summary["status"] == "done" and summary["epochs_done"] == 2
+    assert [life["life"] for life in read_lives(resumed.run_dir)] == [1, 2]  # one lives file, whatever the logger
     a, b = _epochs(straight.run_dir), _epochs(resumed.run_dir)
     assert [m["epoch"] for m in b] == [1, 2]  # no duplicated epoch lines after the resume
     for key in ("train/epoch_loss", "val/loss", "val/top1", "val/top5"):
