@@ -99,7 +99,7 @@ class LossInfo(Info):
     needs_teacher: bool = False
 
 
-I = TypeVar("I", bound=Info)
+InfoT = TypeVar("InfoT", bound=Info)
 
 
 class Invalid(ValueError):
@@ -123,8 +123,8 @@ class CheckContext:
 Check = Callable[[CheckContext], None]
 
 
-class Registry(Generic[T, I]):
-    """Maps a config name to a builder returning ``T``, with an info record of type ``I`` per entry.
+class Registry(Generic[T, InfoT]):
+    """Maps a config name to a builder returning ``T``, with an info record of type ``InfoT`` per entry.
 
     Contract: builders take keyword-only arguments (``def build(*, num_classes: int, ...)``) and
     return a ready component. The info record given at registration
@@ -135,12 +135,12 @@ class Registry(Generic[T, I]):
     def __init__(self, kind: str, info: type[Any] = Info, plural: str | None = None) -> None:
         self.kind = kind
         self.plural = plural or f"{kind}s"
-        self.info_type: type[I] = info
+        self.info_type: type[InfoT] = info
         self._builders: dict[str, Builder] = {}
-        self._info: dict[str, I] = {}
+        self._info: dict[str, InfoT] = {}
         self._checks: list[Check] = []
 
-    def register(self, name: str, info: I | None = None) -> Callable[[Builder], Builder]:
+    def register(self, name: str, info: InfoT | None = None) -> Callable[[Builder], Builder]:
         """Decorator: ``@MODELS.register("deit_tiny_patch16_224", ModelInfo(distilled=False))``."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"{self.kind} names are non-empty strings, got {name!r}")
@@ -178,7 +178,7 @@ class Registry(Generic[T, I]):
         """Call the builder registered under ``name`` with ``kwargs``."""
         return self.get(name)(**kwargs)  # type: ignore[no-any-return]
 
-    def info(self, name: str) -> I:
+    def info(self, name: str) -> InfoT:
         """The typed info record of ``name``; unknown names raise with suggestions."""
         self.get(name)
         return self._info[name]

@@ -175,10 +175,7 @@ def soft_paper(
     kl_reduction: str = "numel",
 ) -> SoftDistillation:
     """Soft distillation with the paper's setting, tau = 3.0 and lambda (our alpha) = 0.1 (Sec. 5.2)."""
-    teacher = _require_teacher("soft_paper", teacher)
-    return SoftDistillation(
-        base_criterion=base_criterion, teacher=teacher, alpha=alpha, tau=tau, kl_reduction=kl_reduction
-    )
+    return soft(base_criterion=base_criterion, teacher=teacher, alpha=alpha, tau=tau, kl_reduction=kl_reduction)
 
 
 @LOSSES.register("hard", LossInfo(needs_teacher=True))

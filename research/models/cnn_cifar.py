@@ -54,13 +54,8 @@ def resnet10_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rat
     """A narrow ResNet-10 with a CIFAR stem: one basic block per stage, widths 16/32/64/128; 0.3M parameters.
 
     Small enough to train as a teacher on 2 CPU cores in tests and smoke runs. (timm's ``ResNet``
-    always runs four stages, hence not the three-stage ResNet-8 of He et al.)
-
-    Args:
-        num_classes: Classifier outputs.
-        img_size: Unused (fully convolutional with global pooling); kept so every MODELS builder
-            shares one signature.
-        drop_path_rate: Stochastic depth rate, linearly increasing over the residual blocks.
+    always runs four stages, hence not the three-stage ResNet-8 of He et al.) Arguments as
+    :func:`resnet18_cifar`.
     """
     del img_size
     net = ResNet(

@@ -8,7 +8,6 @@ import logging
 from research.registry import TEACHERS, CheckContext, Invalid, model_img_size
 from research.teachers.checkpoint import TeacherCheckpointError, check_teacher_checkpoint
 
-
 log = logging.getLogger(__name__)
 
 

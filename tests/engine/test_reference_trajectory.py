@@ -15,8 +15,8 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEma
 
 from research.config import load_run
-from research.launch.dist import DistEnv
 from research.launch.data import build_data
+from research.launch.dist import DistEnv
 from research.launch.train import train
 
 EPOCHS, STEPS, BATCH, LR = 4, 6, 8, 2e-3 * 8 / 512  # 48 images; the lr scaled by batch / 512
