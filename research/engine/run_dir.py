@@ -6,6 +6,7 @@ needed). Only the main process writes."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -48,9 +49,11 @@ class RunDir:
         return checkpoint.load(self.last) if self.last.exists() else None
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
+        """One strict JSON line: a non-finite number (a diverged validation loss) is written as null."""
         if self.is_main:
+            strict = {key: None if isinstance(v, float) and not math.isfinite(v) else v for key, v in record.items()}
             with open(self.path / METRICS, "a") as handle:
-                handle.write(json.dumps(dict(record)) + "\n")
+                handle.write(json.dumps(strict, allow_nan=False) + "\n")
 
     def truncate_metrics(self, epochs_done: int) -> None:
         """Drop epoch records past the checkpoint being resumed (written after it, then lost)."""

@@ -81,3 +81,17 @@ def test_a_non_finite_loss_is_never_saved_and_the_run_fails(experiment) -> None:
     assert read_summary(run.run_dir)["status"] == "failed"
     for line in (run.run_dir / "log.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda constant: pytest.fail(f"{constant} in log.jsonl"))
+
+
+def test_json_lines_stay_strict_with_a_non_finite_value(tmp_path) -> None:
+    from research.engine.run_dir import RunDir
+    from research.tracking.jsonl import JsonlTracker
+
+    RunDir(tmp_path, config={}).append_metrics({"epoch": 1, "val/loss": float("nan"), "val/top1": 10.0})
+    tracker = JsonlTracker(tmp_path / "log.jsonl", tmp_path / "summary.json")
+    tracker.log({"val/loss": float("inf")}, step=3)
+    tracker.close()
+    strict = {"parse_constant": lambda constant: pytest.fail(f"bare {constant}")}
+    (epoch,) = [json.loads(line, **strict) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    (step,) = [json.loads(line, **strict) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert epoch["val/loss"] is None and epoch["val/top1"] == 10.0 and step["val/loss"] is None
