@@ -125,3 +125,24 @@ def test_fused_attention_switch_reaches_every_attention_block(experiment) -> Non
         model = build_model(run.cfg, num_classes=4, env=DistEnv())
         flags = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
         assert flags and all(flag is fused for flag in flags)
+
+
+def test_weight_decay_exempts_the_tokens_also_under_a_ddp_wrapper(experiment) -> None:
+    """The param groups come from the plain module: a DDP wrapper has no ``no_weight_decay()``."""
+    from torch import nn
+
+    from research.launch.train import _param_groups
+    from research.registry import MODELS
+
+    model = MODELS.build("deit_nano_distilled_patch4_32", num_classes=4)
+    wrapper = nn.Module()
+    wrapper.module = model  # what unwrap() sees in DistributedDataParallel
+
+    def decayed(**optim) -> set[int]:
+        cfg = load_run(experiment(model={"name": "deit_nano_distilled_patch4_32"}, optim=optim)).cfg
+        return {id(p) for group in _param_groups(cfg, wrapper) if group["weight_decay"] for p in group["params"]}
+
+    ours = decayed()
+    assert id(model.patch_embed.proj.weight) in ours
+    assert not {id(model.pos_embed), id(model.cls_token), id(model.dist_token)} & ours
+    assert id(model.dist_token) in decayed(decay_dist_token=True)  # the reference's timm 0.3.2
