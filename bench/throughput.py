@@ -69,7 +69,7 @@ def run(settings: Settings) -> dict[str, Any]:
     torch.set_num_threads(settings.threads)
     results: dict[str, Any] = {"machine": machine(device), "settings": asdict(settings)}
     size = img_size_of(settings.model)
-    distilled = bool(MODELS.metadata(settings.model).get("distilled"))
+    distilled = MODELS.info(settings.model).distilled
     use_teacher = settings.teacher != "none" and distilled
     if settings.teacher != "none" and not distilled:
         progress(f"{settings.model} has no distillation token: distillation not measured")

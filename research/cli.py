@@ -17,9 +17,10 @@ from pathlib import Path
 EXIT_BAD_INPUT = 2
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """``research COMMAND ...``; ``prog`` names the command in error lines (``launchers/local.py``)."""
     args = _parser().parse_args(argv)
-    return run_with_errors(lambda: args.command(args), prog=f"research {args.name}", debug=args.debug)
+    return run_with_errors(lambda: args.command(args), prog=prog or f"research {args.name}", debug=args.debug)
 
 
 def run_with_errors(command: Callable[[], int | None], *, prog: str, debug: bool) -> int:
@@ -69,8 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--table", type=Path, default=None, help="the table to write (default: $RESEARCH_THROUGHPUT_TABLE or the package's)")
     sub.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="measure only these variants")
     sub.add_argument("--steps", type=int, default=20, help="timed steps per measurement (after 5 warm-up steps)")
-    sub = command("train", _train, "train every run of an experiment here (finished runs are skipped)")
-    sub.add_argument("--force", action="store_true", help="train finished runs again (the old run dir is kept aside)")
+    add_train_options(command("train", _train, "train every run of an experiment here (finished runs are skipped)"))
     command("eval", _eval, "evaluate a checkpoint: research eval CONFIG checkpoint=PATH [overrides]")
     sub = command("report", _report, "tables and plots of experiments' runs", config=False)
     sub.add_argument(
@@ -105,6 +105,14 @@ def print_cost(runs: Sequence[object], args: argparse.Namespace) -> None:
     print("\n" + format_estimates(estimates, table=args.throughput_table))
 
 
+def add_train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``research train``, which ``launchers/local.py`` is another name for."""
+    parser.add_argument("--force", action="store_true", help="train finished runs again (the old run dir is kept aside)")
+    parser.add_argument("--nproc", type=int, default=1, help="DDP processes per run (default 1; gloo on CPU)")
+    parser.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="run only these variants (default: all)")
+    return parser
+
+
 def _list(args: argparse.Namespace) -> int:
     from research.config.components import SECTIONS
     from research.registry import REGISTRIES
@@ -134,7 +142,7 @@ def _expand(args: argparse.Namespace) -> int:
     from research.config import load_runs
     from research.config.expand import format_value
     from research.console import text_table
-    from research.launch.status import run_status
+    from research.engine.run_dir import run_status
 
     runs = load_runs(args.config, args.overrides, check_files=False)
     rows = []
@@ -170,7 +178,10 @@ def _train(args: argparse.Namespace) -> int:
     from research.config import load_runs
     from research.launch.local import run_locally
 
-    run_locally(load_runs(args.config, args.overrides), force=args.force)
+    # `--only a b key=value`: variant names hold no '=', so what follows them may still be overrides
+    only = [item for item in args.only if "=" not in item]
+    overrides = [*args.overrides, *(item for item in args.only if "=" in item)]
+    run_locally(load_runs(args.config, overrides, only=only), force=args.force, nproc=args.nproc)
     return 0
 
 

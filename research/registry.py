@@ -7,6 +7,11 @@ section's keys against the builder without building anything.
 Names are explicit strings (never ``fn.__name__``): renaming a function must not break experiment files.
 A duplicate name raises at registration and names both places; an unknown name raises
 :class:`RegistryError` (a ``KeyError``) listing the closest known names.
+
+Each registry has a typed info record (:class:`ModelInfo`, :class:`TeacherInfo`, :class:`LossInfo`)
+describing an entry without building it, and optional checks: functions the config loader calls on
+every run that picks an entry of the kind (:meth:`Registry.add_check`), so rules about a component
+live beside it and the loader knows no kind.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
 
@@ -28,8 +34,16 @@ __all__ = [
     "MODELS",
     "TEACHERS",
     "REGISTRIES",
+    "Check",
+    "CheckContext",
+    "Info",
+    "Invalid",
+    "LossInfo",
+    "ModelInfo",
     "Registry",
     "RegistryError",
+    "TeacherInfo",
+    "model_img_size",
 ]
 
 
@@ -46,24 +60,93 @@ def _where(fn: Builder) -> str:
     return f"{module}.{qualname}"
 
 
-class Registry(Generic[T]):
-    """Maps a config name to a builder returning ``T``.
+@dataclass(frozen=True)
+class Info:
+    """What an entry says about itself without being built (kinds with nothing to say use this)."""
 
-    Contract: builders take keyword-only arguments (``def build(*, num_classes: int, ...)``) and
-    return a ready component. Optional metadata given at registration (``distilled=True``) describes
-    a component without building it, so config validation can use it.
+
+@dataclass(frozen=True)
+class ModelInfo(Info):
+    """A student (or a network a teacher wraps).
+
+    Attributes:
+        distilled: it has a distillation token and head (a distillation loss needs one).
+        default_img_size: the input resolution its defaults are for; ``model.img_size`` overrides it.
+        family: ``deit`` or ``cnn``.
+        patch_size: a ViT's patch side, None for a CNN.
     """
 
-    def __init__(self, kind: str, plural: str | None = None) -> None:
+    distilled: bool = False
+    default_img_size: int | None = None
+    family: str = ""
+    patch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class TeacherInfo(Info):
+    """A teacher: its network (``arch``, built by ``source``: timm or this package's MODELS) and the
+    input resolution its weights were trained at (None: say it with ``teacher.img_size``)."""
+
+    arch: str | None = None
+    source: str = ""
+    img_size: int | None = None
+
+
+@dataclass(frozen=True)
+class LossInfo(Info):
+    """An objective: whether it distils from a teacher (and so trains a distillation head)."""
+
+    needs_teacher: bool = False
+
+
+InfoT = TypeVar("InfoT", bound=Info)
+
+
+class Invalid(ValueError):
+    """A check's verdict on a run's config: the dotted ``key`` at fault and the fix, in ``message``."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key, self.message = key, message
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What a check sees: the entry picked, the run's whole resolved config (sections as dicts), and
+    whether files the run reads must exist now (off for plans made on another machine)."""
+
+    name: str
+    config: Mapping[str, Any]
+    check_files: bool = True
+
+
+Check = Callable[[CheckContext], None]
+
+
+class Registry(Generic[T, InfoT]):
+    """Maps a config name to a builder returning ``T``, with an info record of type ``InfoT`` per entry.
+
+    Contract: builders take keyword-only arguments (``def build(*, num_classes: int, ...)``) and
+    return a ready component. The info record given at registration
+    (``info=ModelInfo(distilled=True)``) describes a component without building it; checks added
+    with :meth:`add_check` validate a run's config for the entry it picks, raising :class:`Invalid`.
+    """
+
+    def __init__(self, kind: str, info: type[Any] = Info, plural: str | None = None) -> None:
         self.kind = kind
         self.plural = plural or f"{kind}s"
+        self.info_type: type[InfoT] = info
         self._builders: dict[str, Builder] = {}
-        self._metadata: dict[str, Mapping[str, Any]] = {}
+        self._info: dict[str, InfoT] = {}
+        self._checks: list[Check] = []
 
-    def register(self, name: str, **metadata: Any) -> Callable[[Builder], Builder]:
-        """Decorator: ``@MODELS.register("deit_tiny_patch16_224", distilled=False)``."""
+    def register(self, name: str, info: InfoT | None = None) -> Callable[[Builder], Builder]:
+        """Decorator: ``@MODELS.register("deit_tiny_patch16_224", ModelInfo(distilled=False))``."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"{self.kind} names are non-empty strings, got {name!r}")
+        record = self.info_type() if info is None else info
+        if not isinstance(record, self.info_type):
+            raise TypeError(f"{self.kind} {name!r}: info must be a {self.info_type.__name__}, got {record!r}")
 
         def decorator(fn: Builder) -> Builder:
             previous = self._builders.get(name)
@@ -73,7 +156,7 @@ class Registry(Generic[T]):
                     "rename one of them"
                 )
             self._builders[name] = fn
-            self._metadata[name] = MappingProxyType(dict(metadata))
+            self._info[name] = record
             return fn
 
         return decorator
@@ -95,9 +178,25 @@ class Registry(Generic[T]):
         """Call the builder registered under ``name`` with ``kwargs``."""
         return self.get(name)(**kwargs)  # type: ignore[no-any-return]
 
-    def metadata(self, name: str) -> Mapping[str, Any]:
+    def info(self, name: str) -> InfoT:
+        """The typed info record of ``name``; unknown names raise with suggestions."""
         self.get(name)
-        return self._metadata[name]
+        return self._info[name]
+
+    def metadata(self, name: str) -> Mapping[str, Any]:
+        """The info record as a read-only mapping (for callers older than :meth:`info`)."""
+        return MappingProxyType(asdict(self.info(name)))
+
+    def add_check(self, check: Check) -> Check:
+        """Decorator: run ``check`` on every run whose config picks an entry of this registry."""
+        self._checks.append(check)
+        return check
+
+    def check(self, context: CheckContext) -> None:
+        """Run the checks on a run's config; the first failing one raises :class:`Invalid`."""
+        self.get(context.name)
+        for check in self._checks:
+            check(context)
 
     def signature(self, name: str) -> inspect.Signature:
         return inspect.signature(self.get(name))
@@ -118,15 +217,15 @@ class Registry(Generic[T]):
         return f"Registry({self.kind!r}, {len(self)} entries)"
 
 
-MODELS: Registry[Any] = Registry("model")
-TEACHERS: Registry[Any] = Registry("teacher")
-LOSSES: Registry[Any] = Registry("loss", "losses")
-AUGMENTATIONS: Registry[Any] = Registry("augmentation recipe")
-DATASETS: Registry[Any] = Registry("dataset")
-LOGGERS: Registry[Any] = Registry("logger")
+MODELS: Registry[Any, ModelInfo] = Registry("model", ModelInfo)
+TEACHERS: Registry[Any, TeacherInfo] = Registry("teacher", TeacherInfo)
+LOSSES: Registry[Any, LossInfo] = Registry("loss", LossInfo, "losses")
+AUGMENTATIONS: Registry[Any, Info] = Registry("augmentation recipe", Info)
+DATASETS: Registry[Any, Info] = Registry("dataset", Info)
+LOGGERS: Registry[Any, Info] = Registry("logger", Info)
 
 #: Registries by the plural used on the command line (``research list models``).
-REGISTRIES: dict[str, Registry[Any]] = {
+REGISTRIES: dict[str, Registry[Any, Any]] = {
     "models": MODELS,
     "teachers": TEACHERS,
     "losses": LOSSES,
@@ -134,3 +233,9 @@ REGISTRIES: dict[str, Registry[Any]] = {
     "datasets": DATASETS,
     "loggers": LOGGERS,
 }
+
+
+def model_img_size(section: Mapping[str, Any]) -> int | None:
+    """A ``model:`` section's input resolution: its ``img_size``, else the entry's default."""
+    size = section.get("img_size")
+    return int(size) if size else MODELS.info(section["name"]).default_img_size

@@ -69,14 +69,15 @@ def experiment(tmp_path: Path) -> ExperimentWriter:
 def restore_registries(tmp_path: Path) -> Iterator[None]:
     """Undo whatever a test (or a plugin it imports) registers in the global registries, and forget
     the modules it imported from ``tmp_path``, so later tests see the built-ins only."""
-    saved = {kind: (dict(r._builders), dict(r._metadata)) for kind, r in REGISTRIES.items()}
+    saved = {kind: (dict(r._builders), dict(r._info), list(r._checks)) for kind, r in REGISTRIES.items()}
     yield
     for kind, registry in REGISTRIES.items():
-        builders, metadata = saved[kind]
+        builders, info, checks = saved[kind]
         registry._builders.clear()
         registry._builders.update(builders)
-        registry._metadata.clear()
-        registry._metadata.update(metadata)
+        registry._info.clear()
+        registry._info.update(info)
+        registry._checks[:] = checks
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
         if isinstance(file, str) and Path(file).is_relative_to(tmp_path):

@@ -17,6 +17,8 @@ import research.config
 from research.cli import EXIT_BAD_INPUT, main
 from research.config import ConfigError
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def cli(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
     """``research ARGV`` in-process: (exit status, stdout, stderr)."""
@@ -232,3 +234,21 @@ def test_train_a_tiny_experiment_end_to_end(capsys, tmp_path: Path, experiment) 
     assert status == 0
     results = json.loads(out)
     assert results["epoch"] == 1 and 0.0 <= results["val/top1"] <= 100.0
+
+
+def test_train_and_the_local_launcher_are_one_command_with_the_same_options(capsys, tmp_path: Path, experiment, monkeypatch) -> None:
+    path = experiment("pair", ablation={"variants": {"a": {}, "b": {"optim.lr": 1e-3}}})
+    calls = []
+    monkeypatch.setattr("research.launch.local.run_locally", lambda runs, **kw: calls.append(([r.variant for r in runs], kw)))
+
+    status, _, err = cli(capsys, "train", path, "--only", "b", "train.epochs=2", "--nproc", "2", "--force")
+    assert status == 0, err
+    assert calls == [(["b"], {"force": True, "nproc": 2})]
+
+    launcher = REPO / "launchers" / "local.py"
+    result = subprocess.run([sys.executable, str(launcher), "--help"], capture_output=True, text=True, check=True)
+    for option in ("--force", "--nproc", "--only", "--debug"):
+        assert option in result.stdout
+    result = subprocess.run([sys.executable, str(launcher), str(path), "--only", "c"], capture_output=True, text=True)
+    assert result.returncode == EXIT_BAD_INPUT and result.stderr.startswith("launchers/local.py: error: ")
+    assert "no variant 'c'" in result.stderr

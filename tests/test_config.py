@@ -367,3 +367,9 @@ def test_negative_eval_translate_is_refused_at_load_time(experiment) -> None:
 )
 def test_bad_lookahead_is_refused_at_load_time(experiment, optim, message) -> None:
     assert re.search(message, error_of(experiment("tiny", optim=optim)))
+
+
+def test_sched_step_on_is_epoch_or_step(experiment) -> None:
+    assert load_run(experiment()).cfg.sched.step_on == "epoch"  # the reference's, by default
+    with pytest.raises(ConfigError, match=r"sched\.step_on is one of \('epoch', 'step'\)"):
+        load_run(experiment(sched={"step_on": "batch"}))

@@ -19,7 +19,14 @@ PACKAGE = REPO / "research"
 
 THIRD_PARTY_FOR_COMPONENTS = {"torch", "torchvision", "timm", "einops", "numpy", "PIL"}
 COMPONENTS = ("models", "teachers", "losses", "data")
-NOT_FOR_THE_ENGINE = ("research.models", "research.teachers", "research.losses", "research.data", "research.launch")
+NOT_FOR_THE_ENGINE = (
+    "research.models", "research.teachers", "research.losses", "research.data", "research.launch", "research.config",
+)  # fmt: skip
+#: The config loader validates components through their registries (info records, checks), never by import.
+NOT_FOR_THE_CONFIG = (
+    "research.models", "research.teachers", "research.losses", "research.data", "research.engine", "research.launch",
+    "research.tracking", "research.report",
+)  # fmt: skip
 
 
 def imports(path: Path) -> Iterator[tuple[int, str]]:
@@ -83,6 +90,48 @@ def test_engine_knows_no_component_and_no_launcher() -> None:
         if any(_within(module, forbidden) for forbidden in NOT_FOR_THE_ENGINE)
     ]
     assert not offenders, "research/engine must not import components or launch code:\n" + "\n".join(offenders)
+
+
+def _offenders(folder: str, forbidden: tuple[str, ...]) -> list[str]:
+    return [
+        f"{path.relative_to(REPO)}:{line}: {module}"
+        for path in python_files(PACKAGE / folder)
+        for line, module in imports(path)
+        if any(_within(module, name) for name in forbidden)
+    ]
+
+
+def test_config_knows_components_only_through_the_registry() -> None:
+    offenders = _offenders("config", NOT_FOR_THE_CONFIG)
+    assert not offenders, "research/config must reach components through research.registry:\n" + "\n".join(offenders)
+
+
+def test_report_reads_run_dirs_through_the_engine_not_launch_code() -> None:
+    offenders = _offenders("report", ("research.launch",))
+    assert not offenders, "research/report reads a run's status with research.engine.run_dir:\n" + "\n".join(offenders)
+
+
+def test_report_uses_only_the_tracking_packages_public_names() -> None:
+    """``from research.tracking import has_api_key``, not a logger module's internals."""
+    modules = {path.stem for path in python_files(PACKAGE / "tracking")}
+    offenders = [
+        f"{path.relative_to(REPO)}:{line}: {module}"
+        for path in python_files(PACKAGE / "report")
+        for line, module in imports(path)
+        if _within(module, "research.tracking") and module.split(".")[2:3] and module.split(".")[2] in modules
+    ]
+    assert not offenders, "research/report may import research.tracking, not its modules:\n" + "\n".join(offenders)
+
+
+def test_the_default_wandb_project_is_written_once() -> None:
+    places = [
+        f"{path.relative_to(REPO)}:{node.lineno}"
+        for folder in ("tracking", "launch", "report")
+        for path in python_files(PACKAGE / folder)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value == "deit"
+    ]
+    assert len(places) == 1, f"the \"deit\" project default must be written once (tracking.DEFAULT_PROJECT): {places}"
 
 
 def test_nothing_imports_the_launcher_scripts() -> None:

@@ -39,10 +39,10 @@ def model_plugin_source(model: str) -> str:
     return f"""
         from torch import nn
 
-        from research.registry import MODELS
+        from research.registry import MODELS, ModelInfo
 
 
-        @MODELS.register({model!r}, distilled=False)
+        @MODELS.register({model!r}, ModelInfo(distilled=False, default_img_size=32))
         def build(*, num_classes: int, img_size: int = 32, width: int = 8) -> nn.Module:
             return nn.Sequential(nn.Flatten(), nn.Linear(3 * img_size * img_size, width), nn.Linear(width, num_classes))
     """
@@ -130,7 +130,7 @@ def test_importing_a_plugin_twice_is_a_no_op(tmp_path: Path, monkeypatch: pytest
     write_module(
         tmp_path / "code",
         module,
-        f"from research.registry import LOSSES\nLOSSES.register({loss!r}, needs_teacher=False)(lambda: None)\n",
+        f"from research.registry import LOSSES\nLOSSES.register({loss!r})(lambda: None)\n",
     )
     monkeypatch.syspath_prepend(str(tmp_path / "code"))
     import_plugins([module])
@@ -166,7 +166,7 @@ def test_entry_point_plugin_registers_its_components(tmp_path: Path, monkeypatch
 
     assert module in loaded
     assert model in MODELS
-    assert MODELS.metadata(model)["distilled"] is False
+    assert MODELS.info(model).distilled is False
 
 
 def test_entry_point_that_fails_to_import_raises_plugin_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+from dataclasses import FrozenInstanceError, dataclass
 
 import pytest
 
@@ -17,19 +18,27 @@ from research.registry import (
     MODELS,
     REGISTRIES,
     TEACHERS,
+    CheckContext,
+    Info,
+    Invalid,
     Registry,
     RegistryError,
 )
 
 
+@dataclass(frozen=True)
+class ThingInfo(Info):
+    flavour: str = ""
+
+
 @pytest.fixture
 def things() -> Registry:
     """A private registry: mutation tests must not touch the global ones."""
-    return Registry("thing")
+    return Registry("thing", ThingInfo)
 
 
 def test_decorator_registers_and_returns_the_function(things: Registry) -> None:
-    @things.register("square", flavour="math")
+    @things.register("square", ThingInfo(flavour="math"))
     def square(*, x: int = 2) -> int:
         return x * x
 
@@ -38,6 +47,7 @@ def test_decorator_registers_and_returns_the_function(things: Registry) -> None:
     assert "cube" not in things
     assert things.names() == ["square"]
     assert things.get("square") is square
+    assert things.info("square") == ThingInfo(flavour="math")
     assert things.metadata("square") == {"flavour": "math"}
     assert list(things) == ["square"] and len(things) == 1
 
@@ -52,12 +62,44 @@ def test_build_passes_keyword_arguments(things: Registry) -> None:
     assert list(things.signature("pair").parameters) == ["a", "b"]
 
 
-def test_names_are_sorted_and_metadata_is_read_only(things: Registry) -> None:
+def test_names_are_sorted_and_info_is_read_only(things: Registry) -> None:
     for name in ("b", "c", "a"):
-        things.register(name, n=name)(lambda: None)
+        things.register(name, ThingInfo(flavour=name))(lambda: None)
     assert things.names() == ["a", "b", "c"]
     with pytest.raises(TypeError):
-        things.metadata("a")["n"] = "changed"  # type: ignore[index]
+        things.metadata("a")["flavour"] = "changed"  # type: ignore[index]
+    with pytest.raises(FrozenInstanceError):
+        things.info("a").flavour = "changed"  # type: ignore[misc]
+
+
+def test_info_is_typed_a_misspelt_field_fails_at_registration(things: Registry) -> None:
+    things.register("plain")(lambda: None)
+    assert things.info("plain") == ThingInfo()
+    with pytest.raises(TypeError):
+        things.register("typo", ThingInfo(flavor="math"))  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="ThingInfo"):
+        things.register("wrong", Info())(lambda: None)
+    with pytest.raises(TypeError):
+        things.register("old_style", flavour="math")  # type: ignore[call-arg]
+
+
+def test_checks_see_the_entry_and_the_config(things: Registry) -> None:
+    things.register("a")(lambda: None)
+    seen = []
+
+    @things.add_check
+    def check(context: CheckContext) -> None:
+        seen.append((context.name, context.config["x"], context.check_files))
+        if context.config["x"] < 0:
+            raise Invalid("thing.x", "x must be >= 0")
+
+    things.check(CheckContext("a", {"x": 1}, check_files=False))
+    assert seen == [("a", 1, False)]
+    with pytest.raises(Invalid) as caught:
+        things.check(CheckContext("a", {"x": -1}))
+    assert caught.value.key == "thing.x"
+    with pytest.raises(RegistryError):
+        things.check(CheckContext("b", {"x": 1}))
 
 
 def _first() -> None: ...
@@ -134,10 +176,14 @@ def test_import_research_registers_the_built_ins(registry: Registry, names: list
 
 
 def test_built_in_metadata_the_config_loader_relies_on() -> None:
-    assert MODELS.metadata("deit_tiny_distilled_patch16_224")["distilled"] is True
-    assert MODELS.metadata("deit_tiny_patch16_224")["distilled"] is False
-    assert LOSSES.metadata("hard")["needs_teacher"] is True
-    assert LOSSES.metadata("none")["needs_teacher"] is False
+    assert MODELS.info("deit_tiny_distilled_patch16_224").distilled is True
+    assert MODELS.info("deit_tiny_patch16_224").distilled is False
+    assert LOSSES.info("hard").needs_teacher is True
+    assert LOSSES.info("none").needs_teacher is False
+    for name in MODELS.names():  # every student has a resolution the data side can use
+        assert MODELS.info(name).default_img_size, name
+    for name in TEACHERS.names():
+        assert name == "timm" or TEACHERS.info(name).img_size, name
 
 
 @pytest.mark.parametrize("key", list(SECTIONS))

@@ -27,7 +27,7 @@ from research.launch.train import train
 from research.registry import MODELS, TEACHERS
 
 #: Builder arguments a teacher needs beyond num_classes, checkpoint and channels_last.
-TEACHER_ARGS: dict[str, dict[str, Any]] = {"timm": {"arch": "resnet18"}}
+TEACHER_ARGS: dict[str, dict[str, Any]] = {"timm": {"arch": "resnet18", "img_size": 32}}
 STUDENT = "deit_nano_distilled_patch4_32"  # the smallest distilled student; every teacher is run at 32 px
 PRECISIONS = ("fp32", "bf16", "fp16")
 
@@ -81,11 +81,11 @@ def _trained_one_step(loop: Loop, before: dict[str, torch.Tensor], loss: torch.T
 
 
 def _size(model: str) -> int:
-    return int(MODELS.metadata(model).get("default_img_size", 32))
+    return MODELS.info(model).default_img_size or 32
 
 
 def _is_cnn(model: str) -> bool:
-    return MODELS.metadata(model).get("family") == "cnn"
+    return MODELS.info(model).family == "cnn"
 
 
 def _model_cases() -> list[Any]:
@@ -105,7 +105,7 @@ def _model_cases() -> list[Any]:
 def test_every_model_takes_a_training_step(name: str, device: str, precision: str, channels_last: bool, tmp_path: Path) -> None:
     experiment = _experiment(tmp_path, model=name, size=_size(name), precision=precision, channels_last=channels_last)
     loop = engine_loop(experiment, tmp_path, torch.device(device))
-    assert (loop.state.scaler is not None) == (precision == "fp16")  # fp16 steps through a GradScaler
+    assert loop.state.scaler.is_enabled() == (precision == "fp16")  # fp16 steps through a GradScaler
     before = {key: value.detach().clone() for key, value in loop.state.model.named_parameters()}
     loss = _step(loop)
     _trained_one_step(loop, before, loss)
@@ -113,9 +113,9 @@ def test_every_model_takes_a_training_step(name: str, device: str, precision: st
 
 
 def _random_teacher_checkpoint(name: str, path: Path) -> str:
-    meta = TEACHERS.metadata(name)
-    arch = meta.get("arch") or TEACHER_ARGS[name]["arch"]
-    net = MODELS.build(arch, num_classes=10) if meta.get("source") == "research" else timm.create_model(arch, num_classes=10)
+    info = TEACHERS.info(name)
+    arch = info.arch or TEACHER_ARGS[name]["arch"]
+    net = MODELS.build(arch, num_classes=10) if info.source == "research" else timm.create_model(arch, num_classes=10)
     torch.save(net.state_dict(), path)
     return str(path)
 

@@ -58,16 +58,16 @@ def build_loop(experiment: dict[str, Any], workdir: Path, device: torch.device |
 
 
 def img_size_of(model: str) -> int:
-    return int(MODELS.metadata(model).get("default_img_size", 32))
+    return MODELS.info(model).default_img_size or 32
 
 
 def teacher_network(name: str) -> nn.Module:
     """A randomly initialised network of teacher ``name``'s architecture (speed does not depend on weights)."""
-    meta = TEACHERS.metadata(name)
-    arch = meta.get("arch")
+    info = TEACHERS.info(name)
+    arch = info.arch
     if arch is None:
         raise SystemExit(f"--teacher {name}: needs an 'arch' to build random weights; pick e.g. resnet18_cifar")
-    if meta.get("source") == "research":
+    if info.source == "research":
         return MODELS.build(arch, num_classes=NUM_CLASSES)
     return timm.create_model(arch, pretrained=False, num_classes=NUM_CLASSES)
 

@@ -42,14 +42,15 @@ class Section:
     """How one component section maps onto its registry."""
 
     key: str
-    registry: Registry[Any]
+    registry: Registry[Any, Any]
     injected: tuple[str, ...]  # passed by the engine at build time, never from YAML
     reserved: tuple[str, ...] = ()  # section keys the loader itself consumes
 
 
 SECTIONS: dict[str, Section] = {
     "model": Section("model", MODELS, ("num_classes",)),
-    "teacher": Section("teacher", TEACHERS, ("num_classes",), ("from_experiment",)),
+    # img_size: the resolution the teacher's checkpoint was trained at (research/teachers/checks.py)
+    "teacher": Section("teacher", TEACHERS, ("num_classes",), ("from_experiment", "img_size")),
     "loss": Section("loss", LOSSES, ("base_criterion", "teacher")),
     "data": Section("data", DATASETS, ("split", "transform")),
     "aug": Section("aug", AUGMENTATIONS, ("img_size",)),

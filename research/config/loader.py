@@ -19,13 +19,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from research.config import sources
-from research.config.components import SECTIONS, build_component, resolve_section
+from research.config.components import SECTIONS, resolve_section
 from research.config.errors import ConfigError
 from research.config.expand import baseline_name, differing_keys, variant_overrides
-from research.config.schema import JOB_TYPES, PRECISIONS, ExperimentCfg
+from research.config.schema import JOB_TYPES, PRECISIONS, STEP_ON, ExperimentCfg
 from research.config.sources import Layered
 from research.plugins import PluginError, import_plugins
-from research.registry import LOSSES, MODELS
+from research.registry import CheckContext, Invalid, model_img_size
 
 CHECKPOINT = "last.pt"  # the file a finished run's weights are read from (teacher / finetune links)
 
@@ -139,6 +139,7 @@ def _resolve_run(layered: Layered, path: Path, variant: str, stack: tuple[Path, 
         if raw.get(key) is not None:
             raw[key] = resolve_section(spec, raw[key], layered.where)
     _check_rules(raw, layered)
+    _check_components(raw, layered, check_files)
     cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExperimentCfg), raw))
     assert isinstance(cfg, ExperimentCfg)
     run_dir = Path(cfg.output_dir).expanduser().resolve() / cfg.name / variant
@@ -159,11 +160,7 @@ def _linked_run(
     section: dict[str, Any] | None = raw.get(key)
     link = section.get("from_experiment") if section else None
     if not link:
-        if not check_files:
-            return None
-        if key == "teacher" and section and section.get("checkpoint"):
-            _check_teacher_checkpoint(section["checkpoint"], layered.where("teacher.checkpoint"))
-        if key == "finetune" and section and section.get("checkpoint"):
+        if check_files and key == "finetune" and section and section.get("checkpoint"):
             _check_exists(section["checkpoint"], layered.where("finetune.checkpoint"), "finetune.checkpoint")
         return None
     assert section is not None  # it holds the link
@@ -182,18 +179,10 @@ def _linked_run(
         raise ConfigError(f"{origin}: give either {key}.checkpoint or {key}.from_experiment, not both")
     section["from_experiment"] = str(target)
     section["checkpoint"] = str(linked.run_dir / CHECKPOINT)
-    if key == "teacher" and not section.get("name"):
-        section["name"] = linked.cfg.model["name"]
+    if key == "teacher":  # the linked run's network, at the resolution it trained at
+        section["name"] = section.get("name") or linked.cfg.model["name"]
+        section["img_size"] = section.get("img_size") or model_img_size(linked.cfg.model)
     return linked
-
-
-def _check_teacher_checkpoint(checkpoint: str, where: str) -> None:
-    from research.teachers import check_teacher_checkpoint
-
-    try:
-        check_teacher_checkpoint(checkpoint)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{where}: teacher.checkpoint: {exc}") from None
 
 
 def _check_exists(file: str, where: str, key: str) -> None:
@@ -211,17 +200,12 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
         )
     if raw["finetune"]["interpolation"] not in ("bicubic", "bilinear"):
         raise ConfigError(f"{layered.where('finetune.interpolation')}: finetune.interpolation is bicubic or bilinear")
-    loss, model = raw["loss"]["name"], raw["model"]["name"]
-    if LOSSES.metadata(loss).get("needs_teacher"):
-        if not MODELS.metadata(model).get("distilled"):
-            distilled = [n for n in MODELS.names() if MODELS.metadata(n).get("distilled")]
-            raise ConfigError(
-                f"{layered.where('loss.name')}: loss {loss!r} needs a model with a distillation token, and "
-                f"{model!r} has none; use one of: {', '.join(distilled)}"
-            )
-        if raw.get("teacher") is None:
-            raise ConfigError(f"{layered.where('loss.name')}: loss {loss!r} needs a teacher: section")
-    _check_recipe_fits_loader(raw, layered)
+    if raw["sched"]["step_on"] not in STEP_ON:
+        raise ConfigError(f"{layered.where('sched.step_on')}: sched.step_on is one of {STEP_ON}")
+    if model_img_size(raw["model"]) is None:
+        raise ConfigError(
+            f"{layered.where('model.img_size')}: model {raw['model']['name']!r} has no default resolution: set model.img_size"
+        )
     _check_slurm_time(raw["slurm"]["time"], layered.where("slurm.time"))
     for key in ("batch_size", "workers"):
         if raw["loader"][key] < (1 if key == "batch_size" else 0):
@@ -241,29 +225,14 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
         )
 
 
-def _check_recipe_fits_loader(raw: dict[str, Any], layered: Layered) -> None:
-    recipe = build_component(SECTIONS["aug"], raw["aug"], img_size=raw["model"].get("img_size", 224))
-    try:
-        recipe.check_batch_size(raw["loader"]["batch_size"])
-    except ValueError as exc:
-        raise ConfigError(f"{layered.where('loader.batch_size')}: loader.batch_size: {exc}") from None
-    if "alternate_flip" in recipe.enabled and not raw["loader"]["batch_augment"]:
-        raise ConfigError(
-            f"{layered.where('aug.alternate_flip')}: aug.alternate_flip needs each image's place and the epoch, "
-            "which only the whole-batch path has: set loader.batch_augment: true (or aug.alternate_flip: false)"
-        )
-    if raw["loader"]["batch_augment"]:
-        if recipe.batch_transform is None:
-            raise ConfigError(
-                f"{layered.where('loader.batch_augment')}: loader.batch_augment crops, flips and cuts out whole batches, but "
-                f"recipe {recipe.name!r} also applies {', '.join(recipe.per_image_techniques())} per image: "
-                "turn those off in aug: (simple_crop: true for the crop) or set loader.batch_augment: false"
-            )
-        if raw["data"].get("in_memory") is False:
-            raise ConfigError(
-                f"{layered.where('loader.batch_augment')}: loader.batch_augment needs the decoded images in memory: "
-                "set data.in_memory: true, or loader.batch_augment: false"
-            )
+def _check_components(raw: dict[str, Any], layered: Layered, check_files: bool) -> None:
+    """The checks each picked component's registry holds (a recipe's loader needs, a teacher's file, ...)."""
+    for key, spec in SECTIONS.items():
+        if raw.get(key) is not None:
+            try:
+                spec.registry.check(CheckContext(raw[key]["name"], raw, check_files))
+            except Invalid as exc:
+                raise ConfigError(f"{layered.where(exc.key)}: {exc.message}") from None
 
 
 def slurm_minutes(text: str) -> int:

@@ -25,6 +25,9 @@ class LoaderCfg:
     # Crop, flip and cut out whole uint8 batches in the training process (no workers) instead of each
     # image in a worker: for in-memory datasets and recipes with no other per-image technique.
     batch_augment: bool = False
+    # On one process, repeated augmentation puts an image's copies in the same batch. false: sample
+    # each image once per epoch there, as the reference does (its RASampler only runs distributed).
+    repeated_aug_single_process: bool = True
     limit_train: Optional[int] = None  # keep a fixed, seeded subset of this many training images
     limit_val: Optional[int] = None
 
@@ -41,6 +44,9 @@ class OptimCfg:
     eps: Optional[float] = None  # None: the optimizer's default
     betas: Optional[List[float]] = None
     momentum: float = 0.9
+    # Weight-decay the distillation token as the reference did under its timm 0.3.2 (whose
+    # no_weight_decay() named only pos_embed and cls_token); timm >= 0.4 exempts it, as we do by default.
+    decay_dist_token: bool = False
     clip_grad: Optional[float] = None  # max gradient norm; None = no clipping
     # airbench's Lookahead (research/engine/lookahead.py): sync slow weights every N steps (0 = off),
     # their decay rising as (progress)^3 to lookahead_max_decay (airbench: every 5, 0.95^5 = 0.774)
@@ -50,9 +56,15 @@ class OptimCfg:
 
 @dataclass
 class SchedCfg:
-    """Learning-rate schedule (timm's ``create_scheduler_v2``), stepped every iteration."""
+    """Learning-rate schedule (timm's ``create_scheduler_v2``).
+
+    ``step_on: epoch`` steps it after each epoch with that epoch's index, as the reference's
+    ``lr_scheduler.step(epoch)``: epoch e trains at lr(e - 1), epochs 0 and 1 at ``warmup_lr``.
+    ``step_on: step`` moves it every optimizer update (smooth warm-up; short runs).
+    """
 
     name: str = "cosine"
+    step_on: str = "epoch"  # epoch | step
     warmup_epochs: float = 5.0
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
@@ -71,6 +83,9 @@ class TrainCfg:
     label_smoothing: float = 0.1
     ema: bool = False  # keep an EMA of the weights; both raw and EMA weights are evaluated
     ema_decay: float = 0.99996
+    # timm's ModelEmaV3.update(step=s) copies the weights on the first two updates; false decays from
+    # the first update, as timm's ModelEma in the reference does
+    ema_copy_first: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 only on GPU)
     compile: bool = False  # torch.compile the student
     channels_last: bool = False
@@ -158,4 +173,5 @@ class ExperimentCfg:
 
 
 JOB_TYPES = ("train", "teacher", "finetune", "eval")
+STEP_ON = ("epoch", "step")
 PRECISIONS = ("fp32", "bf16", "fp16")

@@ -5,7 +5,7 @@ Importing this package registers the built-in datasets (``imagefolder``, ``cifar
 mean and std throughout, as in the reference code (also for CIFAR).
 """
 
-from research.data import augment, datasets  # noqa: F401  (registers the built-ins)
+from research.data import augment, checks, datasets  # noqa: F401  (registers the built-ins and the recipe check)
 from research.data.augment import Recipe, build_recipe, check_policy
 from research.data.memory import DataError, InMemoryImageDataset, load_rgb
 from research.data.sampler import RepeatedAugSampler, ShardSampler, build_eval_sampler, build_train_sampler

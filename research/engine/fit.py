@@ -1,5 +1,11 @@
 """The training loop. It knows no model, loss or recipe by name: it drives an objective that returns a
-:class:`LossOutput`-like result, over loaders it is handed, and reports to a tracker."""
+:class:`LossOutput`-like result, over loaders it is handed, and reports to a tracker.
+
+The step never waits on the host: the loss, its parts (``LossOutput.logs``) and a count of
+non-finite losses are summed on the device, and read (one sync) only at a log step, before a
+checkpoint is written and at the end of an epoch. A non-finite loss stops the run there, so it is
+never saved and the run never ends ``done``.
+"""
 
 from __future__ import annotations
 
@@ -7,29 +13,44 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from research.config.schema import TrainCfg
 from research.engine.evaluate import autocast, evaluate
 from research.engine.run_dir import RunDir
 from research.engine.state import TrainState, unwrap
+
+if TYPE_CHECKING:
+    from research.tracking.base import Tracker
 
 log = logging.getLogger(__name__)
 
 
 class Objective(Protocol):
+    """``objective(images, outputs, targets)`` returns an object with ``loss`` (the scalar to
+    backpropagate) and ``logs`` (detached scalar tensors keyed ``"loss/<part>"``)."""
+
     def __call__(self, images: torch.Tensor, outputs: Any, targets: torch.Tensor) -> Any: ...
 
 
-class Tracker(Protocol):
-    def log(self, metrics: dict[str, float], *, step: int) -> None: ...
+class LoopOptions(Protocol):
+    """The loop's options (``train:`` in an experiment file; :class:`TrainCfg` has them all)."""
+
+    epochs: int
+    precision: str
+    channels_last: bool
+    checkpoint_every_steps: int
+    log_every_steps: int
+    eval_every_epochs: int
+    eval_hflip: bool
+    eval_translate: int
+    progress: bool
 
 
 @dataclass
@@ -57,10 +78,18 @@ class Loop:
     objective: Objective
     tracker: Tracker
     run_dir: RunDir
-    options: TrainCfg
+    options: LoopOptions
     device: torch.device
     clip_grad: float | None = None
     is_main: bool = True
+    ema_copy_first: bool = False  # ModelEmaV3's first two updates copy the weights (train.ema_copy_first)
+    meter: StepMeter | None = None  # the epoch's device-side sums; set while an epoch runs
+
+    def save(self, *, best: bool = False) -> None:
+        """Write the checkpoint, after checking (one sync) that no step since the last check was non-finite."""
+        if self.meter is not None:
+            self.meter.raise_if_nonfinite(self.state.step)
+        self.run_dir.save(self.state, best=best)
 
 
 def fit(loop: Loop) -> dict[str, Any]:
@@ -82,7 +111,7 @@ def fit(loop: Loop) -> dict[str, Any]:
         # The line first: a kill between the two leaves an older checkpoint, and the resume drops
         # the lines past it; the other order would lose this epoch's line for good.
         loop.run_dir.append_metrics(record)
-        loop.run_dir.save(state, best=improved)
+        loop.save(best=improved)
         loop.tracker.log(record, step=state.step)
         if loop.is_main:
             log.info("epoch %d/%d: %s", state.epoch, options.epochs, _brief(record))
@@ -118,34 +147,26 @@ def train_one_epoch(loop: Loop) -> dict[str, float]:
         dynamic_ncols=True,
         leave=False,
     )
-    window = _Window(data.batch_size * data.world_size)
-    epoch_loss, epoch_steps = torch.zeros((), device=loop.device), 0
+    meter = loop.meter = StepMeter(loop.device, data.batch_size * data.world_size)
     for images, targets in progress:
-        loss = train_step(loop, images, targets)
-        epoch_loss += loss
-        epoch_steps += 1
-        window.add(loss)
+        train_step(loop, images, targets, meter)
         if state.step % options.log_every_steps == 0:
-            logs = window.flush(_lr(state.optimizer))
-            if not math.isfinite(logs["train/loss"]):  # checked here, not every step: .item() syncs a GPU
-                raise FloatingPointError(
-                    f"train loss is {logs['train/loss']} at step {state.step}; lower optim.lr or set optim.clip_grad"
-                )
+            logs = {**meter.window(state.step), "train/lr": _lr(state.optimizer)}
             loop.tracker.log({**logs, "epoch": state.epoch}, step=state.step)
             progress.set_postfix(loss=f"{logs['train/loss']:.3f}", lr=f"{logs['train/lr']:.2e}", img_s=f"{logs['train/images_per_s']:.0f}")
         if options.checkpoint_every_steps and state.step % options.checkpoint_every_steps == 0:
-            loop.run_dir.save(state)
+            loop.save()
+    metrics = {**meter.epoch(state.step), "train/lr": _lr(state.optimizer)}
     state.epoch += 1
     state.epoch_step = 0
-    totals = torch.stack([epoch_loss, torch.tensor(float(epoch_steps), device=loop.device)])
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(totals)  # the epoch's loss over every rank, not rank 0's share
-    mean_loss = (totals[0] / totals[1].clamp(min=1)).item()
-    return {"train/epoch_loss": mean_loss, "train/lr": _lr(state.optimizer), **window.epoch_rate()}
+    # The reference steps timm's scheduler after each epoch with the index of the epoch just done
+    # (`lr_scheduler.step(epoch)`), so epoch e trains at lr(e - 1). A per-update schedule ignores it.
+    state.scheduler.step(state.epoch - 1)
+    return metrics
 
 
-def train_step(loop: Loop, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """One optimisation step; returns the detached loss."""
+def train_step(loop: Loop, images: torch.Tensor, targets: torch.Tensor, meter: StepMeter | None = None) -> torch.Tensor:
+    """One optimisation step; returns the detached loss, and adds it and its parts to ``meter``."""
     state, device = loop.state, loop.device
     images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
     if loop.options.channels_last:
@@ -155,30 +176,29 @@ def train_step(loop: Loop, images: torch.Tensor, targets: torch.Tensor) -> torch
     with autocast(device, loop.options.precision):
         outputs = state.model(images)
         result = loop.objective(images, outputs, targets)
-    loss = result.loss
     state.optimizer.zero_grad(set_to_none=True)
-    _backward_and_step(state, loss, loop.clip_grad)
-    state.scheduler.step_update(num_updates=state.step)
-    return loss.detach()
+    _backward_and_step(loop, result.loss)
+    state.scheduler.step_update(num_updates=state.step)  # a per-epoch schedule ignores it
+    loss = result.loss.detach()
+    if meter is not None:
+        meter.add(loss, getattr(result, "logs", None) or {})
+    return loss
 
 
-def _backward_and_step(state: TrainState, loss: torch.Tensor, clip_grad: float | None) -> None:
-    scaler = state.scaler
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(state.optimizer)
-    else:
-        loss.backward()
-    if clip_grad:
-        nn.utils.clip_grad_norm_(state.model.parameters(), clip_grad)
+def _backward_and_step(loop: Loop, loss: torch.Tensor) -> None:
+    # A disabled GradScaler (every precision but fp16) passes the loss and the step straight through.
+    state, scaler = loop.state, loop.state.scaler
+    scaler.scale(loss).backward()
+    scaler.unscale_(state.optimizer)
+    if loop.clip_grad:
+        nn.utils.clip_grad_norm_(state.model.parameters(), loop.clip_grad)
     state.updating = True  # a preemption checkpoint now would save half-updated weights
-    if scaler is not None:
-        scaler.step(state.optimizer)
-        scaler.update()
-    else:
-        state.optimizer.step()
+    scaler.step(state.optimizer)
+    scaler.update()
     if state.ema is not None:
-        state.ema.update(unwrap(state.model), step=state.step)
+        # timm's ModelEmaV3.update(step=s) copies the weights at s = 0 and 1; step=None decays from
+        # the first update, as timm's ModelEma (the reference's) does.
+        state.ema.update(unwrap(state.model), step=state.step if loop.ema_copy_first else None)
     state.step += 1
     state.epoch_step += 1
     state.updating = False
@@ -188,26 +208,64 @@ def _lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
 
 
-class _Window:
-    """Loss and throughput over the steps since the last log line, and over the epoch."""
+class StepMeter:
+    """Sums of the loss, its parts and the non-finite steps, over the log window and the epoch.
 
-    def __init__(self, images_per_step: int) -> None:
-        self.images_per_step = images_per_step
-        self.losses: list[torch.Tensor] = []
-        self.started = self.epoch_started = time.perf_counter()
-        self.epoch_images = 0
+    The sums are device tensors that each step adds to without a sync; :meth:`window` and
+    :meth:`epoch` read them, once each. A part (``LossOutput.logs["loss/distill"]``) is logged as
+    ``train/loss/distill`` per window and ``train/epoch_loss/distill`` per epoch.
+    """
 
-    def add(self, loss: torch.Tensor) -> None:
-        self.losses.append(loss)
-        self.epoch_images += self.images_per_step
+    def __init__(self, device: torch.device, images_per_step: int) -> None:
+        self.device, self.images_per_step = device, images_per_step
+        self.keys: list[str] = []  # "loss", then the objective's parts
+        self.window_sums: torch.Tensor | None = None  # (2 + parts,): non-finite count, loss, parts
+        self.epoch_sums: torch.Tensor | None = None
+        self.window_steps = self.epoch_steps = 0
+        self.window_started = self.epoch_started = time.perf_counter()
 
-    def flush(self, lr: float) -> dict[str, float]:
+    def add(self, loss: torch.Tensor, logs: Mapping[str, torch.Tensor]) -> None:
+        if not self.keys:
+            self.keys = ["loss", *logs]
+        loss = loss.float()
+        values = torch.stack([(~torch.isfinite(loss)).float(), loss, *(logs[key].float() for key in self.keys[1:])])
+        self.window_sums = values.clone() if self.window_sums is None else self.window_sums.add_(values)
+        self.epoch_sums = values.clone() if self.epoch_sums is None else self.epoch_sums.add_(values)
+        self.window_steps += 1
+        self.epoch_steps += 1
+
+    def window(self, step: int) -> dict[str, float]:
+        """``train/loss`` (and its parts) and ``train/images_per_s`` since the last call; raises on a
+        non-finite step."""
         now = time.perf_counter()
-        count = len(self.losses)
-        loss = torch.stack(self.losses).mean().item() if count else math.nan
-        rate = count * self.images_per_step / max(now - self.started, 1e-9)
-        self.losses, self.started = [], now
-        return {"train/loss": loss, "train/lr": lr, "train/images_per_s": rate}
+        sums = self.window_sums.tolist() if self.window_sums is not None else [0.0]
+        steps = self.window_steps
+        rate = steps * self.images_per_step / max(now - self.window_started, 1e-9)
+        self.window_sums, self.window_steps, self.window_started = None, 0, now
+        self._check(sums[0], step)
+        record = {f"train/{key}": total / max(steps, 1) for key, total in zip(self.keys, sums[1:])}
+        return {**record, "train/images_per_s": rate}
 
-    def epoch_rate(self) -> dict[str, float]:
-        return {"train/epoch_images_per_s": self.epoch_images / max(time.perf_counter() - self.epoch_started, 1e-9)}
+    def epoch(self, step: int) -> dict[str, float]:
+        """The epoch's mean loss and parts over every rank, and its throughput; raises on a non-finite step."""
+        sums = self.epoch_sums if self.epoch_sums is not None else torch.zeros(1, device=self.device)
+        totals = torch.cat([sums, torch.tensor([float(self.epoch_steps)], device=self.device)])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(totals)  # the epoch's loss over every rank, not rank 0's share
+        *values, steps = totals.tolist()
+        self._check(values[0], step)
+        record = {f"train/epoch_{key}": total / max(steps, 1) for key, total in zip(self.keys, values[1:])}
+        rate = self.epoch_steps * self.images_per_step / max(time.perf_counter() - self.epoch_started, 1e-9)
+        return {**record, "train/epoch_images_per_s": rate}
+
+    def raise_if_nonfinite(self, step: int) -> None:
+        """One sync: raise if a step of this epoch had a non-finite loss."""
+        if self.epoch_sums is not None:
+            self._check(float(self.epoch_sums[0]), step)
+
+    def _check(self, nonfinite: float, step: int) -> None:
+        if nonfinite:
+            raise FloatingPointError(
+                f"the train loss was not finite in {nonfinite:.0f} step(s) before step {step}; "
+                "lower optim.lr, set optim.clip_grad or use train.precision=fp32"
+            )

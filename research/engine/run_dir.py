@@ -1,9 +1,12 @@
 """The files of one run: checkpoints, ``metrics.jsonl`` (one line per epoch, the source of truth for
-reports), ``summary.json`` (status and final numbers). Only the main process writes."""
+reports), ``summary.json`` (status and final numbers), ``lives.jsonl`` (one line per start of the run:
+a first start, a resume, a SLURM requeue), and where a run stands, read from them alone (no scheduler
+needed). Only the main process writes."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -13,7 +16,9 @@ from typing import Any
 from research.engine import checkpoint
 from research.engine.state import TrainState
 
+DONE, FAILED, RUNNING, NOT_STARTED = "done", "failed", "running", "not started"
 METRICS = "metrics.jsonl"
+LIVES = "lives.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
 
@@ -44,9 +49,11 @@ class RunDir:
         return checkpoint.load(self.last) if self.last.exists() else None
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
+        """One strict JSON line: a non-finite number (a diverged validation loss) is written as null."""
         if self.is_main:
+            strict = {key: None if isinstance(v, float) and not math.isfinite(v) else v for key, v in record.items()}
             with open(self.path / METRICS, "a") as handle:
-                handle.write(json.dumps(dict(record)) + "\n")
+                handle.write(json.dumps(strict, allow_nan=False) + "\n")
 
     def truncate_metrics(self, epochs_done: int) -> None:
         """Drop epoch records past the checkpoint being resumed (written after it, then lost)."""
@@ -77,3 +84,53 @@ def _write_atomic(file: Path, text: str) -> None:
     tmp = file.with_name(f".{file.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, file)
+
+
+def run_status(run_dir: Path) -> str:
+    """``done`` / ``failed`` / ``running`` (started, unfinished: running, queued or preempted) / ``not started``."""
+    summary = read_summary(run_dir)
+    if summary is not None and summary.get("status") == DONE and summary["epochs_done"] >= summary["epochs"]:
+        return DONE
+    if summary is not None and summary.get("status") == FAILED:
+        return FAILED
+    if summary is not None or (Path(run_dir) / checkpoint.LAST).exists():
+        return RUNNING
+    return NOT_STARTED
+
+
+def is_done(run_dir: Path) -> bool:
+    return run_status(run_dir) == DONE
+
+
+def read_lives(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's lives, oldest first: ``{"life": n, "started": t, "job_id": ...}`` plus what the tracker
+    noted (its W&B run). A line cut short by a job killed mid-write still counts, as ``{"life": n}``."""
+    file = Path(run_dir) / LIVES
+    if not file.exists():
+        return []
+    lives = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            lives.append(json.loads(line))
+        except json.JSONDecodeError:
+            lives.append({"life": number})
+    return lives
+
+
+def start_life(run_dir: Path, **fields: Any) -> int:
+    """Record a new life of the run (SLURM counts requeues by them); returns its number, from 1."""
+    life = len(read_lives(run_dir)) + 1
+    note_life(run_dir, life, started=round(time.time(), 3), **fields)
+    return life
+
+
+def note_life(run_dir: Path, life: int, **fields: Any) -> None:
+    """Merge ``fields`` into life ``life``'s line, appending the line if it is not there yet."""
+    lives = read_lives(run_dir)
+    entry = next((e for e in lives if e.get("life") == life), None)
+    if entry is None:
+        lives.append({"life": life, **fields})
+    else:
+        entry.update(fields)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    _write_atomic(Path(run_dir) / LIVES, "".join(json.dumps(e) + "\n" for e in lives))

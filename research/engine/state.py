@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,7 +29,8 @@ class TrainState:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    scaler: torch.amp.GradScaler | None = None
+    # fp16's loss scaler; disabled (a pass-through) for every other precision
+    scaler: torch.amp.GradScaler = field(default_factory=lambda: torch.amp.GradScaler("cuda", enabled=False))
     ema: nn.Module | None = None
     epoch: int = 0
     step: int = 0
@@ -43,7 +44,7 @@ class TrainState:
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "scaler": self.scaler.state_dict() or None,
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "step": self.step,
@@ -58,11 +59,15 @@ class TrainState:
         unwrap(self.model).load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
-        if self.scaler is not None and saved.get("scaler") is not None:
+        if self.scaler.is_enabled() and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         if self.ema is not None and saved.get("ema") is not None:
             self.ema.load_state_dict(saved["ema"])
         self.epoch, self.step, self.epoch_step = saved["epoch"], saved["step"], saved["epoch_step"]
         self.best_top1, self.wall_time_s = saved["best_top1"], saved["wall_time_s"]
+        # timm's scheduler sets the lr of the step (or, stepped per epoch, of the epoch) it is at;
+        # each call is a no-op for the other kind of schedule
         self.scheduler.step_update(num_updates=self.step)
+        if self.epoch:
+            self.scheduler.step(self.epoch - 1)
         checkpoint.restore_rng_states(saved["rng"])

@@ -16,6 +16,7 @@ from research.data import InMemoryImageDataset, build_eval_sampler, build_train_
 from research.data.batch_augment import InMemoryBatches
 from research.engine.fit import TrainData
 from research.launch.dist import DistEnv
+from research.registry import model_img_size
 
 
 @dataclass
@@ -28,15 +29,17 @@ class RunData:
 
 
 def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
-    recipe = build_component(SECTIONS["aug"], cfg.aug, img_size=cfg.model["img_size"])
+    recipe = build_component(SECTIONS["aug"], cfg.aug, img_size=model_img_size(cfg.model))
     train_set = build_component(SECTIONS["data"], cfg.data, split="train", transform=recipe.train_transform)
     val_set = build_component(SECTIONS["data"], cfg.data, split="val", transform=recipe.eval_transform)
     num_classes = len(train_set.classes)
     train_set = _limit(train_set, cfg.loader.limit_train, cfg.seed)
     val_set = _limit(val_set, cfg.loader.limit_val, cfg.seed)
     batch = cfg.loader.batch_size
+    # The reference samples each image once per epoch on one process (RASampler only when distributed)
+    single = env.world_size == 1 and not cfg.loader.repeated_aug_single_process
     sampler = build_train_sampler(
-        train_set, repeats=recipe.repeats, num_replicas=env.world_size, rank=env.rank, seed=cfg.seed
+        train_set, repeats=1 if single else recipe.repeats, num_replicas=env.world_size, rank=env.rank, seed=cfg.seed
     )
     steps = len(sampler) // batch
     if steps == 0:
@@ -44,9 +47,6 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
             f"loader.batch_size={batch} is larger than the {len(sampler)} training images each of the "
             f"{env.world_size} processes gets; lower loader.batch_size"
         )
-
-    if "alternate_flip" in recipe.enabled and not cfg.loader.batch_augment:  # the config loader refuses it too
-        raise ConfigError("aug.alternate_flip needs loader.batch_augment: true (the per-image path cannot alternate)")
     in_memory = _in_memory(train_set, val_set, recipe, cfg) if cfg.loader.batch_augment else None
 
     def train_batches(epoch: int, skip_steps: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -89,11 +89,7 @@ _Arrays = tuple[np.ndarray, list[int], list[int]]
 
 def _in_memory(train_set: Dataset, val_set: Dataset, recipe: Any, cfg: ExperimentCfg) -> tuple[_Arrays, _Arrays]:
     """The decoded pixels, targets and item -> row map of both splits, for ``loader.batch_augment``."""
-    if recipe.batch_transform is None:  # the config loader already refuses this; built directly, say it here
-        raise ConfigError(
-            f"loader.batch_augment: recipe {recipe.name!r} applies {', '.join(recipe.per_image_techniques())} per image, "
-            "which have no whole-batch version; set loader.batch_augment: false"
-        )
+    assert recipe.batch_transform is not None  # the recipe's check (research/data/checks.py) refused the config
     arrays = []
     for split, dataset in (("train", train_set), ("val", val_set)):
         positions = list(range(len(dataset)))  # type: ignore[arg-type]

@@ -10,22 +10,19 @@ the same job for requeueing. The requeued job resumes from ``<run dir>/last.pt``
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import submitit
 
 from research.config import Run
 from research.engine.fit import Loop
+from research.engine.run_dir import read_lives
 
 log = logging.getLogger(__name__)
-LIVES = "slurm_lives.jsonl"
 
 
 class TrainJob(submitit.helpers.Checkpointable):
@@ -49,8 +46,6 @@ class TrainJob(submitit.helpers.Checkpointable):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         _run_from(self.launch_dir)
-        if int(os.environ.get("RANK", 0)) == 0:
-            _record_life(self.run.run_dir)
         try:
             return train(self.run, on_loop=self._attach)
         finally:
@@ -63,7 +58,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         """Save what was trained, then ask submitit to requeue this run (within ``slurm.max_requeues``)."""
         loop = self._loop
         if loop is not None and _between_steps(loop):
-            loop.run_dir.save(loop.state)
+            try:
+                loop.save()  # checks first that no step since the last check had a non-finite loss
+            except FloatingPointError as exc:
+                log.error("%s: preempted after a non-finite loss (%s); not saved, not requeued", self.run.name, exc)
+                return None
             log.warning("%s: preempted at epoch %d step %d; state saved", self.run.name, loop.state.epoch, loop.state.step)
         lives = len(read_lives(self.run.run_dir))
         if lives > self.run.cfg.slurm.max_requeues:
@@ -92,15 +91,3 @@ def _run_from(launch_dir: str) -> None:
     snapshot = os.getcwd()
     sys.path[:] = [snapshot if entry in ("", ".") else entry for entry in sys.path]
     os.chdir(launch_dir)
-
-
-def _record_life(run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    entry = {"job_id": submitit.JobEnvironment().job_id, "started": time.time()}  # "123_0", as in slurm_job.json
-    with open(run_dir / LIVES, "a") as handle:
-        handle.write(json.dumps(entry) + "\n")
-
-
-def read_lives(run_dir: Path) -> list[dict[str, Any]]:
-    file = Path(run_dir) / LIVES
-    return [json.loads(line) for line in file.read_text().splitlines() if line] if file.exists() else []

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from research.config import Run
-from research.launch.status import is_done
+from research.engine.run_dir import is_done
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from research.launch.cost import Throughput, dataset_sizes, display_path, run_ke
 from research.launch.dist import DistEnv
 from research.launch.train import build_model, build_state
 from research.losses import build_base_criterion
-from research.registry import MODELS, TEACHERS
+from research.registry import LOSSES, MODELS, TEACHERS
 from research.teachers import Teacher
 
 __all__ = ["check_device_name", "measure_runs", "measure_throughput"]
@@ -106,12 +106,12 @@ def _display(run: Run) -> str:
 
 def _teacher(cfg: ExperimentCfg, classes: int, device: torch.device) -> nn.Module | None:
     """The teacher's architecture with random weights, frozen, or None when the run does not distil."""
-    if cfg.teacher is None or cfg.loss["name"] == "none":
+    if cfg.teacher is None or not LOSSES.info(cfg.loss["name"]).needs_teacher:
         return None
     name = cfg.teacher["name"]
-    meta = TEACHERS.metadata(name)
-    arch = meta.get("arch") or cfg.teacher.get("arch")
-    if meta.get("source") == "research":
+    info = TEACHERS.info(name)
+    arch = info.arch or cfg.teacher.get("arch")
+    if info.source == "research":
         net = MODELS.build(arch, num_classes=classes)
     else:
         import timm

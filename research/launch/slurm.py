@@ -26,10 +26,10 @@ import submitit
 
 from research.config import ConfigError, Run, slurm_minutes
 from research.config.schema import SlurmCfg
+from research.engine.run_dir import is_done
 from research.launch import provenance
 from research.launch.job import TrainJob
 from research.launch.local import set_aside, with_prerequisites
-from research.launch.status import is_done
 
 JOB_FILE = "slurm_job.json"
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD", "RESIZING"}

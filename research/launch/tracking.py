@@ -11,7 +11,7 @@ from research.config.components import SECTIONS, build_component
 from research.engine.state import unwrap
 from research.launch.data import RunData
 from research.launch.dist import DistEnv
-from research.tracking import RunInfo, flatten_config
+from research.tracking import DEFAULT_PROJECT, RunInfo, flatten_config
 
 
 def run_tags(run: Run, data: RunData) -> tuple[str, ...]:
@@ -31,7 +31,7 @@ def run_tags(run: Run, data: RunData) -> tuple[str, ...]:
     return tuple(tags)
 
 
-def build_tracker(run: Run, record: dict[str, Any], data: RunData, model: nn.Module, env: DistEnv) -> Any:
+def build_tracker(run: Run, record: dict[str, Any], data: RunData, model: nn.Module, env: DistEnv, life: int) -> Any:
     n_parameters = sum(p.numel() for p in unwrap(model).parameters())
     config = {
         **flatten_config(record),
@@ -42,12 +42,13 @@ def build_tracker(run: Run, record: dict[str, Any], data: RunData, model: nn.Mod
     }
     info = RunInfo(
         run_dir=run.run_dir,
-        project=run.cfg.logger.get("project") or "deit",
+        project=run.cfg.logger.get("project") or DEFAULT_PROJECT,
         group=run.experiment,
         name=run.name,
         job_type=run.cfg.job_type,
         tags=run_tags(run, data),
         config=config,
         is_rank_zero=env.is_main,
+        life=max(life, 1),
     )
     return build_component(SECTIONS["logger"], run.cfg.logger, run=info)

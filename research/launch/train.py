@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from timm.optim import create_optimizer_v2
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -28,7 +29,7 @@ from research.engine.checkpoint import load as load_checkpoint
 from research.engine.evaluate import evaluate
 from research.engine.fit import Loop, fit
 from research.engine.lookahead import ScheduledLookahead
-from research.engine.run_dir import CONFIG, RunDir
+from research.engine.run_dir import CONFIG, RunDir, start_life
 from research.engine.state import TrainState, unwrap
 from research.launch import provenance
 from research.launch.data import RunData, build_data
@@ -36,7 +37,7 @@ from research.launch.dist import DistEnv, init_distributed
 from research.launch.tracking import build_tracker
 from research.losses import build_base_criterion
 from research.models.finetune import load_for_finetune
-from research.registry import MODELS
+from research.registry import LOSSES, MODELS
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,11 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
     _seed_everything(cfg.seed + env.rank)
     record = resolved_config(run)
     run_dir = RunDir(run.run_dir, config=record, is_main=env.is_main)
+    life = 0
     if env.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / CONFIG).write_text(yaml.safe_dump(record, sort_keys=False))
+        life = start_life(run.run_dir, job_id=_slurm_job_id())
     data = build_data(cfg, env)
     teacher = build_teacher(cfg, data.num_classes, env)
     model = build_model(cfg, data.num_classes, env)
@@ -64,8 +67,11 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
     )
     state = build_state(cfg, model, data, env)
     resumed = _resume(cfg, state, run_dir)
-    tracker = build_tracker(run, record, data, model, env)
-    loop = Loop(state, data.loop_data, objective, tracker, run_dir, cfg.train, env.device, cfg.optim.clip_grad, env.is_main)
+    tracker = build_tracker(run, record, data, model, env, life)
+    loop = Loop(
+        state, data.loop_data, objective, tracker, run_dir, cfg.train, env.device,
+        clip_grad=cfg.optim.clip_grad, is_main=env.is_main, ema_copy_first=cfg.train.ema_copy_first,
+    )  # fmt: skip
     if on_loop is not None:
         on_loop(loop)
     try:
@@ -106,8 +112,8 @@ def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module
     if cfg.train.compile:
         model = torch.compile(model)  # type: ignore[assignment]
     if env.distributed:
-        # Without distillation the distillation head gets no gradient, which DDP must be told about.
-        unused = cfg.loss["name"] == "none" and MODELS.metadata(cfg.model["name"]).get("distilled", False)
+        # A distillation head that no loss trains gets no gradient, which DDP must be told about.
+        unused = MODELS.info(cfg.model["name"]).distilled and not LOSSES.info(cfg.loss["name"]).needs_teacher
         device_ids = [env.device.index] if env.device.type == "cuda" else None
         model = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
     return model
@@ -115,7 +121,7 @@ def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module
 
 def build_teacher(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module | None:
     """The frozen teacher, when the loss distils (built before the student: a bad checkpoint fails fast)."""
-    if cfg.teacher is None or cfg.loss["name"] == "none":
+    if cfg.teacher is None or not LOSSES.info(cfg.loss["name"]).needs_teacher:
         return None
     teacher = build_component(SECTIONS["teacher"], cfg.teacher, num_classes=num_classes)
     return teacher.to(env.device)
@@ -129,8 +135,9 @@ def build_state(cfg: ExperimentCfg, model: nn.Module, data: RunData, env: DistEn
         lr *= cfg.loader.batch_size * env.world_size / 512
     extra = {key: getattr(cfg.optim, key) for key in ("eps", "betas") if getattr(cfg.optim, key) is not None}
     optimizer = create_optimizer_v2(
-        model, opt=cfg.optim.name, lr=lr, weight_decay=cfg.optim.weight_decay, momentum=cfg.optim.momentum, **extra
-    )
+        _param_groups(cfg, model), opt=cfg.optim.name, lr=lr, weight_decay=cfg.optim.weight_decay,
+        momentum=cfg.optim.momentum, **extra,
+    )  # fmt: skip
     if cfg.optim.lookahead_every:
         optimizer = ScheduledLookahead(
             optimizer,
@@ -158,12 +165,23 @@ def build_state(cfg: ExperimentCfg, model: nn.Module, data: RunData, env: DistEn
         min_lr=cfg.sched.min_lr,
         decay_rate=cfg.sched.decay_rate,
         warmup_prefix=cfg.sched.warmup_prefix,
-        step_on_epochs=False,  # per iteration: a short run must not spend a whole epoch at warmup_lr
+        step_on_epochs=cfg.sched.step_on == "epoch",  # the engine steps it both ways; timm ignores the other
         updates_per_epoch=steps_per_epoch,
     )
-    scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.train.precision == "fp16")
     ema = ModelEmaV3(unwrap(model), decay=cfg.train.ema_decay) if cfg.train.ema else None
     return TrainState(model, optimizer, scheduler, scaler, ema)
+
+
+def _param_groups(cfg: ExperimentCfg, model: nn.Module) -> list[dict[str, Any]]:
+    """Weight decay on every weight but 1-d ones and the model's ``no_weight_decay()`` names, read from
+    the plain module (a DDP wrapper has no ``no_weight_decay``); ``optim.decay_dist_token`` decays the
+    distillation token as the reference's timm 0.3.2 did."""
+    plain = unwrap(model)
+    exempt = set(getattr(plain, "no_weight_decay", set)())
+    if cfg.optim.decay_dist_token:
+        exempt.discard("dist_token")
+    return param_groups_weight_decay(plain, cfg.optim.weight_decay, no_weight_decay_list=exempt)
 
 
 def _resume(cfg: ExperimentCfg, state: TrainState, run_dir: RunDir) -> bool:
@@ -175,6 +193,12 @@ def _resume(cfg: ExperimentCfg, state: TrainState, run_dir: RunDir) -> bool:
     state.load_state_dict(saved)
     run_dir.truncate_metrics(state.epoch)
     return True
+
+
+def _slurm_job_id() -> str | None:
+    """``123_4`` for task 4 of array job 123 (as squeue and slurm_job.json name it), else the job id."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
 def _seed_everything(seed: int) -> None:

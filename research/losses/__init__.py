@@ -2,7 +2,8 @@
 
 Registered: ``none`` (ground truth only), ``soft``, ``soft_paper`` and ``hard`` (DeiT distillation).
 Builders take ``base_criterion`` and ``teacher`` from the engine and ``alpha``/``tau``/``kl_reduction``
-from the experiment; metadata ``needs_teacher`` tells the config loader whether a teacher is required.
+from the experiment; their :class:`LossInfo` (``needs_teacher``) tells the loader and the launcher whether
+a teacher is built, and a check in :mod:`research.losses.distillation` refuses a distilling loss without one.
 """
 
 from research.losses import distillation  # noqa: F401  (registers the objectives)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from research.losses.base import LossOutput, StudentOutput, split_outputs
-from research.registry import LOSSES
+from research.registry import LOSSES, MODELS, CheckContext, Invalid, LossInfo
 
 __all__ = ["DistillationObjective", "GroundTruthObjective", "HardDistillation", "SoftDistillation"]
 
@@ -131,7 +131,7 @@ def _require_teacher(name: str, teacher: nn.Module | None) -> nn.Module:
     return teacher
 
 
-@LOSSES.register("none", needs_teacher=False)
+@LOSSES.register("none", LossInfo(needs_teacher=False))
 def no_distillation(
     *,
     base_criterion: nn.Module,
@@ -149,7 +149,7 @@ def no_distillation(
     return GroundTruthObjective(base_criterion=base_criterion)
 
 
-@LOSSES.register("soft", needs_teacher=True)
+@LOSSES.register("soft", LossInfo(needs_teacher=True))
 def soft(
     *,
     base_criterion: nn.Module,
@@ -165,7 +165,7 @@ def soft(
     )
 
 
-@LOSSES.register("soft_paper", needs_teacher=True)
+@LOSSES.register("soft_paper", LossInfo(needs_teacher=True))
 def soft_paper(
     *,
     base_criterion: nn.Module,
@@ -175,13 +175,10 @@ def soft_paper(
     kl_reduction: str = "numel",
 ) -> SoftDistillation:
     """Soft distillation with the paper's setting, tau = 3.0 and lambda (our alpha) = 0.1 (Sec. 5.2)."""
-    teacher = _require_teacher("soft_paper", teacher)
-    return SoftDistillation(
-        base_criterion=base_criterion, teacher=teacher, alpha=alpha, tau=tau, kl_reduction=kl_reduction
-    )
+    return soft(base_criterion=base_criterion, teacher=teacher, alpha=alpha, tau=tau, kl_reduction=kl_reduction)
 
 
-@LOSSES.register("hard", needs_teacher=True)
+@LOSSES.register("hard", LossInfo(needs_teacher=True))
 def hard(
     *,
     base_criterion: nn.Module,
@@ -194,3 +191,20 @@ def hard(
     ``kl_reduction`` unused)."""
     teacher = _require_teacher("hard", teacher)
     return HardDistillation(base_criterion=base_criterion, teacher=teacher, alpha=alpha)
+
+
+@LOSSES.add_check
+def distillation_needs_a_token_and_a_teacher(context: CheckContext) -> None:
+    """A distilling loss needs a student with a distillation token, and a ``teacher:`` section."""
+    if not LOSSES.info(context.name).needs_teacher:
+        return
+    model = context.config["model"]["name"]
+    if not MODELS.info(model).distilled:
+        distilled = [name for name in MODELS.names() if MODELS.info(name).distilled]
+        raise Invalid(
+            "loss.name",
+            f"loss {context.name!r} needs a model with a distillation token, and {model!r} has none; "
+            f"use one of: {', '.join(distilled)}",
+        )
+    if context.config.get("teacher") is None:
+        raise Invalid("loss.name", f"loss {context.name!r} needs a teacher: section")

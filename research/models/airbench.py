@@ -36,7 +36,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from research.registry import MODELS
+from research.registry import MODELS, ModelInfo
+
+CNN = ModelInfo(distilled=False, family="cnn", default_img_size=32)  # CIFAR networks
 
 __all__ = ["AirbenchNet", "PatchWhitening", "ShiftOnlyBatchNorm", "airbench_cifar"]
 
@@ -190,7 +192,7 @@ class AirbenchNet(nn.Sequential):
         return super().forward(x) * self.logit_scale
 
 
-@MODELS.register("airbench_cifar", distilled=False, family="cnn")
+@MODELS.register("airbench_cifar", CNN)
 def airbench_cifar(
     *, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0, whiten_bias_steps: int = 0
 ) -> AirbenchNet:

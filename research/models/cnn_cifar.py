@@ -17,7 +17,9 @@ import torch
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from research.registry import MODELS
+from research.registry import MODELS, ModelInfo
+
+CNN = ModelInfo(distilled=False, family="cnn", default_img_size=32)  # CIFAR networks
 
 __all__ = ["ResNet9", "resnet10_cifar", "resnet18_cifar", "resnet9_cifar", "resnet9_slim_cifar"]
 
@@ -32,7 +34,7 @@ def _cifar_stem(net: ResNet, *, in_chans: int = 3) -> ResNet:
     return net
 
 
-@MODELS.register("resnet18_cifar", distilled=False, family="cnn")
+@MODELS.register("resnet18_cifar", CNN)
 def resnet18_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0) -> ResNet:
     """ResNet-18 (timm ``resnet18``) with a CIFAR stem; 11.2M parameters, 4x4 final maps at 32x32.
 
@@ -47,18 +49,13 @@ def resnet18_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rat
     return _cifar_stem(net)
 
 
-@MODELS.register("resnet10_cifar", distilled=False, family="cnn")
+@MODELS.register("resnet10_cifar", CNN)
 def resnet10_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0) -> ResNet:
     """A narrow ResNet-10 with a CIFAR stem: one basic block per stage, widths 16/32/64/128; 0.3M parameters.
 
     Small enough to train as a teacher on 2 CPU cores in tests and smoke runs. (timm's ``ResNet``
-    always runs four stages, hence not the three-stage ResNet-8 of He et al.)
-
-    Args:
-        num_classes: Classifier outputs.
-        img_size: Unused (fully convolutional with global pooling); kept so every MODELS builder
-            shares one signature.
-        drop_path_rate: Stochastic depth rate, linearly increasing over the residual blocks.
+    always runs four stages, hence not the three-stage ResNet-8 of He et al.) Arguments as
+    :func:`resnet18_cifar`.
     """
     del img_size
     net = ResNet(
@@ -137,14 +134,14 @@ class ResNet9(nn.Sequential):
         )
 
 
-@MODELS.register("resnet9_cifar", distilled=False, family="cnn")
+@MODELS.register("resnet9_cifar", CNN)
 def resnet9_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0) -> ResNet9:
     """Page's ResNet-9 (widths 64/128/256/512); ``img_size`` and ``drop_path_rate`` are unused."""
     del img_size, drop_path_rate
     return ResNet9(num_classes=num_classes, width=64)
 
 
-@MODELS.register("resnet9_slim_cifar", distilled=False, family="cnn")
+@MODELS.register("resnet9_slim_cifar", CNN)
 def resnet9_slim_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0) -> ResNet9:
     """ResNet-9 at half width (32/64/128/256): about 4x fewer FLOPs, the fast CIFAR teacher."""
     del img_size, drop_path_rate

@@ -18,7 +18,7 @@ from timm.layers import LayerNorm, get_device_dtype, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from research.registry import MODELS
+from research.registry import MODELS, ModelInfo
 
 __all__ = ["DeiT", "DistilledDeiT", "EVAL_HEADS"]
 
@@ -215,7 +215,9 @@ def _deit_args(variant: str, patch_size: int, num_classes: int, img_size: int, d
 
 
 def _register(name: str, *, distilled: bool, patch_size: int, img_size: int) -> Callable[[Callable], Callable]:
-    return MODELS.register(name, distilled=distilled, family="deit", patch_size=patch_size, default_img_size=img_size)
+    return MODELS.register(
+        name, ModelInfo(distilled=distilled, family="deit", patch_size=patch_size, default_img_size=img_size)
+    )
 
 
 # --- ImageNet models of the paper, under timm's names (drop_path_rate 0.1: paper Table 9) ------------------

@@ -19,8 +19,7 @@ import yaml
 
 from research.config import Run
 from research.config.expand import format_value
-from research.engine.run_dir import CONFIG, read_metrics, read_summary
-from research.launch.status import DONE, FAILED, NOT_STARTED, RUNNING, run_status
+from research.engine.run_dir import CONFIG, DONE, FAILED, NOT_STARTED, RUNNING, read_metrics, read_summary, run_status
 
 __all__ = [
     "RUN_DIR",
@@ -145,7 +144,7 @@ def summarize(
         records: dicts with ``epoch`` and any of ``val/top1``, ``val/top5``, ``val_ema/top1``,
             ``teacher/top1``, ``train/epoch_images_per_s``; several records of one epoch (a resumed run
             that redid it) count once, the last one winning.
-        status: the run's status (see :mod:`research.launch.status`).
+        status: the run's status (see :func:`research.engine.run_dir.run_status`).
         summary: the run's ``summary.json`` (or W&B summary), which fills what the records lack.
         commit: the code's git commit.
         source: where the records were read from.

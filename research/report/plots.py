@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from research.config.expand import format_value
-from research.launch.status import DONE
+from research.engine.run_dir import DONE
 from research.report.collect import VariantResult
 from research.report.paper import Comparison
 

@@ -17,9 +17,9 @@ from operator import itemgetter
 from typing import Any
 
 from research.config import Run
-from research.launch.status import DONE, FAILED, RUNNING
+from research.engine.run_dir import DONE, FAILED, RUNNING
 from research.report.collect import WANDB, VariantResult, format_commit, summarize
-from research.tracking.wandb_logger import DEFAULT_PROJECT, has_api_key
+from research.tracking import DEFAULT_PROJECT, has_api_key
 
 __all__ = ["HISTORY_KEYS", "WandbUnavailable", "fetch_results", "split_life"]
 
@@ -104,7 +104,7 @@ def _result(run: Run, lives: Sequence[Any]) -> VariantResult:
 
 
 def _status(summary: Mapping[str, Any], epochs: int) -> str:
-    """The run's status by the rules :func:`research.launch.status.run_status` applies to a run dir.
+    """The run's status by the rules :func:`research.engine.run_dir.run_status` applies to a run dir.
 
     W&B's own run state is not used: a preempted or killed life is "crashed" or "failed" there, while
     the run itself is still going (it is requeued and resumes from its checkpoint).

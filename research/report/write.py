@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from research.config import Run, load_runs
-from research.launch.status import NOT_STARTED
+from research.engine.run_dir import NOT_STARTED
 from research.report.collect import STATUSES, VariantResult, collect, with_deltas
 from research.report.paper import Comparison, compare, paper_table, read_paper
 from research.report.plots import plot_paper_beside_ours, plot_top1_curves, plot_top1_delta

@@ -17,7 +17,7 @@ import timm
 import torch
 from torch import nn
 
-from research.registry import MODELS, TEACHERS
+from research.registry import MODELS, TEACHERS, TeacherInfo
 from research.teachers.checkpoint import check_teacher_checkpoint, load_teacher_weights
 
 __all__ = ["Teacher"]
@@ -82,31 +82,31 @@ def _models_teacher(arch: str, *, num_classes: int, checkpoint: str, channels_la
     return Teacher(net, name=arch, num_classes=num_classes, channels_last=channels_last)
 
 
-@TEACHERS.register("regnety_160", arch="regnety_160", source="timm")
+@TEACHERS.register("regnety_160", TeacherInfo(arch="regnety_160", source="timm", img_size=224))
 def regnety_160(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
     """RegNetY-16GF (84M parameters), the paper's teacher (Sec. 5.2)."""
     return _timm_teacher("regnety_160", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)
 
 
-@TEACHERS.register("regnety_080", arch="regnety_080", source="timm")
+@TEACHERS.register("regnety_080", TeacherInfo(arch="regnety_080", source="timm", img_size=224))
 def regnety_080(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
     """RegNetY-8GF (39M parameters), a smaller teacher of the paper's Table 2."""
     return _timm_teacher("regnety_080", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)
 
 
-@TEACHERS.register("regnety_040", arch="regnety_040", source="timm")
+@TEACHERS.register("regnety_040", TeacherInfo(arch="regnety_040", source="timm", img_size=224))
 def regnety_040(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
     """RegNetY-4GF (21M parameters), the smallest teacher of the paper's Table 2."""
     return _timm_teacher("regnety_040", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)
 
 
-@TEACHERS.register("resnet50", arch="resnet50", source="timm")
+@TEACHERS.register("resnet50", TeacherInfo(arch="resnet50", source="timm", img_size=224))
 def resnet50(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
     """ResNet-50 (timm ``resnet50``), a common, cheaper ImageNet teacher (not in the paper)."""
     return _timm_teacher("resnet50", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)
 
 
-@TEACHERS.register("timm", source="timm")
+@TEACHERS.register("timm", TeacherInfo(source="timm"))
 def timm_teacher(*, num_classes: int, checkpoint: str, arch: str, channels_last: bool = False) -> Teacher:
     """Any timm classifier by name, e.g. ``arch: convnext_tiny``; its weights come from ``checkpoint``.
 
@@ -125,7 +125,7 @@ def timm_teacher(*, num_classes: int, checkpoint: str, arch: str, channels_last:
     )
 
 
-@TEACHERS.register("resnet18_cifar", arch="resnet18_cifar", source="research")
+@TEACHERS.register("resnet18_cifar", TeacherInfo(arch="resnet18_cifar", source="research", img_size=32))
 def resnet18_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
     """ResNet-18 with a CIFAR stem (MODELS ``resnet18_cifar``), trained by this package's engine."""
     return _models_teacher(
@@ -133,7 +133,7 @@ def resnet18_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = F
     )
 
 
-@TEACHERS.register("resnet10_cifar", arch="resnet10_cifar", source="research")
+@TEACHERS.register("resnet10_cifar", TeacherInfo(arch="resnet10_cifar", source="research", img_size=32))
 def resnet10_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
     """Narrow ResNet-10 with a CIFAR stem (MODELS ``resnet10_cifar``), for fast tests and smoke runs."""
     return _models_teacher(
@@ -141,13 +141,13 @@ def resnet10_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = F
     )
 
 
-@TEACHERS.register("resnet9_cifar", arch="resnet9_cifar", source="research")
+@TEACHERS.register("resnet9_cifar", TeacherInfo(arch="resnet9_cifar", source="research", img_size=32))
 def resnet9_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
     """Page's ResNet-9 for CIFAR (MODELS ``resnet9_cifar``), trained by this package's engine."""
     return _models_teacher("resnet9_cifar", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)
 
 
-@TEACHERS.register("resnet9_slim_cifar", arch="resnet9_slim_cifar", source="research")
+@TEACHERS.register("resnet9_slim_cifar", TeacherInfo(arch="resnet9_slim_cifar", source="research", img_size=32))
 def resnet9_slim_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
     """Half-width ResNet-9 (MODELS ``resnet9_slim_cifar``): the fast CIFAR teacher."""
     return _models_teacher(
@@ -155,7 +155,7 @@ def resnet9_slim_cifar(*, num_classes: int, checkpoint: str, channels_last: bool
     )
 
 
-@TEACHERS.register("airbench_cifar", arch="airbench_cifar", source="research")
+@TEACHERS.register("airbench_cifar", TeacherInfo(arch="airbench_cifar", source="research", img_size=32))
 def airbench_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
     """Jordan's airbench94 network (MODELS ``airbench_cifar``), trained by this package's engine."""
     return _models_teacher("airbench_cifar", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)

@@ -3,6 +3,7 @@
 """
 
 from research.tracking.base import (
+    DEFAULT_PROJECT,
     GuardedTracker,
     RunInfo,
     Tracker,
@@ -11,9 +12,10 @@ from research.tracking.base import (
 )
 from research.tracking.jsonl import JsonlTracker, build_jsonl
 from research.tracking.null import NullTracker, build_null
-from research.tracking.wandb_logger import WandbTracker, build_wandb, read_lives
+from research.tracking.wandb_logger import WandbTracker, build_wandb, has_api_key
 
 __all__ = [
+    "DEFAULT_PROJECT",
     "GuardedTracker",
     "JsonlTracker",
     "NullTracker",
@@ -25,5 +27,5 @@ __all__ = [
     "build_null",
     "build_wandb",
     "flatten_config",
-    "read_lives",
+    "has_api_key",
 ]

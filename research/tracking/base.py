@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = [
+    "DEFAULT_PROJECT",
     "GuardedTracker",
     "RunInfo",
     "Tracker",
@@ -24,6 +25,9 @@ __all__ = [
     "flatten_config",
     "warn_once_disabled",
 ]
+
+
+DEFAULT_PROJECT = "deit"  # the W&B project of a run whose logger: section names none
 
 
 class TrackerWarning(RuntimeWarning):
@@ -43,6 +47,8 @@ class RunInfo:
         tags: the techniques that are on in this run, e.g. ``("mixup", "distill-hard")``.
         config: the fully resolved, nested config (plus ``git_commit`` and ``n_parameters``).
         is_rank_zero: only rank 0 of a distributed job logs; other ranks get a no-op tracker.
+        life: which start of the run this is (1, then one more per resume or requeue), as recorded in
+            the run dir's ``lives.jsonl``.
     """
 
     run_dir: Path
@@ -53,6 +59,7 @@ class RunInfo:
     tags: tuple[str, ...] = ()
     config: Mapping[str, Any] = field(default_factory=dict)
     is_rank_zero: bool = True
+    life: int = 1
 
 
 @runtime_checkable

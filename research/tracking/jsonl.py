@@ -7,6 +7,7 @@ from an older checkpoint logs some steps again, and readers keep the last line o
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -42,7 +43,9 @@ class JsonlTracker:
             raise RuntimeError(f"log() after close() on {self.log_path}")
         record = {"step": int(step), "timestamp": round(time.time(), 3)}
         record.update({key: as_number(value) for key, value in metrics.items()})
-        self._file.write(json.dumps(record) + "\n")
+        # strict JSON: NaN and infinities (which json.dumps writes bare) become null
+        record = {key: None if isinstance(v, float) and not math.isfinite(v) else v for key, v in record.items()}
+        self._file.write(json.dumps(record, allow_nan=False) + "\n")
         self._file.flush()  # a killed job keeps every line written so far
 
     def summary(self, values: Mapping[str, Any]) -> None:

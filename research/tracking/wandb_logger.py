@@ -6,8 +6,9 @@ choice. Run files go under ``$WANDB_DIR`` if set, else under the run dir. Every 
 from its ``WANDB_*`` environment variable (``WANDB_SILENT``, ``WANDB_CONSOLE``, ...).
 
 Requeued runs (SLURM preemption, node failure) start the tracker again in the same run dir. Each start
-is a *life*, recorded as one line of ``<run_dir>/wandb_lives.jsonl`` (life number, W&B run id, mode,
-name, run-file directory), which is what a report reads to stitch the lives of a run together:
+is a *life* (``RunInfo.life``), one line of the run dir's ``lives.jsonl``; the tracker notes its W&B
+run there (``wandb_id``, ``wandb_mode``, ``wandb_name``, ``wandb_resumed``, ``wandb_sync_dir``), which is
+what a report reads to stitch the lives of a run together:
 
 * online, the W&B run id kept in ``<run_dir>/wandb_id`` is passed back with ``resume="allow"``, so all
   lives append to one W&B run;
@@ -21,20 +22,20 @@ what a life resuming from an older checkpoint does.
 
 from __future__ import annotations
 
-import json
 import logging
 import netrc
 import os
 import secrets
 import string
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+from research.engine.run_dir import note_life, read_lives
 from research.registry import LOGGERS
 from research.tracking.base import (
+    DEFAULT_PROJECT,
     GuardedTracker,
     RunInfo,
     Tracker,
@@ -46,12 +47,10 @@ from research.tracking.null import NullTracker
 
 __all__ = [
     "ID_FILE",
-    "LIVES_FILE",
     "STEP_METRIC",
     "WandbTracker",
     "build_wandb",
     "has_api_key",
-    "read_lives",
     "resolve_mode",
     "start_wandb_run",
 ]
@@ -60,8 +59,6 @@ log = logging.getLogger(__name__)
 
 STEP_METRIC = "trainer/step"
 ID_FILE = "wandb_id"
-LIVES_FILE = "wandb_lives.jsonl"
-DEFAULT_PROJECT = "deit"
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 
 # W&B's own aliases ("dryrun", "run") are accepted so that an inherited WANDB_MODE keeps working.
@@ -153,23 +150,6 @@ def has_api_key() -> bool:
     return False
 
 
-def read_lives(run_dir: Path) -> list[dict[str, Any]]:
-    """The lives of the run in ``run_dir``, oldest first (empty before the first start).
-
-    A line cut short by a job killed mid-write still counts as a life, as ``{"life": n}``.
-    """
-    path = Path(run_dir) / LIVES_FILE
-    if not path.exists():
-        return []
-    lives = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            lives.append(json.loads(line))
-        except json.JSONDecodeError:
-            lives.append({"life": number})
-    return lives
-
-
 def start_wandb_run(
     wandb: Any, run: RunInfo, *, project: str, entity: Optional[str], mode: str
 ) -> Any:
@@ -206,13 +186,12 @@ def _start_life(
     wandb: Any, run: RunInfo, root: Path, *, project: str, entity: Optional[str], mode: str
 ) -> Any:
     run_dir = Path(run.run_dir)
-    lives = read_lives(run_dir)
-    life = len(lives) + 1
+    lives, life = read_lives(run_dir), run.life
     id_file = run_dir / ID_FILE
     online_id = id_file.read_text(encoding="utf-8").strip() if mode == "online" and id_file.exists() else ""
     tags = list(dict.fromkeys(run.tags))
     if online_id:  # the same W&B run continues: keep the name it was created with
-        name = next((entry["name"] for entry in lives if entry.get("id") == online_id), run.name)
+        name = next((entry["wandb_name"] for entry in lives if entry.get("wandb_id") == online_id), run.name)
         tags.append("resumed")
     elif life > 1:  # a new W&B run for a later life: make it findable next to the earlier ones
         name = f"{run.name} (life {life})"
@@ -250,19 +229,8 @@ def _record_life(run_dir: Path, life: int, wb_run: Any, mode: str, name: str, *,
     try:
         if mode == "online":
             (run_dir / ID_FILE).write_text(wb_run.id + "\n", encoding="utf-8")
-        entry = {
-            "life": life,
-            "id": wb_run.id,
-            "mode": mode,
-            "name": name,
-            "resumed": resumed,
-            "sync_dir": str(getattr(wb_run.settings, "sync_dir", "")),
-            "started": round(time.time(), 3),
-        }
-        path = run_dir / LIVES_FILE
-        cut_short = path.exists() and not path.read_bytes().endswith(b"\n")  # a killed job's last line
-        with path.open("a", encoding="utf-8") as f:
-            f.write(("\n" if cut_short else "") + json.dumps(entry) + "\n")
+        sync_dir = str(getattr(wb_run.settings, "sync_dir", ""))
+        note_life(run_dir, life, wandb_id=wb_run.id, wandb_mode=mode, wandb_name=name, wandb_resumed=resumed, wandb_sync_dir=sync_dir)
     except OSError as exc:
         log.warning("W&B: cannot record life %d in %s: %s", life, run_dir, exc)
 
@@ -279,7 +247,7 @@ def build_wandb(
 
     Args:
         run: injected by the engine.
-        project: the W&B project; None = the run's project (``RunInfo.project``), else ``"deit"``.
+        project: the W&B project; None = the run's project (``RunInfo.project``), else ``DEFAULT_PROJECT``.
         entity: the W&B user or team; None = the account's default (or ``WANDB_ENTITY``).
         mode: ``"online"``, ``"offline"``, ``"disabled"``, or None = ``WANDB_MODE`` if set, else online
             when an API key is available and offline otherwise.

@@ -10,7 +10,7 @@ import torch
 
 from research.config import load_run
 from research.engine import checkpoint
-from research.engine.run_dir import read_metrics, read_summary
+from research.engine.run_dir import read_lives, read_metrics, read_summary
 from research.launch.train import train
 
 from .conftest import Interrupt, interrupt_at
@@ -32,6 +32,7 @@ def test_resumed_run_matches_uninterrupted_run(experiment) -> None:
     summary = train(resumed)
 
     assert summary["status"] == "done" and summary["epochs_done"] == 2
+    assert [life["life"] for life in read_lives(resumed.run_dir)] == [1, 2]  # one lives file, whatever the logger
     a, b = _epochs(straight.run_dir), _epochs(resumed.run_dir)
     assert [m["epoch"] for m in b] == [1, 2]  # no duplicated epoch lines after the resume
     for key in ("train/epoch_loss", "val/loss", "val/top1", "val/top5"):
@@ -77,7 +78,8 @@ def test_ema_weights_are_evaluated_and_every_option_saves(experiment) -> None:
 
 
 def test_lr_is_stepped_per_iteration_from_warmup(experiment) -> None:
-    run = load_run(experiment(logger={"name": "jsonl"}, train={"epochs": 2, "log_every_steps": 1, "progress": False}))
+    options = {"epochs": 2, "log_every_steps": 1, "progress": False}
+    run = load_run(experiment(logger={"name": "jsonl"}, sched={"warmup_epochs": 1, "step_on": "step"}, train=options))
     train(run)
     steps = [json.loads(line) for line in (run.run_dir / "log.jsonl").read_text().splitlines()]
     lrs = [s["train/lr"] for s in steps if "train/loss" in s]
@@ -123,3 +125,24 @@ def test_fused_attention_switch_reaches_every_attention_block(experiment) -> Non
         model = build_model(run.cfg, num_classes=4, env=DistEnv())
         flags = [m.fused_attn for m in model.modules() if hasattr(m, "fused_attn")]
         assert flags and all(flag is fused for flag in flags)
+
+
+def test_weight_decay_exempts_the_tokens_also_under_a_ddp_wrapper(experiment) -> None:
+    """The param groups come from the plain module: a DDP wrapper has no ``no_weight_decay()``."""
+    from torch import nn
+
+    from research.launch.train import _param_groups
+    from research.registry import MODELS
+
+    model = MODELS.build("deit_nano_distilled_patch4_32", num_classes=4)
+    wrapper = nn.Module()
+    wrapper.module = model  # what unwrap() sees in DistributedDataParallel
+
+    def decayed(**optim) -> set[int]:
+        cfg = load_run(experiment(model={"name": "deit_nano_distilled_patch4_32"}, optim=optim)).cfg
+        return {id(p) for group in _param_groups(cfg, wrapper) if group["weight_decay"] for p in group["params"]}
+
+    ours = decayed()
+    assert id(model.patch_embed.proj.weight) in ours
+    assert not {id(model.pos_embed), id(model.cls_token), id(model.dist_token)} & ours
+    assert id(model.dist_token) in decayed(decay_dist_token=True)  # the reference's timm 0.3.2

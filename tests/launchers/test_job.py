@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 from types import SimpleNamespace
 
@@ -10,7 +9,8 @@ import pytest
 import submitit
 
 from research.config import load_run
-from research.launch.job import LIVES, TrainJob
+from research.engine.run_dir import start_life
+from research.launch.job import TrainJob
 
 
 @pytest.fixture
@@ -19,7 +19,7 @@ def job(experiment):
     job = TrainJob(run, launch_dir=".")
     saved = []
     state = SimpleNamespace(epoch=0, step=3, epoch_step=3, updating=False)
-    job._loop = SimpleNamespace(state=state, data=SimpleNamespace(steps_per_epoch=10), run_dir=SimpleNamespace(save=saved.append))
+    job._loop = SimpleNamespace(state=state, data=SimpleNamespace(steps_per_epoch=10), save=lambda: saved.append(state))
     job.saved = saved
     yield job
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # checkpoint() ignores SIGTERM for the requeue
@@ -27,7 +27,8 @@ def job(experiment):
 
 def _lives(job, count: int) -> None:
     job.run.run_dir.mkdir(parents=True, exist_ok=True)
-    (job.run.run_dir / LIVES).write_text("".join(json.dumps({"job_id": f"1_{i}"}) + "\n" for i in range(count)))
+    for i in range(count):
+        start_life(job.run.run_dir, job_id=f"1_{i}")
 
 
 def test_mid_epoch_state_is_saved_and_the_job_requeued(job) -> None:

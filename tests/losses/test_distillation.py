@@ -242,9 +242,9 @@ def test_label_smoothing_matches_hand_math() -> None:
 
 def test_registry_entries_and_defaults() -> None:
     assert {"none", "soft", "soft_paper", "hard"} <= set(LOSSES.names())
-    assert LOSSES.metadata("none")["needs_teacher"] is False
+    assert LOSSES.info("none").needs_teacher is False
     for name in ("soft", "soft_paper", "hard"):
-        assert LOSSES.metadata(name)["needs_teacher"] is True
+        assert LOSSES.info(name).needs_teacher is True
     defaults = {
         name: {k: p.default for k, p in LOSSES.signature(name).parameters.items() if p.default is not p.empty}
         for name in ("none", "soft", "soft_paper", "hard")

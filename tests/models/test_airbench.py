@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from research.models.airbench import AirbenchNet, PatchWhitening, ShiftOnlyBatchNorm
-from research.registry import MODELS
+from research.registry import MODELS, ModelInfo
 
 
 def _correlated_images(n: int = 64, seed: int = 0) -> torch.Tensor:
@@ -21,7 +21,7 @@ def _correlated_images(n: int = 64, seed: int = 0) -> torch.Tensor:
 
 
 def test_registered_as_plain_cnn_with_the_shared_signature() -> None:
-    assert MODELS.metadata("airbench_cifar") == {"distilled": False, "family": "cnn"}
+    assert MODELS.info("airbench_cifar") == ModelInfo(distilled=False, family="cnn", default_img_size=32)
     params = MODELS.signature("airbench_cifar").parameters
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
     assert {k: p.default for k, p in params.items()} == {"num_classes": 1000, "img_size": 32, "drop_path_rate": 0.0, "whiten_bias_steps": 0}

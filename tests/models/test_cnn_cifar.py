@@ -10,15 +10,15 @@ import torch
 from torch import nn
 
 import research.models.cnn_cifar  # noqa: F401  (registers the CNNs)
-from research.registry import MODELS
+from research.registry import MODELS, ModelInfo
 
 CIFAR_CNNS = ["resnet10_cifar", "resnet18_cifar"]
 
 
 @pytest.mark.parametrize("name", CIFAR_CNNS)
 def test_registered_as_plain_cnn(name: str) -> None:
-    assert MODELS.metadata(name)["distilled"] is False
-    assert MODELS.metadata(name)["family"] == "cnn"
+    assert MODELS.info(name).distilled is False
+    assert MODELS.info(name).family == "cnn"
     params = MODELS.signature(name).parameters
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
     assert {k: p.default for k, p in params.items()} == {"num_classes": 1000, "img_size": 32, "drop_path_rate": 0.0}
@@ -76,7 +76,7 @@ def test_resnet10_cifar_is_small_and_fits_a_batch() -> None:
 
 @pytest.mark.parametrize(("name", "width"), [("resnet9_cifar", 64), ("resnet9_slim_cifar", 32)])
 def test_resnet9_shapes_and_registration(name: str, width: int) -> None:
-    assert MODELS.metadata(name) == {"distilled": False, "family": "cnn"}
+    assert MODELS.info(name) == ModelInfo(distilled=False, family="cnn", default_img_size=32)
     net = MODELS.build(name, num_classes=10)
     convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == 8 and [c.out_channels for c in convs] == [width, 2 * width, 2 * width, 2 * width, 4 * width, 8 * width, 8 * width, 8 * width]

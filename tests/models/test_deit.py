@@ -10,9 +10,9 @@ from timm.layers import DropPath
 
 import research.models  # noqa: F401  (registers the models)
 from research.models import EVAL_HEADS, DeiT, DistilledDeiT
-from research.registry import MODELS
+from research.registry import MODELS, ModelInfo
 
-DEIT_NAMES = [name for name in MODELS.names() if MODELS.metadata(name).get("family") == "deit"]
+DEIT_NAMES = [name for name in MODELS.names() if MODELS.info(name).family == "deit"]
 TIMM_NAMES = timm.list_models("deit_*")  # DeiT (not DeiT III): the 8 patch16 models at 224 and 384
 BIG = {"deit_base_patch16_224", "deit_base_patch16_384", "deit_base_distilled_patch16_224",
        "deit_base_distilled_patch16_384"}
@@ -44,9 +44,9 @@ def test_registry_has_timm_names_and_the_32px_variants():
 def test_metadata_and_builder_signature(name):
     embed_dim, depth, num_heads, patch_size, img_size = EXPECTED_SHAPES[name]
     distilled = "_distilled_" in name
-    assert dict(MODELS.metadata(name)) == {
-        "distilled": distilled, "family": "deit", "patch_size": patch_size, "default_img_size": img_size
-    }
+    assert MODELS.info(name) == ModelInfo(
+        distilled=distilled, family="deit", patch_size=patch_size, default_img_size=img_size
+    )
 
     params = MODELS.signature(name).parameters
     expected = {"num_classes": (int, 1000), "img_size": (int, img_size), "drop_path_rate": (float, 0.1)}
@@ -89,7 +89,7 @@ def test_outputs_equal_timms_given_the_same_weights(name):
     theirs = timm.create_model(name, pretrained=False, drop_path_rate=0.0)
     ours = MODELS.build(name, drop_path_rate=0.0)
     ours.load_state_dict(theirs.state_dict(), strict=True)
-    size = MODELS.metadata(name)["default_img_size"]
+    size = MODELS.info(name).default_img_size
     images = torch.randn(1 if size > 224 else 2, 3, size, size)
 
     with torch.no_grad():

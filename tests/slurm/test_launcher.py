@@ -22,8 +22,7 @@ import yaml
 from scripts import load_script
 
 from research.engine import checkpoint
-from research.engine.run_dir import read_metrics, read_summary
-from research.launch.job import read_lives
+from research.engine.run_dir import read_lives, read_metrics, read_summary
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -172,10 +172,10 @@ def test_registry_entries() -> None:
         params = TEACHERS.signature(name).parameters
         assert {"num_classes", "checkpoint", "channels_last"} <= params.keys()
         assert params["channels_last"].default is False
-        arch = TEACHERS.metadata(name).get("arch")
-        if TEACHERS.metadata(name)["source"] == "timm" and arch is not None:
+        arch = TEACHERS.info(name).arch
+        if TEACHERS.info(name).source == "timm" and arch is not None:
             assert timm.is_model(arch)
-        if TEACHERS.metadata(name)["source"] == "research":
+        if TEACHERS.info(name).source == "research":
             assert arch in MODELS
     assert "arch" in TEACHERS.signature("timm").parameters
 

@@ -1,0 +1,97 @@
+"""The step never waits on the host, and a non-finite loss is never saved nor ends a run ``done``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+
+from research.config import load_run
+from research.engine import checkpoint
+from research.engine.fit import StepMeter, train_step
+from research.engine.run_dir import read_summary
+from research.launch.train import train
+
+SYNCS = ("item", "tolist", "__float__", "__int__", "__bool__")  # what makes the host wait for a GPU
+
+
+class Captured(Exception):
+    pass
+
+
+def capture(into: dict[str, Any]) -> Any:
+    def hook(loop: Any) -> None:
+        into["loop"] = loop
+        raise Captured
+
+    return hook
+
+
+def test_steps_read_nothing_back_until_the_log_step(experiment, monkeypatch: pytest.MonkeyPatch) -> None:
+    into: dict[str, Any] = {}
+    with pytest.raises(Captured):
+        train(load_run(experiment(train={"epochs": 1, "progress": False, "ema": True})), on_loop=capture(into))
+    loop = into["loop"]
+    batches = list(loop.data.train_batches(0, 0))
+    meter = StepMeter(loop.device, 8)
+    reads: list[str] = []
+
+    def host_side(tensor: torch.Tensor) -> bool:  # AdamW's step counters live on the CPU, also beside a GPU
+        return any(tensor is state.get("step") for state in loop.state.optimizer.state.values())
+
+    for name in SYNCS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: Any, _original: Any = original, _name: str = name) -> Any:
+            if not host_side(self):
+                reads.append(_name)
+            return _original(self, *args)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+    for images, targets in batches[:3]:
+        train_step(loop, images, targets, meter)
+    assert reads == []  # three steps (forward, loss, backward, AdamW, EMA, lr) without one read
+    logs = meter.window(step=3)
+    assert len(reads) == 1 and logs["train/loss"] > 0  # one read for the whole window
+
+
+def test_a_non_finite_loss_is_never_saved_and_the_run_fails(experiment) -> None:
+    options = {"epochs": 1, "progress": False, "checkpoint_every_steps": 2, "log_every_steps": 100}
+    run = load_run(experiment(logger={"name": "jsonl"}, train=options))
+
+    def poison_step_3(loop: Any) -> None:
+        objective, calls = loop.objective, []
+
+        def poisoned(images: torch.Tensor, outputs: Any, targets: torch.Tensor) -> Any:
+            result = objective(images, outputs, targets)
+            calls.append(1)
+            if len(calls) == 3:
+                result.loss = result.loss * float("nan")
+            return result
+
+        loop.objective = poisoned
+
+    with pytest.raises(FloatingPointError, match="not finite"):
+        train(run, on_loop=poison_step_3)
+    saved = checkpoint.load(run.run_dir / "last.pt")
+    assert saved["step"] == 2  # the checkpoint of step 4 was refused: its weights came from a NaN step
+    assert read_summary(run.run_dir)["status"] == "failed"
+    for line in (run.run_dir / "log.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda constant: pytest.fail(f"{constant} in log.jsonl"))
+
+
+def test_json_lines_stay_strict_with_a_non_finite_value(tmp_path) -> None:
+    from research.engine.run_dir import RunDir
+    from research.tracking.jsonl import JsonlTracker
+
+    RunDir(tmp_path, config={}).append_metrics({"epoch": 1, "val/loss": float("nan"), "val/top1": 10.0})
+    tracker = JsonlTracker(tmp_path / "log.jsonl", tmp_path / "summary.json")
+    tracker.log({"val/loss": float("inf")}, step=3)
+    tracker.close()
+    strict = {"parse_constant": lambda constant: pytest.fail(f"bare {constant}")}
+    (epoch,) = [json.loads(line, **strict) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    (step,) = [json.loads(line, **strict) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert epoch["val/loss"] is None and epoch["val/top1"] == 10.0 and step["val/loss"] is None
