@@ -27,13 +27,13 @@ def lrs(sched: SchedCfg, *, epochs: int = 10, steps_per_epoch: int = 10) -> list
 
 def test_poly_at_power_one_with_a_prefixed_warmup_is_airbenchs_triangle() -> None:
     # airbench94: np.interp(step, [0, 0.23 T, T], [0.2, 1, 0.07]) x lr; here T = 100 steps, warm-up 2.3 epochs
-    got = lrs(SchedCfg(name="poly", warmup_epochs=2.3, warmup_lr=0.2, min_lr=0.07, decay_rate=1.0, warmup_prefix=True))
+    got = lrs(SchedCfg(name="poly", warmup_epochs=2.3, warmup_lr=0.2, min_lr=0.07, decay_rate=1.0, warmup_prefix=True, step_on="step"))
     expected = [0.2 + 0.8 * t / 23 if t < 23 else 1.0 - 0.93 * (t - 23) / 77 for t in range(101)]
     assert got == pytest.approx(expected, abs=1e-9)
     assert max(got) == pytest.approx(1.0) and got[-1] == pytest.approx(0.07)
 
 
 def test_without_the_prefix_the_cosine_schedule_is_unchanged() -> None:
-    got = lrs(SchedCfg(name="cosine", warmup_epochs=1.0, warmup_lr=0.0, min_lr=0.0))
+    got = lrs(SchedCfg(name="cosine", warmup_epochs=1.0, warmup_lr=0.0, min_lr=0.0, step_on="step"))
     assert got[0] == 0.0 and got[5] == pytest.approx(0.5)
     assert got[10] == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(torch.pi * 10 / 100)).item()))
