@@ -373,3 +373,14 @@ def test_sched_step_on_is_epoch_or_step(experiment) -> None:
     assert load_run(experiment()).cfg.sched.step_on == "epoch"  # the reference's, by default
     with pytest.raises(ConfigError, match=r"sched\.step_on is one of \('epoch', 'step'\)"):
         load_run(experiment(sched={"step_on": "batch"}))
+
+
+@pytest.mark.parametrize(
+    ("loss", "key"), [("hard", "tau"), ("hard", "kl_reduction"), ("none", "alpha"), ("none", "tau")]
+)
+def test_a_loss_key_that_would_do_nothing_is_refused(experiment, loss: str, key: str) -> None:
+    """Hard distillation has no temperature and the plain loss no weights: such a key is refused when
+    the config loads, not silently ignored (loss.name is switched alone by the distillation ablation)."""
+    path = experiment("tiny", model={"name": "deit_nano_distilled_patch4_32"})
+    message = error_of(path, [f"loss.name={loss}", f"loss.{key}=1"])
+    assert key in message and loss in message

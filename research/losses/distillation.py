@@ -132,18 +132,9 @@ def _require_teacher(name: str, teacher: nn.Module | None) -> nn.Module:
 
 
 @LOSSES.register("none", LossInfo(needs_teacher=False))
-def no_distillation(
-    *,
-    base_criterion: nn.Module,
-    teacher: nn.Module | None,
-    alpha: float = 0.5,
-    tau: float = 1.0,
-    kl_reduction: str = "numel",
-) -> GroundTruthObjective:
-    """Ground truth only (``alpha``, ``tau`` and ``kl_reduction`` are unused).
-
-    A distilled student is trained through its class head only (see :class:`GroundTruthObjective`).
-    """
+def no_distillation(*, base_criterion: nn.Module, teacher: nn.Module | None) -> GroundTruthObjective:
+    """Ground truth only. A distilled student is trained through its class head only (see
+    :class:`GroundTruthObjective`). It takes no ``alpha``/``tau``: a key that would do nothing is refused."""
     if teacher is not None:
         raise ValueError("loss 'none' does not use a teacher; remove the 'teacher:' section or use loss 'soft'/'hard'")
     return GroundTruthObjective(base_criterion=base_criterion)
@@ -179,16 +170,9 @@ def soft_paper(
 
 
 @LOSSES.register("hard", LossInfo(needs_teacher=True))
-def hard(
-    *,
-    base_criterion: nn.Module,
-    teacher: nn.Module | None,
-    alpha: float = 0.5,
-    tau: float = 1.0,
-    kl_reduction: str = "numel",
-) -> HardDistillation:
-    """Hard-label distillation, the paper's default (Sec. 4); equal weights as in the paper (``tau``,
-    ``kl_reduction`` unused)."""
+def hard(*, base_criterion: nn.Module, teacher: nn.Module | None, alpha: float = 0.5) -> HardDistillation:
+    """Hard-label distillation, the paper's default (Sec. 4); equal weights as in the paper. It has no
+    temperature: ``tau`` and ``kl_reduction`` are refused, not ignored."""
     teacher = _require_teacher("hard", teacher)
     return HardDistillation(base_criterion=base_criterion, teacher=teacher, alpha=alpha)
 

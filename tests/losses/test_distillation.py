@@ -137,7 +137,7 @@ def test_soft_paper_setting_pinned() -> None:
 
 def test_hard_is_cross_entropy_against_teacher_argmax_pinned() -> None:
     images, outputs, labels = make_batch()
-    objective = build("hard", tau=7.0)  # tau is unused by hard distillation
+    objective = build("hard")
     assert isinstance(objective, HardDistillation)
 
     out = objective(images, outputs, labels)
