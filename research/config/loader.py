@@ -242,7 +242,12 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
 
 
 def _check_recipe_fits_loader(raw: dict[str, Any], layered: Layered) -> None:
-    recipe = build_component(SECTIONS["aug"], raw["aug"], img_size=raw["model"].get("img_size", 224))
+    from research.data.techniques import AugError
+
+    try:
+        recipe = build_component(SECTIONS["aug"], raw["aug"], img_size=raw["model"].get("img_size", 224))
+    except AugError as exc:
+        raise ConfigError(f"{layered.where('aug.' + exc.key)}: {exc}") from None
     try:
         recipe.check_batch_size(raw["loader"]["batch_size"])
     except ValueError as exc:
@@ -255,9 +260,9 @@ def _check_recipe_fits_loader(raw: dict[str, Any], layered: Layered) -> None:
     if raw["loader"]["batch_augment"]:
         if recipe.batch_transform is None:
             raise ConfigError(
-                f"{layered.where('loader.batch_augment')}: loader.batch_augment crops, flips and cuts out whole batches, but "
-                f"recipe {recipe.name!r} also applies {', '.join(recipe.per_image_techniques())} per image: "
-                "turn those off in aug: (simple_crop: true for the crop) or set loader.batch_augment: false"
+                f"{layered.where('loader.batch_augment')}: loader.batch_augment runs the recipe on whole batches, but "
+                f"recipe {recipe.name!r} has no batched version of {'; '.join(recipe.per_image_techniques())}: "
+                "change that technique in aug: or set loader.batch_augment: false"
             )
         if raw["data"].get("in_memory") is False:
             raise ConfigError(

@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -47,7 +46,7 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
 
     if "alternate_flip" in recipe.enabled and not cfg.loader.batch_augment:  # the config loader refuses it too
         raise ConfigError("aug.alternate_flip needs loader.batch_augment: true (the per-image path cannot alternate)")
-    in_memory = _in_memory(train_set, val_set, recipe, cfg) if cfg.loader.batch_augment else None
+    in_memory = _in_memory(train_set, val_set, recipe, cfg, env.device) if cfg.loader.batch_augment else None
 
     def train_batches(epoch: int, skip_steps: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         sampler.set_epoch(epoch)
@@ -84,15 +83,18 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
     return RunData(loop_data, num_classes, recipe, len(train_set), len(val_set))
 
 
-_Arrays = tuple[np.ndarray, list[int], list[int]]
+_Arrays = tuple[torch.Tensor, torch.Tensor, list[int]]
 
 
-def _in_memory(train_set: Dataset, val_set: Dataset, recipe: Any, cfg: ExperimentCfg) -> tuple[_Arrays, _Arrays]:
-    """The decoded pixels, targets and item -> row map of both splits, for ``loader.batch_augment``."""
+def _in_memory(
+    train_set: Dataset, val_set: Dataset, recipe: Any, cfg: ExperimentCfg, device: torch.device
+) -> tuple[_Arrays, _Arrays]:
+    """The decoded pixels and targets of both splits on the training device (copied there once: the
+    whole recipe then runs on batches there), and each split's item -> row map, for ``loader.batch_augment``."""
     if recipe.batch_transform is None:  # the config loader already refuses this; built directly, say it here
         raise ConfigError(
-            f"loader.batch_augment: recipe {recipe.name!r} applies {', '.join(recipe.per_image_techniques())} per image, "
-            "which have no whole-batch version; set loader.batch_augment: false"
+            f"loader.batch_augment: recipe {recipe.name!r} has no batched version of "
+            f"{'; '.join(recipe.per_image_techniques())}; set loader.batch_augment: false"
         )
     arrays = []
     for split, dataset in (("train", train_set), ("val", val_set)):
@@ -112,7 +114,8 @@ def _in_memory(train_set: Dataset, val_set: Dataset, recipe: Any, cfg: Experimen
                 f"loader.batch_augment evaluates images as they are, but the val images are {width}x{height} and "
                 f"model.img_size is {size}: set loader.batch_augment: false (the per-image path resizes them)"
             )
-        arrays.append((dataset.pixels, dataset.targets, positions))
+        pixels = torch.from_numpy(dataset.pixels).to(device)  # (N, H, W, 3) uint8; shared, not copied, on the CPU
+        arrays.append((pixels, torch.as_tensor(dataset.targets, device=device), positions))
     return arrays[0], arrays[1]
 
 
