@@ -86,9 +86,12 @@ def _translate_abs(m: Tensor, hparams: dict[str, Any], g: torch.Generator) -> Te
     return _negate(m / _LEVEL_DENOM * float(hparams["translate_const"]), g)
 
 
-def _desaturate(m: Tensor, *_: Any) -> Tensor:
-    level = (0.5 + 0.5 * (m / _LEVEL_DENOM)).clamp(0.5, 1.0)  # _minmax_level_to_arg(0.5, 1.0)
-    return (1.0 - level).clamp(0.0, 1.0)  # timm's desaturate: Color factor 1 - level
+def _desaturate_level(m: Tensor, *_: Any) -> Tensor:
+    return (0.5 + 0.5 * (m / _LEVEL_DENOM)).clamp(0.5, 1.0)  # _minmax_level_to_arg(min_val=0.5, max_val=1.0)
+
+
+def _desaturate(images: Tensor, level: Tensor) -> Tensor:
+    return P.color(images, (1.0 - level).clamp(0.0, 1.0))  # timm: the Color factor is 1 - level
 
 
 def _affine(entry: int, scale_by: str | None = None) -> Callable[..., Tensor]:
@@ -135,7 +138,7 @@ OPS: dict[str, tuple[Level, Callable[..., Tensor], bool]] = {
     "TranslateY": (_translate_abs, _affine(5), True),
     "TranslateXRel": (_translate_rel, _affine(2, "width"), True),
     "TranslateYRel": (_translate_rel, _affine(5, "height"), True),
-    "Desaturate": (_desaturate, P.color, False),
+    "Desaturate": (_desaturate_level, _desaturate, False),
 }
 
 
