@@ -45,7 +45,9 @@ def _where(mask: Tensor, images: Tensor, fn: Callable[[Tensor, Tensor | slice], 
     """``fn`` applied to the images where ``mask`` holds; ``fn(subset, index)`` reads per-image args at ``index``."""
     if images.device.type == "cpu":  # a subset is free to find here, and saves computing skipped images
         rows = mask.nonzero().squeeze(1)
-        return images.index_copy(0, rows, fn(images[rows], rows)) if len(rows) else images
+        if len(rows):
+            images[rows] = fn(images[rows], rows)  # in place: the batch is the pipeline's own tensor
+        return images
     return torch.where(mask[:, None, None, None], fn(images, slice(None)), images)
 
 

@@ -176,44 +176,57 @@ def affine(images: Tensor, matrix: Tensor, resample: int | Tensor, fill: tuple[i
     return torch.where(inside[:, None], out, colour)
 
 
-def _gather(images: Tensor, y: Tensor, x: Tensor) -> Tensor:
-    """``images[b, :, y[b], x[b]]`` for ``(B, H, W)`` integer maps, clamped to the image (XCLIP/YCLIP)."""
+def _taps(coordinate: Tensor, offsets: range, size: int) -> list[Tensor]:
+    """Integer source positions ``floor(coordinate) + k`` clamped to the image (Geometry.c's XCLIP/YCLIP)."""
+    base = coordinate.floor().long()
+    return [(base + k).clamp_(0, size - 1) for k in offsets]
+
+
+def _sample(images: Tensor, rows: list[Tensor], cols: list[Tensor], wy: list[Tensor], wx: list[Tensor]) -> Tensor:
+    """``sum_ij wy[i] wx[j] images[b, :, rows[i], cols[j]]`` for ``(B, H, W)`` tap maps and weights."""
     b, c, h, w = images.shape
-    flat = (y.clamp(0, h - 1) * w + x.clamp(0, w - 1)).reshape(b, 1, -1).expand(b, c, -1)
-    return images.reshape(b, c, -1).gather(2, flat).reshape(b, c, *y.shape[1:])
+    flat = images.reshape(b, c, h * w)
+    out = None
+    for row, weight_y in zip(rows, wy):
+        line = None
+        for col, weight_x in zip(cols, wx):
+            index = (row * w + col).reshape(b, 1, -1).expand(b, c, -1)
+            value = flat.gather(2, index).reshape(b, c, *row.shape[1:]) * weight_x
+            line = value if line is None else line + value
+        assert line is not None
+        term = line * weight_y
+        out = term if out is None else out + term
+    assert out is not None
+    return out
 
 
 def _nearest(images: Tensor, x_in: Tensor, y_in: Tensor) -> Tensor:
-    return _gather(images, y_in.floor().long(), x_in.floor().long())
+    _, _, h, w = images.shape
+    one = torch.ones((), dtype=images.dtype, device=images.device)
+    return _sample(images, _taps(y_in, range(1), h), _taps(x_in, range(1), w), [one], [one])
 
 
 def _bilinear(images: Tensor, x_in: Tensor, y_in: Tensor) -> Tensor:
+    _, _, h, w = images.shape
     x, y = x_in - 0.5, y_in - 0.5
-    x0, y0 = x.floor(), y.floor()
-    dx, dy = (x - x0)[:, None].to(images.dtype), (y - y0)[:, None].to(images.dtype)  # (B, 1, H, W)
-    x0, y0 = x0.long(), y0.long()
-    top = _gather(images, y0, x0) * (1 - dx) + _gather(images, y0, x0 + 1) * dx
-    bottom = _gather(images, y0 + 1, x0) * (1 - dx) + _gather(images, y0 + 1, x0 + 1) * dx
-    return torch.floor(top * (1 - dy) + bottom * dy)  # Geometry.c truncates
+    dx, dy = (x - x.floor())[:, None].to(images.dtype), (y - y.floor())[:, None].to(images.dtype)  # (B, 1, H, W)
+    out = _sample(images, _taps(y, range(2), h), _taps(x, range(2), w), [1 - dy, dy], [1 - dx, dx])
+    return out.floor_()  # Geometry.c truncates
 
 
-def _cubic_weights(d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _cubic_weights(d: Tensor) -> list[Tensor]:
     """Geometry.c's BICUBIC macro (the a = -1 cubic) as weights of the four taps."""
     d2, d3 = d * d, d * d * d
-    return -d + 2 * d2 - d3, 1 - 2 * d2 + d3, d + d2 - d3, -d2 + d3
+    return [-d + 2 * d2 - d3, 1 - 2 * d2 + d3, d + d2 - d3, -d2 + d3]
 
 
 def _bicubic(images: Tensor, x_in: Tensor, y_in: Tensor) -> Tensor:
+    _, _, h, w = images.shape
     x, y = x_in - 0.5, y_in - 0.5
-    x0, y0 = x.floor(), y.floor()
-    wx = _cubic_weights((x - x0)[:, None].to(images.dtype))
-    wy = _cubic_weights((y - y0)[:, None].to(images.dtype))
-    x0, y0 = x0.long() - 1, y0.long() - 1
-    out = torch.zeros_like(images)
-    for i in range(4):
-        row = sum(wx[j] * _gather(images, y0 + i, x0 + j) for j in range(4))
-        out = out + wy[i] * row
-    return torch.floor(out.clamp(0, 255))
+    wx = _cubic_weights((x - x.floor())[:, None].to(images.dtype))
+    wy = _cubic_weights((y - y.floor())[:, None].to(images.dtype))
+    out = _sample(images, _taps(y, range(-1, 3), h), _taps(x, range(-1, 3), w), wy, wx)
+    return out.clamp_(0, 255).floor_()
 
 
 _SAMPLERS = {NEAREST: _nearest, BILINEAR: _bilinear, BICUBIC: _bicubic}
