@@ -65,7 +65,7 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
         return _loader(train_set, cfg, batch, env, sampler=indices, drop_last=True, generator=generator)
 
     val_sampler = build_eval_sampler(val_set, num_replicas=env.world_size, rank=env.rank)  # no padding: exact totals
-    eval_batch = cfg.loader.eval_batch_size or 2 * batch
+    eval_batch = cfg.loader.eval_batch_size or 4 * batch  # no gradients or saved activations at evaluation
     if in_memory is not None:
         pixels, targets, positions = in_memory[1]
         val_indices = [positions[i] for i in val_sampler]
