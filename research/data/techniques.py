@@ -29,8 +29,11 @@ from timm.data import Mixup as TimmMixup
 from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
 from timm.data.random_erasing import RandomErasing as TimmRandomErasing
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
+import torch
+from torch import Tensor
 from torchvision import transforms as T
 
+from research.data import pil_ops
 from research.data.batch_augment import BatchAugment, BatchOp, BatchResizedCrop
 from research.data.batch_ops import (
     BatchAutoAugment,
@@ -326,6 +329,31 @@ class ColorJitter(Technique):
 
 
 @dataclass(frozen=True)
+class Grayscale(Technique):
+    """Random grayscale (torchvision's ``RandomGrayscale``, timm's ``grayscale_prob``; part of DeiT III's
+    3-Augment): each image turned grey with this probability, after the colour jitter."""
+
+    stage: ClassVar[Stage] = "pixels"
+    grayscale: float = 0.0
+
+    def tags(self, ctx: Context) -> tuple[str, ...]:
+        return ("grayscale",) if self.grayscale > 0 else ()
+
+    def check(self, ctx: Context) -> None:
+        _probability("grayscale", self.grayscale)
+
+    def image_transforms(self, ctx: Context) -> list[Callable[[Any], Any]]:
+        return [T.RandomGrayscale(self.grayscale)] if self.grayscale > 0 else []
+
+    def batch_ops(self, ctx: Context) -> list[BatchOp]:
+        def grey(images: Tensor, generator: torch.Generator) -> Tensor:
+            chosen = torch.rand(len(images), generator=generator, device=images.device) < self.grayscale  # (B,)
+            return torch.where(chosen[:, None, None, None], pil_ops.grayscale(images).expand_as(images), images)
+
+        return [grey] if self.grayscale > 0 else []
+
+
+@dataclass(frozen=True)
 class RandomErasing(Technique):
     """timm's RandomErasing (Zhong et al. 2020) on normalised images."""
 
@@ -428,7 +456,9 @@ class RepeatedAug(Technique):
 
 
 # Pipeline order within each stage; a new technique goes here once.
-TECHNIQUES: tuple[type[Technique], ...] = (Crop, Flip, RandAugment, AutoAugment, ColorJitter, RandomErasing, Cutout, Mixup, RepeatedAug)
+TECHNIQUES: tuple[type[Technique], ...] = (
+    Crop, Flip, RandAugment, AutoAugment, ColorJitter, Grayscale, RandomErasing, Cutout, Mixup, RepeatedAug,
+)  # fmt: skip
 
 
 def knobs_of(kind: type[Technique]) -> list[str]:

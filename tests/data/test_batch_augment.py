@@ -221,3 +221,28 @@ def test_evaluation_batches_are_the_eval_transform_of_every_image() -> None:
     assert [len(t) for _, t in batches] == [4, 4, 2]  # no image dropped at evaluation
     expected = torch.stack([recipe.eval_transform(Image.fromarray(image)) for image in pixels])
     torch.testing.assert_close(torch.cat([images for images, _ in batches]), expected, atol=1e-5, rtol=0)
+
+
+def test_grayscale_is_torchvisions_random_grayscale_on_both_paths() -> None:
+    """The technique added last, as one field and one class (research/data/techniques.py: Grayscale)."""
+    recipe = _crop_flip_recipe(grayscale=0.3)
+    assert "grayscale" in recipe.techniques() and "RandomGrayscale(p=0.3)" in repr(recipe.train_transform)
+    batch = recipe.batch_transform
+    pixels = _pixels(2000)
+    params = batch.sample(2000, 32, 32, torch.Generator().manual_seed(0))
+    out = batch.apply(pixels, params, torch.Generator().manual_seed(1))
+    levels = torch.from_numpy(plain_pixels(out))  # (B, H, W, 3) uint8
+    grey = (levels[..., 0] == levels[..., 1]).flatten(1).all(1) & (levels[..., 1] == levels[..., 2]).flatten(1).all(1)
+    assert grey.float().mean().item() == pytest.approx(0.3, abs=0.035)  # 3.5 standard deviations
+    plain = _crop_flip_recipe().batch_transform.apply(pixels, params)  # the same crops, no grayscale
+    image = int(grey.nonzero()[0])
+    expected = np.asarray(TF.rgb_to_grayscale(Image.fromarray(plain_pixels(plain[image])), num_output_channels=3))
+    torch.testing.assert_close(out[image], recipe.eval_transform(Image.fromarray(expected)), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="aug.grayscale is a probability"):
+        _crop_flip_recipe(grayscale=1.5)
+
+
+def plain_pixels(normalised: torch.Tensor) -> np.ndarray:
+    """Normalised ``(..., 3, H, W)`` images back to ``(..., H, W, 3)`` uint8 pixels."""
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    return torch.round((normalised * std + mean) * 255).clamp(0, 255).byte().movedim(-3, -1).numpy()
