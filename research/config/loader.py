@@ -285,16 +285,16 @@ def _check_optimizer_implementation(optim: dict[str, Any], where: str) -> None:
         raise ConfigError(f"{where}: optim.implementation {choice!r} is not one of {', '.join(OPTIMIZER_IMPLEMENTATIONS)}")
     if choice == "auto":
         return
-    from timm.optim import get_optimizer_info
+    import timm.optim
 
-    try:
-        info = get_optimizer_info(optim["name"].lower().split("_")[-1])
+    try:  # the class timm's create_optimizer_v2 builds for this name
+        opt_class: Any = timm.optim.get_optimizer_class(optim["name"].lower().split("_")[-1], bind_defaults=False)  # type: ignore[attr-defined]
     except (KeyError, ValueError):
         return  # an unknown optimizer name is timm's error to report when the optimizer is built
     keyword = "foreach" if choice == "for_loop" else choice
-    if keyword not in inspect.signature(info.opt_class).parameters:
+    if keyword not in inspect.signature(opt_class).parameters:
         raise ConfigError(
-            f"{where}: optim.implementation={choice!r}: optimizer {optim['name']!r} ({info.opt_class.__name__}) has no "
+            f"{where}: optim.implementation={choice!r}: optimizer {optim['name']!r} ({opt_class.__name__}) has no "
             f"{keyword} implementation; use auto, or optim.name adamw, adam or sgd"
         )
 

@@ -36,12 +36,14 @@ from research.data.techniques import (
     AugError,
     Context,
     Crop,
-    Mixup as MixupTechnique,
     NotBatchable,
     RepeatedAug,
     Technique,
     build_techniques,
     check_policy,
+)
+from research.data.techniques import (
+    Mixup as MixupTechnique,
 )
 from research.registry import AUGMENTATIONS
 

@@ -17,7 +17,6 @@ Every argument that varies per image is a ``(B,)`` tensor on the images' device.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor

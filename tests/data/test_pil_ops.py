@@ -111,7 +111,7 @@ def test_color_jitter_ops_are_torchvisions_on_pil() -> None:
     images, factors = _images(), torch.linspace(0.6, 1.4, 12)
     batch = _batch(images)
     for op, tv in ((P.brightness, TF.adjust_brightness), (P.contrast, TF.adjust_contrast), (P.color, TF.adjust_saturation)):
-        _assert_within_rounding(op(batch, factors), _pil(images, lambda image, i: tv(image, float(factors[i]))))
+        _assert_within_rounding(op(batch, factors), _pil(images, lambda image, i, tv=tv: tv(image, float(factors[i]))))
     assert ColorJitter(0.4).brightness == (0.6, 1.4)  # the range the factors above span
 
 
