@@ -103,6 +103,7 @@ class BatchAugment:
         # Folded so that normalising is one multiply-add: (x / 255 - mean) / std.
         self._scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
         self._shift = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
+        self._folded = (tuple(self._scale.flatten().tolist()), tuple(self._shift.flatten().tolist()))
 
     def _flips_and_cutout(self, params: BatchAugmentParams, generator: torch.Generator | None) -> BatchAugmentParams:
         count = len(params.top)
@@ -165,7 +166,8 @@ class BatchAugment:
 
     def normalise_planar(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` float pixel values in [0, 255] -> normalised, as ``ToTensor`` then ``Normalize``."""
-        scale, shift = self._scale.to(images.device), self._shift.to(images.device)
+        scale = pil_ops.constant(self._folded[0], images.device, torch.float32).view(1, 3, 1, 1)
+        shift = pil_ops.constant(self._folded[1], images.device, torch.float32).view(1, 3, 1, 1)
         return (images * scale + shift).contiguous()
 
     def __repr__(self) -> str:

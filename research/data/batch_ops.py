@@ -177,7 +177,7 @@ class _Op:
         resample: Any = self.resample
         if isinstance(resample, tuple):  # per image, as timm's random.choice per call
             pick = torch.randint(0, len(resample), (count,), generator=generator, device=device)
-            resample = torch.tensor(resample, device=device)[pick]
+            resample = P.constant(tuple(float(r) for r in resample), device, torch.float64).long()[pick]
         return args, resample
 
     def __call__(self, images: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
@@ -206,7 +206,7 @@ class BatchRandAugment:
         """``(B, num_layers)`` op indices."""
         if self.weights is None:
             return torch.randint(0, len(self.ops), (count, self.num_layers), generator=generator, device=device)
-        weights = self.weights.to(device).expand(count, -1)
+        weights = P.constant(tuple(self.weights.tolist()), device, torch.float64).expand(count, -1)
         return torch.multinomial(weights, self.num_layers, replacement=False, generator=generator)
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:

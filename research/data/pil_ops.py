@@ -17,6 +17,8 @@ Every argument that varies per image is a ``(B,)`` tensor on the images' device.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -39,6 +41,12 @@ __all__ = [
 ]
 
 NEAREST, BILINEAR, BICUBIC = 0, 2, 3  # PIL's resample codes
+
+
+@functools.lru_cache(maxsize=64)
+def constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """A small constant tensor made once per device: a copy from the host each batch would make it wait."""
+    return torch.tensor(values, device=device, dtype=dtype)
 
 
 def _column(values: Tensor) -> Tensor:
@@ -75,12 +83,12 @@ def brightness(images: Tensor, factor: Tensor) -> Tensor:
 
 
 # ImageFilter.SMOOTH, the degenerate image of ImageEnhance.Sharpness.
-_SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+_SMOOTH = (1.0, 1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0, 1.0)
 
 
 def sharpness(images: Tensor, factor: Tensor) -> Tensor:
     """``ImageEnhance.Sharpness``: blend with the SMOOTH-filtered image (its border pixels unfiltered)."""
-    kernel = _SMOOTH.to(images.device, images.dtype).expand(3, 1, 3, 3)
+    kernel = (constant(_SMOOTH, images.device, images.dtype) / 13.0).view(1, 1, 3, 3).expand(3, 1, 3, 3)
     inner = F.conv2d(images, kernel, groups=3)  # (B, 3, H-2, W-2)
     smooth = images.clone()
     smooth[:, :, 1:-1, 1:-1] = torch.floor(inner + 0.5).clamp(0, 255)  # Filter.c rounds
@@ -171,7 +179,7 @@ def affine(images: Tensor, matrix: Tensor, resample: int | Tensor, fill: tuple[i
         out = torch.where(bicubic, _bicubic(images, x_in, y_in), _bilinear(images, x_in, y_in))
     else:
         out = _SAMPLERS[resample](images, x_in, y_in)
-    colour = torch.tensor(fill, device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    colour = constant(tuple(float(c) for c in fill), images.device, images.dtype).view(1, 3, 1, 1)
     return torch.where(inside[:, None], out, colour)
 
 
@@ -298,6 +306,6 @@ def rotation_matrix(degrees: Tensor, width: int, height: int) -> Tensor:
 
 
 def identity_matrix(count: int, device: torch.device) -> Tensor:
-    return torch.tensor([1.0, 0, 0, 0, 1.0, 0], device=device, dtype=torch.float64).repeat(count, 1)
+    return constant((1.0, 0.0, 0.0, 0.0, 1.0, 0.0), device, torch.float64).repeat(count, 1)  # (B, 6)
 
 
