@@ -284,7 +284,7 @@ class BatchRecipe:
     def apply(self, pixels: Tensor, params: BatchAugmentParams, generator: torch.Generator | None = None) -> Tensor:
         """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, size, size)`` float32."""
         if generator is None and (self.pixel_ops or self.tensor_ops):
-            generator = torch.Generator(pixels.device).manual_seed(torch.seed())
+            generator = torch.Generator(pixels.device).manual_seed(int(torch.randint(0, 2**62, ())))  # from the global RNG
         if pixels.device.type != "cpu":
             return self._apply(pixels, params, generator)
         # Hundreds of small ops: on the CPU one thread runs them fastest. With the step's threads,
