@@ -26,7 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import Mixup as TimmMixup
 from timm.data.transforms_factory import DEFAULT_CROP_PCT
 from torchvision import transforms as T
 
@@ -36,14 +37,12 @@ from research.data.techniques import (
     AugError,
     Context,
     Crop,
+    Mixup,
     NotBatchable,
     RepeatedAug,
     Technique,
     build_techniques,
     check_policy,
-)
-from research.data.techniques import (
-    Mixup as MixupTechnique,
 )
 from research.registry import AUGMENTATIONS
 
@@ -86,14 +85,14 @@ class Recipe:
     @property
     def mixup_active(self) -> bool:
         """Whether batches are mixed; the loss must then take soft targets."""
-        return bool(self.part(MixupTechnique).active)
+        return bool(self.part(Mixup).active)
 
-    def mixup(self, num_classes: int, label_smoothing: float) -> Mixup | None:
+    def mixup(self, num_classes: int, label_smoothing: float) -> TimmMixup | None:
         """timm's batch mixer (it also smooths the mixed one-hot targets), or None when mixing is off.
 
         When this returns None the loss must apply ``label_smoothing`` itself.
         """
-        return self.part(MixupTechnique).build(num_classes, label_smoothing)  # type: ignore[no-any-return]
+        return self.part(Mixup).build(num_classes, label_smoothing)  # type: ignore[no-any-return]
 
     def techniques(self) -> list[str]:
         """Names of the techniques that are on, e.g. for run tags: ``["random_resized_crop", "hflip", ...]``."""
@@ -109,7 +108,7 @@ class Recipe:
 
         The training loader must also drop its last incomplete batch, which may be odd.
         """
-        mix = self.part(MixupTechnique)
+        mix = self.part(Mixup)
         if mix.active and per_rank_batch % 2:
             raise ValueError(
                 f"batch size per rank is {per_rank_batch}, but Mixup/CutMix (aug.mixup={mix.mixup}, "
