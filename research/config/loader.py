@@ -9,6 +9,7 @@ resolves every run's component sections against their builders. Any problem rais
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from research.config import sources
 from research.config.components import SECTIONS, resolve_section
 from research.config.errors import ConfigError
 from research.config.expand import baseline_name, differing_keys, variant_overrides
-from research.config.schema import JOB_TYPES, PRECISIONS, STEP_ON, ExperimentCfg
+from research.config.schema import COMPILE_MODES, JOB_TYPES, OPTIMIZER_IMPLEMENTATIONS, PRECISIONS, STEP_ON, ExperimentCfg
 from research.config.sources import Layered
 from research.plugins import PluginError, import_plugins
 from research.registry import CheckContext, Invalid, model_img_size
@@ -206,6 +207,12 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
         raise ConfigError(
             f"{layered.where('model.img_size')}: model {raw['model']['name']!r} has no default resolution: set model.img_size"
         )
+    _check_optimizer_implementation(raw["optim"], layered.where("optim.implementation"))
+    if raw["train"]["compile_mode"] not in COMPILE_MODES:
+        raise ConfigError(
+            f"{layered.where('train.compile_mode')}: train.compile_mode {raw['train']['compile_mode']!r} is not one of "
+            f"{', '.join(COMPILE_MODES)}"
+        )
     _check_slurm_time(raw["slurm"]["time"], layered.where("slurm.time"))
     for key in ("batch_size", "workers"):
         if raw["loader"][key] < (1 if key == "batch_size" else 0):
@@ -233,6 +240,27 @@ def _check_components(raw: dict[str, Any], layered: Layered, check_files: bool) 
                 spec.registry.check(CheckContext(raw[key]["name"], raw, check_files))
             except Invalid as exc:
                 raise ConfigError(f"{layered.where(exc.key)}: {exc.message}") from None
+
+
+def _check_optimizer_implementation(optim: dict[str, Any], where: str) -> None:
+    """``optim.implementation`` must be one the optimizer's class takes (torch's Adam, AdamW and SGD take both)."""
+    choice = optim["implementation"]
+    if choice not in OPTIMIZER_IMPLEMENTATIONS:
+        raise ConfigError(f"{where}: optim.implementation {choice!r} is not one of {', '.join(OPTIMIZER_IMPLEMENTATIONS)}")
+    if choice == "auto":
+        return
+    import timm.optim
+
+    try:  # the class timm's create_optimizer_v2 builds for this name
+        opt_class: Any = timm.optim.get_optimizer_class(optim["name"].lower().split("_")[-1], bind_defaults=False)  # type: ignore[attr-defined]
+    except (KeyError, ValueError):
+        return  # an unknown optimizer name is timm's error to report when the optimizer is built
+    keyword = "foreach" if choice == "for_loop" else choice
+    if keyword not in inspect.signature(opt_class).parameters:
+        raise ConfigError(
+            f"{where}: optim.implementation={choice!r}: optimizer {optim['name']!r} ({opt_class.__name__}) has no "
+            f"{keyword} implementation; use auto, or optim.name adamw, adam or sgd"
+        )
 
 
 def slurm_minutes(text: str) -> int:

@@ -19,11 +19,12 @@ class LoaderCfg:
     """Data loading. ``batch_size`` is per process (rank); the paper's 1024 is 8 GPUs x 128."""
 
     batch_size: int = 128
-    eval_batch_size: Optional[int] = None  # default: 2 x batch_size (no gradients at eval)
+    eval_batch_size: Optional[int] = None  # default: 4 x batch_size (no gradients or activations kept at eval)
     workers: int = 8
     pin_memory: bool = True
-    # Crop, flip and cut out whole uint8 batches in the training process (no workers) instead of each
-    # image in a worker: for in-memory datasets and recipes with no other per-image technique.
+    # Run the whole recipe (crop, flip, RandAugment / AutoAugment, color jitter, random erasing, cutout;
+    # mixup runs in the loop either way) on whole uint8 batches on the training device, each image
+    # drawing its own parameters, instead of image by image in PIL: for in-memory datasets.
     batch_augment: bool = False
     # On one process, repeated augmentation puts an image's copies in the same batch. false: sample
     # each image once per epoch there, as the reference does (its RASampler only runs distributed).
@@ -48,6 +49,9 @@ class OptimCfg:
     # no_weight_decay() named only pos_embed and cls_token); timm >= 0.4 exempts it, as we do by default.
     decay_dist_token: bool = False
     clip_grad: Optional[float] = None  # max gradient norm; None = no clipping
+    # torch's kernel for the update: auto (torch's choice: foreach on GPUs), foreach (one multi-tensor
+    # kernel per op), fused (one kernel for the whole update; Adam/AdamW/SGD, CUDA and CPU), for_loop
+    implementation: str = "auto"
     # airbench's Lookahead (research/engine/lookahead.py): sync slow weights every N steps (0 = off),
     # their decay rising as (progress)^3 to lookahead_max_decay (airbench: every 5, 0.95^5 = 0.774)
     lookahead_every: int = 0
@@ -87,7 +91,9 @@ class TrainCfg:
     # the first update, as timm's ModelEma in the reference does
     ema_copy_first: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 only on GPU)
-    compile: bool = False  # torch.compile the student
+    compile: bool = False  # torch.compile the student (its forward and backward; CPU and CUDA)
+    # torch.compile's mode: default, reduce-overhead (CUDA graphs of the student), max-autotune
+    compile_mode: str = "default"
     channels_last: bool = False
     checkpoint_every_steps: int = 0  # also checkpoint every N steps inside an epoch (0 = per epoch only)
     log_every_steps: int = 50
@@ -175,3 +181,5 @@ class ExperimentCfg:
 JOB_TYPES = ("train", "teacher", "finetune", "eval")
 STEP_ON = ("epoch", "step")
 PRECISIONS = ("fp32", "bf16", "fp16")
+OPTIMIZER_IMPLEMENTATIONS = ("auto", "foreach", "fused", "for_loop")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -1,4 +1,4 @@
-"""Crop, flip, cutout and normalisation of whole ``uint8`` batches, for datasets kept in memory.
+"""The train transform on whole ``uint8`` batches, on the training device, for datasets kept in memory.
 
 A recipe whose per-image transform is only a padded random crop, a flip and cutout (the CIFAR CNN
 teacher's) spends most of its data time in per-image Python and PIL calls, and on a small CPU the
@@ -6,6 +6,13 @@ loader worker that does them takes cycles from the training step. :class:`BatchA
 same random crops, flips and squares for a whole batch and applies them with one gather and one mask
 on the ``(B, H, W, 3)`` array, in the training process: no worker at all. :class:`InMemoryBatches`
 serves an epoch's batches that way.
+
+:class:`BatchRecipe` runs a whole recipe that way: the crop and flip (and cutout) of a geometry
+(:class:`BatchAugment`, or :class:`BatchResizedCrop` for timm's RandomResizedCrop), then the ops of
+:mod:`research.data.batch_ops` (RandAugment / AutoAugment, color jitter on the integer pixels; random
+erasing after normalising), each image drawing its own parameters. The crops are drawn for the whole
+epoch when the epoch starts; the other ops draw from a generator seeded per batch, so a resumed epoch
+repeats every draw.
 
 The result is the per-image pipeline's in distribution: torchvision's ``RandomCrop(size, padding=p,
 padding_mode=m)`` (zero or reflect padding, offsets uniform in ``[0, H + 2p - size]``),
@@ -18,14 +25,19 @@ augmentations, not other data.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["BatchAugment", "BatchAugmentParams", "InMemoryBatches", "alternating_flips"]
+from research.data import pil_ops
+
+__all__ = ["BatchAugment", "BatchAugmentParams", "BatchRecipe", "BatchResizedCrop", "InMemoryBatches", "alternating_flips"]
+
+BatchOp = Callable[[Tensor, torch.Generator], Tensor]
 
 
 @dataclass(frozen=True)
@@ -38,10 +50,15 @@ class BatchAugmentParams:
     flip: Tensor
     cut_top: Tensor | None = None
     cut_left: Tensor | None = None
+    height: Tensor | None = None  # the crop boxes' sizes, for a resized crop
+    width: Tensor | None = None
+    bicubic: Tensor | None = None  # per image, for a resized crop with random interpolation
 
-    def __getitem__(self, window: slice) -> BatchAugmentParams:
-        cut = (None, None) if self.cut_top is None or self.cut_left is None else (self.cut_top[window], self.cut_left[window])
-        return BatchAugmentParams(self.top[window], self.left[window], self.flip[window], *cut)
+    def __getitem__(self, window: slice | Tensor) -> BatchAugmentParams:
+        return BatchAugmentParams(**{k: None if v is None else v[window] for k, v in vars(self).items()})
+
+    def to(self, device: torch.device | str) -> BatchAugmentParams:
+        return BatchAugmentParams(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
 
 
 class BatchAugment:
@@ -86,6 +103,15 @@ class BatchAugment:
         # Folded so that normalising is one multiply-add: (x / 255 - mean) / std.
         self._scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
         self._shift = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
+        self._folded = (tuple(self._scale.flatten().tolist()), tuple(self._shift.flatten().tolist()))
+
+    def _flips_and_cutout(self, params: BatchAugmentParams, generator: torch.Generator | None) -> BatchAugmentParams:
+        count = len(params.top)
+        params = dataclasses.replace(params, flip=torch.rand(count, generator=generator) < self.hflip)
+        if not self.cutout:
+            return params
+        corners = torch.randint(0, self.size - self.cutout + 1, (2, count), generator=generator)
+        return dataclasses.replace(params, cut_top=corners[0], cut_left=corners[1])
 
     def sample(self, count: int, height: int, width: int, generator: torch.Generator | None = None) -> BatchAugmentParams:
         """Draw crop offsets, flips and cutout squares for ``count`` images of ``height`` x ``width``."""
@@ -96,23 +122,20 @@ class BatchAugment:
             )
         if self.padding_mode == "reflect" and self.padding >= min(height, width):
             raise ValueError(f"reflect padding of {self.padding} needs images larger than that, got {width}x{height}")
-        params = BatchAugmentParams(
-            top=torch.randint(0, room_y + 1, (count,), generator=generator),
-            left=torch.randint(0, room_x + 1, (count,), generator=generator),
-            flip=torch.rand(count, generator=generator) < self.hflip,
-        )
-        if not self.cutout:
-            return params
-        room = self.size - self.cutout
-        corners = torch.randint(0, room + 1, (2, count), generator=generator)
-        return BatchAugmentParams(params.top, params.left, params.flip, cut_top=corners[0], cut_left=corners[1])
+        top = torch.randint(0, room_y + 1, (count,), generator=generator)
+        left = torch.randint(0, room_x + 1, (count,), generator=generator)
+        return self._flips_and_cutout(BatchAugmentParams(top, left, top), generator)
 
-    def apply(self, pixels: Tensor, params: BatchAugmentParams) -> Tensor:
+    def apply(self, pixels: Tensor, params: BatchAugmentParams, generator: torch.Generator | None = None) -> Tensor:
         """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, size, size)`` float32, with ``params``' crops."""
+        return self.cut(self.normalise_planar(self.geometry(pixels, params)), params)
+
+    def geometry(self, pixels: Tensor, params: BatchAugmentParams) -> Tensor:
+        """Crop and flip: ``(B, H, W, 3)`` uint8 -> ``(B, 3, size, size)`` float32 pixel values."""
         if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise ValueError(f"expected (B, H, W, 3) uint8 pixels, got {pixels.dtype} {tuple(pixels.shape)}")
         p = self.padding
-        steps = torch.arange(self.size)
+        steps = torch.arange(self.size, device=pixels.device)
         rows = params.top[:, None] + steps  # (B, size), in the padded image
         # A mirrored crop reads its columns right to left: crop and flip are one gather.
         cols = params.left[:, None] + torch.where(params.flip[:, None], self.size - 1 - steps, steps)  # (B, size)
@@ -121,22 +144,31 @@ class BatchAugment:
             rows, cols = _reflect(rows - p, pixels.shape[1]), _reflect(cols - p, pixels.shape[2])
         else:
             source = torch.nn.functional.pad(pixels, (0, 0, p, p, p, p)) if p else pixels  # (B, H+2p, W+2p, 3)
-        batch = torch.arange(len(pixels))[:, None, None]
+        batch = torch.arange(len(pixels), device=pixels.device)[:, None, None]
         crops = source[batch, rows[:, :, None], cols[:, None, :]]  # (B, size, size, 3)
-        images = self.normalise(crops)
-        if self.cutout:
-            if params.cut_top is None or params.cut_left is None:
-                raise ValueError(f"{self!r} needs cutout corners in its params: draw them with sample()")
-            dy = steps - params.cut_top[:, None]  # (B, size): row offset from the square's top
-            dx = steps - params.cut_left[:, None]
-            in_rows, in_cols = (dy >= 0) & (dy < self.cutout), (dx >= 0) & (dx < self.cutout)
-            images.masked_fill_((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)  # mask (B, 1, size, size)
-        return images
+        return crops.permute(0, 3, 1, 2).float()  # (B, 3, size, size)
+
+    def cut(self, images: Tensor, params: BatchAugmentParams) -> Tensor:
+        """Cutout: the drawn square of every normalised image set to 0."""
+        if not self.cutout:
+            return images
+        if params.cut_top is None or params.cut_left is None:
+            raise ValueError(f"{self!r} needs cutout corners in its params: draw them with sample()")
+        steps = torch.arange(self.size, device=images.device)
+        dy = steps - params.cut_top[:, None]  # (B, size): row offset from the square's top
+        dx = steps - params.cut_left[:, None]
+        in_rows, in_cols = (dy >= 0) & (dy < self.cutout), (dx >= 0) & (dx < self.cutout)
+        return images.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)  # mask (B, 1, size, size)
 
     def normalise(self, pixels: Tensor) -> Tensor:
         """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32, as ``ToTensor`` then ``Normalize``."""
-        images = pixels.permute(0, 3, 1, 2).float()  # (B, 3, H, W)
-        return (images * self._scale + self._shift).contiguous()
+        return self.normalise_planar(pixels.permute(0, 3, 1, 2).float())
+
+    def normalise_planar(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` float pixel values in [0, 255] -> normalised, as ``ToTensor`` then ``Normalize``."""
+        scale = pil_ops.constant(self._folded[0], images.device, torch.float32).view(1, 3, 1, 1)
+        shift = pil_ops.constant(self._folded[1], images.device, torch.float32).view(1, 3, 1, 1)
+        return (images * scale + shift).contiguous()
 
     def __repr__(self) -> str:
         flip = ", alternate_flip=True" if self.alternate_flip else ""
@@ -145,6 +177,140 @@ class BatchAugment:
             f"{type(self).__name__}(size={self.size}, padding={self.padding}{mode}, hflip={self.hflip}, "
             f"cutout={self.cutout}{flip})"
         )
+
+
+class BatchResizedCrop(BatchAugment):
+    """timm's ``RandomResizedCropAndInterpolation`` then a flip (and cutout), on whole batches.
+
+    Each image draws its box as torchvision's ``RandomResizedCrop.get_params`` does (10 attempts at a
+    scale and a log-uniform aspect ratio, the first that fits, else the centre crop), and the box is
+    resized with Pillow's filters (:func:`pil_ops.resized_crop`).
+
+    Args:
+        size: Output height and width.
+        scale, ratio: Area fraction and aspect-ratio ranges.
+        interpolation: ``bicubic``, ``bilinear``, ``nearest``, or ``random`` (bilinear or bicubic per image).
+        hflip, mean, std, cutout, alternate_flip: As in :class:`BatchAugment`.
+    """
+
+    _CODES = {"nearest": pil_ops.NEAREST, "bilinear": pil_ops.BILINEAR, "bicubic": pil_ops.BICUBIC}
+
+    def __init__(
+        self,
+        size: int,
+        scale: Sequence[float],
+        ratio: Sequence[float],
+        interpolation: str,
+        hflip: float,
+        mean: Sequence[float],
+        std: Sequence[float],
+        cutout: int = 0,
+        *,
+        alternate_flip: bool = False,
+    ) -> None:
+        super().__init__(size, 0, hflip, mean, std, cutout, alternate_flip=alternate_flip)
+        if interpolation not in (*self._CODES, "random"):
+            raise ValueError(f"interpolation is one of {', '.join(self._CODES)} or random, got {interpolation!r}")
+        self.scale, self.ratio, self.interpolation = tuple(scale), tuple(ratio), interpolation
+
+    def sample(self, count: int, height: int, width: int, generator: torch.Generator | None = None) -> BatchAugmentParams:
+        area = height * width
+        target = (torch.rand(count, 10, generator=generator, dtype=torch.float64) * (self.scale[1] - self.scale[0]) + self.scale[0]) * area
+        low, high = math.log(self.ratio[0]), math.log(self.ratio[1])
+        aspect = torch.exp(torch.rand(count, 10, generator=generator, dtype=torch.float64) * (high - low) + low)
+        w, h = torch.round(torch.sqrt(target * aspect)).long(), torch.round(torch.sqrt(target / aspect)).long()
+        fits = (w <= width) & (h <= height)  # (B, 10)
+        first = fits.long().argmax(1, keepdim=True)  # the first attempt that fits
+        fallback_h, fallback_w = self._centre_box(height, width)
+        h = torch.where(fits.any(1), h.gather(1, first).squeeze(1), fallback_h)
+        w = torch.where(fits.any(1), w.gather(1, first).squeeze(1), fallback_w)
+        top = torch.floor(torch.rand(count, generator=generator, dtype=torch.float64) * (height - h + 1)).long()
+        left = torch.floor(torch.rand(count, generator=generator, dtype=torch.float64) * (width - w + 1)).long()
+        # The centre crop of the fallback is centred, not drawn.
+        top = torch.where(fits.any(1), top, (height - h) // 2)
+        left = torch.where(fits.any(1), left, (width - w) // 2)
+        bicubic = torch.rand(count, generator=generator) < 0.5 if self.interpolation == "random" else None
+        params = BatchAugmentParams(top, left, top, height=h, width=w, bicubic=bicubic)
+        return self._flips_and_cutout(params, generator)
+
+    def _centre_box(self, height: int, width: int) -> tuple[int, int]:
+        in_ratio = width / height
+        if in_ratio < min(self.ratio):
+            return int(round(width / min(self.ratio))), width
+        if in_ratio > max(self.ratio):
+            return height, int(round(height * max(self.ratio)))
+        return height, width
+
+    def geometry(self, pixels: Tensor, params: BatchAugmentParams) -> Tensor:
+        if params.height is None or params.width is None:
+            raise ValueError(f"{self!r} needs crop boxes in its params: draw them with sample()")
+        images = pixels.permute(0, 3, 1, 2).float()  # (B, 3, H, W)
+        box = torch.stack([params.top, params.left, params.height, params.width], dim=1)  # (B, 4)
+        if params.bicubic is not None:  # timm's random interpolation: bilinear or bicubic per image
+            out = torch.where(
+                params.bicubic[:, None, None, None],
+                pil_ops.resized_crop(images, box, self.size, pil_ops.BICUBIC),
+                pil_ops.resized_crop(images, box, self.size, pil_ops.BILINEAR),
+            )
+        else:
+            out = pil_ops.resized_crop(images, box, self.size, self._CODES[self.interpolation])
+        return torch.where(params.flip[:, None, None, None], out.flip(-1), out)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio={self.ratio}, "
+            f"interpolation={self.interpolation!r}, hflip={self.hflip}, cutout={self.cutout})"
+        )
+
+
+class BatchRecipe:
+    """A recipe's train transform on whole batches: ``geometry``'s crop and flip, ``pixel_ops`` on the
+    integer pixels, normalisation, ``tensor_ops`` on the normalised images, then cutout.
+
+    The ops are :mod:`research.data.batch_ops` callables ``(images, generator) -> images``; the
+    recipe's techniques provide them (:mod:`research.data.techniques`).
+    """
+
+    def __init__(self, geometry: BatchAugment, pixel_ops: Sequence[BatchOp] = (), tensor_ops: Sequence[BatchOp] = ()) -> None:
+        self.geometry, self.pixel_ops, self.tensor_ops = geometry, tuple(pixel_ops), tuple(tensor_ops)
+
+    @property
+    def alternate_flip(self) -> bool:
+        return self.geometry.alternate_flip
+
+    def sample(self, count: int, height: int, width: int, generator: torch.Generator | None = None) -> BatchAugmentParams:
+        return self.geometry.sample(count, height, width, generator)
+
+    def apply(self, pixels: Tensor, params: BatchAugmentParams, generator: torch.Generator | None = None) -> Tensor:
+        """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, size, size)`` float32."""
+        if generator is None and (self.pixel_ops or self.tensor_ops):
+            generator = torch.Generator(pixels.device).manual_seed(int(torch.randint(0, 2**62, ())))  # from the global RNG
+        if pixels.device.type != "cpu":
+            return self._apply(pixels, params, generator)
+        # Hundreds of small ops: on the CPU one thread runs them fastest. With the step's threads,
+        # each op's fork-join waits for a core a neighbour holds (35x slower on 2 busy cores).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._apply(pixels, params, generator)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _apply(self, pixels: Tensor, params: BatchAugmentParams, generator: torch.Generator | None) -> Tensor:
+        images = self.geometry.geometry(pixels, params)
+        for op in self.pixel_ops:
+            images = op(images, generator)  # type: ignore[arg-type]
+        images = self.geometry.normalise_planar(images)
+        for op in self.tensor_ops:
+            images = op(images, generator)  # type: ignore[arg-type]
+        return self.geometry.cut(images, params)
+
+    def normalise(self, pixels: Tensor) -> Tensor:
+        return self.geometry.normalise(pixels)
+
+    def __repr__(self) -> str:
+        ops = ", ".join(type(op).__name__ for op in (*self.pixel_ops, *self.tensor_ops))
+        return f"{type(self).__name__}({self.geometry!r}, ops=[{ops}])"
 
 
 def _reflect(index: Tensor, length: int) -> Tensor:
@@ -165,28 +331,31 @@ def alternating_flips(rows: Tensor, epoch: int, num_rows: int, seed: int) -> Ten
 
 
 class InMemoryBatches:
-    """Batches of a ``(N, H, W, 3)`` uint8 array, transformed whole by a :class:`BatchAugment`.
+    """Batches of a ``(N, H, W, 3)`` uint8 array, transformed whole by a :class:`BatchRecipe` (or a
+    bare :class:`BatchAugment`), on the array's device.
 
     Args:
-        pixels: All images of the dataset.
+        pixels: All images of the dataset, a numpy array or a tensor (already on the training device:
+            the batches are made there).
         targets: Their class indices.
         indices: The epoch's images, in order (a sampler's output); cut into ``batch_size`` chunks, the
             last one dropped if short and ``drop_last``.
         transform: What each batch goes through.
         train: Random crop, flip and cutout (True) or normalisation only (False, for evaluation).
-        generator: Source of the random draws. They are all drawn when the object is made, so the
-            batches from ``skip_batches`` on are the same as those of a full pass.
+        generator: Source of the random draws (a CPU generator). Crops, flips and cutout squares are
+            all drawn when the object is made, and each batch's other ops draw from a generator seeded
+            from it then, so the batches from ``skip_batches`` on are the same as those of a full pass.
         skip_batches: Leading batches to leave out (a mid-epoch resume).
         epoch, flip_seed: The epoch and the run's seed, for a transform with ``alternate_flip``.
     """
 
     def __init__(
         self,
-        pixels: np.ndarray,
-        targets: Sequence[int],
+        pixels: np.ndarray | Tensor,
+        targets: Sequence[int] | Tensor,
         indices: Sequence[int],
         batch_size: int,
-        transform: BatchAugment,
+        transform: BatchRecipe | BatchAugment,
         *,
         train: bool,
         drop_last: bool = False,
@@ -197,16 +366,21 @@ class InMemoryBatches:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.pixels = torch.from_numpy(pixels)  # shares memory with the array
-        self.targets = torch.as_tensor(targets, dtype=torch.long)
+        self.pixels = torch.from_numpy(pixels) if isinstance(pixels, np.ndarray) else pixels  # shares memory
+        device = self.pixels.device
+        self.targets = torch.as_tensor(targets, dtype=torch.long).to(device)
         count = len(indices) // batch_size * batch_size if drop_last else len(indices)
         self.indices = torch.as_tensor(indices[:count], dtype=torch.long)
         self.batch_size, self.transform = batch_size, transform
-        height, width = pixels.shape[1:3]
+        height, width = self.pixels.shape[1:3]
         self.params = transform.sample(count, height, width, generator) if train else None
         if self.params is not None and transform.alternate_flip:
-            flips = alternating_flips(self.indices, epoch, len(pixels), flip_seed)
+            flips = alternating_flips(self.indices, epoch, len(self.pixels), flip_seed)
             self.params = dataclasses.replace(self.params, flip=flips)
+        batches = -(-count // batch_size)
+        self.seeds = torch.randint(0, 2**62, (batches,), generator=generator).tolist() if train else []
+        self.device_params = None if self.params is None else self.params.to(device)
+        self.device_indices = self.indices.to(device)
         self.start = skip_batches * batch_size
 
     def __len__(self) -> int:
@@ -214,10 +388,11 @@ class InMemoryBatches:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for begin in range(self.start, len(self.indices), self.batch_size):
-            chosen = self.indices[begin : begin + self.batch_size]
+            chosen = self.device_indices[begin : begin + self.batch_size]
             pixels = self.pixels[chosen]
-            if self.params is None:
+            if self.device_params is None:
                 images = self.transform.normalise(pixels)
             else:
-                images = self.transform.apply(pixels, self.params[begin : begin + len(chosen)])
+                generator = torch.Generator(pixels.device).manual_seed(self.seeds[begin // self.batch_size])
+                images = self.transform.apply(pixels, self.device_params[begin : begin + len(chosen)], generator)
             yield images, self.targets[chosen]

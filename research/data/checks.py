@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+from research.data.policy import AugError
 from research.registry import AUGMENTATIONS, CheckContext, Invalid, model_img_size
 
 
 @AUGMENTATIONS.add_check
 def recipe_fits_loader(context: CheckContext) -> None:
-    """The per-rank batch suits the recipe, and the whole-batch path (``loader.batch_augment``) has
-    every technique the recipe turns on, and the decoded images in memory."""
+    """Every ``aug.*`` value is one the recipe takes, the per-rank batch suits the recipe, and the
+    whole-batch path (``loader.batch_augment``) has every technique the recipe turns on, and the
+    decoded images in memory."""
     config = context.config
     loader = config["loader"]
-    recipe = AUGMENTATIONS.build(
-        context.name, img_size=model_img_size(config["model"]) or 224, **_kwargs(config["aug"])
-    )
+    try:
+        recipe = AUGMENTATIONS.build(context.name, img_size=model_img_size(config["model"]) or 224, **_kwargs(config["aug"]))
+    except AugError as exc:
+        raise Invalid(f"aug.{exc.key}", str(exc)) from None
     try:
         recipe.check_batch_size(loader["batch_size"])
     except ValueError as exc:
@@ -29,9 +32,9 @@ def recipe_fits_loader(context: CheckContext) -> None:
     if recipe.batch_transform is None:
         raise Invalid(
             "loader.batch_augment",
-            f"loader.batch_augment crops, flips and cuts out whole batches, but recipe {recipe.name!r} also applies "
-            f"{', '.join(recipe.per_image_techniques())} per image: turn those off in aug: (simple_crop: true for "
-            "the crop) or set loader.batch_augment: false",
+            f"loader.batch_augment runs the recipe on whole batches, but recipe {recipe.name!r} has no batched "
+            f"version of {'; '.join(recipe.per_image_techniques())}: change that technique in aug: or set "
+            "loader.batch_augment: false",
         )
     if config["data"].get("in_memory") is False:
         raise Invalid(

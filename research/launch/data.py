@@ -6,7 +6,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -47,7 +46,7 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
             f"loader.batch_size={batch} is larger than the {len(sampler)} training images each of the "
             f"{env.world_size} processes gets; lower loader.batch_size"
         )
-    in_memory = _in_memory(train_set, val_set, recipe, cfg) if cfg.loader.batch_augment else None
+    in_memory = _in_memory(train_set, val_set, recipe, cfg, env.device) if cfg.loader.batch_augment else None
 
     def train_batches(epoch: int, skip_steps: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         sampler.set_epoch(epoch)
@@ -66,7 +65,7 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
         return _loader(train_set, cfg, batch, env, sampler=indices, drop_last=True, generator=generator)
 
     val_sampler = build_eval_sampler(val_set, num_replicas=env.world_size, rank=env.rank)  # no padding: exact totals
-    eval_batch = cfg.loader.eval_batch_size or 2 * batch
+    eval_batch = cfg.loader.eval_batch_size or 4 * batch  # no gradients or saved activations at evaluation
     if in_memory is not None:
         pixels, targets, positions = in_memory[1]
         val_indices = [positions[i] for i in val_sampler]
@@ -84,11 +83,14 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
     return RunData(loop_data, num_classes, recipe, len(train_set), len(val_set))
 
 
-_Arrays = tuple[np.ndarray, list[int], list[int]]
+_Arrays = tuple[torch.Tensor, torch.Tensor, list[int]]
 
 
-def _in_memory(train_set: Dataset, val_set: Dataset, recipe: Any, cfg: ExperimentCfg) -> tuple[_Arrays, _Arrays]:
-    """The decoded pixels, targets and item -> row map of both splits, for ``loader.batch_augment``."""
+def _in_memory(
+    train_set: Dataset, val_set: Dataset, recipe: Any, cfg: ExperimentCfg, device: torch.device
+) -> tuple[_Arrays, _Arrays]:
+    """The decoded pixels and targets of both splits on the training device (copied there once: the
+    whole recipe then runs on batches there), and each split's item -> row map, for ``loader.batch_augment``."""
     assert recipe.batch_transform is not None  # the recipe's check (research/data/checks.py) refused the config
     arrays = []
     for split, dataset in (("train", train_set), ("val", val_set)):
@@ -108,7 +110,8 @@ def _in_memory(train_set: Dataset, val_set: Dataset, recipe: Any, cfg: Experimen
                 f"loader.batch_augment evaluates images as they are, but the val images are {width}x{height} and "
                 f"model.img_size is {size}: set loader.batch_augment: false (the per-image path resizes them)"
             )
-        arrays.append((dataset.pixels, dataset.targets, positions))
+        pixels = torch.from_numpy(dataset.pixels).to(device)  # (N, H, W, 3) uint8; shared, not copied, on the CPU
+        arrays.append((pixels, torch.as_tensor(dataset.targets, device=device), positions))
     return arrays[0], arrays[1]
 
 

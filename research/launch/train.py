@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from research.config import ConfigError, ExperimentCfg, Run
 from research.config.components import SECTIONS, build_component
 from research.engine.checkpoint import load as load_checkpoint
-from research.engine.evaluate import evaluate
+from research.engine.evaluate import AUTOCAST_DTYPES, evaluate
 from research.engine.fit import Loop, fit
 from research.engine.lookahead import ScheduledLookahead
 from research.engine.run_dir import CONFIG, RunDir, start_life
@@ -110,7 +110,7 @@ def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
     if cfg.train.compile:
-        model = torch.compile(model)  # type: ignore[assignment]
+        model = torch.compile(model, mode=cfg.train.compile_mode)  # type: ignore[assignment]
     if env.distributed:
         # A distillation head that no loss trains gets no gradient, which DDP must be told about.
         unused = MODELS.info(cfg.model["name"]).distilled and not LOSSES.info(cfg.loss["name"]).needs_teacher
@@ -124,7 +124,10 @@ def build_teacher(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Modu
     if cfg.teacher is None or not LOSSES.info(cfg.loss["name"]).needs_teacher:
         return None
     teacher = build_component(SECTIONS["teacher"], cfg.teacher, num_classes=num_classes)
-    return teacher.to(env.device)
+    # The teacher runs as the student: channels-last when the run is, its weights in the run's
+    # autocast dtype (no per-step casts), in inference mode (Teacher.forward).
+    dtype = AUTOCAST_DTYPES.get(cfg.train.precision)
+    return teacher.to(env.device).for_run(channels_last=cfg.train.channels_last, dtype=dtype)
 
 
 def build_state(cfg: ExperimentCfg, model: nn.Module, data: RunData, env: DistEnv) -> TrainState:
@@ -134,6 +137,7 @@ def build_state(cfg: ExperimentCfg, model: nn.Module, data: RunData, env: DistEn
     if cfg.optim.scale_lr:  # DeiT section 6: lr = 5e-4 x global batch / 512
         lr *= cfg.loader.batch_size * env.world_size / 512
     extra = {key: getattr(cfg.optim, key) for key in ("eps", "betas") if getattr(cfg.optim, key) is not None}
+    extra.update(optimizer_implementation(cfg.optim.implementation))
     optimizer = create_optimizer_v2(
         _param_groups(cfg, model), opt=cfg.optim.name, lr=lr, weight_decay=cfg.optim.weight_decay,
         momentum=cfg.optim.momentum, **extra,
@@ -182,6 +186,11 @@ def _param_groups(cfg: ExperimentCfg, model: nn.Module) -> list[dict[str, Any]]:
     if cfg.optim.decay_dist_token:
         exempt.discard("dist_token")
     return param_groups_weight_decay(plain, cfg.optim.weight_decay, no_weight_decay_list=exempt)
+
+
+def optimizer_implementation(choice: str) -> dict[str, bool]:
+    """The optimizer keywords for ``optim.implementation`` (validated against the class by the config loader)."""
+    return {"auto": {}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}, "fused": {"fused": True}}[choice]
 
 
 def _resume(cfg: ExperimentCfg, state: TrainState, run_dir: RunDir) -> bool:

@@ -42,10 +42,21 @@ class Teacher(nn.Module):
         self.net = net.requires_grad_(False)
         self.name = name
         self.num_classes = num_classes
-        self.channels_last = channels_last
-        if channels_last:
-            self.net.to(memory_format=torch.channels_last)
+        self.channels_last = False
+        self.dtype: torch.dtype | None = None
+        self.for_run(channels_last=channels_last)
         self.train(False)
+
+    def for_run(self, *, channels_last: bool = False, dtype: torch.dtype | None = None) -> Teacher:
+        """Run as the student does: channels-last memory format (kept if already on), and weights and
+        inputs in the run's autocast ``dtype`` (bf16 / fp16), so no step casts the weights again."""
+        if channels_last and not self.channels_last:
+            self.channels_last = True
+            self.net.to(memory_format=torch.channels_last)
+        if dtype is not None:
+            self.dtype = dtype
+            self.net.to(dtype)
+        return self
 
     def train(self, mode: bool = True) -> Teacher:
         """Keep eval mode whatever ``mode`` is: a teacher's BatchNorm statistics must not drift."""
@@ -56,13 +67,14 @@ class Teacher(nn.Module):
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            logits = self.net(images)  # (B, C), an inference tensor
+            logits = self.net(images if self.dtype is None else images.to(self.dtype))  # (B, C), an inference tensor
         # Inference tensors cannot be saved for backward, so e.g. mse_loss(student, teacher) would
-        # fail; a clone made outside inference mode is an ordinary tensor. Only B x C floats.
-        return logits.clone()
+        # fail; a copy made outside inference mode is an ordinary tensor. Only B x C floats.
+        return logits.to(torch.float32, copy=True)
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, num_classes={self.num_classes}, channels_last={self.channels_last}"
+        dtype = f", dtype={self.dtype}" if self.dtype is not None else ""
+        return f"name={self.name!r}, num_classes={self.num_classes}, channels_last={self.channels_last}{dtype}"
 
 
 def _timm_teacher(

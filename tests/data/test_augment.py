@@ -190,3 +190,25 @@ def test_full_deit_recipe_survives_many_draws():
     images = [_image(16, seed) for seed in range(20)]
     for draw in range(2000):
         assert recipe.train_transform(images[draw % 20]).shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize("knobs", [{}, {"rand_augment": None}, {"rand_augment": None, "auto_augment": "original-mstd0.5"}])
+def test_per_image_path_is_timms_create_transform(knobs):
+    """The techniques' per-image transforms are what timm.data.create_transform builds, draw for draw."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+
+    recipe = AUGMENTATIONS.build("deit", img_size=48, scale=[0.08, 1.0], **knobs)
+    policy = knobs.get("auto_augment") or knobs.get("rand_augment", "rand-m9-mstd0.5-inc1")
+    timm_transform = create_transform(
+        48, is_training=True, scale=(0.08, 1.0), hflip=0.5, color_jitter=0.3, auto_augment=policy,
+        interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, re_prob=0.25, re_mode="pixel",
+    )  # fmt: skip
+    image = _image(64)
+    for seed in range(30):
+        outputs = []
+        for transform in (recipe.train_transform, timm_transform):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            outputs.append(transform(image))
+        assert torch.equal(*outputs), seed

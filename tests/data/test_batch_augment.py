@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from research.data.batch_augment import BatchAugment, BatchAugmentParams, InMemoryBatches, alternating_flips
+from research.data.batch_augment import BatchAugment, BatchAugmentParams, BatchResizedCrop, InMemoryBatches, alternating_flips
+from research.data.batch_ops import OPS, BatchAutoAugment, BatchColorJitter, BatchRandAugment, BatchRandomErasing
 from research.registry import AUGMENTATIONS
 
 CROP_FLIP_ONLY = {"rand_augment": None, "color_jitter": None, "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0}
@@ -41,7 +42,7 @@ def test_batch_result_is_the_per_image_pipeline_for_the_same_draws() -> None:
 
 def test_cutout_is_the_per_image_erasing_of_a_fixed_square() -> None:
     recipe = _crop_flip_recipe(cutout=8)
-    assert "cutout" in recipe.techniques() and recipe.batch_transform.cutout == 8
+    assert "cutout" in recipe.techniques() and recipe.batch_transform.geometry.cutout == 8
     batch = recipe.batch_transform
     pixels = _pixels(32)
     params = batch.sample(32, 32, 32, torch.Generator().manual_seed(2))
@@ -68,9 +69,9 @@ def test_per_image_cutout_erases_one_square_of_that_size() -> None:
 
 def test_crop_padding_reaches_both_paths_and_is_checked() -> None:
     recipe = _crop_flip_recipe(crop_padding=2)
-    assert recipe.batch_transform.padding == 2
+    assert recipe.batch_transform.geometry.padding == 2
     assert [t.padding for t in recipe.train_transform.transforms if hasattr(t, "padding")] == [2]  # RandomCrop
-    assert _crop_flip_recipe().batch_transform.padding == 4  # the default: img_size / 8
+    assert _crop_flip_recipe().batch_transform.geometry.padding == 4  # the default: img_size / 8
     params = recipe.batch_transform.sample(5000, 32, 32, torch.Generator().manual_seed(0))
     assert set(params.top.tolist()) == set(range(5))
     with pytest.raises(ValueError, match="aug.crop_padding is a number of pixels"):
@@ -82,7 +83,7 @@ def test_crop_padding_reaches_both_paths_and_is_checked() -> None:
 def test_reflect_padding_is_the_per_image_reflect_crop_for_the_same_draws() -> None:
     recipe = _crop_flip_recipe(crop_padding=2, crop_padding_mode="reflect")
     batch = recipe.batch_transform
-    assert batch.padding_mode == "reflect"
+    assert batch.geometry.padding_mode == "reflect"
     crops = [t for t in recipe.train_transform.transforms if hasattr(t, "padding_mode")]
     assert [(t.padding, t.padding_mode) for t in crops] == [(2, "reflect")]  # the per-image RandomCrop
     pixels = _pixels(64, seed=3)
@@ -124,7 +125,7 @@ def test_alternating_flips_show_each_image_both_ways_every_two_epochs() -> None:
 
 def test_in_memory_batches_alternate_each_rows_flip_between_epochs() -> None:
     recipe = _crop_flip_recipe(alternate_flip=True)
-    assert recipe.batch_transform.alternate_flip and "alternate_flip" in recipe.techniques()
+    assert recipe.batch_transform.geometry.alternate_flip and "alternate_flip" in recipe.techniques()
     pixels, targets = _pixels(60).numpy(), list(range(60))
     orders = [torch.randperm(60, generator=torch.Generator().manual_seed(epoch)).tolist() for epoch in range(2)]
     flips = []
@@ -159,23 +160,36 @@ def test_unpadded_crop_of_larger_images_and_errors() -> None:
 
 
 @pytest.mark.parametrize(
-    "knobs, technique",
+    "knobs, technique, op",
     [
-        ({"rand_augment": "rand-m9-mstd0.5-inc1"}, "rand_augment"),
-        ({"auto_augment": "v0"}, "auto_augment"),
-        ({"color_jitter": 0.3}, "color_jitter"),
-        ({"random_erasing": 0.25}, "random_erasing"),
-        ({"simple_crop": False, "scale": [0.5, 1.0]}, "random_resized_crop"),
+        ({"rand_augment": "rand-m9-mstd0.5-inc1"}, "rand_augment", BatchRandAugment),
+        ({"auto_augment": "v0"}, "auto_augment", BatchAutoAugment),
+        ({"color_jitter": 0.3}, "color_jitter", BatchColorJitter),
+        ({"random_erasing": 0.25}, "random_erasing", BatchRandomErasing),
+        ({"simple_crop": False, "scale": [0.5, 1.0]}, "random_resized_crop", None),
     ],
 )
-def test_recipes_with_other_per_image_techniques_have_no_batch_version(knobs, technique) -> None:
+def test_every_deit_technique_has_a_batch_version(knobs, technique, op) -> None:
     recipe = _crop_flip_recipe(**knobs)
-    assert technique in recipe.techniques() and recipe.batch_transform is None
+    assert technique in recipe.techniques() and recipe.per_image_techniques() == []
+    batch = recipe.batch_transform
+    assert [type(o) for o in (*batch.pixel_ops, *batch.tensor_ops)] == ([op] if op else [])
+    if op is None:
+        assert isinstance(batch.geometry, BatchResizedCrop) and batch.geometry.scale == (0.5, 1.0)
+    out = batch.apply(_pixels(8), batch.sample(8, 32, 32, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
+    assert out.shape == (8, 3, 32, 32) and out.dtype == torch.float32 and out.isfinite().all()
+
+
+def test_a_technique_without_a_batch_version_is_named() -> None:
+    recipe = _crop_flip_recipe(auto_augment="3a")  # DeiT III's 3-Augment: PIL's GaussianBlur, not batched
+    assert recipe.batch_transform is None
+    assert recipe.per_image_techniques() == ["auto_augment (aug.auto_augment='3a': timm op 'GaussianBlurRand' "
+                                             f"has no whole-batch version (batched: {', '.join(OPS)}))"]
 
 
 def test_batch_version_keeps_flip_rate_and_ignores_batch_level_techniques() -> None:
     recipe = _crop_flip_recipe(hflip=0.0, mixup=0.8, repeated_aug=3)
-    assert recipe.batch_transform is not None and recipe.batch_transform.hflip == 0.0
+    assert recipe.batch_transform is not None and recipe.batch_transform.geometry.hflip == 0.0
     assert recipe.mixup_active and recipe.repeats == 3  # mixing stays in the loop, repeats in the sampler
 
 
@@ -207,3 +221,28 @@ def test_evaluation_batches_are_the_eval_transform_of_every_image() -> None:
     assert [len(t) for _, t in batches] == [4, 4, 2]  # no image dropped at evaluation
     expected = torch.stack([recipe.eval_transform(Image.fromarray(image)) for image in pixels])
     torch.testing.assert_close(torch.cat([images for images, _ in batches]), expected, atol=1e-5, rtol=0)
+
+
+def test_grayscale_is_torchvisions_random_grayscale_on_both_paths() -> None:
+    """The technique added last, as one field and one class (research/data/techniques.py: Grayscale)."""
+    recipe = _crop_flip_recipe(grayscale=0.3)
+    assert "grayscale" in recipe.techniques() and "RandomGrayscale(p=0.3)" in repr(recipe.train_transform)
+    batch = recipe.batch_transform
+    pixels = _pixels(2000)
+    params = batch.sample(2000, 32, 32, torch.Generator().manual_seed(0))
+    out = batch.apply(pixels, params, torch.Generator().manual_seed(1))
+    levels = torch.from_numpy(plain_pixels(out))  # (B, H, W, 3) uint8
+    grey = (levels[..., 0] == levels[..., 1]).flatten(1).all(1) & (levels[..., 1] == levels[..., 2]).flatten(1).all(1)
+    assert grey.float().mean().item() == pytest.approx(0.3, abs=0.035)  # 3.5 standard deviations
+    plain = _crop_flip_recipe().batch_transform.apply(pixels, params)  # the same crops, no grayscale
+    image = int(grey.nonzero()[0])
+    expected = np.asarray(TF.rgb_to_grayscale(Image.fromarray(plain_pixels(plain[image])), num_output_channels=3))
+    torch.testing.assert_close(out[image], recipe.eval_transform(Image.fromarray(expected)), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="aug.grayscale is a probability"):
+        _crop_flip_recipe(grayscale=1.5)
+
+
+def plain_pixels(normalised: torch.Tensor) -> np.ndarray:
+    """Normalised ``(..., 3, H, W)`` images back to ``(..., H, W, 3)`` uint8 pixels."""
+    mean, std = torch.tensor([0.485, 0.456, 0.406])[:, None, None], torch.tensor([0.229, 0.224, 0.225])[:, None, None]
+    return torch.round((normalised * std + mean) * 255).clamp(0, 255).byte().movedim(-3, -1).numpy()

@@ -78,9 +78,23 @@ def test_limited_splits_map_items_to_rows_of_the_full_array(experiment) -> None:
     assert sum(len(t) for _, t in epoch) == 20
 
 
-def test_recipe_with_per_image_techniques_is_refused_before_anything_runs(experiment) -> None:
-    with pytest.raises(ConfigError, match=r"loader.batch_augment.*rand_augment, random_erasing"):
-        load_run(experiment(aug={"name": "cifar", "mixup": 0.0, "cutmix": 0.0}, loader=BATCHED))
+def test_the_full_deit_recipe_runs_batched_and_repeats_its_draws_on_resume(experiment) -> None:
+    """RandAugment, random erasing, mixup/cutmix (recipe cifar) on whole batches, through a mid-epoch resume."""
+    aug = {"name": "cifar", "rand_augment": "rand-m9-mstd0.5-inc1", "repeated_aug": 1}
+    options = {"epochs": 1, "checkpoint_every_steps": 2, "log_every_steps": 2, "progress": False}
+    straight = load_run(experiment("straight", aug=aug, loader=BATCHED, train=options))
+    assert straight.cfg.loader.batch_augment and train(straight)["status"] == "done"
+    resumed = load_run(experiment("resumed", aug=aug, loader=BATCHED, train=options))
+    with pytest.raises(Interrupt):
+        train(resumed, on_loop=interrupt_at(0, 2))
+    train(resumed)
+    a, b = read_metrics(straight.run_dir)[-1], read_metrics(resumed.run_dir)[-1]
+    assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-6, abs=1e-6)  # the same draws after the resume
+
+
+def test_recipe_without_a_batched_version_is_refused_before_anything_runs(experiment) -> None:
+    with pytest.raises(ConfigError, match=r"loader.batch_augment .* no batched version of auto_augment .*GaussianBlur"):
+        load_run(experiment(aug={"name": "cifar", "rand_augment": None, "auto_augment": "3a"}, loader=BATCHED))
     path = _with_data(experiment(loader=BATCHED), {"name": "cifar10_jpeg", "archive": "never/read.tar.xz", "in_memory": False})
     with pytest.raises(ConfigError, match="set data.in_memory: true"):
         load_run(path)
