@@ -69,8 +69,9 @@ class Teacher(nn.Module):
         with torch.inference_mode():
             logits = self.net(images if self.dtype is None else images.to(self.dtype))  # (B, C), an inference tensor
         # Inference tensors cannot be saved for backward, so e.g. mse_loss(student, teacher) would
-        # fail; a copy made outside inference mode is an ordinary tensor. Only B x C floats.
-        return logits.to(torch.float32, copy=True)
+        # fail; a copy made outside inference mode is an ordinary tensor. Only B x C floats, at least
+        # float32 (a bf16 teacher's targets are not rounded again; a float64 one keeps its precision).
+        return logits.to(torch.promote_types(logits.dtype, torch.float32), copy=True)
 
     def extra_repr(self) -> str:
         dtype = f", dtype={self.dtype}" if self.dtype is not None else ""
