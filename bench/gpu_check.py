@@ -1,5 +1,6 @@
 """One call that checks a GPU machine: the ``cuda`` tests, the train step at 224 (DeiT-Ti, -S, -B), the
-CIFAR-10 teacher recipe and the student recipe for a fixed number of epochs; one JSON and one Markdown
+CIFAR-10 teacher recipe and the student recipe for a fixed number of epochs, with the whole DeiT
+recipe on device batches (``loader.batch_augment=true``) and per image; one JSON and one Markdown
 summary in ``--out``, and ``throughput.csv``: the package's throughput table (what ``research expand``
 prices runs with) with the measured step rates merged in. Started by ``bench/gpu_check.sh``, which first installs the carried wheels.
 
@@ -72,16 +73,26 @@ def stages(args: argparse.Namespace, out: Path) -> list[Stage]:
         bench += ["--device", "cpu", "--repeats", "2", "--matmul-size", "256"] if dry else ["--device", "cuda", "--repeats", "5", "--profile"]
         result.append(Stage(f"step {model}", bench, 60 if dry else 75))
     teacher = [python, "launchers/local.py", "experiments/teacher_cifar10.yaml", f"output_dir={runs}", *data]
-    student = [
-        python, "launchers/local.py", "experiments/deit_micro_distilled_cifar10.yaml", f"output_dir={runs}", *data,
-        "teacher.from_experiment=null", "teacher.name=airbench_cifar", f"teacher.checkpoint={runs / 'teacher_cifar10' / 'last.pt'}",
-        f"train.epochs={1 if dry else args.student_epochs}",
-    ]  # fmt: skip
+
+    def student(output_dir: Path, *extra: str) -> list[str]:
+        return [
+            python, "launchers/local.py", "experiments/deit_micro_distilled_cifar10.yaml", f"output_dir={output_dir}", *data,
+            "teacher.from_experiment=null", "teacher.name=airbench_cifar", f"teacher.checkpoint={runs / 'teacher_cifar10' / 'last.pt'}",
+            f"train.epochs={1 if dry else args.student_epochs}", *extra,
+        ]  # fmt: skip
+
+    batched = student(out / "runs_batched", "loader.batch_augment=true", "loader.workers=0")
+    per_image = student(runs, "loader.batch_augment=false")
     if dry:
-        tiny = ["loader.limit_train=256", "loader.limit_val=128", "data.in_memory=false"]
-        teacher += [*tiny[:2], "train.epochs=1", "loader.batch_size=64"]  # batch_augment: in memory
-        student += [*tiny, "loader.batch_size=32"]
-    result += [Stage("teacher recipe", teacher, 150 if dry else 100), Stage("student recipe", student, 150 if dry else 90)]
+        tiny = ["loader.limit_train=256", "loader.limit_val=128"]
+        teacher += [*tiny, "train.epochs=1", "loader.batch_size=64"]  # batch_augment: the images in memory
+        batched += [*tiny, "loader.batch_size=32"]
+        per_image += [*tiny, "data.in_memory=false", "loader.batch_size=32"]
+    result += [
+        Stage("teacher recipe", teacher, 150 if dry else 100),
+        Stage("student recipe, batched", batched, 150 if dry else 90),  # the whole DeiT recipe on device batches
+        Stage("student recipe, per image", per_image, 150 if dry else 90),  # PIL per image, as the recipe file has it
+    ]
     return result
 
 
@@ -192,14 +203,14 @@ def markdown(summary: dict[str, Any]) -> str:
                 f"| {model} | {s['forward_gflop']:.2f} | {s['engine_img_s']:.0f} | {s['engine_over_reference']:.2f}x | {deit} "
                 f"| {100 * s['ceiling_fraction']:.1f}% | {mfu} |"
             )
-    for name in ("teacher", "student"):
+    for name in ("teacher", "student", "student_per_image"):
         r = summary.get(name) or {}
         if r:
             epoch_s = sorted(r["epoch_time_s"])[len(r["epoch_time_s"]) // 2] if r["epoch_time_s"] else None
             rate = sorted(r["train_img_s"])[len(r["train_img_s"]) // 2] if r["train_img_s"] else None
             lines += [
                 "",
-                f"{name} recipe: {r['status']}, {r['epochs']} epochs, val top-1 {r['val_top1']} "
+                f"{name.replace('_', ' ')} recipe{' (batched)' if name == 'student' else ''}: {r['status']}, {r['epochs']} epochs, val top-1 {r['val_top1']} "
                 f"(single view {r['val_top1_single_view']}), training {r['wall_time_s']:.1f} s, "
                 f"median epoch {epoch_s} s, {rate} img/s",
             ]
@@ -234,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cuda_tests": test_counts(out / "cuda_tests.xml"),
         "steps": steps,
         "teacher": run_results(out / "runs" / "teacher_cifar10"),
-        "student": run_results(out / "runs" / "deit_micro_distilled_cifar10"),
+        "student": run_results(out / "runs_batched" / "deit_micro_distilled_cifar10"),
+        "student_per_image": run_results(out / "runs" / "deit_micro_distilled_cifar10"),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(markdown(summary))

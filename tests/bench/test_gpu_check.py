@@ -25,20 +25,22 @@ def test_dry_run_runs_every_stage_and_writes_the_summaries(tmp_path: Path) -> No
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dry_run"] is True
     names = [stage["name"] for stage in summary["stages"]]
-    assert names == ["cuda tests", "step deit_nano_patch4_32", "teacher recipe", "student recipe"]
+    assert names == [
+        "cuda tests", "step deit_nano_patch4_32", "teacher recipe", "student recipe, batched", "student recipe, per image",
+    ]  # fmt: skip
     assert all(stage["status"] == "passed" for stage in summary["stages"]), summary["stages"]
     tests = summary["cuda_tests"]
     assert tests["skipped"] > 50 and tests["passed"] == tests["failed"] == 0  # on a CPU every cuda test skips
     step = summary["steps"]["deit_nano_patch4_32"]
     assert step["engine_img_s"] > 0 and step["forward_gflop"] > 0 and step["mfu"] is None
-    for recipe in ("teacher", "student"):
+    for recipe in ("teacher", "student", "student_per_image"):
         assert summary[recipe]["status"] == "done" and summary[recipe]["epochs"] == 1
         assert 0 <= summary[recipe]["val_top1"] <= 100
     table = (out / "throughput.csv").read_text()
     assert "deit_nano_patch4_32,32,16,bf16,cpu,,step," in table  # the measured step rate, merged into the table
     assert "deit_base_patch16_224,224,128,bf16,h200" in table  # beside the package's own rows
     markdown = (out / "summary.md").read_text()
-    assert "dry run on the CPU" in markdown and "| deit_nano_patch4_32 |" in markdown and "student recipe: done" in markdown
+    assert "dry run on the CPU" in markdown and "| deit_nano_patch4_32 |" in markdown and "student recipe (batched): done" in markdown
 
 
 def test_a_machine_without_the_dependencies_is_told_what_to_carry(tmp_path: Path) -> None:
