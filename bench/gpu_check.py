@@ -168,8 +168,9 @@ def machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     info["cpu_cores"] = os.cpu_count()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-    info["commit"] = commit.stdout.strip() or None
+    from research.launch.provenance import git_info  # "unknown" where the copy has no git (a GPU box)
+
+    info["commit"] = str(git_info()["commit"])[:12]
     return info
 
 

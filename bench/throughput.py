@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -59,9 +58,8 @@ from speed.timing import load_average, progress
 import research  # noqa: F401  (registers the built-in components)
 from research.config import load_run
 from research.launch.cost import Throughput, record_throughput
+from research.launch.provenance import git_info
 from research.registry import MODELS
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(settings: Settings) -> dict[str, Any]:
@@ -117,8 +115,8 @@ def _warn_if_counts_disagree(counts: dict[str, float]) -> None:
 
 def table_rows(results: dict[str, Any], settings: Settings, command: str) -> list[Throughput]:
     """The engine's measured step rates as throughput-table rows (scope ``step``: data excluded)."""
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    measured = f"{datetime.date.today()} at {commit or 'unknown commit'}"
+    commit = str(git_info()["commit"])[:12]  # "unknown" where the copy has no git
+    measured = f"{datetime.date.today()} at {commit}"
     common = {"model": settings.model, "img_size": img_size_of(settings.model), "batch_size": settings.batch,
               "device": settings.table_device_name(), "scope": "step", "measured": measured, "source": command}  # fmt: skip
     rows = []
