@@ -43,6 +43,17 @@ def test_dry_run_runs_every_stage_and_writes_the_summaries(tmp_path: Path) -> No
     assert "dry run on the CPU" in markdown and "| deit_nano_patch4_32 |" in markdown and "student recipe (batched): done" in markdown
 
 
+def test_the_cuda_stage_collects_every_file_with_cuda_tests() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from gpu_check import cuda_test_files
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    files = cuda_test_files()
+    assert {"tests/test_registry_steps.py", "tests/engine/test_gpu_runs.py", "tests/bench/test_bench_smoke.py"} <= set(files)
+    assert "tests/bench/test_gpu_check.py" not in files and not any(f.startswith("tests/tracking") for f in files)
+
+
 def test_a_machine_without_the_dependencies_is_told_what_to_carry(tmp_path: Path) -> None:
     bare = tmp_path / "python-bare"  # this interpreter without site-packages: the standard library only
     bare.write_text(f'#!/bin/sh\nexec {sys.executable} -I -S "$@"\n')
