@@ -20,6 +20,7 @@ its name in :data:`TECHNIQUES` (docs/EXPERIMENTS.md, "The augmentation recipe: t
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, Optional, TypeVar
@@ -82,17 +83,18 @@ class Context:
 
 
 @dataclass(frozen=True)
-class Technique:
+class Technique(ABC):
     """One technique of a recipe. Subclasses are frozen dataclasses whose fields are ``aug:`` keys."""
 
     stage: ClassVar[Stage]
 
+    @abstractmethod
     def tags(self, ctx: Context) -> tuple[str, ...]:
-        """Names of what is on, for run tags and ``Recipe.techniques()``."""
-        raise NotImplementedError
+        """Names of what is on, for run tags and ``Recipe.techniques()``: each technique says its own."""
 
-    def check(self, ctx: Context) -> None:
+    def check(self, ctx: Context) -> None:  # a hook: most techniques have no knob to check
         """Raise :class:`AugError` naming the key of a bad knob."""
+        return None
 
     def image_transforms(self, ctx: Context) -> list[Callable[[Any], Any]]:
         """The per-image path: transforms of PIL images (``crop``, ``pixels``) or tensors (``tensor``)."""

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from wandb_reader import read_runs
 
 import research  # noqa: F401  (registers the built-ins)
@@ -15,23 +14,19 @@ from research.cli import main
 from research.registry import MODELS
 
 
-def test_base_and_distillation_losses_are_logged_and_read_back(wandb_env: Path) -> None:
+def test_base_and_distillation_losses_are_logged_and_read_back(wandb_env: Path, experiment) -> None:
     teacher = wandb_env / "teacher.pth"
     torch.save(MODELS.build("resnet10_cifar", num_classes=4).state_dict(), teacher)
-    experiment = {
-        "name": "parts",
-        "output_dir": str(wandb_env / "runs"),
-        "model": {"name": "deit_nano_distilled_patch4_32", "img_size": 32},
-        "teacher": {"name": "resnet10_cifar", "checkpoint": str(teacher)},
-        "loss": {"name": "hard", "alpha": 0.5},
-        "data": {"name": "synthetic", "size": 32, "num_classes": 4},
-        "aug": {"name": "none", "simple_crop": True},
-        "logger": {"name": "wandb", "project": "deit-tests"},
-        "loader": {"batch_size": 8, "workers": 0},
-        "train": {"epochs": 2, "log_every_steps": 2, "progress": False},
-    }
-    path = wandb_env / "parts.yaml"
-    path.write_text(yaml.safe_dump(experiment))
+    path = experiment(
+        "parts",
+        model={"name": "deit_nano_distilled_patch4_32"},
+        teacher={"name": "resnet10_cifar", "checkpoint": str(teacher)},
+        loss={"name": "hard", "alpha": 0.5},
+        data={"num_classes": 4},
+        logger={"name": "wandb", "project": "deit-tests"},
+        loader={"batch_size": 8},
+        train={"epochs": 2, "log_every_steps": 2},
+    )  # tests/conftest.py's TINY experiment under tmp_path (wandb_env's folder)
     assert main(["train", str(path)]) == 0
     run_dir = wandb_env / "runs" / "parts"
 
