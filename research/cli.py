@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # the shell's status for SIGINT
 
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
@@ -28,11 +29,29 @@ def run_with_errors(command: Callable[[], int | None], *, prog: str, debug: bool
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         return int(command() or 0)
+    except KeyboardInterrupt:  # outside training, or a second Ctrl-C inside it
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as exc:
+        stopped = _stopped_status(exc)
+        if stopped is not None and not debug:  # SIGTERM / Ctrl-C stopped a run after saving it
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return stopped
+        if isinstance(exc, FloatingPointError) and not debug:  # a diverged run; the message says what to change
+            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return 1
         if debug or not _is_bad_input(exc):
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+
+
+def _stopped_status(exc: BaseException) -> int | None:
+    """The exit status of a run stopped by a signal (research.engine.fit.RunStopped), else None."""
+    fit = sys.modules.get("research.engine.fit")  # not imported: no run was stopped
+    return exc.exit_status if fit is not None and isinstance(exc, fit.RunStopped) else None
 
 
 def _is_bad_input(exc: BaseException) -> bool:

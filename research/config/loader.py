@@ -23,6 +23,7 @@ from research.config import sources
 from research.config.components import SECTIONS, resolve_section
 from research.config.errors import ConfigError
 from research.config.expand import baseline_name, differing_keys, variant_overrides
+from research.config.keys import is_placement_override
 from research.config.schema import COMPILE_MODES, JOB_TYPES, OPTIMIZER_IMPLEMENTATIONS, PRECISIONS, STEP_ON, ExperimentCfg
 from research.config.sources import Layered
 from research.plugins import PluginError, import_plugins
@@ -82,10 +83,12 @@ def load_runs(
     where = layered.where("ablation")
     variants = variant_overrides(OmegaConf.to_container(base.ablation), where)  # type: ignore[arg-type]
     runs = []
+    # where and how to run (research/config/keys.py) also applies to the runs this one links
+    placement = [item for item in overrides if is_placement_override(item)]
     for variant, variant_tree in variants:
         source = f"{sources._display(path.resolve())} (variant {variant})" if variant else sources.COMMAND_LINE
         run_layers = sources.apply_overrides(layered, variant_tree, source) if variant_tree else layered
-        runs.append(_resolve_run(run_layers, path, variant, (*_stack, path.resolve()), check_files))
+        runs.append(_resolve_run(run_layers, path, variant, (*_stack, path.resolve()), check_files, placement))
     return _select(_with_differences(runs, base.ablation.get("baseline")), only, path)
 
 
@@ -128,14 +131,16 @@ def _structured(layered: Layered) -> DictConfig:
     return merged
 
 
-def _resolve_run(layered: Layered, path: Path, variant: str, stack: tuple[Path, ...], check_files: bool) -> Run:
+def _resolve_run(
+    layered: Layered, path: Path, variant: str, stack: tuple[Path, ...], check_files: bool, placement: Sequence[str]
+) -> Run:
     config = _structured(layered)
     raw: dict[str, Any] = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
     raw["name"] = raw["name"] or path.stem
     raw["variant"] = variant
     _check_name(raw["name"], layered.where("name"))
-    teacher_run = _linked_run(raw, "teacher", layered, path, stack, check_files)
-    finetune_run = _linked_run(raw, "finetune", layered, path, stack, check_files)
+    teacher_run = _linked_run(raw, "teacher", layered, path, stack, check_files, placement)
+    finetune_run = _linked_run(raw, "finetune", layered, path, stack, check_files, placement)
     for key, spec in SECTIONS.items():
         if raw.get(key) is not None:
             raw[key] = resolve_section(spec, raw[key], layered.where)
@@ -154,10 +159,12 @@ def _check_name(name: str, where: str) -> None:
 
 
 def _linked_run(
-    raw: dict[str, Any], key: str, layered: Layered, path: Path, stack: tuple[Path, ...], check_files: bool
+    raw: dict[str, Any], key: str, layered: Layered, path: Path, stack: tuple[Path, ...], check_files: bool,
+    placement: Sequence[str],
 ) -> Run | None:
-    """Resolve ``teacher.from_experiment`` / ``finetune.from_experiment`` into that experiment's run,
-    and point the section's checkpoint at the run's final checkpoint."""
+    """Resolve ``teacher.from_experiment`` / ``finetune.from_experiment`` into that experiment's run
+    (with the command line's ``placement`` overrides), and point the section's checkpoint at the
+    run's final checkpoint."""
     section: dict[str, Any] | None = raw.get(key)
     link = section.get("from_experiment") if section else None
     if not link:
@@ -172,7 +179,7 @@ def _linked_run(
         raise ConfigError(f"{origin}: {key}.from_experiment {link!r} links back to itself")
     if not target.exists():
         raise ConfigError(f"{origin}: {key}.from_experiment: no experiment file {target}")
-    runs = load_runs(target, check_files=check_files, _stack=stack)
+    runs = load_runs(target, placement, check_files=check_files, _stack=stack)
     if len(runs) != 1:
         raise ConfigError(f"{origin}: {key}.from_experiment {link!r} has {len(runs)} variants; it must make one run")
     linked = runs[0]

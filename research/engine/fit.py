@@ -5,18 +5,25 @@ The step never waits on the host: the loss, its parts (``LossOutput.logs``) and 
 non-finite losses are summed on the device, and read (one sync) only at a log step, before a
 checkpoint is written and at the end of an epoch. A non-finite loss stops the run there, so it is
 never saved and the run never ends ``done``.
+
+A resume repeats the run it continues bit for bit: each step reseeds the global generators from
+(seed, rank, step) (dropout, drop-path and mixup draw from them), so no generator state has to
+survive a preemption, on any rank. A stop request (SIGTERM, Ctrl-C: ``Loop.stop``) is read between
+steps; the loop then saves the last finished step and raises :class:`RunStopped`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -30,6 +37,23 @@ if TYPE_CHECKING:
     from research.tracking.base import Tracker
 
 log = logging.getLogger(__name__)
+
+
+class RunStopped(Exception):
+    """A stop request ended the run between two steps, after its checkpoint was saved."""
+
+    def __init__(self, message: str, *, exit_status: int) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status  # the shell's status for the signal: 128 + its number
+
+
+class StopSignal(Protocol):
+    """A stop request: true once a signal asked the run to stop; ``name`` and ``signum`` say which."""
+
+    name: str
+    signum: int | None
+
+    def __call__(self) -> bool: ...
 
 
 class Objective(Protocol):
@@ -84,12 +108,36 @@ class Loop:
     is_main: bool = True
     ema_copy_first: bool = False  # ModelEmaV3's first two updates copy the weights (train.ema_copy_first)
     meter: StepMeter | None = None  # the epoch's device-side sums; set while an epoch runs
+    seed: int | None = None  # reseed the global generators from (seed, rank, step) at each step; None: don't
+    rank: int = 0
+    stop: StopSignal | None = None  # read between steps; see RunStopped
 
     def save(self, *, best: bool = False) -> None:
-        """Write the checkpoint, after checking (one sync) that no step since the last check was non-finite."""
+        """Write the checkpoint, after checking (one sync each) that no step since the last check had a
+        non-finite loss and that the weights are finite (a finite loss can still step them to inf)."""
         if self.meter is not None:
             self.meter.raise_if_nonfinite(self.state.step)
+        finite = torch.stack([p.detach().isfinite().all() for p in self.state.model.parameters()]).all()
+        if not bool(finite):
+            raise FloatingPointError(
+                f"the weights are not finite after step {self.state.step}; not saved. Lower optim.lr, set "
+                "optim.clip_grad or use train.precision=fp32"
+            )
         self.run_dir.save(self.state, best=best)
+
+    def stop_requested(self) -> bool:
+        return self.stop is not None and self.stop()
+
+    def stopped(self, saved: bool) -> RunStopped:
+        """The exception that ends a stopped run (call once its checkpoint is written, or when nothing new trained)."""
+        assert self.stop is not None and self.stop.signum is not None
+        state = self.state
+        done = f"{state.epoch} epochs" + (f" and {state.epoch_step} steps" if state.epoch_step else "")
+        kept = f"saved in {self.run_dir.last}" if saved else "nothing new to save"
+        return RunStopped(
+            f"stopped by {self.stop.name} after step {state.step} ({done} done): {kept}; run the same command again to resume",
+            exit_status=128 + self.stop.signum,
+        )
 
 
 def fit(loop: Loop) -> dict[str, Any]:
@@ -115,6 +163,8 @@ def fit(loop: Loop) -> dict[str, Any]:
         loop.tracker.log(record, step=state.step)
         if loop.is_main:
             log.info("epoch %d/%d: %s", state.epoch, options.epochs, _brief(record))
+        if loop.stop_requested() and state.epoch < options.epochs:
+            raise loop.stopped(saved=True)
     return record
 
 
@@ -148,14 +198,21 @@ def train_one_epoch(loop: Loop) -> dict[str, float]:
         leave=False,
     )
     meter = loop.meter = StepMeter(loop.device, data.batch_size * data.world_size)
-    for images, targets in progress:
+    if loop.stop_requested():  # asked before this epoch's first step: the last checkpoint stands
+        raise loop.stopped(saved=False)
+    for images, targets in _batches(loop, progress):
         train_step(loop, images, targets, meter)
         if state.step % options.log_every_steps == 0:
             logs = {**meter.window(state.step), "train/lr": _lr(state.optimizer)}
             loop.tracker.log({**logs, "epoch": state.epoch}, step=state.step)
-            progress.set_postfix(loss=f"{logs['train/loss']:.3f}", lr=f"{logs['train/lr']:.2e}", img_s=f"{logs['train/images_per_s']:.0f}")
+            progress.set_postfix(
+                loss=f"{logs['train/loss']:.3f}", lr=f"{logs['train/lr']:.2e}", img_s=f"{logs['train/images_per_s']:.0f}"
+            )
         if options.checkpoint_every_steps and state.step % options.checkpoint_every_steps == 0:
             loop.save()
+        if loop.stop_requested() and state.epoch_step < data.steps_per_epoch:  # at the last step: finish the epoch
+            loop.save()
+            raise loop.stopped(saved=True)
     metrics = {**meter.epoch(state.step), "train/lr": _lr(state.optimizer)}
     state.epoch += 1
     state.epoch_step = 0
@@ -165,9 +222,35 @@ def train_one_epoch(loop: Loop) -> dict[str, float]:
     return metrics
 
 
+def _batches(loop: Loop, batches: Iterable[Any]) -> Iterable[Any]:
+    """The epoch's batches; a loader whose workers died of the same Ctrl-C that asked for a stop ends it."""
+    iterator = iter(batches)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except RuntimeError:
+            if not loop.stop_requested():
+                raise
+            loop.save()  # the state is that of the last finished step
+            raise loop.stopped(saved=True) from None
+        yield batch
+
+
+def seed_step(seed: int, rank: int, step: int) -> None:
+    """Seed torch (every device), numpy and ``random`` for one step of one rank."""
+    value = (seed * 1_000_003 + rank) * 1_000_000_007 + step
+    torch.manual_seed(value % 2**63)
+    np.random.seed(value % 2**32)
+    random.seed(value)
+
+
 def train_step(loop: Loop, images: torch.Tensor, targets: torch.Tensor, meter: StepMeter | None = None) -> torch.Tensor:
     """One optimisation step; returns the detached loss, and adds it and its parts to ``meter``."""
     state, device = loop.state, loop.device
+    if loop.seed is not None:
+        seed_step(loop.seed, loop.rank, state.step)
     images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
     if loop.options.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)

@@ -87,9 +87,11 @@ def _write_atomic(file: Path, text: str) -> None:
 
 
 def run_status(run_dir: Path) -> str:
-    """``done`` / ``failed`` / ``running`` (started, unfinished: running, queued or preempted) / ``not started``."""
+    """``done`` (finished, and its ``last.pt`` is there) / ``failed`` / ``running`` (started, unfinished:
+    running, queued, preempted or stopped) / ``not started``."""
     summary = read_summary(run_dir)
-    if summary is not None and summary.get("status") == DONE and summary["epochs_done"] >= summary["epochs"]:
+    finished = summary is not None and summary.get("status") == DONE and summary["epochs_done"] >= summary["epochs"]
+    if finished and (Path(run_dir) / checkpoint.LAST).exists():  # its weights deleted: to train again
         return DONE
     if summary is not None and summary.get("status") == FAILED:
         return FAILED

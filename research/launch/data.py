@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from research.config import ConfigError, ExperimentCfg
 from research.config.components import SECTIONS, build_component
-from research.data import InMemoryImageDataset, build_eval_sampler, build_train_sampler
+from research.data import InMemoryImageDataset, PlaceSeeded, build_eval_sampler, build_train_sampler, placed
 from research.data.batch_augment import InMemoryBatches
 from research.engine.fit import TrainData
 from research.launch.dist import DistEnv
@@ -47,12 +47,13 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
             f"{env.world_size} processes gets; lower loader.batch_size"
         )
     in_memory = _in_memory(train_set, val_set, recipe, cfg, env.device) if cfg.loader.batch_augment else None
+    seeded_train_set = PlaceSeeded(train_set)  # an image's draws follow its place in the epoch, not its worker
 
     def train_batches(epoch: int, skip_steps: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         sampler.set_epoch(epoch)
-        # The epoch's random draws (a fresh loader's workers, or the crops of the batch path) are
-        # seeded from (seed, epoch, rank): an epoch's augmentations are the same whether the run was
-        # resumed before it or not.
+        # The epoch's random draws (each image's, or the crops of the batch path) are seeded from
+        # (seed, epoch, rank) and the place in the epoch: an epoch's augmentations are the same whether
+        # the run was resumed before it, or inside it, or not, and with any number of loader workers.
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 7 + env.rank)
         if in_memory is not None:
             pixels, targets, positions = in_memory[0]
@@ -62,7 +63,8 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
                 generator=generator, skip_batches=skip_steps, epoch=epoch, flip_seed=cfg.seed,
             )  # fmt: skip
         indices = list(sampler)[skip_steps * batch : steps * batch]
-        return _loader(train_set, cfg, batch, env, sampler=indices, drop_last=True, generator=generator)
+        items = placed(indices, seed=cfg.seed, epoch=epoch, rank=env.rank, start=skip_steps * batch)
+        return _loader(seeded_train_set, cfg, batch, env, sampler=items, drop_last=True, generator=generator)
 
     val_sampler = build_eval_sampler(val_set, num_replicas=env.world_size, rank=env.rank)  # no padding: exact totals
     eval_batch = cfg.loader.eval_batch_size or 4 * batch  # no gradients or saved activations at evaluation

@@ -1,60 +1,43 @@
 """Run an experiment's variants on this machine, one after the other, in the same run dirs the SLURM
 launcher uses. A variant whose teacher (or fine-tuning source) comes from another experiment gets
-that experiment trained first. Finished runs are skipped; unfinished ones resume."""
+that experiment trained first. Finished runs are skipped; unfinished ones resume; a run dir trained
+with another config stops the command before anything starts (:mod:`research.launch.run_check`)."""
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 import uuid
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 from research.config import Run
-from research.engine.run_dir import is_done
+from research.launch.lock import run_dir_lock
+from research.launch.run_check import DONE_ACTION, plan, prepare
 
 log = logging.getLogger(__name__)
 
 
-def with_prerequisites(runs: Iterable[Run]) -> list[Run]:
-    """``runs`` with the runs they depend on placed before them, each run once (by run dir)."""
-    ordered: dict[Path, Run] = {}
-
-    def visit(run: Run) -> None:
-        for needed in run.prerequisites():
-            visit(needed)
-        ordered.setdefault(run.run_dir, run)
-
-    for run in runs:
-        visit(run)
-    return list(ordered.values())
-
-
-def set_aside(run_dir: Path) -> Path:
-    """Move a finished run dir out of the way (``--force``): nothing is deleted."""
-    target = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-    os.replace(run_dir, target)
-    return target
-
-
 def run_locally(runs: Sequence[Run], *, force: bool = False, nproc: int = 1) -> list[Run]:
-    """Train every run not finished yet (and its prerequisites); returns the runs trained."""
-    trained = []
+    """Train every run not finished yet (and what it needs first); returns the runs trained."""
     requested = {run.run_dir for run in runs}
-    for run in with_prerequisites(runs):
-        if is_done(run.run_dir):
-            if force and run.run_dir in requested:
-                log.info("%s: finished before; --force: moved to %s", run.name, set_aside(run.run_dir))
+    verdicts = plan(runs, force=force)
+    for moved in prepare(verdicts):
+        log.info("the old run dir is kept aside in %s", moved)
+    trained = []
+    for verdict in verdicts:
+        run = verdict.run
+        if verdict.action == DONE_ACTION:
+            if run.run_dir in requested:
+                print(f"{run.name}: already finished in {run.run_dir} with this config; skipped (--force trains it again)")
             else:
-                print(f"{run.name}: already finished in {run.run_dir}; skipped (use --force to train it again)")
-                continue
-        if nproc > 1:
-            _train_ddp(run, nproc)
-        else:
-            from research.launch.train import train
+                print(f"{run.name}: finished in {run.run_dir}; reused (to train it again, run its own experiment with --force)")
+            continue
+        with run_dir_lock(run.run_dir):  # held by this process for its DDP workers too
+            if nproc > 1:
+                _train_ddp(run, nproc)
+            else:
+                from research.launch.train import train
 
-            train(run)
+                train(run)
         trained.append(run)
     return trained
 

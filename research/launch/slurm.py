@@ -4,18 +4,21 @@ Every run that is not finished becomes one task of a job array (runs with equal 
 array). A run whose teacher (or fine-tuning source) comes from another experiment waits for that
 experiment's job (``afterok``). Each submitted job id is recorded in its run dir, so a relaunch skips
 runs that are finished or still queued/running, and resubmits the rest, which resume from their
-checkpoints. The code is snapshotted at submission (submitit's ``RsyncSnapshot``) so a requeued job
+checkpoints (a run dir trained with another config stops the launcher before it submits anything).
+The code is snapshotted at submission (submitit's ``RsyncSnapshot``) so a requeued job
 runs what was submitted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -23,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+import yaml
 
 from research.config import ConfigError, Run, slurm_minutes
 from research.config.schema import SlurmCfg
-from research.engine.run_dir import is_done
+from research.engine.run_dir import CONFIG
 from research.launch import provenance
 from research.launch.job import TrainJob
-from research.launch.local import set_aside, with_prerequisites
+from research.launch.run_check import DONE_ACTION, REPLACE, Verdict, config_record, plan, prepare, with_prerequisites
 
 JOB_FILE = "slurm_job.json"
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD", "RESIZING"}
@@ -90,45 +94,87 @@ def executor_parameters(slurm: SlurmCfg, job_name: str) -> dict[str, Any]:
 
 
 def launch(runs: Sequence[Run], *, force: bool = False, dry_run: bool = False, snapshot: bool = True) -> list[Row]:
-    """Submit what is not finished (teachers first); returns a row per run, prerequisites included."""
+    """Submit what is not finished (teachers first); returns a row per run, prerequisites included.
+
+    Every run is checked against its run dir before anything is submitted (research.launch.run_check).
+    Launchers on the same output dirs take turns (a lock file per output dir), so two started at the
+    same instant submit each run once.
+    """
     if not dry_run and shutil.which("sbatch") is None:
         raise SlurmUnavailable(
             "no SLURM here (sbatch not found): use --dry-run to see the jobs, or launchers/local.py to run them on this machine"
         )
-    requested = {run.run_dir for run in runs}
-    rows: list[Row] = []
-    job_ids: dict[Path, str] = {}
-    for layer in _layers(with_prerequisites(runs)):
-        pending = []
-        for run in layer:
-            row = _existing(run, force=force and run.run_dir in requested, dry_run=dry_run)
-            if row is not None:
-                rows.append(row)
-                if row.job_id and row.action == "queued":
-                    job_ids[run.run_dir] = row.job_id
-                continue
-            deps = tuple(sorted({job_ids[p.run_dir] for p in run.prerequisites() if p.run_dir in job_ids}))
-            pending.append(Row(run, "would submit" if dry_run else "submitted", depends_on=deps))
-        for group in _arrays(pending):
-            _submit(group, dry_run=dry_run, snapshot=snapshot)
-            # --dry-run has no job ids: a placeholder naming the run still shows its students' dependency.
-            job_ids.update({row.run.run_dir: row.job_id or f"<{row.run.name}>" for row in group})
-        rows.extend(pending)
+    output_dirs = {Path(run.cfg.output_dir) for run in with_prerequisites(runs)}
+    with _submission_lock(output_dirs, enabled=not dry_run):
+        verdicts = plan(runs, force=force)
+        active = {} if dry_run else _active_jobs(verdicts)
+        if not dry_run:
+            prepare(verdicts)
+        rows: list[Row] = []
+        job_ids: dict[Path, str] = {}
+        by_dir = {verdict.run.run_dir: verdict for verdict in verdicts}
+        for layer in _layers([verdict.run for verdict in verdicts]):
+            pending = []
+            for run in layer:
+                row = _existing(by_dir[run.run_dir], active)
+                if row is not None:
+                    rows.append(row)
+                    if row.job_id and row.action == "queued":
+                        job_ids[run.run_dir] = row.job_id
+                    continue
+                deps = tuple(sorted({job_ids[p.run_dir] for p in run.prerequisites() if p.run_dir in job_ids}))
+                pending.append(Row(run, "would submit" if dry_run else "submitted", depends_on=deps))
+            for group in _arrays(pending):
+                _submit(group, dry_run=dry_run, snapshot=snapshot)
+                # --dry-run has no job ids: a placeholder naming the run still shows its students' dependency.
+                job_ids.update({row.run.run_dir: row.job_id or f"<{row.run.name}>" for row in group})
+            rows.extend(pending)
     return rows
 
 
-def _existing(run: Run, *, force: bool, dry_run: bool) -> Row | None:
+def _active_jobs(verdicts: Sequence[Verdict]) -> dict[Path, tuple[str, str]]:
+    """``{run dir: (job id, state)}`` of runs whose recorded job is still queued or running. A run to
+    be replaced (--force) while its job is alive is refused: the job would write into the new run."""
+    active = {}
+    for verdict in verdicts:
+        job_id = recorded_job(verdict.run.run_dir)
+        state = job_state(job_id) if job_id else None
+        if job_id and state in ACTIVE_STATES:
+            active[verdict.run.run_dir] = (job_id, state)
+    busy = [
+        f"{v.run.name} (job {active[v.run.run_dir][0]}, {active[v.run.run_dir][1]})"
+        for v in verdicts
+        if v.action == REPLACE and v.run.run_dir in active
+    ]
+    if busy:
+        jobs = " ".join(active[v.run.run_dir][0] for v in verdicts if v.action == REPLACE and v.run.run_dir in active)
+        raise ConfigError(f"cannot replace runs whose job is still alive: {', '.join(busy)}; scancel {jobs} first")
+    return active
+
+
+def _existing(verdict: Verdict, active: dict[Path, tuple[str, str]]) -> Row | None:
     """A row for a run that needs no submission (finished, or its job still queued/running)."""
-    if is_done(run.run_dir):
-        if not force:
-            return Row(run, "finished")
-        if not dry_run:
-            set_aside(run.run_dir)
-        return None
-    job_id = recorded_job(run.run_dir)
-    if job_id and not dry_run and job_state(job_id) in ACTIVE_STATES:
-        return Row(run, "queued", job_id)
+    run = verdict.run
+    if verdict.action == DONE_ACTION:
+        return Row(run, "finished")
+    if run.run_dir in active:
+        return Row(run, "queued", active[run.run_dir][0])
     return None
+
+
+@contextlib.contextmanager
+def _submission_lock(output_dirs: set[Path], *, enabled: bool) -> Iterator[None]:
+    """One launcher at a time per output dir (flock; released when the launcher exits, however)."""
+    with contextlib.ExitStack() as stack:
+        for folder in sorted(output_dirs) if enabled else []:  # always in one order: no deadlock
+            folder.mkdir(parents=True, exist_ok=True)
+            handle = stack.enter_context(open(folder / ".submit.lock", "a"))
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting for another launcher submitting into {folder} ...", file=sys.stderr)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def _layers(runs: list[Run]) -> list[list[Run]]:
@@ -178,6 +224,7 @@ def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool) -> None:
     for row, job in zip(rows, jobs):
         row.job_id = job.job_id
         _record_job(row.run.run_dir, job.job_id)
+        _record_config(row.run)
 
 
 @contextlib.contextmanager
@@ -219,6 +266,14 @@ def _sbatch_header(params: dict[str, Any], folder: Path, count: int) -> str:
 def _record_job(run_dir: Path, job_id: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / JOB_FILE).write_text(json.dumps({"job_id": job_id, "submitted": time.time()}) + "\n")
+
+
+def _record_config(run: Run) -> None:
+    """A queued run's ``config.yaml`` (unless a life already wrote it): a relaunch with another config
+    is then refused even before the job starts."""
+    file = run.run_dir / CONFIG
+    if not file.exists():
+        file.write_text(yaml.safe_dump(config_record(run), sort_keys=False))
 
 
 def recorded_job(run_dir: Path) -> str | None:

@@ -6,16 +6,17 @@
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
@@ -27,13 +28,16 @@ from research.config import ConfigError, ExperimentCfg, Run
 from research.config.components import SECTIONS, build_component
 from research.engine.checkpoint import load as load_checkpoint
 from research.engine.evaluate import AUTOCAST_DTYPES, evaluate
-from research.engine.fit import Loop, fit
+from research.engine.fit import Loop, RunStopped, fit
 from research.engine.lookahead import ScheduledLookahead
 from research.engine.run_dir import CONFIG, RunDir, start_life
 from research.engine.state import TrainState, unwrap
 from research.launch import provenance
 from research.launch.data import RunData, build_data
 from research.launch.dist import DistEnv, init_distributed
+from research.launch.lock import run_dir_lock
+from research.launch.run_check import Verdict, check, config_record, prepare
+from research.launch.stop import stop_on_signals
 from research.launch.tracking import build_tracker
 from research.losses import build_base_criterion
 from research.models.finetune import load_for_finetune
@@ -43,8 +47,18 @@ log = logging.getLogger(__name__)
 
 
 def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], None] | None = None) -> dict[str, Any]:
-    """Train ``run`` to its last epoch, resuming from its run dir; returns the summary."""
+    """Train ``run`` to its last epoch, resuming from its run dir; returns the summary.
+
+    The run dir must hold this config (or nothing): see :mod:`research.launch.run_check`. Rank 0 holds
+    the run dir's lock throughout (:mod:`research.launch.lock`); SIGTERM and Ctrl-C stop the run after
+    the step in progress, saved (:mod:`research.launch.stop`).
+    """
     env = env or init_distributed()
+    with _one_writer(run, env) as verdict, stop_on_signals() as stop:
+        return _train(run, env, verdict, stop, on_loop)
+
+
+def _train(run: Run, env: DistEnv, verdict: Verdict | None, stop: Any, on_loop: Callable[[Loop], None] | None) -> dict[str, Any]:
     cfg = run.cfg
     if cfg.train.threads:  # on a small CPU, loader workers and compute threads compete for the same cores
         torch.set_num_threads(cfg.train.threads)
@@ -55,7 +69,7 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
     if env.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / CONFIG).write_text(yaml.safe_dump(record, sort_keys=False))
-        life = start_life(run.run_dir, job_id=_slurm_job_id())
+        life = start_life(run.run_dir, job_id=_slurm_job_id(), **_life_notes(verdict))
     data = build_data(cfg, env)
     teacher = build_teacher(cfg, data.num_classes, env)
     model = build_model(cfg, data.num_classes, env)
@@ -71,6 +85,7 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
     loop = Loop(
         state, data.loop_data, objective, tracker, run_dir, cfg.train, env.device,
         clip_grad=cfg.optim.clip_grad, is_main=env.is_main, ema_copy_first=cfg.train.ema_copy_first,
+        seed=cfg.seed, rank=env.rank, stop=stop,
     )  # fmt: skip
     if on_loop is not None:
         on_loop(loop)
@@ -83,6 +98,9 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
         run_dir.write_summary(summary)
         tracker.summary(summary)
         return summary
+    except RunStopped:
+        run_dir.write_summary({**_summary(state, cfg, {}, "stopped"), "stopped_by": stop.name})
+        raise
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
         run_dir.write_summary({**_summary(state, cfg, {}, status), "error": repr(exc)[:500]})
@@ -91,11 +109,47 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
         tracker.close()
 
 
+@contextlib.contextmanager
+def _one_writer(run: Run, env: DistEnv) -> Iterator[Verdict | None]:
+    """On rank 0: check the run dir against the config (moving it aside for ``train.resume: false``),
+    then hold its lock for the block. A refusal reaches every rank, so none waits for the others."""
+    stack = contextlib.ExitStack()
+    error: Exception | None = None
+    verdict = None
+    if env.is_main:
+        try:
+            verdict = check(run)
+            prepare([verdict])
+            stack.enter_context(run_dir_lock(run.run_dir, job_id=_slurm_job_id()))
+        except ConfigError as exc:
+            error = exc
+    if env.distributed:
+        message = [str(error) if error else None]
+        dist.broadcast_object_list(message, src=0)
+        if message[0] and error is None:
+            raise ConfigError(message[0])
+    if error is not None:
+        raise error
+    with stack:
+        yield verdict
+
+
+def _life_notes(verdict: Verdict | None) -> dict[str, Any]:
+    """What this life changed in the run's config (execution keys; ``train.epochs`` grown), for ``lives.jsonl``."""
+    if verdict is None:
+        return {}
+    notes: dict[str, Any] = {}
+    if verdict.changed:
+        notes["changed"] = {key: list(values) for key, values in verdict.changed.items()}
+    if verdict.epochs_extended:
+        notes["epochs_extended"] = list(verdict.epochs_extended)
+        log.info("%s: train.epochs extended from %d to %d", verdict.run.name, *verdict.epochs_extended)
+    return notes
+
+
 def resolved_config(run: Run) -> dict[str, Any]:
     """The run's config as saved in ``config.yaml`` and sent to W&B, with code provenance."""
-    record = dataclasses.asdict(run.cfg)
-    record.pop("ablation")
-    return {**record, "run_name": run.name, "git": provenance.git_info(), "versions": provenance.versions()}
+    return {**config_record(run), "git": provenance.git_info(), "versions": provenance.versions()}
 
 
 def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module:
@@ -231,8 +285,15 @@ def _log_start(run: Run, data: RunData, model: nn.Module, state: TrainState, res
     where = f"resumed at epoch {state.epoch}, step {state.step}" if resumed else "from scratch"
     log.info(
         "%s: %s; %d train / %d val images, %d classes, %d processes%s on %s; %s",
-        run.name, run.run_dir, data.train_size, data.val_size, data.num_classes, env.world_size,
-        " (DDP)" if env.distributed else "", env.device.type, where,
+        run.name,
+        run.run_dir,
+        data.train_size,
+        data.val_size,
+        data.num_classes,
+        env.world_size,
+        " (DDP)" if env.distributed else "",
+        env.device.type,
+        where,
     )
 
 

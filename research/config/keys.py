@@ -1,0 +1,88 @@
+"""Which config keys change what a run trains, and which only say where and how it runs.
+
+Two rules read these lists:
+
+* A run dir is its config (:mod:`research.launch.run_check`): a relaunch, resume or skip whose
+  config differs from the run dir's ``config.yaml`` in a key that changes training is refused. Keys
+  listed in :data:`EXECUTION` may change between the lives of a run; each change is recorded in
+  ``lives.jsonl``. ``train.epochs`` may grow (an extended run); it may not shrink.
+* Command-line overrides of the :data:`PLACEMENT` keys also apply to the runs an experiment links
+  (``teacher.from_experiment``, ``finetune.from_experiment``), so a partition, an output dir or a
+  logger given for a student reaches its teacher.
+
+A key is named by its dotted path; a section name (``slurm``) covers every key under it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+#: Where and how a run runs: command-line overrides of these reach linked teacher and fine-tune runs.
+PLACEMENT = ("output_dir", "slurm", "logger")
+
+#: Keys that change how a run executes, not what it computes (or only its record's wording). Beyond
+#: these, the provenance that ``config.yaml`` holds (git, versions) is compared by nobody: code moves on.
+EXECUTION = (
+    *PLACEMENT,
+    "description",
+    "plugins",
+    "job_type",
+    "run_name",
+    "git",
+    "versions",
+    "teacher.from_experiment",  # the file that named the teacher; teacher.checkpoint is compared
+    "finetune.from_experiment",
+    "train.resume",
+    "train.progress",
+    "train.threads",
+    "train.log_every_steps",
+    "train.checkpoint_every_steps",
+    "train.compile",
+    "train.compile_mode",
+    "train.fused_attention",
+    "train.channels_last",
+    "loader.workers",  # each image's draws are seeded by its place in the epoch, not by its worker
+    "loader.pin_memory",
+    "loader.eval_batch_size",
+    "optim.implementation",
+)
+
+#: Keys that may grow between lives (never shrink).
+EXTENSIBLE = ("train.epochs",)
+
+
+def covered(key: str, names: Iterable[str]) -> bool:
+    """Whether dotted ``key`` is one of ``names`` or lies under one of them."""
+    return any(key == name or key.startswith(f"{name}.") for name in names)
+
+
+def is_placement_override(item: str) -> bool:
+    """Whether a ``dotted.key=value`` (or ``~dotted.key``) override sets a :data:`PLACEMENT` key."""
+    key = item.partition("=")[0].strip().lstrip("~")
+    return covered(key, PLACEMENT)
+
+
+def training_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved value, new value)}`` for the flattened keys that change training.
+
+    A key the saved record lacks is left out: it was added to the schema after the run started, and
+    its default is the behaviour the run had.
+    """
+    changes = {}
+    for key in sorted(set(saved) | set(new)):
+        if covered(key, EXECUTION) or key not in saved:
+            continue
+        old, value = saved.get(key, "<unset>"), new.get(key, "<unset>")
+        if old != value:
+            changes[key] = (old, value)
+    return changes
+
+
+def execution_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """The :data:`EXECUTION` keys (provenance aside) whose value differs: a life records them."""
+    return {
+        key: (saved.get(key), new.get(key))
+        for key in sorted(set(saved) | set(new))
+        if covered(key, EXECUTION) and not covered(key, ("git", "versions", "run_name")) and saved.get(key) != new.get(key)
+    }

@@ -1,0 +1,64 @@
+"""Stopping a run cleanly on SIGTERM or Ctrl-C: the loop finishes its step, saves, and stops.
+
+:func:`stop_on_signals` turns SIGINT and SIGTERM into a request that the training loop reads between
+steps (a Python attribute: no sync). The loop then writes the checkpoint of the last finished step
+and raises :class:`research.engine.fit.RunStopped`; the command prints one line and exits with the
+shell's status for the signal (130, 143). A second Ctrl-C stops at once, as Python does.
+
+Under SLURM, ``scancel`` and a preemption send SIGTERM to every task (submitit only logs it): the
+same path saves the run and stops it within a step, instead of training on until SIGKILL. The
+requeue after SIGUSR2 (:mod:`research.launch.job`) ignores SIGTERM on purpose; a handler someone
+else installed meanwhile is left in place when the block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """Which signal asked the run to stop (None: none did)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Within the block, SIGINT/SIGTERM set the yielded request instead of killing the process."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield request
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if request.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: now
+        request.signum = signum
+        log.warning("%s: stopping after this step, once its checkpoint is saved (Ctrl-C again to stop now)", request.name)
+
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    for signum in SIGNALS:
+        signal.signal(signum, handler)
+    try:
+        yield request
+    finally:
+        for signum, before in previous.items():
+            if signal.getsignal(signum) is handler:  # not replaced meanwhile (a requeue ignores SIGTERM)
+                signal.signal(signum, before)

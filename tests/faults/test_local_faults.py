@@ -1,0 +1,111 @@
+"""Faults injected into ``research train`` on this machine: kill -9, SIGTERM, Ctrl-C, two writers at
+once, a diverging run. Each run is compared with an uninterrupted run of the same config: no epoch
+record lost or written twice, and the resumed run ends bit-identical to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from research.engine import checkpoint
+from research.engine.run_dir import read_lives, read_summary
+
+from .harness import STEPS, compare, last_line, reference_run, run_dir_of, start, wait_for_step, write_run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return reference_run(tmp_path_factory.mktemp("reference"))
+
+
+def test_kill_9_loses_nothing_and_the_stale_lock_is_taken_over(tmp_path: Path, reference: Path, ledger) -> None:
+    path = write_run(tmp_path, train={"checkpoint_every_steps": 4})
+    run_dir = run_dir_of(path)
+    process = start(path)
+    wait_for_step(run_dir, STEPS + 6, process)  # inside the second epoch, past a mid-epoch checkpoint
+    os.killpg(process.popen.pid, signal.SIGKILL)
+    process.finish()
+    assert json.loads((run_dir / ".lock").read_text())["pid"] == process.popen.pid  # left behind by the dead holder
+
+    status, _, err = start(path, tag="resume").finish()
+    assert status == 0, err
+    assert f"took over the lock left by pid {process.popen.pid}" in err
+    assert "resumed at epoch 1, step" in err
+    outcome = compare(run_dir, reference)
+    ledger.record("kill -9", survived=status == 0, lost_or_duplicated=outcome.records_off, identical=outcome.identical)
+    assert outcome.records_off == 0 and outcome.identical
+
+
+@pytest.mark.parametrize(
+    ("fault", "signum", "exit_status", "workers"),
+    [("SIGTERM", signal.SIGTERM, 143, 0), ("Ctrl-C (SIGINT)", signal.SIGINT, 130, 2)],
+)
+def test_a_stop_signal_saves_the_last_step_in_one_line_and_resumes_bit_identical(
+    tmp_path: Path, reference: Path, ledger, fault: str, signum: int, exit_status: int, workers: int
+) -> None:
+    # Ctrl-C reaches the whole process group, the loader's workers included; the reference ran with none.
+    path = write_run(tmp_path, loader={"workers": workers})
+    run_dir = run_dir_of(path)
+    process = start(path)
+    wait_for_step(run_dir, STEPS + 5, process)
+    os.killpg(process.popen.pid, signum)
+    status, _, err = process.finish()
+    assert status == exit_status, err
+    assert "Traceback" not in err, err
+    assert last_line(err).startswith(f"research train: stopped by {signal.Signals(signum).name} after step "), err
+    saved = checkpoint.load(run_dir / "last.pt")
+    assert saved["epoch"] == 1 and 0 < saved["epoch_step"] < STEPS  # the last finished step, mid-epoch
+    assert f"after step {saved['step']} " in last_line(err)
+    assert read_summary(run_dir)["status"] == "stopped"
+
+    status, _, err = start(path, tag="resume").finish()
+    assert status == 0, err
+    assert f"resumed at epoch 1, step {saved['step']}" in err
+    outcome = compare(run_dir, reference)
+    ledger.record(fault, survived=status == 0, lost_or_duplicated=outcome.records_off, identical=outcome.identical)
+    assert outcome.records_off == 0 and outcome.identical
+    assert [life["life"] for life in read_lives(run_dir)] == [1, 2]
+
+
+def test_two_writers_on_one_run_dir_train_it_once(tmp_path: Path, reference: Path, ledger) -> None:
+    path = write_run(tmp_path)
+    run_dir = run_dir_of(path)
+    processes = [start(path, tag="first"), start(path, tag="second")]  # the same instant
+    results = [process.finish() for process in processes]
+    assert sorted(status for status, _, _ in results) == [0, 2], [err for _, _, err in results]
+    winner, loser = (0, 1) if results[0][0] == 0 else (1, 0)
+    assert f"another process trains this run (pid {processes[winner].popen.pid} on " in last_line(results[loser][2])
+    assert "Traceback" not in results[loser][2]
+    outcome = compare(run_dir, reference)
+    ledger.record("concurrent writers", survived=True, lost_or_duplicated=outcome.records_off, identical=None)
+    assert outcome.records_off == 0 and outcome.identical
+    assert len(read_lives(run_dir)) == 1
+
+
+def test_a_diverging_run_is_never_saved_nor_done_and_its_records_are_strict_json(tmp_path: Path, ledger) -> None:
+    path = write_run(tmp_path, optim={"lr": 1e6}, train={"checkpoint_every_steps": 2})
+    run_dir = run_dir_of(path)
+    status, _, err = start(path).finish()
+    assert status == 1, err
+    assert "Traceback" not in err and "not finite" in last_line(err), err
+    assert read_summary(run_dir)["status"] == "failed"
+    for name in ("last.pt", "best.pt"):  # a checkpoint written before the loss went non-finite is finite
+        if (run_dir / name).exists():
+            weights = checkpoint.load(run_dir / name)["model"]
+            assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+    def strict(text: str) -> None:
+        for line in text.splitlines():
+            json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in {line}"))
+
+    for name in ("metrics.jsonl", "log.jsonl", "lives.jsonl"):
+        if (run_dir / name).exists():
+            strict((run_dir / name).read_text())
+    ledger.record("NaN", survived=read_summary(run_dir)["status"] != "done", identical=None)
