@@ -13,6 +13,7 @@ import torch
 import yaml
 
 import research  # noqa: F401  (registers the built-ins, as every entry point does)
+from faults.ledger import LEDGER, Ledger
 from research.registry import REGISTRIES
 
 #: The smallest experiment that loads and trains in a second on CPU: synthetic 32x32 images, a nano DeiT.
@@ -92,3 +93,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("cuda") is not None:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    """The fault-injection ledger (tests/faults/ledger.py): ``ledger.record(fault, survived=..., ...)``."""
+    return LEDGER
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault-injection suite's line of figures, when any fault test ran."""
+    if LEDGER.injected:
+        terminalreporter.write_sep("-", "fault injection")
+        terminalreporter.write_line(LEDGER.line())
+        terminalreporter.write_line("faults: " + ", ".join(LEDGER.injected))

@@ -63,15 +63,19 @@ def is_placement_override(item: str) -> bool:
     return covered(key, PLACEMENT)
 
 
-def training_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+def training_changes(
+    saved: Mapping[str, Any], new: Mapping[str, Any], *, sections: Iterable[str] = ()
+) -> dict[str, tuple[Any, Any]]:
     """``{key: (saved value, new value)}`` for the flattened keys that change training.
 
-    A key the saved record lacks is left out: it was added to the schema after the run started, and
-    its default is the behaviour the run had.
+    A fixed-schema key the saved record lacks is left out: it was added to the schema after the run
+    started, and its default is the behaviour the run had. Inside the component ``sections`` (which
+    hold the builder's keys, defaults filled in) a key on one side only is a change.
     """
     changes = {}
+    component = tuple(sections)
     for key in sorted(set(saved) | set(new)):
-        if covered(key, EXECUTION) or key not in saved:
+        if covered(key, EXECUTION) or (key not in saved and not covered(key, component)):
             continue
         old, value = saved.get(key, "<unset>"), new.get(key, "<unset>")
         if old != value:

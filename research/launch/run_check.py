@@ -14,6 +14,7 @@ moved aside (:func:`set_aside`), never deleted.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +25,7 @@ from typing import Any
 import yaml
 
 from research.config import ConfigError, Run
+from research.config.components import SECTIONS
 from research.config.expand import format_value
 from research.config.keys import EXTENSIBLE, execution_changes, training_changes
 from research.config.sources import flatten
@@ -72,8 +74,8 @@ def check(run: Run, *, force: bool = False) -> Verdict:
             f"{run.run_dir}: holds a run but no readable {CONFIG}, so what trained it is unknown; "
             f"pass --force to start this run over (the old dir is kept aside)"
         )
-    old, new = flatten(saved), flatten(config_record(run))
-    changes = training_changes(old, new)
+    old, new = flatten(with_builder_defaults(saved)), flatten(with_builder_defaults(config_record(run)))
+    changes = training_changes(old, new, sections=tuple(SECTIONS))
     extended = None
     for key in EXTENSIBLE:
         if key in changes and isinstance(changes[key][0], int) and changes[key][1] > changes[key][0]:
@@ -91,6 +93,23 @@ def mismatch_message(run: Run, changes: dict[str, tuple[Any, Any]]) -> str:
         f"{run.name}: {run.run_dir} was trained with another config ({listed}); pass --force to replace that run "
         f"(its dir is kept aside), or give this one another name=, variant or output_dir="
     )
+
+
+def with_builder_defaults(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with each component section's unset builder parameters at their defaults: a section
+    holds only the keys its files set, and ``drop_path_rate=0.3`` against an unset one is a change."""
+    filled = dict(record)
+    for key, spec in SECTIONS.items():
+        section = record.get(key)
+        if not isinstance(section, dict) or section.get("name") not in spec.registry.names():
+            continue
+        defaults = {
+            name: param.default
+            for name, param in spec.registry.signature(section["name"]).parameters.items()
+            if param.default is not inspect.Parameter.empty and name not in spec.injected
+        }
+        filled[key] = {**defaults, **section}
+    return filled
 
 
 def saved_config(run_dir: Path) -> dict[str, Any] | None:

@@ -248,10 +248,9 @@ def optimizer_implementation(choice: str) -> dict[str, bool]:
 
 
 def _resume(cfg: ExperimentCfg, state: TrainState, run_dir: RunDir) -> bool:
-    if not cfg.train.resume:
-        return False
-    saved = run_dir.resume_point()
-    if saved is None:
+    saved = run_dir.resume_point() if cfg.train.resume else None
+    if saved is None:  # from scratch: no record of an earlier start may stay (a deleted last.pt)
+        run_dir.truncate_metrics(-1)
         return False
     state.load_state_dict(saved)
     run_dir.truncate_metrics(state.epoch)

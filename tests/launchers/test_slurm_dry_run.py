@@ -14,6 +14,9 @@ import pytest
 import yaml
 from scripts import load_script
 
+from research.config import load_runs
+from research.launch.run_check import config_record
+
 TINY: dict[str, Any] = {
     "model": {"name": "deit_nano_patch4_32", "img_size": 32},
     "data": {"name": "synthetic", "size": 16, "num_classes": 4},
@@ -150,9 +153,11 @@ def test_dry_run_shows_the_student_waiting_for_its_teacher(write, tmp_path: Path
     assert "#SBATCH --dependency='afterok:<teacher>'" in blocks["student"]
 
     # A finished teacher is not submitted again, and the student waits for nothing.
-    teacher_dir = tmp_path / "runs" / "teacher"
-    teacher_dir.mkdir(parents=True)
-    (teacher_dir / "summary.json").write_text(json.dumps({"status": "done", "epochs_done": 1, "epochs": 1}))
+    (teacher,) = load_runs(tmp_path / "teacher.yaml")
+    teacher.run_dir.mkdir(parents=True)
+    (teacher.run_dir / "config.yaml").write_text(yaml.safe_dump(config_record(teacher)))  # the run dir is its config
+    (teacher.run_dir / "summary.json").write_text(json.dumps({"status": "done", "epochs_done": 1, "epochs": 1}))
+    (teacher.run_dir / "last.pt").touch()
     assert launcher.main([str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     rows = table_rows(out)

@@ -1,12 +1,10 @@
-"""The fault-injection suite's ledger: each test records the faults it injected and what survived,
-and the session ends with one line of figures (printed whenever a test of this folder ran)."""
+"""The fault-injection suite's ledger: each test (tests/faults locally, tests/slurm/test_faults.py on
+the cluster) records the faults it injected and what survived; the session ends with one line of
+figures (tests/conftest.py prints it whenever a fault test ran)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-
-import pytest
 
 
 @dataclass
@@ -35,16 +33,4 @@ class Ledger:
         )
 
 
-LEDGER = Ledger()
-
-
-@pytest.fixture
-def ledger() -> Iterator[Ledger]:
-    yield LEDGER
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if LEDGER.injected:
-        terminalreporter.write_sep("-", "fault injection")
-        terminalreporter.write_line(LEDGER.line())
-        terminalreporter.write_line("faults: " + ", ".join(LEDGER.injected))
+LEDGER = Ledger()  # one per test session: the summary line counts every fault test that ran
