@@ -10,6 +10,8 @@ import contextlib
 import logging
 import os
 import random
+import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -99,7 +101,9 @@ def _train(run: Run, env: DistEnv, verdict: Verdict | None, stop: Any, on_loop: 
         tracker.summary(summary)
         return summary
     except RunStopped:
-        run_dir.write_summary({**_summary(state, cfg, {}, "stopped"), "stopped_by": stop.name})
+        slurm_state = _slurm_job_state()  # scancel: CANCELLED; a preemption: PREEMPTED or REQUEUED
+        status = "cancelled" if slurm_state and slurm_state.startswith("CANCELLED") else "stopped"
+        run_dir.write_summary({**_summary(state, cfg, {}, status), "stopped_by": stop.name, "slurm_state": slurm_state})
         raise
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
@@ -261,6 +265,19 @@ def _slurm_job_id() -> str | None:
     """``123_4`` for task 4 of array job 123 (as squeue and slurm_job.json name it), else the job id."""
     array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
     return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
+def _slurm_job_state() -> str | None:
+    """This SLURM job's state as the controller sees it now (None outside SLURM, or unknown)."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    try:
+        result = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"JobState=(\S+)", result.stdout)
+    return found[1] if found else None
 
 
 def _seed_everything(seed: int) -> None:

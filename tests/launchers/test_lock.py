@@ -1,0 +1,70 @@
+"""One writer per run dir: the lock names its holder, dies with it, and is shared with the holder's children."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from research.launch.lock import HELD_ENV, RunDirBusy, holder, run_dir_lock
+from research.launch.run_check import set_aside
+
+HOLD = "from research.launch.lock import run_dir_lock; import sys, time\nwith run_dir_lock(sys.argv[1], job_id='77'):\n    print('held', flush=True); time.sleep(60)"
+
+
+def hold_in_another_process(run_dir: Path) -> subprocess.Popen[str]:
+    env = {key: value for key, value in os.environ.items() if key != HELD_ENV}
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None and process.stdout.readline().strip() == "held"
+    return process
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_the_run_is_not_moved_aside(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    process = hold_in_another_process(run_dir)
+    try:
+        assert holder(run_dir)["pid"] == process.pid
+        with pytest.raises(RunDirBusy, match=rf"pid {process.pid} on .*SLURM job 77"):
+            with run_dir_lock(run_dir):
+                pass
+        with pytest.raises(RunDirBusy, match="stop it before replacing"):
+            set_aside(run_dir)
+        assert run_dir.exists()
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_the_lock_of_a_killed_holder_is_taken_over_and_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run_dir = tmp_path / "run"
+    process = hold_in_another_process(run_dir)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert holder(run_dir) is None  # the kernel dropped the flock with its holder
+    with caplog.at_level(logging.WARNING), run_dir_lock(run_dir):
+        assert holder(run_dir)["pid"] == os.getpid()
+    assert f"took over the lock left by pid {process.pid}" in caplog.text
+    with run_dir_lock(run_dir):  # released cleanly: nothing to take over
+        pass
+    assert caplog.text.count("took over") == 1
+
+
+def test_processes_started_under_the_lock_share_it(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    with run_dir_lock(run_dir):
+        assert os.environ[HELD_ENV] == str(run_dir.resolve())
+        child = subprocess.run(
+            [sys.executable, "-c", "from research.launch.lock import run_dir_lock; import sys\nwith run_dir_lock(sys.argv[1]): print('ok')", str(run_dir)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert child.stdout.strip() == "ok", child.stderr
+    assert HELD_ENV not in os.environ
+    started = time.monotonic()
+    with run_dir_lock(run_dir):
+        assert time.monotonic() - started < 5
