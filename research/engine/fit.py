@@ -86,9 +86,11 @@ class Loop:
     meter: StepMeter | None = None  # the epoch's device-side sums; set while an epoch runs
 
     def save(self, *, best: bool = False) -> None:
-        """Write the checkpoint, after checking (one sync) that no step since the last check was non-finite."""
+        """Write the checkpoint, after checking (one sync each) that no step since the last check was
+        non-finite and that the weights are finite."""
         if self.meter is not None:
             self.meter.raise_if_nonfinite(self.state.step)
+        self.state.raise_if_nonfinite_weights()
         self.run_dir.save(self.state, best=best)
 
 
