@@ -27,7 +27,7 @@ __all__ = ["DATA_GLOBALS", "CheckpointError", "UnsafeCheckpointError", "check_fi
 
 _SHOWN = 5
 _NUMERIC_DTYPES = "?bBhHiIlLqQefdgFDG"  # numpy's numeric type codes; object arrays ('O') are not plain data
-_multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 renamed it
+_multiarray: Any = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # type: ignore[attr-defined]
 #: Globals a checkpoint may name besides torch's own (a pair gives the name older numpy pickled it under).
 DATA_GLOBALS: list[Any] = [
     argparse.Namespace,
@@ -96,8 +96,7 @@ def safe_load(path: str | os.PathLike[str], *, what: str = "checkpoint") -> Any:
         ) from exc
     except Exception as exc:  # torch raises RuntimeError for a truncated zip, others for plain garbage
         raise CheckpointError(
-            f"{what} {path}: not a readable PyTorch checkpoint, truncated or corrupt "
-            f"({type(exc).__name__}: {_first_line(exc)})"
+            f"{what} {path}: not a readable PyTorch checkpoint, truncated or corrupt ({type(exc).__name__}: {_first_line(exc)})"
         ) from exc
 
 

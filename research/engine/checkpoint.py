@@ -143,7 +143,8 @@ def _no_space(exc: BaseException | None) -> bool:
 
 def rng_states() -> dict[str, Any]:
     """Every process-level generator's state, as tensors and plain data (``weights_only`` loads it)."""
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
+    kind, keys, position, has_gauss, cached_gaussian = numpy_state
     states: dict[str, Any] = {
         "python": random.getstate(),  # (version, tuple of 625 ints, None)
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),

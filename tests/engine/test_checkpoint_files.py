@@ -111,8 +111,8 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_checkpoint(tmp_path: Path, mo
     def full_disk(obj: object, handle: object) -> None:
         try:
             raise OSError(errno.ENOSPC, "No space left on device")
-        except OSError:
-            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 393472 vs 393360")
+        except OSError:  # torch's writer raises over the failed write: the OSError is only the context
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 393472 vs 393360")  # noqa: B904
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(CheckpointError, match=rf"cannot write checkpoint {target}: no space left") as info:

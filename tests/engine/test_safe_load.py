@@ -97,3 +97,17 @@ def test_teacher_refuses_a_malicious_checkpoint(tmp_path: Path, marker: Path) ->
     with pytest.raises(TeacherCheckpointError, match=rf"teacher checkpoint {path}: refuses to unpickle posix\.system"):
         TEACHERS.build("resnet10_cifar", num_classes=4, checkpoint=str(path))
     assert not marker.exists()
+
+
+def test_torch_load_is_called_in_one_place_only() -> None:
+    """Any other ``torch.load`` in the package would be a second, unchecked way in."""
+    import ast
+
+    package = Path(__file__).resolve().parents[2] / "research"
+    callers = [
+        f"{path.relative_to(package.parent)}:{node.lineno}"
+        for path in sorted(package.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute) and node.attr == "load" and getattr(node.value, "id", None) == "torch"
+    ]
+    assert [caller.split(":")[0] for caller in callers] == ["research/safe_load.py"], callers
