@@ -12,6 +12,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -98,6 +99,27 @@ def test_a_truncated_last_pt_resumes_from_the_previous_one_bit_identically(exper
     a, b = read_metrics(straight.run_dir)[-1], read_metrics(resumed.run_dir)[-1]
     for key in ("train/epoch_loss", "val/loss", "val/top1"):
         assert a[key] == b[key], key
+
+
+def test_a_checkpoint_of_the_older_engine_still_resumes(tmp_path: Path) -> None:
+    """Before issue 17 the numpy RNG state was pickled as numpy's own array: still plain data, still read."""
+    np.random.seed(3)
+    expected = np.random.get_state()
+    torch.save({**training_state(1), "rng": {**checkpoint.rng_states(), "numpy": expected}}, tmp_path / checkpoint.LAST)
+    np.random.seed(4)
+    _, saved = checkpoint.load_latest(tmp_path)
+    checkpoint.restore_rng_states(saved["rng"])
+    assert np.array_equal(np.random.get_state()[1], expected[1]) and np.random.get_state()[2] == expected[2]
+
+
+def test_rng_states_are_saved_as_tensors_and_plain_data(tmp_path: Path) -> None:
+    np.random.seed(5)
+    torch.save({"rng": checkpoint.rng_states()}, tmp_path / "rng.pt")
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(tmp_path / "rng.pt") == []
+    draws = np.random.rand(3)
+    np.random.seed(6)
+    checkpoint.restore_rng_states(torch.load(tmp_path / "rng.pt", weights_only=True)["rng"])  # no allow-list needed
+    assert np.array_equal(np.random.rand(3), draws)
 
 
 # --- a full disk, file modes ---------------------------------------------------------------------------
