@@ -134,9 +134,11 @@ def _link_atomic(source: Path, target: Path) -> None:
 def _no_space(exc: BaseException | None) -> bool:
     """Whether ``exc``, or an error it was raised from, is a full disk or quota (torch's writer raises a
     RuntimeError "unexpected pos" over the OSError of the failed write)."""
-    while exc is not None:
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # a chain can loop back on itself
         if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
             return True
+        seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return False
 
