@@ -59,9 +59,9 @@ def _is_bad_input(exc: BaseException) -> bool:
     from research.data import DataError
     from research.plugins import PluginError
     from research.registry import RegistryError
-    from research.teachers import TeacherCheckpointError
+    from research.safe_load import CheckpointError  # TeacherCheckpointError is one
 
-    return isinstance(exc, (ConfigError, RegistryError, PluginError, DataError, TeacherCheckpointError, FileNotFoundError))
+    return isinstance(exc, (ConfigError, RegistryError, PluginError, DataError, CheckpointError, FileNotFoundError))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,14 +1,22 @@
-"""Checkpoints that survive a kill at any moment: written to a temporary file, then renamed.
+"""Checkpoints that survive a kill at any moment, a full disk and a corrupt file.
 
 A checkpoint holds everything needed to continue exactly: weights, optimizer, scheduler, loss scaler,
-EMA weights, progress counters, the RNG states of every process-level generator, and the config.
+EMA weights, progress counters, the RNG states of every process-level generator, and the config, all as
+tensors and plain data, so that it loads with ``weights_only=True`` (:func:`research.safe_load.safe_load`).
+
+It is written to a temporary file, then renamed over the old one, so a reader sees the old file or the
+new one, never half. ``last.pt``'s previous version is kept as ``last.prev.pt`` (a hard link, made before
+the rename: at every moment both names hold an intact file), so a ``last.pt`` damaged after it was
+written still leaves a checkpoint to resume from (:func:`load_latest`).
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import random
-import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,34 +24,132 @@ from typing import Any
 import numpy as np
 import torch
 
+from research.safe_load import CheckpointError, UnsafeCheckpointError, safe_load
+
+__all__ = ["BEST", "LAST", "PREVIOUS", "CheckpointError", "load", "load_latest", "save_atomic"]
+
+log = logging.getLogger(__name__)
+
 LAST = "last.pt"
+PREVIOUS = "last.prev.pt"
 BEST = "best.pt"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+_TRAINING_STATE = ("model", "optimizer", "epoch", "step", "rng")  # what a resume cannot do without
 
 
-def save_atomic(payload: Mapping[str, Any], path: Path) -> None:
-    """``torch.save`` into ``path`` so that a reader sees the old file or the new one, never half."""
+def save_atomic(payload: Mapping[str, Any], path: Path, *, previous: Path | None = None) -> None:
+    """``torch.save`` into ``path`` so that a reader sees the old file or the new one, never half.
+
+    The file's mode follows the umask, as any file the user writes (teammates on a shared cluster read it).
+
+    Args:
+        payload: What to save (tensors and plain data).
+        path: The checkpoint file.
+        previous: Where the file ``path`` held until now is kept, if it existed.
+
+    Raises:
+        CheckpointError: The disk or quota is full (one line naming the file); the old file is intact.
+        OSError: Writing failed otherwise; the old file is intact.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "wb") as handle:
+        # os.open applies the umask to 0o666, as open() does; tempfile.mkstemp would force 0o600
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as handle:
             torch.save(dict(payload), handle)
             handle.flush()
             os.fsync(handle.fileno())
+        if previous is not None and path.exists():
+            _link_atomic(path, previous)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if _no_space(exc):
+            raise CheckpointError(
+                f"cannot write checkpoint {path}: no space left on the device (any previous {path.name} is "
+                "intact); free space there, or set output_dir to a disk with room, then run again to resume"
+            ) from exc
         raise
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Read a checkpoint this engine wrote (it holds RNG states, so not ``weights_only``)."""
-    return torch.load(path, map_location="cpu", weights_only=False)  # type: ignore[no-any-return]
+    """Read a checkpoint without running code from it (see :func:`research.safe_load.safe_load`).
+
+    Raises:
+        CheckpointError: One line naming the file: missing, unreadable, or pickled code.
+    """
+    saved = safe_load(path)
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"checkpoint {path}: holds a {type(saved).__name__}, expected a dict written by torch.save")
+    return saved
+
+
+def load_latest(run_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest intact checkpoint of a run dir: ``last.pt``, else ``last.prev.pt`` (with a warning).
+
+    Returns:
+        The file read and what it holds; None when the run dir has neither file.
+
+    Raises:
+        UnsafeCheckpointError: A file pickles code (refused, never skipped over).
+        CheckpointError: Checkpoints are there but none is intact (the message names each file);
+            ``--force`` starts the run clean.
+    """
+    problems = []
+    for file in (run_dir / LAST, run_dir / PREVIOUS):
+        if not file.exists():
+            continue
+        try:
+            saved = _load_training_state(file)
+        except UnsafeCheckpointError:
+            raise
+        except CheckpointError as exc:
+            problems.append(str(exc))
+            continue
+        if problems:
+            log.warning("%s; resuming from the previous checkpoint %s (epoch %s)", problems[0], file, saved["epoch"])
+        return file, saved
+    if problems:
+        raise CheckpointError(
+            f"{'; '.join(problems)}; no intact checkpoint to resume from: train again with --force to start clean"
+        )
+    return None
+
+
+def _load_training_state(file: Path) -> dict[str, Any]:
+    saved = load(file)
+    missing = [key for key in _TRAINING_STATE if key not in saved]
+    if missing:
+        raise CheckpointError(f"checkpoint {file}: holds no training state (no {', '.join(missing)})")
+    return saved
+
+
+def _link_atomic(source: Path, target: Path) -> None:
+    """Make ``target`` another name of ``source``'s file, replacing ``target`` in one step."""
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+    os.link(source, tmp)
+    os.replace(tmp, target)
+
+
+def _no_space(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an error it was raised from, is a full disk or quota (torch's writer raises a
+    RuntimeError "unexpected pos" over the OSError of the failed write)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:  # a chain can loop back on itself
+        if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def rng_states() -> dict[str, Any]:
+    """Every process-level generator's state, as tensors and plain data (``weights_only`` loads it)."""
+    numpy_state: tuple[Any, ...] = np.random.get_state(legacy=True)  # type: ignore[assignment]
+    kind, keys, position, has_gauss, cached_gaussian = numpy_state
     states: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of 625 ints, None)
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -53,7 +159,9 @@ def rng_states() -> dict[str, Any]:
 
 def restore_rng_states(states: Mapping[str, Any]) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    kind, keys, *rest = states["numpy"]
+    # an older checkpoint holds numpy's uint32 array itself, a newer one an int64 tensor of its values
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(states["torch"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])

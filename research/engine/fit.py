@@ -113,16 +113,11 @@ class Loop:
     stop: StopSignal | None = None  # read between steps; see RunStopped
 
     def save(self, *, best: bool = False) -> None:
-        """Write the checkpoint, after checking (one sync each) that no step since the last check had a
-        non-finite loss and that the weights are finite (a finite loss can still step them to inf)."""
+        """Write the checkpoint, after checking (one sync each) that no step since the last check was
+        non-finite and that the weights are finite."""
         if self.meter is not None:
             self.meter.raise_if_nonfinite(self.state.step)
-        finite = torch.stack([p.detach().isfinite().all() for p in self.state.model.parameters()]).all()
-        if not bool(finite):
-            raise FloatingPointError(
-                f"the weights are not finite after step {self.state.step}; not saved. Lower optim.lr, set "
-                "optim.clip_grad or use train.precision=fp32"
-            )
+        self.state.raise_if_nonfinite_weights()
         self.run_dir.save(self.state, best=best)
 
     def stop_requested(self) -> bool:

@@ -28,6 +28,7 @@ class RunDir:
 
     def __init__(self, path: Path, *, config: dict[str, Any], is_main: bool = True) -> None:
         self.path, self.config, self.is_main = Path(path), config, is_main
+        self._last_is_intact = True  # False after a resume that had to skip a damaged last.pt
 
     @property
     def last(self) -> Path:
@@ -41,12 +42,20 @@ class RunDir:
         if not self.is_main:
             return
         payload = state.state_dict(self.config)
-        checkpoint.save_atomic(payload, self.last)
+        # a damaged last.pt is overwritten, never kept as the previous checkpoint
+        previous = self.path / checkpoint.PREVIOUS if self._last_is_intact else None
+        checkpoint.save_atomic(payload, self.last, previous=previous)
+        self._last_is_intact = True
         if best:
             checkpoint.save_atomic(payload, self.best)
 
     def resume_point(self) -> dict[str, Any] | None:
-        return checkpoint.load(self.last) if self.last.exists() else None
+        """The newest intact checkpoint (``last.pt``, else ``last.prev.pt``), or None in a new run dir."""
+        found = checkpoint.load_latest(self.path)
+        if found is None:
+            return None
+        self._last_is_intact = found[0] == self.last
+        return found[1]
 
     def append_metrics(self, record: Mapping[str, Any]) -> None:
         """One strict JSON line: a non-finite number (a diverged validation loss) is written as null."""

@@ -55,6 +55,20 @@ class TrainState:
             "config": config,
         }
 
+    def raise_if_nonfinite_weights(self) -> None:
+        """One sync: raise if a weight is NaN or infinite, so that no checkpoint ever holds one.
+
+        The loss check alone misses a step whose loss was finite but whose update overflowed: the
+        weights are then infinite, and only the next step's loss would tell. Every rank holds the same
+        weights, so every rank raises together.
+        """
+        tensors = [t for t in unwrap(self.model).state_dict().values() if t.is_floating_point()]
+        if tensors and not torch.stack([torch.isfinite(t).all() for t in tensors]).all():
+            raise FloatingPointError(
+                f"the weights are not finite after step {self.step} (an update overflowed); nothing was "
+                "saved; lower optim.lr, set optim.clip_grad or use train.precision=fp32"
+            )
+
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         unwrap(self.model).load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])

@@ -3,40 +3,30 @@
 Accepted layouts: a plain state dict; ``{"model": state_dict, ...}`` (official DeiT teachers and this
 package's engine, which also stores ``"ema"`` and ``"config"``; ``"model"`` wins); ``{"state_dict": ...}``
 (timm's ``train.py``). A ``module.`` prefix left by DistributedDataParallel is stripped. Weights load
-with ``strict=True``: a partial load would give a silently wrong teacher.
+with ``strict=True``: a partial load would give a silently wrong teacher. Files are read with
+:func:`research.safe_load.safe_load`, which runs no code a pickle names.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from research.safe_load import CheckpointError, check_file, safe_load
+
 __all__ = ["TeacherCheckpointError", "check_teacher_checkpoint", "load_teacher_weights", "read_state_dict"]
 
 _WRAPPER_KEYS = ("model", "state_dict")  # in order of preference
 _DDP_PREFIX = "module."
 _SHOWN_KEYS = 5
-# Plain-data types that checkpoint writers pickle besides tensors: our engine's RNG states (numpy arrays)
-# and the argparse.Namespace that DeiT's main.py stores under "args".
-_DATA_GLOBALS = frozenset(
-    {
-        "argparse.Namespace",
-        "numpy.dtype",
-        "numpy.ndarray",
-        "numpy._core.multiarray._reconstruct",
-        "numpy._core.multiarray.scalar",
-        "numpy.core.multiarray._reconstruct",
-        "numpy.core.multiarray.scalar",
-    }
-)
+_WHAT = "teacher checkpoint"
 
 
-class TeacherCheckpointError(ValueError):
-    """A teacher checkpoint is missing, unreadable, or does not fit the requested teacher."""
+class TeacherCheckpointError(CheckpointError):
+    """A teacher checkpoint is missing, unreadable, unsafe, or does not fit the requested teacher."""
 
 
 def check_teacher_checkpoint(path: str) -> Path:
@@ -48,17 +38,11 @@ def check_teacher_checkpoint(path: str) -> Path:
     Raises:
         TeacherCheckpointError: The file is missing, a directory, or not readable.
     """
-    file = Path(path).expanduser()
-    if not file.exists():
-        raise TeacherCheckpointError(
-            f"teacher checkpoint {path}: no such file; check the path (it must be visible from the "
-            "machine that trains), or train the teacher first"
-        )
-    if not file.is_file():
-        raise TeacherCheckpointError(f"teacher checkpoint {path}: is a directory, expected a .pth/.pt file")
-    if not os.access(file, os.R_OK):
-        raise TeacherCheckpointError(f"teacher checkpoint {path}: not readable (permissions)")
-    return file
+    hint = "check the path (it must be visible from the machine that trains), or train the teacher first"
+    try:
+        return check_file(path, what=_WHAT, hint=hint)
+    except CheckpointError as exc:
+        raise TeacherCheckpointError(str(exc)) from None
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
@@ -67,8 +51,8 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     Raises:
         TeacherCheckpointError: The file is missing, not a PyTorch checkpoint, or holds no state dict.
     """
-    file = check_teacher_checkpoint(path)
-    obj = _load_data_only(file, path)
+    check_teacher_checkpoint(path)
+    obj = _load_data_only(path)
     state = _unwrap(obj, path)
     return _strip_prefix(state)
 
@@ -119,28 +103,12 @@ def _mismatch(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Te
     return ""
 
 
-def _load_data_only(file: Path, path: str) -> object:
-    """``torch.load`` that never runs pickled code: only tensors and known plain-data types."""
+def _load_data_only(path: str) -> object:
+    """What ``path`` holds, read without running pickled code (:func:`research.safe_load.safe_load`)."""
     try:
-        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(file))
-    except Exception:
-        unsafe = set()  # not a zip checkpoint (legacy format or garbage): weights_only=True decides
-    foreign = sorted(unsafe - _DATA_GLOBALS)
-    if foreign:
-        raise TeacherCheckpointError(
-            f"teacher checkpoint {path}: pickles Python objects that are not plain data "
-            f"({', '.join(foreign[:_SHOWN_KEYS])}); re-save just the weights: "
-            "torch.save({'model': model.state_dict()}, path)"
-        )
-    try:
-        # Every global the pickle names is a plain-data constructor (checked above), so a full
-        # unpickle runs no foreign code; torch's weights_only unpickler alone would refuse numpy arrays.
-        return torch.load(file, map_location="cpu", weights_only=not unsafe)
-    except Exception as exc:
-        raise TeacherCheckpointError(
-            f"teacher checkpoint {path}: not a readable PyTorch checkpoint "
-            f"({type(exc).__name__}: {_first_line(exc)}); expected a file written by torch.save"
-        ) from exc
+        return safe_load(path, what=_WHAT)
+    except CheckpointError as exc:
+        raise TeacherCheckpointError(str(exc)) from exc
 
 
 def _unwrap(obj: object, path: str) -> Mapping[str, object]:
@@ -181,8 +149,3 @@ def _some(what: str, keys: list[str]) -> str:
         return f"no {what} keys"
     shown = ", ".join(keys[:_SHOWN_KEYS]) + (", ..." if len(keys) > _SHOWN_KEYS else "")
     return f"{len(keys)} {what} keys ({shown})"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no message"
