@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from faults.ledger import LEDGER, Ledger
 
 import research  # noqa: F401  (registers the built-ins, as every entry point does)
-from faults.ledger import LEDGER, Ledger
 from research.registry import REGISTRIES
 
 #: The smallest experiment that loads and trains in a second on CPU: synthetic 32x32 images, a nano DeiT.

@@ -5,7 +5,6 @@ eval`` refuses a wrong file in one line, and a diverged run never saves non-fini
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ import torch
 from research.cli import main
 from research.config import load_run
 from research.engine import checkpoint
-from research.engine.run_dir import RunDir, read_metrics, read_summary
+from research.engine.run_dir import RunDir, read_metrics
 from research.launch.train import train
 from research.registry import MODELS
 from research.safe_load import CheckpointError
@@ -86,7 +85,7 @@ def test_no_intact_checkpoint_is_one_line_naming_the_file(experiment, capsys) ->
     assert f"checkpoint {last}: not a readable PyTorch checkpoint" in line and "--force" in line
 
 
-def test_a_truncated_last_pt_resumes_from_the_previous_one_bit_identically(experiment) -> None:
+def test_a_truncated_last_pt_resumes_from_the_previous_one_bit_identically(experiment, ledger) -> None:
     options = {"epochs": 2, "checkpoint_every_steps": 2, "progress": False, "log_every_steps": 2}
     straight = load_run(experiment("straight", train=options))
     train(straight)
@@ -97,8 +96,11 @@ def test_a_truncated_last_pt_resumes_from_the_previous_one_bit_identically(exper
 
     assert train(resumed)["status"] == "done"
     a, b = read_metrics(straight.run_dir)[-1], read_metrics(resumed.run_dir)[-1]
-    for key in ("train/epoch_loss", "val/loss", "val/top1"):
-        assert a[key] == b[key], key
+    epochs = [m["epoch"] for m in read_metrics(resumed.run_dir)]
+    identical = all(a[key] == b[key] for key in ("train/epoch_loss", "val/loss", "val/top1"))
+    lost_or_duplicated = len({1, 2} - set(epochs)) + len(epochs) - len(set(epochs))
+    ledger.record("corrupt checkpoint", survived=True, lost_or_duplicated=lost_or_duplicated, identical=identical)
+    assert epochs == [1, 2] and identical
 
 
 def test_a_checkpoint_of_the_older_engine_still_resumes(tmp_path: Path) -> None:
@@ -151,7 +153,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
     if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        pytest.fail(f"cannot mount a tmpfs here (the fault-injection tests run as root): {done.stderr.decode().strip()}")
     try:
         yield mount
     finally:
@@ -159,12 +161,14 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 @pytest.mark.slow
-def test_a_really_full_disk(tiny_disk: Path) -> None:
+def test_a_really_full_disk(tiny_disk: Path, ledger) -> None:
     target, previous = tiny_disk / checkpoint.LAST, tiny_disk / checkpoint.PREVIOUS
     checkpoint.save_atomic({**training_state(1), "model": {"w": torch.zeros(50_000)}}, target, previous=previous)
     with pytest.raises(CheckpointError, match=rf"cannot write checkpoint {target}: no space left"):
         checkpoint.save_atomic({**training_state(2), "model": {"w": torch.zeros(500_000)}}, target, previous=previous)
-    assert checkpoint.load(target)["epoch"] == 1 and os.listdir(tiny_disk) == [checkpoint.LAST]
+    intact = checkpoint.load(target)["epoch"] == 1
+    ledger.record("full disk", survived=intact)
+    assert intact and os.listdir(tiny_disk) == [checkpoint.LAST]
     assert shutil.disk_usage(tiny_disk).used < 300_000  # the half-written file was removed
 
 
@@ -212,18 +216,3 @@ def test_eval_names_both_models_and_the_first_keys_that_differ(experiment, capsy
 
 
 # --- a diverged run ------------------------------------------------------------------------------------
-
-
-def test_a_diverged_run_saves_no_non_finite_weights_and_is_never_done(experiment) -> None:
-    """lr=1e6: a step's loss can still be finite while its update makes the weights infinite."""
-    options = {"epochs": 2, "checkpoint_every_steps": 1, "progress": False, "log_every_steps": 2}
-    run = load_run(experiment(optim={"lr": 1e6}, sched={"warmup_epochs": 0}, train=options))
-    with pytest.raises(FloatingPointError, match="not finite"):
-        train(run)
-    assert read_summary(run.run_dir)["status"] != "done"
-    for file in run.run_dir.glob("*.pt"):
-        weights = checkpoint.load(file)["model"].values()
-        assert all(torch.isfinite(w).all() for w in weights), file.name
-    metrics = run.run_dir / "metrics.jsonl"
-    for line in metrics.read_text().splitlines() if metrics.exists() else []:
-        json.loads(line, parse_constant=lambda constant: pytest.fail(f"bare {constant} in metrics.jsonl"))

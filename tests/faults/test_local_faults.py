@@ -103,7 +103,7 @@ def test_a_diverging_run_is_never_saved_nor_done_and_its_records_are_strict_json
 
     def strict(text: str) -> None:
         for line in text.splitlines():
-            json.loads(line, parse_constant=lambda name: pytest.fail(f"bare {name} in {line}"))
+            json.loads(line, parse_constant=lambda constant: pytest.fail(f"bare {constant} in a JSON line"))
 
     for name in ("metrics.jsonl", "log.jsonl", "lives.jsonl"):
         if (run_dir / name).exists():
