@@ -95,7 +95,7 @@ def model_ema_of(log: dict[str, Any], decay: float) -> dict[str, torch.Tensor]:
 
 def epoch_indices(loaded: Any, epoch: int) -> list[int]:
     data = build_data(loaded.cfg, DistEnv())
-    return list(data.loop_data.train_batches(epoch, 0).sampler)
+    return [index for index, _seed in data.loop_data.train_batches(epoch, 0).sampler]  # (index, its draws' seed)
 
 
 @pytest.mark.slow
