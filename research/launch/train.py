@@ -101,8 +101,8 @@ def _train(run: Run, env: DistEnv, verdict: Verdict | None, stop: Any, on_loop: 
         tracker.summary(summary)
         return summary
     except RunStopped:
-        slurm_state = _slurm_job_state()  # scancel: CANCELLED; a preemption: PREEMPTED or REQUEUED
-        status = "cancelled" if slurm_state and slurm_state.startswith("CANCELLED") else "stopped"
+        slurm_state = _slurm_job_state()
+        status = "cancelled" if slurm_state == "CANCELLED" else "stopped"
         run_dir.write_summary({**_summary(state, cfg, {}, status), "stopped_by": stop.name, "slurm_state": slurm_state})
         raise
     except BaseException as exc:
@@ -268,7 +268,12 @@ def _slurm_job_id() -> str | None:
 
 
 def _slurm_job_state() -> str | None:
-    """This SLURM job's state as the controller sees it now (None outside SLURM, or unknown)."""
+    """This SLURM job's state as the controller sees it while the job stops (None outside SLURM).
+
+    ``scancel`` and ``scontrol requeue`` both show COMPLETING while the job's processes stop; a
+    requeue has already counted a restart, which tells the two apart: CANCELLED for a job that will
+    not come back, REQUEUED for one that will, else the controller's word (TIMEOUT, PREEMPTED, ...).
+    """
     job_id = os.environ.get("SLURM_JOB_ID")
     if not job_id:
         return None
@@ -276,8 +281,12 @@ def _slurm_job_state() -> str | None:
         result = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=10, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    found = re.search(r"JobState=(\S+)", result.stdout)
-    return found[1] if found else None
+    state, restarts = re.search(r"JobState=(\S+)", result.stdout), re.search(r"Restarts=(\d+)", result.stdout)
+    if state is None:
+        return None
+    if restarts and int(restarts[1]) > int(os.environ.get("SLURM_RESTART_COUNT") or 0):
+        return "REQUEUED"
+    return "CANCELLED" if state[1] in ("COMPLETING", "CANCELLED") else state[1]
 
 
 def _seed_everything(seed: int) -> None:

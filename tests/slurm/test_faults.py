@@ -57,6 +57,11 @@ def submit(capsys: pytest.CaptureFixture[str], path: Path) -> Any:
     return job_of(run_dir(path), run_dir(path))
 
 
+def done(path: Path) -> bool:
+    summary = read_summary(run_dir(path))
+    return summary is not None and summary["status"] == "done"
+
+
 def in_second_epoch(path: Path) -> Callable[[], bool]:
     return lambda: logged_step(run_dir(path)) >= STEPS + 2
 
@@ -68,8 +73,7 @@ def reference(slurm_cluster, write, capsys) -> Callable[[], Path]:
     job = submit(capsys, path)
 
     def finished() -> Path:
-        slurm_cluster.wait_for_jobs([job], timeout_s=3 * JOB_TIMEOUT_S)
-        assert read_summary(run_dir(path))["status"] == "done", job.stderr()
+        wait_until(lambda: done(path), timeout_s=3 * JOB_TIMEOUT_S, what="reference done", cluster=slurm_cluster, job=job)
         return run_dir(path)
 
     return finished
@@ -85,9 +89,8 @@ def test_a_run_requeued_mid_epoch_resumes_bit_identical(slurm_cluster, write, re
     else:  # the controller kills the job (SIGTERM, SIGKILL KillWait later) and queues it again
         subprocess.run(["scontrol", "requeue", job.job_id], check=True, capture_output=True, timeout=30)
 
-    wait_until(lambda: len(read_lives(run_dir(path))) == 2, timeout_s=JOB_TIMEOUT_S, what="second life", cluster=slurm_cluster, job=job)
-    slurm_cluster.wait_for_jobs([job], timeout_s=JOB_TIMEOUT_S)
-    assert read_summary(run_dir(path))["status"] == "done", job.stderr()
+    # The first life's result file (its RunStopped, for a requeue) would end submitit's wait early: watch the run dir.
+    wait_until(lambda: done(path) and len(read_lives(run_dir(path))) == 2, timeout_s=2 * JOB_TIMEOUT_S, what="second life done", cluster=slurm_cluster, job=job)
     first_life = job.stderr().partition("Requeued job")[0] if "Requeued job" in job.stderr() else job.stderr()
     outcome = compare(run_dir(path), reference(), epochs=EPOCHS)
     ledger.record(fault, survived=True, lost_or_duplicated=outcome.records_off, identical=outcome.identical)
@@ -111,8 +114,7 @@ def test_scancel_stops_the_job_within_a_step_and_the_run_dir_says_cancelled(slur
 
     # The cancelled run is resubmitted by a relaunch and resumes where it stopped.
     job = submit(capsys, path)
-    slurm_cluster.wait_for_jobs([job], timeout_s=JOB_TIMEOUT_S)
-    assert read_summary(run_dir(path))["status"] == "done", job.stderr()
+    wait_until(lambda: done(path), timeout_s=JOB_TIMEOUT_S, what="resubmitted run done", cluster=slurm_cluster, job=job)
     outcome = compare(run_dir(path), reference(), epochs=EPOCHS)
     ledger.record("scancel", survived=summary["status"] == "cancelled", lost_or_duplicated=outcome.records_off, identical=outcome.identical)
     assert outcome.records_off == 0 and outcome.identical
