@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         print(text_table(["variant", "action", "job id", "after", "run dir", "W&B run", "changes vs baseline"], table))
         for header in dict.fromkeys(row.sbatch for row in rows if row.sbatch):
             names = ", ".join(row.run.name for row in rows if row.sbatch == header)
-            print(f"\nsbatch parameters for {names}:\n{header}")
+            actions = {row.action for row in rows if row.sbatch == header} - {"would submit"}
+            # finished runs are not submitted: their header is what --force would submit them with
+            note = f" ({', '.join(sorted(actions))}: submitted only with --force)" if actions else ""
+            print(f"\nsbatch parameters for {names}{note}:\n{header}")
         if args.dry_run:
             print_cost([row.run for row in rows if row.action == "would submit"], args)
         return 0
