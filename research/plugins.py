@@ -4,12 +4,18 @@ distributions that declare an entry point in the ``research.plugins`` group.
 A plugin registers its components by importing ``research.registry`` and decorating its builders.
 A plugin that fails to import stops the run: a silently skipped plugin would make a YAML name
 "unknown" far from the real cause.
+
+Plugin modules are also looked up in the launch folder (the current directory), as ``python -m``
+would: ``plugins: [mylab.models]`` finds ``./mylab/models.py`` from ``research``, ``launchers/*.py``
+and, through the code snapshot, inside a SLURM job.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
+import sys
 from collections.abc import Iterable
 
 ENTRY_POINT_GROUP = "research.plugins"
@@ -36,6 +42,10 @@ def load_entry_point_plugins() -> list[str]:
 
 def import_plugins(modules: Iterable[str], *, where: str = "plugins") -> None:
     """Import the modules an experiment lists under ``plugins:`` (importing twice is a no-op)."""
+    launch_folder = os.getcwd()
+    if not any(entry in ("", ".", launch_folder) for entry in sys.path):
+        # After the installed packages: a folder of the launch dir never shadows one of them.
+        sys.path.append(launch_folder)
     for module in modules:
         try:
             importlib.import_module(module)
