@@ -47,7 +47,9 @@ def run_locally(runs: Sequence[Run], *, force: bool = False, nproc: int = 1) -> 
             if force and run.run_dir in requested:
                 log.info("%s: finished before; --force: moved to %s", run.name, set_aside(run.run_dir))
             else:
-                print(f"{run.name}: already finished in {run.run_dir}; skipped (use --force to train it again)")
+                # --force names the requested runs only: a finished teacher (or fine-tuning source) is reused
+                again = "skipped (use --force" if run.run_dir in requested else f"reused (research train {run.source} --force"
+                print(f"{run.name}: already finished in {run.run_dir}; {again} to train it again)")
                 continue
         if nproc > 1:
             _train_ddp(run, nproc)
