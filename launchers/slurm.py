@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from research.cli import cost_options, print_cost, run_with_errors
+from research.cli import cost_options, print_cost, quiet_broken_pipe, run_with_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
     cost_options(parser)  # --device, --throughput-table: what the --dry-run's cost estimate assumes
     # Intermixed: options may come between overrides (``exp.yaml --dry-run slurm.partition=gpu``).
-    args = parser.parse_intermixed_args(argv)
+    with quiet_broken_pipe():  # --help | head
+        args = parser.parse_intermixed_args(argv)
 
     def submit() -> int:
         from research.config import load_runs
