@@ -25,6 +25,26 @@ class PluginError(ImportError):
     """A plugin module or entry point could not be imported."""
 
 
+# The subpackages whose import registers the built-in components (each __init__ imports its modules).
+BUILTINS = ("research.data", "research.losses", "research.models", "research.teachers", "research.tracking")
+_builtins_loaded = False
+
+
+def load_builtins() -> None:
+    """Register the built-in components, then those of the installed plugins' entry points; once.
+
+    Not done on ``import research``: the built-ins import torch and timm (seconds), which a command
+    that only parses its arguments (``--help``) does not need.
+    """
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    for module in BUILTINS:
+        importlib.import_module(module)
+    load_entry_point_plugins()
+    _builtins_loaded = True
+
+
 def load_entry_point_plugins() -> list[str]:
     """Import every ``research.plugins`` entry point of the installed distributions, once each."""
     loaded = []
@@ -41,7 +61,9 @@ def load_entry_point_plugins() -> list[str]:
 
 
 def import_plugins(modules: Iterable[str], *, where: str = "plugins") -> None:
-    """Import the modules an experiment lists under ``plugins:`` (importing twice is a no-op)."""
+    """Import the modules an experiment lists under ``plugins:`` (importing twice is a no-op), after
+    the built-ins (:func:`load_builtins`): the config loader calls this before it reads any name."""
+    load_builtins()
     launch_folder = os.getcwd()
     if not any(entry in ("", ".", launch_folder) for entry in sys.path):
         # After the installed packages: a folder of the launch dir never shadows one of them.

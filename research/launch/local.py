@@ -81,8 +81,10 @@ def _train_ddp(run: Run, nproc: int) -> None:
 def _ddp_entry(run: Run) -> None:
     from research.launch.dist import shutdown_distributed
     from research.launch.train import train
+    from research.plugins import import_plugins
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    import_plugins(run.cfg.plugins)  # a spawned process: the built-ins and the run's plugins, as the loader had them
     try:
         train(run)
     finally:
