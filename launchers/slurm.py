@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from research.cli import cost_options, print_cost, run_with_errors
+from research.cli import cost_options, print_cost, quiet_broken_pipe, run_with_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
     cost_options(parser)  # --device, --throughput-table: what the --dry-run's cost estimate assumes
     # Intermixed: options may come between overrides (``exp.yaml --dry-run slurm.partition=gpu``).
-    args = parser.parse_intermixed_args(argv)
+    with quiet_broken_pipe():  # --help | head
+        args = parser.parse_intermixed_args(argv)
 
     def submit() -> int:
         from research.config import load_runs
@@ -48,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         print(text_table(["variant", "action", "job id", "after", "run dir", "W&B run", "changes vs baseline"], table))
         for header in dict.fromkeys(row.sbatch for row in rows if row.sbatch):
             names = ", ".join(row.run.name for row in rows if row.sbatch == header)
-            print(f"\nsbatch parameters for {names}:\n{header}")
+            actions = {row.action for row in rows if row.sbatch == header} - {"would submit"}
+            # finished runs are not submitted: their header is what --force would submit them with
+            note = f" ({', '.join(sorted(actions))}: submitted only with --force)" if actions else ""
+            print(f"\nsbatch parameters for {names}{note}:\n{header}")
         if args.dry_run:
             print_cost([row.run for row in rows if row.action == "would submit"], args)
         return 0

@@ -7,11 +7,13 @@ on stderr and exits with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
@@ -20,7 +22,8 @@ EXIT_INTERRUPTED = 130  # the shell's status for SIGINT
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """``research COMMAND ...``; ``prog`` names the command in error lines (``launchers/local.py``)."""
-    args = _parser().parse_args(argv)
+    with quiet_broken_pipe():
+        args = _parser().parse_args(argv)
     return run_with_errors(lambda: args.command(args), prog=prog or f"research {args.name}", debug=args.debug)
 
 
@@ -28,7 +31,8 @@ def run_with_errors(command: Callable[[], int | None], *, prog: str, debug: bool
     """Run a command; bad input becomes one line on stderr and exit status 2 (unless ``debug``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
-        return int(command() or 0)
+        with quiet_broken_pipe():
+            return int(command() or 0)
     except KeyboardInterrupt:  # outside training, or a second Ctrl-C inside it
         if debug:
             raise
@@ -52,6 +56,21 @@ def _stopped_status(exc: BaseException) -> int | None:
     """The exit status of a run stopped by a signal (research.engine.fit.RunStopped), else None."""
     fit = sys.modules.get("research.engine.fit")  # not imported: no run was stopped
     return exc.exit_status if fit is not None and isinstance(exc, fit.RunStopped) else None
+
+
+@contextlib.contextmanager
+def quiet_broken_pipe() -> Iterator[None]:
+    """``research list | head``: the reader left, so stop quietly (exit 1) instead of a traceback.
+
+    Python's recipe (docs of the ``signal`` module, "Note on SIGPIPE"): flush inside, and on
+    BrokenPipeError point stdout at devnull, so that the flush at interpreter exit fails no more.
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
 
 
 def _is_bad_input(exc: BaseException) -> bool:
@@ -133,9 +152,11 @@ def add_train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def _list(args: argparse.Namespace) -> int:
+    from research import load_builtins
     from research.config.components import SECTIONS
     from research.registry import REGISTRIES
 
+    load_builtins()
     kinds = [args.kind] if args.kind else list(REGISTRIES)
     for kind in kinds:
         if kind not in REGISTRIES:

@@ -4,12 +4,18 @@ distributions that declare an entry point in the ``research.plugins`` group.
 A plugin registers its components by importing ``research.registry`` and decorating its builders.
 A plugin that fails to import stops the run: a silently skipped plugin would make a YAML name
 "unknown" far from the real cause.
+
+Plugin modules are also looked up in the launch folder (the current directory), as ``python -m``
+would: ``plugins: [mylab.models]`` finds ``./mylab/models.py`` from ``research``, ``launchers/*.py``
+and, through the code snapshot, inside a SLURM job.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
+import sys
 from collections.abc import Iterable
 
 ENTRY_POINT_GROUP = "research.plugins"
@@ -17,6 +23,26 @@ ENTRY_POINT_GROUP = "research.plugins"
 
 class PluginError(ImportError):
     """A plugin module or entry point could not be imported."""
+
+
+# The subpackages whose import registers the built-in components (each __init__ imports its modules).
+BUILTINS = ("research.data", "research.losses", "research.models", "research.teachers", "research.tracking")
+_builtins_loaded = False
+
+
+def load_builtins() -> None:
+    """Register the built-in components, then those of the installed plugins' entry points; once.
+
+    Not done on ``import research``: the built-ins import torch and timm (seconds), which a command
+    that only parses its arguments (``--help``) does not need.
+    """
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    for module in BUILTINS:
+        importlib.import_module(module)
+    load_entry_point_plugins()
+    _builtins_loaded = True
 
 
 def load_entry_point_plugins() -> list[str]:
@@ -35,7 +61,13 @@ def load_entry_point_plugins() -> list[str]:
 
 
 def import_plugins(modules: Iterable[str], *, where: str = "plugins") -> None:
-    """Import the modules an experiment lists under ``plugins:`` (importing twice is a no-op)."""
+    """Import the modules an experiment lists under ``plugins:`` (importing twice is a no-op), after
+    the built-ins (:func:`load_builtins`): the config loader calls this before it reads any name."""
+    load_builtins()
+    launch_folder = os.getcwd()
+    if not any(entry in ("", ".", launch_folder) for entry in sys.path):
+        # After the installed packages: a folder of the launch dir never shadows one of them.
+        sys.path.append(launch_folder)
     for module in modules:
         try:
             importlib.import_module(module)

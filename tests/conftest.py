@@ -13,8 +13,10 @@ import torch
 import yaml
 from faults.ledger import LEDGER, Ledger
 
-import research  # noqa: F401  (registers the built-ins, as every entry point does)
+import research
 from research.registry import REGISTRIES
+
+research.load_builtins()  # the built-ins, as every entry point registers them
 
 #: The smallest experiment that loads and trains in a second on CPU: synthetic 32x32 images, a nano DeiT.
 TINY: dict[str, Any] = {

@@ -3,6 +3,7 @@ declaring a ``research.plugins`` entry point. Real modules are written to ``tmp_
 
 from __future__ import annotations
 
+import sys
 import textwrap
 import uuid
 from pathlib import Path
@@ -187,3 +188,16 @@ def test_entry_point_whose_module_raises(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     with pytest.raises(PluginError, match="bad plugin code"):
         load_entry_point_plugins()
+
+
+def test_yaml_plugin_is_found_in_the_launch_folder_without_pythonpath(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, experiment
+) -> None:
+    """``plugins: [mylab.models]`` with ``./mylab/models.py``, as the README shows, and no PYTHONPATH=."""
+    package, model = unique("mylab"), unique("plugin_net")
+    write_module(tmp_path / "launch", f"{package}.models", model_plugin_source(model))
+    monkeypatch.chdir(tmp_path / "launch")
+    monkeypatch.setattr("sys.path", [entry for entry in sys.path if entry not in ("", ".", str(tmp_path / "launch"))])
+    path = experiment(plugins=[f"{package}.models"], model={"name": model})
+
+    assert load_run(path).cfg.model["name"] == model

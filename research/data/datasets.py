@@ -13,6 +13,7 @@ shared data sits at ``../shared/data``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import lzma
 import os
@@ -142,33 +143,51 @@ def _count_files(folder: Path) -> dict[str, int]:
     }
 
 
+def archive_key(archive: Path) -> str:
+    """A short digest naming ``archive``'s extraction: its size and its first and last MiB.
+
+    Cheap (2 MiB read, whatever the archive's size) and tied to the content, not to the path: the
+    same archive copied elsewhere finds its extraction, and a second archive gets its own.
+    """
+    size = archive.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(archive, "rb") as handle:
+        digest.update(handle.read(_KEY_BYTES))
+        handle.seek(max(size - _KEY_BYTES, 0))
+        digest.update(handle.read(_KEY_BYTES))
+    return digest.hexdigest()[:12]
+
+
+_KEY_BYTES = 1 << 20
+
+
 def extract_archive_once(archive: Path, cache_dir: Path, name: str) -> Path:
-    """Extract ``archive`` (whose members all sit under ``name/``) to ``cache_dir/name``, once.
+    """Extract ``archive`` (whose members all sit under ``name/``) to ``cache_dir/name-<key>``, once.
+
+    The key is :func:`archive_key`, so extractions of different archives sit side by side. Without
+    the archive (e.g. deleted after extracting), its extraction is still found if it is the only one.
 
     Safe under concurrency: each process extracts into its own temporary folder and renames it into
     place (atomic on one filesystem), so readers see either nothing or a complete tree; a file lock
     makes the others wait instead of extracting too. The file count per split is checked against the
-    archive and stored in ``cache_dir/name/.extracted.json``, whose presence marks a finished extraction.
+    archive and stored in ``<extraction>/.extracted.json``, whose presence marks a finished extraction.
 
     Returns:
-        ``cache_dir/name``.
+        ``cache_dir/name-<key>``.
 
     Raises:
-        DataError: missing or malformed archive, a different archive than the cached one, or a
-            ``cache_dir/name`` folder that this function did not create.
+        DataError: missing or malformed archive (with no single extraction to fall back on), or a
+            ``cache_dir/name-<key>`` folder that this function did not create.
     """
-    target = cache_dir / name
-    if (target / _MARKER).is_file():
-        return _checked_extraction(target, archive)
     if not archive.is_file():
-        raise DataError(
-            f"archive {archive} not found (relative paths are resolved against the current directory "
-            f"{Path.cwd()}); set data.archive to the {name} archive's path"
-        )
+        return _only_extraction(archive, cache_dir, name)
+    target = cache_dir / f"{name}-{archive_key(archive)}"
+    if (target / _MARKER).is_file():
+        return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(cache_dir / f".{name}.lock"):
+    with _exclusive_lock(cache_dir / f".{target.name}.lock"):
         if (target / _MARKER).is_file():  # another process finished while we waited for the lock
-            return _checked_extraction(target, archive)
+            return target
         if target.exists():
             raise DataError(
                 f"{target} exists but was not extracted by research (no {_MARKER}), so its contents are "
@@ -189,7 +208,19 @@ def extract_archive_once(archive: Path, cache_dir: Path, name: str) -> Path:
                     raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return _checked_extraction(target, archive)
+    return target
+
+
+def _only_extraction(archive: Path, cache_dir: Path, name: str) -> Path:
+    """The extraction to use when ``archive`` is gone: the only finished one of ``name``."""
+    found = sorted(path.parent for path in cache_dir.glob(f"{name}-*/{_MARKER}")) if cache_dir.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    where = f"; {cache_dir} holds extractions of several archives: {', '.join(p.name for p in found)}" if found else ""
+    raise DataError(
+        f"archive {archive} not found (relative paths are resolved against the current directory "
+        f"{Path.cwd()}){where}; set data.archive to the {name} archive's path"
+    )
 
 
 def _extract(archive: Path, into: Path, name: str) -> dict[str, int]:
@@ -214,16 +245,6 @@ def _extract(archive: Path, into: Path, name: str) -> dict[str, int]:
     return counts
 
 
-def _checked_extraction(target: Path, archive: Path) -> Path:
-    marker = json.loads((target / _MARKER).read_text())
-    if archive.is_file() and archive.stat().st_size != marker["archive_bytes"]:
-        raise DataError(
-            f"{target} was extracted from {marker['archive']} ({marker['archive_bytes']} bytes) but data.archive "
-            f"{archive} has {archive.stat().st_size} bytes; delete {target} to re-extract it"
-        )
-    return target
-
-
 @DATASETS.register("cifar10_jpeg")
 def cifar10_jpeg(
     *,
@@ -239,11 +260,11 @@ def cifar10_jpeg(
         split: ``"train"`` (40k images) or ``"val"`` (5k) (injected by the engine).
         transform: Applied to each PIL image (injected by the engine).
         archive: The ``.tar.xz``; relative to the current directory (the default fits the project
-            root). Only read when the cache has no finished extraction.
-        cache_dir: Where ``cifar10/`` is extracted (about 180 MB on disk); ``~`` is expanded.
+            root). Its first and last MiB name its extraction (see :func:`extract_archive_once`).
+        cache_dir: Where ``cifar10-<key>/`` is extracted (about 180 MB on disk per archive); ``~`` is expanded.
         in_memory: Decode every image once into a ``(N, 32, 32, 3)`` uint8 array (about 120 MB for
             train) instead of decoding each JPEG every epoch; the array is cached as
-            ``<cache_dir>/cifar10/<split>.uint8.npy`` for the next run. Same pixels either way.
+            ``<cache_dir>/cifar10-<key>/<split>.uint8.npy`` for the next run. Same pixels either way.
 
     Raises:
         DataError: missing archive, failed or mismatched extraction, wrong image count.
@@ -259,7 +280,7 @@ def cifar10_jpeg(
         )
     if not in_memory:
         return folder
-    # Inside the extraction, so deleting it (e.g. for a new archive) also drops the decoded pixels.
+    # Inside the extraction: keyed by the archive too, and deleting the extraction drops the pixels.
     cache_file = root / f"{split}.uint8.npy"
     return InMemoryImageDataset.from_files(folder.samples, folder.classes, transform, cache_file=cache_file)
 

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 import submitit
@@ -45,7 +46,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        _run_from(self.launch_dir)
+        _run_from(self.launch_dir, self.run.cfg.plugins)
         try:
             return train(self.run, on_loop=self._attach)
         finally:
@@ -86,8 +87,13 @@ def _between_steps(loop: Loop) -> bool:
     return not state.updating and 0 < state.epoch_step < loop.data.steps_per_epoch
 
 
-def _run_from(launch_dir: str) -> None:
-    """Run in the launch dir, while imports keep coming from the code snapshot the job started in."""
+def _run_from(launch_dir: str, plugins: Sequence[str] = ()) -> None:
+    """Run in the launch dir, while imports keep coming from the code snapshot the job started in;
+    then import the run's plugins (the snapshot holds those of the launch folder, see
+    research.launch.slurm.snapshot_extras), as the launcher did before pickling the run."""
+    from research.plugins import import_plugins
+
     snapshot = os.getcwd()
     sys.path[:] = [snapshot if entry in ("", ".") else entry for entry in sys.path]
     os.chdir(launch_dir)
+    import_plugins(plugins)

@@ -29,7 +29,7 @@ def run_locally(runs: Sequence[Run], *, force: bool = False, nproc: int = 1) -> 
             if run.run_dir in requested:
                 print(f"{run.name}: already finished in {run.run_dir} with this config; skipped (--force trains it again)")
             else:
-                print(f"{run.name}: finished in {run.run_dir}; reused (to train it again, run its own experiment with --force)")
+                print(f"{run.name}: already finished in {run.run_dir}; reused (research train {run.source} --force to train it again)")
             continue
         with run_dir_lock(run.run_dir):  # held by this process for its DDP workers too
             if nproc > 1:
@@ -62,8 +62,10 @@ def _train_ddp(run: Run, nproc: int) -> None:
 def _ddp_entry(run: Run) -> None:
     from research.launch.dist import shutdown_distributed
     from research.launch.train import train
+    from research.plugins import import_plugins
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    import_plugins(run.cfg.plugins)  # a spawned process: the built-ins and the run's plugins, as the loader had them
     try:
         train(run)
     finally:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import itertools
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +37,8 @@ from research.engine.run_dir import CONFIG
 from research.launch import provenance
 from research.launch.job import TrainJob
 from research.launch.run_check import DONE_ACTION, REPLACE, Verdict, config_record, plan, prepare, with_prerequisites
+
+log = logging.getLogger(__name__)
 
 JOB_FILE = "slurm_job.json"
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD", "RESIZING"}
@@ -129,6 +134,9 @@ def launch(runs: Sequence[Run], *, force: bool = False, dry_run: bool = False, s
                 # --dry-run has no job ids: a placeholder naming the run still shows its students' dependency.
                 job_ids.update({row.run.run_dir: row.job_id or f"<{row.run.name}>" for row in group})
             rows.extend(pending)
+        if dry_run:  # the header a finished run was (or with --force would be) submitted with
+            for group in _arrays([row for row in rows if not row.sbatch]):
+                _submit(group, dry_run=True, snapshot=False)
     return rows
 
 
@@ -207,24 +215,73 @@ def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool) -> None:
         for row in rows:
             row.sbatch = header
         return
-    folder.mkdir(parents=True, exist_ok=True)
-    executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=first.cfg.slurm.max_requeues)
-    executor.update_parameters(**params)
     launch_dir = os.getcwd()
-    # sbatch passes our environment on to the job, which runs from a snapshot without our .git.
-    with _environ(provenance.git_env()), _snapshot(Path(first.cfg.output_dir), first.experiment, enabled=snapshot):
-        try:
-            with executor.batch():
-                jobs = [executor.submit(TrainJob(row.run, launch_dir)) for row in rows]
-        except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as exc:
-            detail = getattr(exc, "stderr", None) or getattr(exc, "output", None) or str(exc)
-            detail = detail.decode() if isinstance(detail, bytes) else str(detail)
-            names = ", ".join(row.run.name for row in rows)
-            raise SubmissionRefused(f"sbatch refused the job for {names}: {detail.strip()}") from None
+    # A refused submission leaves nothing behind: no snapshot, no submitit pickles, no empty dirs.
+    with _removed_on_error(folder.parent) as created:
+        created.append(folder)  # its new files only: jobs submitted earlier keep their logs here
+        folder.mkdir(parents=True, exist_ok=True)
+        executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=first.cfg.slurm.max_requeues)
+        executor.update_parameters(**params)
+        extra = snapshot_extras([row.run for row in rows], launch_dir=Path(launch_dir))
+        # sbatch passes our environment on to the job, which runs from a snapshot without our .git.
+        with _environ(provenance.git_env()), _snapshot(folder.parent, extra, enabled=snapshot, created=created):
+            jobs = _sbatch(executor, rows, launch_dir)
     for row, job in zip(rows, jobs):
         row.job_id = job.job_id
         _record_job(row.run.run_dir, job.job_id)
         _record_config(row.run)
+
+
+# What sbatch says when no controller answers (no slurm.conf, no DNS SRV record, slurmctld down):
+# the fix is on this machine, not in the experiment's slurm: section.
+_NO_CONTROLLER = (
+    "Unable to contact slurm controller",
+    "Could not establish a configuration source",
+    "s_p_parse_file: unable to read",
+    "Zero Bytes were transmitted or received",
+)
+
+
+def _sbatch(executor: submitit.SlurmExecutor, rows: list[Row], launch_dir: str) -> list[submitit.Job[Any]]:
+    """Submit ``rows`` as one array; sbatch's refusal becomes one line (submitit's copy of it is muted)."""
+    muted = io.StringIO()  # submitit prints sbatch's stderr before raising with the same text
+    try:
+        with contextlib.redirect_stderr(muted), executor.batch():
+            return [executor.submit(TrainJob(row.run, launch_dir)) for row in rows]
+    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as exc:
+        detail = getattr(exc, "stderr", None) or getattr(exc, "output", None) or str(exc)
+        detail = (detail.decode() if isinstance(detail, bytes) else str(detail)).strip()
+        if any(symptom in detail for symptom in _NO_CONTROLLER):
+            said = next((line for line in detail.splitlines() if any(s in line for s in _NO_CONTROLLER)), detail)
+            raise SlurmUnavailable(
+                f"sbatch cannot reach a SLURM controller ({said.strip()}): set SLURM_CONF to your cluster's "
+                "slurm.conf, start the cluster (python tests/slurm/cluster.py start prints the SLURM_CONF of the "
+                "local test cluster), or use --dry-run to see the jobs without submitting"
+            ) from None
+        names = ", ".join(row.run.name for row in rows)
+        raise SubmissionRefused(f"sbatch refused the job for {names}: {'; '.join(detail.splitlines())}") from None
+
+
+@contextlib.contextmanager
+def _removed_on_error(experiment_dir: Path) -> Iterator[list[Path]]:
+    """On an exception, remove what the block made: each path it appends (of a dir that existed
+    before, only the entries made since), and ``experiment_dir`` and its parents that are new and left empty."""
+    created: list[Path] = []
+    new_dirs = list(itertools.takewhile(lambda path: not path.exists(), [experiment_dir, *experiment_dir.parents]))
+    before = {path: set(path.iterdir()) for path in (experiment_dir / ".slurm", experiment_dir / ".code") if path.is_dir()}
+    try:
+        yield created
+    except BaseException:
+        for path in reversed(created):
+            for entry in set(path.iterdir()) - before[path] if path in before else [path]:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        for path in new_dirs:
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        raise
 
 
 @contextlib.contextmanager
@@ -243,16 +300,79 @@ def _environ(variables: dict[str, str]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _snapshot(output_dir: Path, experiment: str, *, enabled: bool) -> Iterator[None]:
+def _snapshot(experiment_dir: Path, extra: dict[str, Path], *, enabled: bool, created: list[Path]) -> Iterator[None]:
+    """Submit from a copy of the code: the git-tracked files, plus ``extra`` (its path there: the file)."""
     if not enabled:
         yield
         return
     if not submitit.helpers.RsyncSnapshot.available():
         raise ConfigError("snapshotting the code needs rsync and git (apt-get install rsync), or pass --no-snapshot")
-    target = output_dir / experiment / ".code" / time.strftime("%Y%m%d-%H%M%S")
-    root = Path(provenance.__file__).resolve().parents[2]
-    with submitit.helpers.RsyncSnapshot(snapshot_dir=target, root_dir=root):
+    code = experiment_dir / ".code"
+    if not code.exists():
+        created.append(code)
+    code.mkdir(parents=True, exist_ok=True)
+    # A new dir of our own: two launchers in the same second do not share one. It exists before
+    # RsyncSnapshot starts, so RsyncSnapshot skips its `git clone` (and its "Cloning into" line): the
+    # job needs the files, not a .git.
+    target = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=code))
+    created.append(target)
+    with submitit.helpers.RsyncSnapshot(snapshot_dir=target, root_dir=code_root()):
+        for relative, source in extra.items():
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / relative)
+        if extra:
+            log.info("code snapshot %s: also holds the untracked %s", target, ", ".join(extra))
         yield
+
+
+def code_root() -> Path:
+    """The checkout the snapshot copies: the one holding this package."""
+    return Path(provenance.__file__).resolve().parents[2]
+
+
+def snapshot_extras(runs: Sequence[Run], *, launch_dir: Path) -> dict[str, Path]:
+    """Files the snapshot must hold although git does not track them: their path in the snapshot,
+    and the file to copy.
+
+    These are the runs' experiment files when they sit untracked in the checkout, and the modules of
+    their ``plugins:`` that sit untracked in the checkout or in the launch folder (the plugin loader
+    imports from there). A plugin is copied at its module path (``mylab/models.py`` with
+    ``mylab/__init__.py``): the job's imports come from the snapshot, so it runs the submitted copy.
+    """
+    root, launch_dir = code_root(), launch_dir.resolve()
+    tracked = _tracked(root)
+    files: dict[str, Path] = {}
+    for run in with_prerequisites(list(runs)):
+        source = run.source.resolve()
+        if source.is_relative_to(root):
+            files[str(source.relative_to(root))] = source
+        for module in run.cfg.plugins:
+            for path, relative in _module_files(module):
+                if path.is_relative_to(root) or path.is_relative_to(launch_dir):
+                    files[relative] = path
+    return {relative: path for relative, path in sorted(files.items()) if relative not in tracked}
+
+
+def _module_files(module: str) -> list[tuple[Path, str]]:
+    """An imported module's file and its packages' ``__init__.py`` files, each with its path relative
+    to the folder the module was imported from (``mylab/models.py``); none for a namespace package."""
+    found = []
+    parts = module.split(".")
+    for depth in range(1, len(parts) + 1):
+        imported = sys.modules.get(".".join(parts[:depth]))
+        file = getattr(imported, "__file__", None)
+        if file is None:
+            continue
+        path = Path(file).resolve()
+        relative = Path(*parts[:depth]) / "__init__.py" if path.name == "__init__.py" else Path(*parts[: depth - 1], path.name)
+        found.append((path, str(relative)))
+    return found
+
+
+def _tracked(root: Path) -> set[str]:
+    """The files git tracks in ``root`` (what RsyncSnapshot copies)."""
+    done = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, text=True, check=False)
+    return set(done.stdout.split("\0")) if done.returncode == 0 else set()
 
 
 def _sbatch_header(params: dict[str, Any], folder: Path, count: int) -> str:

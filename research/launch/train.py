@@ -296,12 +296,22 @@ def _seed_everything(seed: int) -> None:
 
 
 def _log_teacher(loop: Loop, teacher: nn.Module) -> None:
-    metrics = evaluate(teacher, loop.data.val_loader, loop.device, loop.options.precision)
+    """The teacher on the validation set, as ``teacher/*``: ``teacher/top1`` with the views this run
+    evaluates with (train.eval_hflip / eval_translate), comparable to its ``val/top1``, and
+    ``teacher/top1_single_view`` of one view per image, the way the student sees the teacher in
+    training. The teacher's own run reports its ``val/top1`` with its own views."""
+    options = loop.options
+    views = {"hflip": options.eval_hflip, "translate": options.eval_translate}
+    metrics = evaluate(teacher, loop.data.val_loader, loop.device, options.precision, **views)
+    metrics.setdefault("top1_single_view", metrics["top1"])  # one view: the same number
     record = {f"teacher/{k}": v for k, v in metrics.items()}
     loop.tracker.log(record, step=loop.state.step)
     loop.run_dir.append_metrics({"epoch": 0, **record})
     if loop.is_main:
-        log.info("teacher: top-1 %.2f%%, top-5 %.2f%% on the validation set", metrics["top1"], metrics["top5"])
+        log.info(
+            "teacher: top-1 %.2f%% (single view %.2f%%), top-5 %.2f%% on the validation set",
+            metrics["top1"], metrics["top1_single_view"], metrics["top5"],
+        )  # fmt: skip
 
 
 def _log_start(run: Run, data: RunData, model: nn.Module, state: TrainState, resumed: bool, env: DistEnv) -> None:

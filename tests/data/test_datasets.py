@@ -8,6 +8,7 @@ import multiprocessing
 import pickle
 import random
 import shutil
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from torchvision.datasets import CIFAR10
 
 from research.data import DataError, InMemoryImageDataset
 from research.data.augment import eval_transform
-from research.data.datasets import extract_archive_once
+from research.data.datasets import archive_key, extract_archive_once
 from research.registry import AUGMENTATIONS, DATASETS
 
 from .conftest import CLASSES, write_image_folder, write_images
@@ -99,7 +100,9 @@ def test_cifar10_jpeg_extracts_once_and_verifies(cifar_archive: Path, tmp_path: 
     kwargs = dict(transform=None, archive=str(cifar_archive), cache_dir=str(cache))
     train = DATASETS.build("cifar10_jpeg", split="train", **kwargs)
     assert train.classes == sorted(CLASSES) and len(train) == 12
-    marker = json.loads((cache / "cifar10" / ".extracted.json").read_text())
+    (extraction,) = cache.glob("cifar10-*")  # keyed by the archive (research.data.datasets.archive_key)
+    assert extraction.name == f"cifar10-{archive_key(cifar_archive)}"
+    marker = json.loads((extraction / ".extracted.json").read_text())
     assert marker["files"] == {"train": 12, "val": 6}
     assert not [p for p in cache.iterdir() if "extracting" in p.name]  # temporary folder removed
     # Second build: no extraction (the archive may even be gone).
@@ -111,13 +114,14 @@ def test_cifar10_jpeg_extracts_once_and_verifies(cifar_archive: Path, tmp_path: 
 def test_cifar10_jpeg_detects_modified_cache(cifar_archive: Path, tmp_path: Path):
     kwargs = dict(transform=None, archive=str(cifar_archive), cache_dir=str(tmp_path))
     DATASETS.build("cifar10_jpeg", split="train", **kwargs)
-    (tmp_path / "cifar10" / "train" / "cat" / "0000.jpg").unlink()
-    with pytest.raises(DataError, match="delete .*cifar10 to re-extract"):
+    (extraction,) = tmp_path.glob("cifar10-*")
+    (extraction / "train" / "cat" / "0000.jpg").unlink()
+    with pytest.raises(DataError, match=f"delete {extraction} to re-extract"):
         DATASETS.build("cifar10_jpeg", split="train", **kwargs)
 
 
 def test_cifar10_jpeg_refuses_unmarked_folder(cifar_archive: Path, tmp_path: Path):
-    write_image_folder(tmp_path / "cifar10")  # e.g. extracted by hand: unverified
+    write_image_folder(tmp_path / f"cifar10-{archive_key(cifar_archive)}")  # e.g. extracted by hand: unverified
     kwargs = dict(transform=None, archive=str(cifar_archive), cache_dir=str(tmp_path))
     with pytest.raises(DataError, match="was not extracted by research"):
         DATASETS.build("cifar10_jpeg", split="train", **kwargs)
@@ -131,7 +135,31 @@ def test_cifar10_jpeg_missing_or_corrupt_archive(tmp_path: Path):
     corrupt.write_bytes(b"\xfd7zXZ\x00" + b"garbage" * 100)
     with pytest.raises(DataError, match="cannot extract"):
         DATASETS.build("cifar10_jpeg", split="train", transform=None, archive=str(corrupt), cache_dir=str(tmp_path))
-    assert not (tmp_path / "cifar10").exists()
+    assert not list(tmp_path.glob("cifar10*"))
+
+
+def test_cifar10_jpeg_two_archives_coexist_in_one_cache(cifar_archive: Path, tmp_path: Path):
+    """The cache is keyed by the archive, not by the dataset's name: a second archive (another
+    subset, a fixed copy) gets its own extraction, and the first one stays usable."""
+    other = tmp_path / "other-cifar10.tar.xz"
+    tree = write_image_folder(tmp_path / "src2" / "cifar10", per_class={name: 3 for name in CLASSES})
+    with tarfile.open(other, "w:xz") as tar:
+        tar.add(tree, arcname="cifar10")
+    cache = tmp_path / "cache"
+
+    def train(archive: Path) -> int:
+        return len(DATASETS.build("cifar10_jpeg", split="train", transform=None, archive=str(archive), cache_dir=str(cache)))
+
+    assert train(cifar_archive) == 12
+    assert train(other) == 9  # before: "was extracted from ... delete it to re-extract"
+    assert train(cifar_archive) == 12  # not re-extracted over the other one
+    assert len(list(cache.glob("cifar10-*/.extracted.json"))) == 2
+    with pytest.raises(DataError, match="several archives"):  # gone: which of the two is meant is unknown
+        train(tmp_path / "gone.tar.xz")
+    # the same archive elsewhere finds its extraction (the key is its content, not its path)
+    moved = tmp_path / "moved.tar.xz"
+    other.rename(moved)
+    assert train(moved) == 9 and len(list(cache.glob("cifar10-*"))) == 2
 
 
 def _extract_after(barrier: Any, archive: Path, cache: Path) -> None:
@@ -154,8 +182,9 @@ def test_cifar10_jpeg_concurrent_extraction(cifar_archive: Path, tmp_path: Path,
     for process in processes:
         process.join(timeout=60)
     assert [process.exitcode for process in processes] == [0, 0, 0]
-    assert [p.name for p in cache.iterdir() if p.name != ".cifar10.lock"] == ["cifar10"]
-    assert len(list((cache / "cifar10").rglob("*.jpg"))) == 18
+    extraction = f"cifar10-{archive_key(cifar_archive)}"
+    assert [p.name for p in cache.iterdir() if not p.name.endswith(".lock")] == [extraction]
+    assert len(list((cache / extraction).rglob("*.jpg"))) == 18
     assert len(DATASETS.build("cifar10_jpeg", split="val", transform=None, archive="-", cache_dir=str(cache))) == 6
 
 
@@ -167,7 +196,7 @@ def test_cifar10_jpeg_in_memory_same_pixels_and_npy_cache(cifar_archive: Path, t
     assert memory.classes == files.classes and memory.targets == files.targets
     for i in range(len(files)):
         assert np.array_equal(np.asarray(memory[i][0]), np.asarray(files[i][0]))
-    assert (tmp_path / "cifar10" / "train.uint8.npy").is_file()
+    assert (tmp_path / f"cifar10-{archive_key(cifar_archive)}" / "train.uint8.npy").is_file()
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again despite the .npy cache")

@@ -162,8 +162,28 @@ def test_dry_run_shows_the_student_waiting_for_its_teacher(write, tmp_path: Path
     out = capsys.readouterr().out
     rows = table_rows(out)
     assert rows["teacher"][1] == "finished" and rows["student"][1:4] == ["would submit", "-", "-"]
-    assert list(sbatch_blocks(out)) == ["student"]
-    assert not any("dependency" in line for line in sbatch_blocks(out)["student"])
+    blocks = sbatch_blocks(out)
+    assert list(blocks) == ["teacher (finished: submitted only with --force)", "student"]
+    assert not any("dependency" in line for line in blocks["student"])
+
+
+def test_dry_run_of_finished_runs_still_shows_their_sbatch_lines(write, tmp_path: Path, capsys) -> None:
+    """The README promises the #SBATCH lines of every --dry-run; finished runs are marked as such."""
+    ablation = {"variants": {"a": {"optim.lr": 1e-3}, "b": {"optim.lr": 3e-3}}}
+    path = write("done", slurm={"partition": "gpu", "time": "30"}, ablation=ablation)
+    for variant in ("a", "b"):
+        run_dir = tmp_path / "runs" / "done" / variant
+        run_dir.mkdir(parents=True)
+        (run_dir / "summary.json").write_text(json.dumps({"status": "done", "epochs_done": 1, "epochs": 1}))
+
+    assert launcher.main([str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+
+    assert {row[1] for row in table_rows(out).values()} == {"finished"}
+    ((name, lines),) = sbatch_blocks(out).items()
+    assert name == "done/a, done/b (finished: submitted only with --force)"
+    assert {"#SBATCH --partition=gpu", "#SBATCH --time=30"} <= set(lines)
+    assert any(line.startswith("#SBATCH --array=0-1") for line in lines)
 
 
 def test_submitting_without_slurm_exits_2_and_names_the_alternatives(write, tmp_path: Path, capsys) -> None:
