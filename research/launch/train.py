@@ -163,7 +163,14 @@ def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module
             module.fused_attn = cfg.train.fused_attention
     if cfg.finetune.checkpoint:
         saved = load_checkpoint(cfg.finetune.checkpoint)
-        load_for_finetune(model, saved.get("model", saved), interpolation=cfg.finetune.interpolation)
+        try:
+            load_for_finetune(model, saved.get("model", saved), interpolation=cfg.finetune.interpolation)
+        except ValueError as exc:  # another architecture: name the file and both models
+            trained = (saved.get("config") or {}).get("model", {}).get("name", "unknown")
+            raise ConfigError(
+                f"finetune.checkpoint {cfg.finetune.checkpoint} holds model {trained!r}, the experiment builds "
+                f"{cfg.model['name']!r}: {exc}"
+            ) from None
     model.to(env.device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from research.cli import main
 from research.config import load_run
 from research.engine import checkpoint
 from research.launch.local import run_locally
@@ -30,3 +31,16 @@ def test_finetune_at_higher_resolution_with_hard_distillation(experiment) -> Non
     tuned = checkpoint.load(run.run_dir / "last.pt")
     assert source["pos_embed"].shape[1] == 2 + 8 * 8 and tuned["model"]["pos_embed"].shape[1] == 2 + 12 * 12
     assert tuned["epoch"] == 1 and tuned["config"]["loss"]["name"] == "hard"
+
+
+def test_a_finetune_checkpoint_of_another_architecture_is_one_line_naming_the_file_and_both_models(experiment, capsys) -> None:
+    one_epoch = {"epochs": 1, "progress": False}
+    cnn = load_run(experiment("cnn", model={"name": "resnet10_cifar", "img_size": 32}, train=one_epoch))
+    run_locally([cnn])
+    path = experiment("tuned", finetune={"checkpoint": str(cnn.run_dir / "last.pt")}, train=one_epoch)
+    assert main(["train", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if "error:" in line]
+    assert f"finetune.checkpoint {cnn.run_dir / 'last.pt'} holds model 'resnet10_cifar'" in line
+    assert "the experiment builds 'deit_nano_patch4_32'" in line

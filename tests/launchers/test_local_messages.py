@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
+from run_dirs import mark_finished
 
 from research.config import load_runs
 from research.launch.local import run_locally
-
-
-def finish(run_dir: Path) -> None:
-    run_dir.mkdir(parents=True)
-    (run_dir / "summary.json").write_text(json.dumps({"status": "done", "epochs_done": 1, "epochs": 1}))
-    (run_dir / "last.pt").write_bytes(b"")
 
 
 @pytest.mark.parametrize("force", [False, True])
@@ -26,7 +20,7 @@ def test_a_finished_teacher_is_reused_and_the_message_says_how_to_retrain_it(
     student = experiment(
         "student", model={"name": "deit_nano_distilled_patch4_32"}, teacher={"from_experiment": "teacher.yaml"}, loss={"name": "hard"}
     )
-    finish(tmp_path / "runs" / "teacher")
+    mark_finished(load_runs(teacher, check_files=False)[0])
     trained: list[str] = []
     monkeypatch.setattr("research.launch.train.train", lambda run, **_: trained.append(run.name))
 

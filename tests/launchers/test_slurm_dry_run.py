@@ -5,17 +5,16 @@ Every test here runs with ``sbatch`` off the PATH; the real submissions are in t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from run_dirs import mark_finished
 from scripts import load_script
 
 from research.config import load_runs
-from research.launch.run_check import config_record
 
 TINY: dict[str, Any] = {
     "model": {"name": "deit_nano_patch4_32", "img_size": 32},
@@ -153,11 +152,7 @@ def test_dry_run_shows_the_student_waiting_for_its_teacher(write, tmp_path: Path
     assert "#SBATCH --dependency='afterok:<teacher>'" in blocks["student"]
 
     # A finished teacher is not submitted again, and the student waits for nothing.
-    (teacher,) = load_runs(tmp_path / "teacher.yaml")
-    teacher.run_dir.mkdir(parents=True)
-    (teacher.run_dir / "config.yaml").write_text(yaml.safe_dump(config_record(teacher)))  # the run dir is its config
-    (teacher.run_dir / "summary.json").write_text(json.dumps({"status": "done", "epochs_done": 1, "epochs": 1}))
-    (teacher.run_dir / "last.pt").touch()
+    mark_finished(load_runs(tmp_path / "teacher.yaml")[0])
     assert launcher.main([str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out
     rows = table_rows(out)
@@ -171,10 +166,8 @@ def test_dry_run_of_finished_runs_still_shows_their_sbatch_lines(write, tmp_path
     """The README promises the #SBATCH lines of every --dry-run; finished runs are marked as such."""
     ablation = {"variants": {"a": {"optim.lr": 1e-3}, "b": {"optim.lr": 3e-3}}}
     path = write("done", slurm={"partition": "gpu", "time": "30"}, ablation=ablation)
-    for variant in ("a", "b"):
-        run_dir = tmp_path / "runs" / "done" / variant
-        run_dir.mkdir(parents=True)
-        (run_dir / "summary.json").write_text(json.dumps({"status": "done", "epochs_done": 1, "epochs": 1}))
+    for run in load_runs(path):
+        mark_finished(run)
 
     assert launcher.main([str(path), "--dry-run"]) == 0
     out = capsys.readouterr().out

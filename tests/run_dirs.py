@@ -1,0 +1,19 @@
+"""Run dirs made by hand for the launchers' tests: what a finished run leaves behind, without training it."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from research.config import Run
+from research.launch.run_check import config_record
+
+
+def mark_finished(run: Run) -> None:
+    """``run``'s dir as a finished run leaves it: its config (a run dir is its config), a done summary, a checkpoint."""
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(config_record(run)))
+    epochs = run.cfg.train.epochs
+    (run.run_dir / "summary.json").write_text(json.dumps({"status": "done", "epochs_done": epochs, "epochs": epochs}))
+    (run.run_dir / "last.pt").write_bytes(b"")
