@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import io
 import itertools
 import json
@@ -172,11 +173,17 @@ def _existing(verdict: Verdict, active: dict[Path, tuple[str, str]]) -> Row | No
 
 @contextlib.contextmanager
 def _submission_lock(output_dirs: set[Path], *, enabled: bool) -> Iterator[None]:
-    """One launcher at a time per output dir (flock; released when the launcher exits, however)."""
+    """One launcher at a time per output dir (flock; released when the launcher exits, however).
+
+    The lock files sit in the user's cache (``~/.cache/research/submit-locks``), one per output dir,
+    so a launch that submits nothing leaves nothing in the output dir.
+    """
+    locks = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "research" / "submit-locks"
     with contextlib.ExitStack() as stack:
         for folder in sorted(output_dirs) if enabled else []:  # always in one order: no deadlock
-            folder.mkdir(parents=True, exist_ok=True)
-            handle = stack.enter_context(open(folder / ".submit.lock", "a"))
+            locks.mkdir(parents=True, exist_ok=True)
+            key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:20]
+            handle = stack.enter_context(open(locks / f"{key}.lock", "a"))
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

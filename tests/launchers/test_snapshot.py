@@ -18,16 +18,10 @@ from scripts import load_script
 
 from research.launch import slurm
 
+from .test_slurm_dry_run import TINY  # the same tiny run the dry-run tests submit
+
 launcher = load_script("launchers/slurm.py")
 
-TINY: dict[str, Any] = {
-    "model": {"name": "deit_nano_patch4_32", "img_size": 32},
-    "data": {"name": "synthetic", "size": 16, "num_classes": 4},
-    "aug": {"name": "none", "simple_crop": True},
-    "logger": {"name": "none"},
-    "loader": {"batch_size": 8, "workers": 0},
-    "train": {"epochs": 1, "progress": False},
-}
 NO_CONTROLLER = "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)"
 
 
