@@ -24,7 +24,7 @@ from research.engine.run_dir import read_lives, read_summary
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-STEPS, EPOCHS = 8, 2  # per rank and epoch: 128 images over 2 ranks in batches of 8
+STEPS, EPOCHS = 16, 2  # per rank and epoch: 256 images over 2 ranks in batches of 8
 FAULTY: dict[str, Any] = {
     **TINY,
     "data": {**TINY["data"], "size": 2 * STEPS * 8},
@@ -100,13 +100,14 @@ def test_a_run_requeued_mid_epoch_resumes_bit_identical(slurm_cluster, write, re
 def test_scancel_stops_the_job_within_a_step_and_the_run_dir_says_cancelled(slurm_cluster, write, reference, capsys, ledger) -> None:
     path = write("scancel")
     job = submit(capsys, path)
-    wait_until(in_second_epoch(path), timeout_s=JOB_TIMEOUT_S, what="second epoch", cluster=slurm_cluster, job=job)
+    # Early in the first epoch: the job must not finish in the moment scancel takes to reach it.
+    wait_until(lambda: logged_step(run_dir(path)) >= 2, timeout_s=JOB_TIMEOUT_S, what="first steps", cluster=slurm_cluster, job=job)
     cancelled_at = time.time()
     subprocess.run(["scancel", job.job_id], check=True, timeout=30)
     wait_until(lambda: not squeue("--jobs", job.job_id, "--format=%T"), timeout_s=60, what="job gone", cluster=slurm_cluster, job=job)
     summary = read_summary(run_dir(path))
     assert summary["status"] == "cancelled" and summary["stopped_by"] == "SIGTERM", (summary, job.stderr())
-    assert summary["epochs_done"] == 1  # stopped inside the second epoch, not trained on to the end
+    assert summary["epochs_done"] == 0  # stopped inside the first epoch, not trained on to the end
     # It stopped at the step in progress (well before SIGKILL, KillWait = 2 s later), that step saved.
     lines = [json.loads(line) for line in (run_dir(path) / "log.jsonl").read_text().splitlines()]
     assert lines[-1]["timestamp"] - cancelled_at < 2
