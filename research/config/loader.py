@@ -20,13 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from research.config import sources
+from research.config.checks import check_run_dir, check_values
 from research.config.components import SECTIONS, resolve_section
 from research.config.errors import ConfigError
 from research.config.expand import baseline_name, differing_keys, variant_overrides
 from research.config.schema import COMPILE_MODES, JOB_TYPES, OPTIMIZER_IMPLEMENTATIONS, PRECISIONS, STEP_ON, ExperimentCfg
 from research.config.sources import Layered
 from research.plugins import PluginError, import_plugins
-from research.registry import CheckContext, Invalid, model_img_size
+from research.registry import MODELS, CheckContext, Invalid, model_img_size
 
 CHECKPOINT = "last.pt"  # the file a finished run's weights are read from (teacher / finetune links)
 
@@ -134,6 +135,8 @@ def _resolve_run(layered: Layered, path: Path, variant: str, stack: tuple[Path, 
     raw["name"] = raw["name"] or path.stem
     raw["variant"] = variant
     _check_name(raw["name"], layered.where("name"))
+    check_values(raw, layered.where, lambda key: OmegaConf.select(layered.config, key, default=None))
+    check_run_dir(raw["output_dir"], raw["name"], variant, layered.where)
     teacher_run = _linked_run(raw, "teacher", layered, path, stack, check_files)
     finetune_run = _linked_run(raw, "finetune", layered, path, stack, check_files)
     for key, spec in SECTIONS.items():
@@ -207,6 +210,12 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
         raise ConfigError(
             f"{layered.where('model.img_size')}: model {raw['model']['name']!r} has no default resolution: set model.img_size"
         )
+    patch, size = MODELS.info(raw["model"]["name"]).patch_size, model_img_size(raw["model"])
+    if patch and size and size % patch:
+        raise ConfigError(
+            f"{layered.where('model.img_size')}: model.img_size={size} is not a multiple of model "
+            f"{raw['model']['name']!r}'s patch size {patch}; try {max(1, round(size / patch)) * patch}"
+        )
     _check_optimizer_implementation(raw["optim"], layered.where("optim.implementation"))
     if raw["train"]["compile_mode"] not in COMPILE_MODES:
         raise ConfigError(
@@ -214,22 +223,6 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
             f"{', '.join(COMPILE_MODES)}"
         )
     _check_slurm_time(raw["slurm"]["time"], layered.where("slurm.time"))
-    for key in ("batch_size", "workers"):
-        if raw["loader"][key] < (1 if key == "batch_size" else 0):
-            raise ConfigError(f"{layered.where('loader.' + key)}: loader.{key} must be positive")
-    if raw["train"]["eval_translate"] < 0:
-        raise ConfigError(
-            f"{layered.where('train.eval_translate')}: train.eval_translate is a number of pixels (0 = off, airbench: 1)"
-        )
-    if raw["optim"]["lookahead_every"] < 0:
-        raise ConfigError(
-            f"{layered.where('optim.lookahead_every')}: optim.lookahead_every is a number of steps (0 = off, airbench: 5)"
-        )
-    if not 0.0 <= raw["optim"]["lookahead_max_decay"] < 1.0:
-        raise ConfigError(
-            f"{layered.where('optim.lookahead_max_decay')}: optim.lookahead_max_decay is a decay in [0, 1) "
-            "(airbench: 0.774)"
-        )
 
 
 def _check_components(raw: dict[str, Any], layered: Layered, check_files: bool) -> None:

@@ -1,0 +1,84 @@
+"""Checks of a run's values against what the schema declares, made when an experiment loads.
+
+Every number of the schema carries its bounds in its annotation (:class:`research.registry.Range`);
+:func:`check_values` walks the schema's dataclasses and reports every value out of bounds in one
+:class:`ConfigError`, showing the value as the file or the command line gave it. The run's folder is
+checked here too: its name must fit a file name, and nothing on its path may be a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from research.config.errors import ConfigError
+from research.config.schema import ExperimentCfg
+from research.registry import Range, constraints
+
+#: The longest experiment or variant name: a folder name (255 bytes on most file systems) with room
+#: for the suffix ``--force`` adds when it keeps the old run aside (``.replaced-YYYYmmdd-HHMMSS``).
+MAX_NAME = 200
+
+
+@functools.cache
+def schema_bounds(cls: type = ExperimentCfg, prefix: str = "") -> tuple[tuple[str, Range], ...]:
+    """``(dotted key, bound)`` for every bounded field of the schema, nested sections included."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    found: list[tuple[str, Range]] = []
+    for item in dataclasses.fields(cls):
+        hint, bounds = constraints(hints[item.name])
+        if dataclasses.is_dataclass(hint):
+            found.extend(schema_bounds(hint, f"{prefix}{item.name}."))  # type: ignore[arg-type]
+        found.extend((f"{prefix}{item.name}", bound) for bound in bounds)
+    return tuple(found)
+
+
+def check_values(raw: Mapping[str, Any], where: Callable[[str], str], given: Callable[[str], Any]) -> None:
+    """Raise one :class:`ConfigError` listing every schema value of ``raw`` out of its bounds.
+
+    Args:
+        raw: the run's config, as plain dicts.
+        where: the file (or 'command line') that set a dotted key.
+        given: a dotted key's value as written there (before any conversion), for the message.
+    """
+    problems = [
+        f"{where(key)}: {key}={given(key)!r}: {problem}"
+        for key, bound in schema_bounds()
+        if (problem := bound.problem(_lookup(raw, key)))
+    ]
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def check_run_dir(output_dir: str, name: str, variant: str, where: Callable[[str], str]) -> None:
+    """The run's folder can be made: names fit a folder name, and no file stands on its path."""
+    for key, value in (("name", name), ("variant", variant)):
+        if len(value) > MAX_NAME:
+            raise ConfigError(
+                f"{where(key if key == 'name' else 'ablation')}: {key} {value[:40]}... is {len(value)} characters long; "
+                f"a run's folder name holds at most {MAX_NAME}: choose a shorter one"
+            )
+    if "\0" in output_dir:
+        raise ConfigError(f"{where('output_dir')}: output_dir {output_dir!r} holds a NUL character")
+    folder = _nearest_existing(Path(output_dir).expanduser() / name / variant)
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(
+            f"{where('output_dir')}: output_dir={output_dir}: {folder} is a file, not a folder; "
+            "choose another output_dir (or name)"
+        )
+
+
+def _nearest_existing(path: Path) -> Path | None:
+    """``path`` or the closest folder above it that exists (a dangling link counts)."""
+    return next((folder for folder in (path, *path.parents) if folder.exists() or folder.is_symlink()), None)
