@@ -76,8 +76,8 @@ def load_runs(
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory; give an experiment .yaml file")
-    tree, base_override = sources.parse_overrides(overrides)
-    layered = sources.apply_overrides(sources.load_layers(path, base_override), tree)
+    command_line = sources.parse_command_line(overrides)
+    layered = sources.apply_command_line(sources.load_layers(path, command_line.base), command_line)
     _import_plugins(layered)
     base = _structured(layered)
     where = layered.where("ablation")
