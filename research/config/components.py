@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from research.config.errors import ConfigError
@@ -118,7 +118,7 @@ def resolve_section(spec: Section, raw: Any, where: str | Where) -> dict[str, An
     _check_keys(spec, name, params, given, where, open_ended)
     unchecked = {key: value for key, value in given.items() if key not in params}  # only with **kwargs
     checked = {key: value for key, value in given.items() if key in params}
-    values = _typed_values(spec, name, builder, params, checked, where)
+    values = _typed_values(spec, name, builder, checked, where)
     reserved = {key: raw[key] for key in spec.reserved if key in raw}
     return {"name": name, **values, **unchecked, **reserved}
 
@@ -166,30 +166,12 @@ def _typed_values(
     spec: Section,
     name: str,
     builder: Any,
-    params: Mapping[str, inspect.Parameter],
     given: Mapping[str, Any],
     where: Where,
 ) -> dict[str, Any]:
-    hints = _type_hints(builder)
-    fields: list[tuple[Any, ...]] = []
-    literals: dict[str, tuple[Any, ...]] = {}
-    bounds: dict[str, tuple[Range, ...]] = {}
-    for key, param in params.items():
-        if key in spec.injected:
-            continue
-        hint, bounds[key] = constraints(hints.get(key, Any))
-        if typing.get_origin(hint) is typing.Literal:
-            literals[key] = typing.get_args(hint)
-            hint = Any
-        default = param.default
-        if default is inspect.Parameter.empty:
-            fields.append((key, _omegaconf_type(hint)))
-        else:
-            # a factory, so mutable defaults (lists) are allowed and never shared
-            fields.append((key, _omegaconf_type(hint), dataclasses.field(default_factory=functools.partial(copy.deepcopy, default))))
-    schema = dataclasses.make_dataclass(f"{spec.key}_{name}", fields)
+    schema, literals, bounds = _builder_schema(spec, name, builder)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(dict(given)))
+        merged = OmegaConf.merge(schema, OmegaConf.create(dict(given)))
         values = OmegaConf.to_container(merged, resolve=True)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
@@ -208,6 +190,34 @@ def _typed_values(
     if problems:
         raise ConfigError("; ".join(problems))
     return values
+
+
+@functools.lru_cache(maxsize=512)
+def _builder_schema(
+    spec: Section, name: str, builder: Any
+) -> tuple[DictConfig, dict[str, tuple[Any, ...]], dict[str, tuple[Range, ...]]]:
+    """A builder's settable parameters as an OmegaConf structured config (the types it converts to and
+    checks), its ``Literal`` choices and its :class:`Range` bounds. Cached: making one costs more than
+    checking a section with it (OmegaConf.merge copies it, never changes it)."""
+    hints = _type_hints(builder)
+    fields: list[tuple[Any, ...]] = []
+    literals: dict[str, tuple[Any, ...]] = {}
+    bounds: dict[str, tuple[Range, ...]] = {}
+    for key, param in _keyword_parameters(builder).items():
+        if key in spec.injected:
+            continue
+        hint, bounds[key] = constraints(hints.get(key, Any))
+        if typing.get_origin(hint) is typing.Literal:
+            literals[key] = typing.get_args(hint)
+            hint = Any
+        default = param.default
+        if default is inspect.Parameter.empty:
+            fields.append((key, _omegaconf_type(hint)))
+        else:
+            # a factory, so mutable defaults (lists) are allowed and never shared
+            fields.append((key, _omegaconf_type(hint), dataclasses.field(default_factory=functools.partial(copy.deepcopy, default))))
+    schema = OmegaConf.structured(dataclasses.make_dataclass(f"{spec.key}_{name}", fields))
+    return schema, literals, bounds
 
 
 def _type_hints(builder: Any) -> dict[str, Any]:

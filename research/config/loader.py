@@ -9,6 +9,7 @@ resolves every run's component sections against their builders. Any problem rais
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 from collections.abc import Sequence
@@ -117,10 +118,18 @@ def _import_plugins(layered: Layered) -> None:
         raise ConfigError(str(exc)) from None
 
 
+@functools.cache
+def _schema() -> DictConfig:
+    """The typed schema as OmegaConf holds it; made once (OmegaConf.merge copies it, never changes it)."""
+    schema = OmegaConf.structured(ExperimentCfg)
+    assert isinstance(schema, DictConfig)
+    return schema
+
+
 def _structured(layered: Layered) -> DictConfig:
     """The merged config checked against the typed schema (unknown keys, types)."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(ExperimentCfg), layered.config)
+        merged = OmegaConf.merge(_schema(), layered.config)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         message = str(exc).splitlines()[0]
@@ -144,7 +153,7 @@ def _resolve_run(layered: Layered, path: Path, variant: str, stack: tuple[Path, 
             raw[key] = resolve_section(spec, raw[key], layered.where)
     _check_rules(raw, layered)
     _check_components(raw, layered, check_files)
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExperimentCfg), raw))
+    cfg = OmegaConf.to_object(OmegaConf.merge(_schema(), raw))
     assert isinstance(cfg, ExperimentCfg)
     run_dir = Path(cfg.output_dir).expanduser().resolve() / cfg.name / variant
     cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser().resolve()))
