@@ -187,7 +187,9 @@ class Registry(Generic[T, InfoT]):
     """Maps a config name to a builder returning ``T``, with an info record of type ``InfoT`` per entry.
 
     Contract: builders take keyword-only arguments (``def build(*, num_classes: int, ...)``) and
-    return a ready component. The info record given at registration
+    return a ready component. The config loader checks a section's keys, types and :class:`Range`
+    bounds against the signature; a builder that also takes ``**kwargs`` gets any other key of its
+    section passed through as written, unchecked. The info record given at registration
     (``info=ModelInfo(distilled=True)``) describes a component without building it; checks added
     with :meth:`add_check` validate a run's config for the entry it picks, raising :class:`Invalid`.
     """

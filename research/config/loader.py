@@ -130,6 +130,9 @@ def _structured(layered: Layered) -> DictConfig:
     """The merged config checked against the typed schema (unknown keys, types)."""
     try:
         merged = OmegaConf.merge(_schema(), layered.config)
+    except TypeError:  # OmegaConf cannot merge a list into a mapping (or the other way round)
+        clash = sources.container_clash(OmegaConf.to_container(_schema()), OmegaConf.to_container(layered.config))
+        raise ConfigError(f"{layered.where(clash.partition(':')[0])}: {clash} (the schema's type)") from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         message = str(exc).splitlines()[0]

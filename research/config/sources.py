@@ -159,9 +159,30 @@ def load_layers(path: Path, base_override: str | None = None, _stack: tuple[Path
 
 
 def merge(into: Layered, config: DictConfig, origin: Mapping[str, str]) -> Layered:
-    merged = OmegaConf.merge(into.config, config)
+    try:
+        merged = OmegaConf.merge(into.config, config)
+    except Exception:  # a list over a mapping or the other way round: name the key and both sources
+        clash = container_clash(OmegaConf.to_container(into.config), OmegaConf.to_container(config))
+        key = clash.partition(":")[0]
+        source = origin.get(key) or next((v for k, v in origin.items() if k.startswith(f"{key}.")), into.source)
+        raise ConfigError(f"{source}: {clash} set in {into.where(key)}") from None
     assert isinstance(merged, DictConfig)
     return Layered(merged, {**into.origin, **origin}, into.source)
+
+
+def container_clash(old: Any, new: Any, prefix: str = "") -> str:
+    """Where ``new`` puts a list over a mapping or a mapping over a list (which OmegaConf cannot merge):
+    ``"model: a list cannot replace a mapping"``; empty when nowhere."""
+    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
+        return ""
+    for key, value in new.items():
+        before = old.get(key)
+        kinds = [("a mapping" if isinstance(v, Mapping) else "a list") for v in (value, before) if isinstance(v, (Mapping, list))]
+        if len(kinds) == 2 and kinds[0] != kinds[1]:
+            return f"{prefix}{key}: {kinds[0]} cannot replace {kinds[1]}"
+        if found := container_clash(before, value, f"{prefix}{key}."):
+            return found
+    return ""
 
 
 def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], str | None]:
