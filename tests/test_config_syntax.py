@@ -104,3 +104,27 @@ def test_a_control_character_is_one_line(capsys, tmp_path: Path) -> None:
     assert main(["expand", str(path)]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "malformed YAML" in err
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model=[]", "command line: model: cannot merge a list into the mapping set in"),
+        ("optim.betas={a: 1}", "command line: optim.betas: a mapping does not fit its type in the schema"),
+        ("slurm.extra=[]", "command line: slurm.extra: a list does not fit its type in the schema"),
+        ("aug.scale={a: 1}", "command line: aug.scale: a mapping does not fit its type (augmentation recipe 'none')"),
+        ('loss={"a\\nb": 1}', "command line: loss.a\\nb: loss 'none' has no parameter 'a\\nb'"),
+    ],
+)
+def test_a_value_of_the_wrong_shape_is_one_line(capsys, experiment, override: str, message: str) -> None:
+    """Found by tests/test_config_fuzz.py: OmegaConf's TypeError, a line break inside a key."""
+    assert main(["expand", str(experiment("tiny")), override]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_variant_overrides_must_be_a_mapping_or_a_list(experiment) -> None:
+    with pytest.raises(ConfigError, match=r"ablation\.variants\.a: expected overrides as a mapping"):
+        load_run(experiment("tiny", ablation={"variants": {"a": True}}))
+    with pytest.raises(ConfigError, match="a variant needs a name"):
+        load_run(experiment("tiny", ablation={"variants": {"": {"seed": 1}}}))

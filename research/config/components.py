@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from research.config.errors import ConfigError
+from research.config.sources import clashing_key, kind_of
 from research.registry import (
     AUGMENTATIONS,
     DATASETS,
@@ -173,6 +174,10 @@ def _typed_values(
     try:
         merged = OmegaConf.merge(schema, OmegaConf.create(dict(given)))
         values = OmegaConf.to_container(merged, resolve=True)
+    except TypeError:  # OmegaConf cannot merge a mapping into a list parameter (or the other way round)
+        key = clashing_key(schema, dict(given))
+        kind = kind_of(given.get(key))
+        raise ConfigError(f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}: {kind} does not fit its type ({spec.registry.kind} {name!r})") from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         message = str(exc).splitlines()[0]

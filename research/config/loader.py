@@ -130,9 +130,10 @@ def _structured(layered: Layered) -> DictConfig:
     """The merged config checked against the typed schema (unknown keys, types)."""
     try:
         merged = OmegaConf.merge(_schema(), layered.config)
-    except TypeError:  # OmegaConf cannot merge a list into a mapping (or the other way round)
-        clash = sources.container_clash(OmegaConf.to_container(_schema()), OmegaConf.to_container(layered.config))
-        raise ConfigError(f"{layered.where(clash.partition(':')[0])}: {clash} (the schema's type)") from None
+    except TypeError:  # OmegaConf merges no list into a mapping, nor the other way round
+        key = sources.clashing_key(_schema(), OmegaConf.to_container(layered.config))
+        kind = sources.kind_of(OmegaConf.select(layered.config, key))
+        raise ConfigError(f"{layered.where(key)}: {key}: {kind} does not fit its type in the schema") from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         message = str(exc).splitlines()[0]

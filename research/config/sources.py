@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from research.config.errors import ConfigError
 
@@ -161,28 +161,47 @@ def load_layers(path: Path, base_override: str | None = None, _stack: tuple[Path
 def merge(into: Layered, config: DictConfig, origin: Mapping[str, str]) -> Layered:
     try:
         merged = OmegaConf.merge(into.config, config)
-    except Exception:  # a list over a mapping or the other way round: name the key and both sources
-        clash = container_clash(OmegaConf.to_container(into.config), OmegaConf.to_container(config))
-        key = clash.partition(":")[0]
+    except TypeError:  # OmegaConf merges no list into a mapping, nor the other way round
+        key = clashing_key(into.config, OmegaConf.to_container(config))
         source = origin.get(key) or next((v for k, v in origin.items() if k.startswith(f"{key}.")), into.source)
-        raise ConfigError(f"{source}: {clash} set in {into.where(key)}") from None
+        new, old = (kind_of(OmegaConf.select(c, key)) for c in (config, into.config))
+        raise ConfigError(f"{source}: {key}: cannot merge {new} into the {old.removeprefix('a ')} set in {into.where(key)}") from None
     assert isinstance(merged, DictConfig)
     return Layered(merged, {**into.origin, **origin}, into.source)
 
 
-def container_clash(old: Any, new: Any, prefix: str = "") -> str:
-    """Where ``new`` puts a list over a mapping or a mapping over a list (which OmegaConf cannot merge):
-    ``"model: a list cannot replace a mapping"``; empty when nowhere."""
-    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
-        return ""
-    for key, value in new.items():
-        before = old.get(key)
-        kinds = [("a mapping" if isinstance(v, Mapping) else "a list") for v in (value, before) if isinstance(v, (Mapping, list))]
-        if len(kinds) == 2 and kinds[0] != kinds[1]:
-            return f"{prefix}{key}: {kinds[0]} cannot replace {kinds[1]}"
-        if found := container_clash(before, value, f"{prefix}{key}."):
-            return found
+def clashing_key(base: DictConfig, config: Any, prefix: str = "") -> str:
+    """The dotted key of ``config`` that OmegaConf cannot merge into ``base`` (a list where ``base`` has
+    a mapping, or the other way round); on the error path only: it tries the keys one by one."""
+    for key, value in (config.items() if isinstance(config, Mapping) else ()):
+        dotted = f"{prefix}{key}"
+        if not _merges(base, dotted, value):
+            inside = clashing_key(base, value, f"{dotted}.") if _merges(base, dotted, {}) else ""
+            return inside or dotted
     return ""
+
+
+def _merges(base: DictConfig, dotted: str, value: Any) -> bool:
+    try:
+        OmegaConf.merge(base, _nested(dotted, value))
+    except TypeError:
+        return False
+    except Exception:  # other errors are reported where the merged config is checked
+        pass
+    return True
+
+
+def _nested(dotted: str, value: Any) -> dict[str, Any]:
+    *parents, leaf = dotted.split(".")
+    tree: dict[str, Any] = {leaf: value}
+    for part in reversed(parents):
+        tree = {part: tree}
+    return tree
+
+
+def kind_of(value: Any) -> str:
+    """``a mapping``, ``a list`` or ``a value``: what OmegaConf refused to merge, for an error."""
+    return "a mapping" if isinstance(value, Mapping) else "a list" if isinstance(value, (list, ListConfig)) else "a value"
 
 
 def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], str | None]:
