@@ -45,6 +45,7 @@ def nothing_written(tmp_path: Path) -> bool:
         ("aug.mixup=-0.5", "aug.mixup must be >= 0"),
         ("loader.limit_train=-5", "loader.limit_train=-5: must be >= 1"),  # trained on 39,995 images
         ("model.drop_path_rate=1.5", "model.drop_path_rate=1.5: must be >= 0 and < 1"),
+        ("data.size=0", "data.size=0: must be >= 1 (images per split)"),  # raised when the dataset was built
         ("model.img_size=30", "model.img_size=30 is not a multiple of model 'deit_nano_patch4_32''s patch size 4"),
     ],
 )
