@@ -63,9 +63,11 @@ def test_train_refuses_a_bad_value_before_writing(capsys, tmp_path: Path, experi
         ("aug.mixup=-0.5", "aug.mixup must be >= 0"),  # expand crashed on it
         ("model.eval_head=best", "model.eval_head='best' is not one of 'both', 'class', 'distillation'"),
         ("model.img_size=[1]", "model.img_size: Value '[1]' of type 'ListConfig' could not be converted to Integer"),
+        ("optim.name=adamx", "optim.name: timm has no optimizer 'adamx'; did you mean adamax"),  # failed in timm at train
+        ("sched.name=cosin", "sched.name 'cosin' is not one of timm's schedules: cosine,"),  # timm made no schedule
     ],
 )
-def test_expand_refuses_a_bad_builder_value(capsys, tmp_path: Path, experiment, override: str, shown: str) -> None:
+def test_expand_refuses_a_bad_value(capsys, tmp_path: Path, experiment, override: str, shown: str) -> None:
     line = one_line_error(capsys, ["expand", experiment("tiny", **DISTILLED), override])
     assert f"command line: {shown}" in line
 

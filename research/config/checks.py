@@ -3,12 +3,14 @@
 Every number of the schema carries its bounds in its annotation (:class:`research.registry.Range`);
 :func:`check_values` walks the schema's dataclasses and reports every value out of bounds in one
 :class:`ConfigError`, showing the value as the file or the command line gave it. The run's folder is
-checked here too: its name must fit a file name, and nothing on its path may be a file.
+checked here too: its name must fit a file name, and nothing on its path may be a file; and so are
+the names timm looks up only when training starts (``optim.name``, ``sched.name``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import typing
 from collections.abc import Callable, Mapping
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from research.config.errors import ConfigError
-from research.config.schema import ExperimentCfg
+from research.config.schema import SCHEDULERS, ExperimentCfg
 from research.registry import Range, constraints
 
 #: The longest experiment or variant name: a folder name (255 bytes on most file systems) with room
@@ -82,3 +84,23 @@ def check_run_dir(output_dir: str, name: str, variant: str, where: Callable[[str
 def _nearest_existing(path: Path) -> Path | None:
     """``path`` or the closest folder above it that exists (a dangling link counts)."""
     return next((folder for folder in (path, *path.parents) if folder.exists() or folder.is_symlink()), None)
+
+
+def check_timm_names(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """``optim.name`` is an optimizer timm builds, ``sched.name`` a schedule it knows (an unknown
+    schedule would leave the lr constant rather than fail)."""
+    import timm.optim
+
+    name = str(raw["optim"]["name"])
+    known = [str(name) for name in timm.optim.list_optimizers()]
+    if name.lower().split("_")[-1] not in known:  # timm reads 'lookahead_adamw' as adamw with Lookahead
+        raise ConfigError(f"{where('optim.name')}: optim.name: timm has no optimizer {name!r}{_did_you_mean(name, known)}")
+    if raw["sched"]["name"] not in SCHEDULERS:
+        raise ConfigError(
+            f"{where('sched.name')}: sched.name {raw['sched']['name']!r} is not one of timm's schedules: {', '.join(SCHEDULERS)}"
+        )
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name.lower(), known, n=3)
+    return f"; did you mean {', '.join(close)}?" if close else " (timm.optim.list_optimizers() lists them)"

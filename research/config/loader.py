@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from research.config import sources
-from research.config.checks import check_run_dir, check_values
+from research.config.checks import check_run_dir, check_timm_names, check_values
 from research.config.components import SECTIONS, resolve_section
 from research.config.errors import ConfigError
 from research.config.expand import baseline_name, differing_keys, variant_overrides
@@ -229,6 +229,7 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
             f"{layered.where('model.img_size')}: model.img_size={size} is not a multiple of model "
             f"{raw['model']['name']!r}'s patch size {patch}; try {max(1, round(size / patch)) * patch}"
         )
+    check_timm_names(raw, layered.where)
     _check_optimizer_implementation(raw["optim"], layered.where("optim.implementation"))
     if raw["train"]["compile_mode"] not in COMPILE_MODES:
         raise ConfigError(
