@@ -92,7 +92,7 @@ def check_timm_names(raw: Mapping[str, Any], where: Callable[[str], str]) -> Non
     import timm.optim
 
     name = str(raw["optim"]["name"])
-    known = [str(name) for name in timm.optim.list_optimizers()]
+    known = [str(name) for name in timm.optim.list_optimizers()]  # type: ignore[attr-defined]
     if name.lower().split("_")[-1] not in known:  # timm reads 'lookahead_adamw' as adamw with Lookahead
         raise ConfigError(f"{where('optim.name')}: optim.name: timm has no optimizer {name!r}{_did_you_mean(name, known)}")
     if raw["sched"]["name"] not in SCHEDULERS:
