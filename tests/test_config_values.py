@@ -64,6 +64,7 @@ def test_train_refuses_a_bad_value_before_writing(capsys, tmp_path: Path, experi
         ("model.eval_head=best", "model.eval_head='best' is not one of 'both', 'class', 'distillation'"),
         ("model.img_size=[1]", "model.img_size: Value '[1]' of type 'ListConfig' could not be converted to Integer"),
         ("optim.name=adamx", "optim.name: timm has no optimizer 'adamx'; did you mean adamax"),  # failed in timm at train
+        ("logger={name: wandb, mode: onlin}", "logger.mode='onlin' is not one of 'online', 'offline', 'disabled', None"),
         ("sched.name=cosin", "sched.name 'cosin' is not one of timm's schedules: cosine,"),  # timm made no schedule
     ],
 )

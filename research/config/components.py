@@ -212,8 +212,8 @@ def _builder_schema(
         if key in spec.injected:
             continue
         hint, bounds[key] = constraints(hints.get(key, Any))
-        if typing.get_origin(hint) is typing.Literal:
-            literals[key] = typing.get_args(hint)
+        if choices := _literal_choices(hint):
+            literals[key] = choices
             hint = Any
         default = param.default
         if default is inspect.Parameter.empty:
@@ -223,6 +223,17 @@ def _builder_schema(
             fields.append((key, _omegaconf_type(hint), dataclasses.field(default_factory=functools.partial(copy.deepcopy, default))))
     schema = OmegaConf.structured(dataclasses.make_dataclass(f"{spec.key}_{name}", fields))
     return schema, literals, bounds
+
+
+def _literal_choices(hint: Any) -> tuple[Any, ...]:
+    """The values a ``Literal[...]`` (or ``Optional[Literal[...]]``, None included) allows; () for other types."""
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    args = typing.get_args(hint)
+    literal = [arg for arg in args if typing.get_origin(arg) is typing.Literal]
+    if len(literal) == 1 and set(args) == {literal[0], type(None)}:
+        return (*typing.get_args(literal[0]), None)
+    return ()
 
 
 def _type_hints(builder: Any) -> dict[str, Any]:
