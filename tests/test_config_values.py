@@ -140,3 +140,18 @@ def test_range_says_what_is_wrong(bound: Range, value: Any, problem: str) -> Non
 @pytest.mark.parametrize("value", [None, 0, 0.5, [0.1, 0.9]])
 def test_range_lets_good_values_through(value: Any) -> None:
     assert Range(ge=0, lt=1).problem(value) is None
+
+
+@pytest.mark.parametrize(
+    ("override", "shown"),
+    [
+        ("output_dir=~no-such-user-here/runs", "output_dir=~no-such-user-here/runs: no home directory for ~no-such-user-here"),
+        ("output_dir=/tmp/" + "a" * 300, "cannot use it: File name too long"),
+        ("finetune.checkpoint=~no-such-user-here/last.pt", "finetune.checkpoint=~no-such-user-here/last.pt: no home directory"),
+        ("finetune.checkpoint=/tmp/" + "a" * 300, "cannot use it: File name too long"),
+    ],
+)
+def test_paths_that_cannot_be_used_are_one_line(capsys, tmp_path: Path, experiment, override: str, shown: str) -> None:
+    """RuntimeError (an unknown ~user) and OSError (a name too long) came out as tracebacks."""
+    assert shown in one_line_error(capsys, ["train", experiment("tiny"), override])
+    assert nothing_written(tmp_path)

@@ -71,14 +71,26 @@ def check_run_dir(output_dir: str, name: str, variant: str, where: Callable[[str
                 f"{where(key if key == 'name' else 'ablation')}: {key} {value[:40]}... is {len(value)} characters long; "
                 f"a run's folder name holds at most {MAX_NAME}: choose a shorter one"
             )
-    if "\0" in output_dir:
-        raise ConfigError(f"{where('output_dir')}: output_dir {output_dir!r} holds a NUL character")
-    folder = _nearest_existing(Path(output_dir).expanduser() / name / variant)
+    run_dir = user_path(output_dir, "output_dir", where) / name / variant
+    try:
+        folder = _nearest_existing(run_dir)
+    except OSError as exc:  # a part longer than the file system allows, ...
+        raise ConfigError(f"{where('output_dir')}: output_dir={output_dir}: cannot use it: {exc.strerror}") from None
     if folder is not None and not folder.is_dir():
         raise ConfigError(
             f"{where('output_dir')}: output_dir={output_dir}: {folder} is a file, not a folder; "
             "choose another output_dir (or name)"
         )
+
+
+def user_path(text: str, key: str, where: Callable[[str], str]) -> Path:
+    """``text`` as a path with ``~`` expanded; a NUL character or an unknown ``~user`` is a ConfigError."""
+    if "\0" in text:
+        raise ConfigError(f"{where(key)}: {key} {text!r} holds a NUL character")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user of no user here
+        raise ConfigError(f"{where(key)}: {key}={text}: no home directory for {text.split('/')[0]} on this machine") from None
 
 
 def _nearest_existing(path: Path) -> Path | None:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from research.config import sources
-from research.config.checks import check_run_dir, check_timm_names, check_values
+from research.config.checks import check_run_dir, check_timm_names, check_values, user_path
 from research.config.components import SECTIONS, resolve_section
 from research.config.errors import ConfigError
 from research.config.expand import baseline_name, differing_keys, variant_overrides
@@ -203,7 +203,11 @@ def _linked_run(
 
 
 def _check_exists(file: str, where: str, key: str) -> None:
-    if not Path(file).expanduser().is_file():
+    try:
+        found = user_path(file, key, lambda _: where).is_file()
+    except OSError as exc:  # a part longer than the file system allows, ...
+        raise ConfigError(f"{where}: {key}={file}: cannot use it: {exc.strerror}") from None
+    if not found:
         raise ConfigError(f"{where}: {key}: no such file {file}")
 
 
