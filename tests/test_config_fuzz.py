@@ -116,6 +116,8 @@ scalars = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
     st.sampled_from(["none", "soft", "hard", "deit", "cifar", "bicubic", "24:00:00", "1-2", "numel", "auto"]),
+    # strings OmegaConf or the file system read specially: interpolations, the missing marker, paths
+    st.sampled_from(["${oops}", "${seed}", "${oc.env:NO_SUCH_VARIABLE,-1}", "???", "~no-such-user/x", "/tmp/" + "a" * 300]),
 )
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=2), max_leaves=4)
 

@@ -155,3 +155,15 @@ def test_paths_that_cannot_be_used_are_one_line(capsys, tmp_path: Path, experime
     """RuntimeError (an unknown ~user) and OSError (a name too long) came out as tracebacks."""
     assert shown in one_line_error(capsys, ["train", experiment("tiny"), override])
     assert nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("override", "shown"),
+    [
+        ("model.img_size=${oops}", "command line: model.img_size: Interpolation key 'oops' not found"),
+        ("optim.lr=${oc.env:NO_SUCH_VARIABLE,-1}", "optim.lr='${oc.env:NO_SUCH_VARIABLE,-1}': must be > 0"),
+    ],
+)
+def test_interpolations_are_checked_once_resolved(capsys, experiment, override: str, shown: str) -> None:
+    """OmegaConf's interpolation errors came out as tracebacks; a bounded value shows what was written."""
+    assert shown in one_line_error(capsys, ["expand", experiment("tiny"), override])

@@ -143,12 +143,11 @@ def _structured(layered: Layered) -> DictConfig:
 
 
 def _resolve_run(layered: Layered, path: Path, variant: str, stack: tuple[Path, ...], check_files: bool) -> Run:
-    config = _structured(layered)
-    raw: dict[str, Any] = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
+    raw = _resolved(_structured(layered), layered)
     raw["name"] = raw["name"] or path.stem
     raw["variant"] = variant
     _check_name(raw["name"], layered.where("name"))
-    check_values(raw, layered.where, lambda key: OmegaConf.select(layered.config, key, default=None))
+    check_values(raw, layered.where, lambda key: _as_given(layered, key))
     check_run_dir(raw["output_dir"], raw["name"], variant, layered.where)
     teacher_run = _linked_run(raw, "teacher", layered, path, stack, check_files)
     finetune_run = _linked_run(raw, "finetune", layered, path, stack, check_files)
@@ -162,6 +161,25 @@ def _resolve_run(layered: Layered, path: Path, variant: str, stack: tuple[Path, 
     run_dir = Path(cfg.output_dir).expanduser().resolve() / cfg.name / variant
     cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser().resolve()))
     return Run(cfg.name, variant, run_dir, cfg, path.resolve(), teacher_run=teacher_run, finetune_run=finetune_run)
+
+
+def _resolved(config: DictConfig, layered: Layered) -> dict[str, Any]:
+    """The config as plain dicts, ``${...}`` interpolations resolved (``${oc.env:VAR,default}``)."""
+    try:
+        return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or ""
+        raise ConfigError(f"{layered.where(key)}: {key}: {str(exc).splitlines()[0]}") from None
+
+
+def _as_given(layered: Layered, key: str) -> Any:
+    """A key's value as the files or the command line wrote it (before conversion or interpolation)."""
+    node: Any = layered.config
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        node = node._get_node(part)  # the node, without resolving an interpolation it holds
+    return node._value() if node is not None else None
 
 
 def _check_name(name: str, where: str) -> None:
