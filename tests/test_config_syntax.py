@@ -114,6 +114,7 @@ def test_a_control_character_is_one_line(capsys, tmp_path: Path) -> None:
         ("slurm.extra=[]", "command line: slurm.extra: a list does not fit its type in the schema"),
         ("aug.scale={a: 1}", "command line: aug.scale: a mapping does not fit its type (augmentation recipe 'none')"),
         ('loss={"a\\nb": 1}', "command line: loss.a\\nb: loss 'none' has no parameter 'a\\nb'"),
+        ('ablation.grid={"\\x1e": null}', "command line: ablation.grid.\\x1e: expected a non-empty list"),  # a line end to splitlines
     ],
 )
 def test_a_value_of_the_wrong_shape_is_one_line(capsys, experiment, override: str, message: str) -> None:

@@ -162,6 +162,7 @@ def test_paths_that_cannot_be_used_are_one_line(capsys, tmp_path: Path, experime
     [
         ("model.img_size=${oops}", "command line: model.img_size: Interpolation key 'oops' not found"),
         ("optim.lr=${oc.env:NO_SUCH_VARIABLE,-1}", "optim.lr='${oc.env:NO_SUCH_VARIABLE,-1}': must be > 0"),
+        ("plugins=${oops}", "command line: plugins: Interpolation key 'oops' not found"),
     ],
 )
 def test_interpolations_are_checked_once_resolved(capsys, experiment, override: str, shown: str) -> None:

@@ -1,5 +1,8 @@
 """The error raised for bad experiment input: it says where (file, key path) and what to do."""
 
+# Characters that end a line for str.splitlines and terminals, shown escaped so the error stays one line.
+_LINE_BREAKS = str.maketrans({char: repr(char)[1:-1] for char in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
 
 class ConfigError(ValueError):
     """An experiment file, override or combination of keys that cannot run.
@@ -9,4 +12,4 @@ class ConfigError(ValueError):
     """
 
     def __str__(self) -> str:
-        return super().__str__().replace("\r", "\\r").replace("\n", "\\n")
+        return super().__str__().translate(_LINE_BREAKS)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from research.config import sources
@@ -109,7 +109,11 @@ def load_run(path: str | Path, overrides: Sequence[str] = ()) -> Run:
 
 
 def _import_plugins(layered: Layered) -> None:
-    plugins = layered.config.get("plugins") or []
+    try:
+        plugins = layered.config.get("plugins") or []
+        plugins = OmegaConf.to_container(plugins, resolve=True) if isinstance(plugins, ListConfig) else plugins
+    except OmegaConfBaseException as exc:  # an interpolation that does not resolve
+        raise ConfigError(f"{layered.where('plugins')}: plugins: {str(exc).splitlines()[0]}") from None
     if not isinstance(plugins, Sequence) or isinstance(plugins, str):
         raise ConfigError(f"{layered.where('plugins')}: plugins is a list of module names, got {plugins!r}")
     try:
