@@ -94,7 +94,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         if config:
             sub.add_argument("config", type=Path, help="experiment YAML file")
-            sub.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. optim.lr=1e-3")
+            sub.add_argument(
+                "overrides", nargs="*", help="dotted.key=value overrides (optim.lr=1e-3), section={...} replacements, ~key deletions"
+            )
         return sub
 
     sub = command("list", _list, "list registered components", config=False)
@@ -112,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     command("eval", _eval, "evaluate a checkpoint: research eval CONFIG checkpoint=PATH [overrides]")
     sub = command("report", _report, "tables and plots of experiments' runs", config=False)
     sub.add_argument(
-        "configs", nargs="+", help="experiment YAML files (ablations), then dotted.key=value overrides applied to each"
+        "configs", nargs="+", help="experiment YAML files (ablations), then dotted.key=value / ~key overrides applied to each"
     )
     sub.add_argument("--out", type=Path, default=None, help="report dir (default: reports/<first experiment>)")
     sub.add_argument("--wandb", action="store_true", help="also read runs from the W&B API (online)")
@@ -218,9 +220,9 @@ def _train(args: argparse.Namespace) -> int:
     from research.config import load_runs
     from research.launch.local import run_locally
 
-    # `--only a b key=value`: variant names hold no '=', so what follows them may still be overrides
-    only = [item for item in args.only if "=" not in item]
-    overrides = [*args.overrides, *(item for item in args.only if "=" in item)]
+    # `--only a b key=value ~key`: variant names hold no '=' and no leading '~', so what follows them may still be overrides
+    only = [item for item in args.only if not _is_override(item)]
+    overrides = [*args.overrides, *(item for item in args.only if _is_override(item))]
     run_locally(load_runs(args.config, overrides, only=only), force=args.force, nproc=args.nproc)
     return 0
 
@@ -238,11 +240,16 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _is_override(item: str) -> bool:
+    """``key=value`` or ``~key`` (a deletion), as opposed to a file or variant name."""
+    return "=" in item or item.startswith("~")
+
+
 def _report(args: argparse.Namespace) -> int:
     from research.report import write_report
 
-    overrides = [item for item in args.configs if "=" in item]
-    configs = [Path(item) for item in args.configs if "=" not in item]
+    overrides = [item for item in args.configs if _is_override(item)]
+    configs = [Path(item) for item in args.configs if not _is_override(item)]
     paper = False if args.no_paper else args.paper or True
     out = write_report(configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only, paper=paper)
     print(f"report written to {out}")

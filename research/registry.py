@@ -12,12 +12,18 @@ Each registry has a typed info record (:class:`ModelInfo`, :class:`TeacherInfo`,
 describing an entry without building it, and optional checks: functions the config loader calls on
 every run that picks an entry of the kind (:meth:`Registry.add_check`), so rules about a component
 live beside it and the loader knows no kind.
+
+Numeric parameters declare their bounds beside them with :class:`Range` in the annotation
+(``drop_path_rate: Annotated[float, Range(ge=0, lt=1)] = 0.1``); the config loader checks them, with
+the types, when an experiment loads, so a plugin's builder gets the same checks as the built-ins.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import math
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
@@ -40,9 +46,11 @@ __all__ = [
     "Invalid",
     "LossInfo",
     "ModelInfo",
+    "Range",
     "Registry",
     "RegistryError",
     "TeacherInfo",
+    "constraints",
     "model_img_size",
 ]
 
@@ -58,6 +66,58 @@ def _where(fn: Builder) -> str:
     module = getattr(fn, "__module__", "?")
     qualname = getattr(fn, "__qualname__", repr(fn))
     return f"{module}.{qualname}"
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds on a number, declared in its annotation: ``Annotated[float, Range(ge=0, le=1)]``.
+
+    ``ge``/``gt`` and ``le``/``lt`` are inclusive/exclusive bounds (None: unbounded); ``hint`` says what
+    the number is, for the error. None passes (an ``Optional`` value left unset), a list is checked item
+    by item, and NaN or infinity never passes.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    hint: str = ""
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is out of bounds, as ``"must be >= 0 (hint)"``; None when it is in bounds."""
+        if value is None:
+            return None
+        if isinstance(value, (list, tuple)):
+            return next((p for p in map(self.problem, value) if p), None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return self._say("must be a number")
+        if not math.isfinite(value):
+            return self._say("must be a finite number")
+        if (self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt):
+            return self._say(f"must be {self}")
+        if (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt):
+            return self._say(f"must be {self}")
+        return None
+
+    def _say(self, text: str) -> str:
+        return f"{text} ({self.hint})" if self.hint else text
+
+    def __str__(self) -> str:
+        low = f">= {_number(self.ge)}" if self.ge is not None else f"> {_number(self.gt)}" if self.gt is not None else ""
+        high = f"<= {_number(self.le)}" if self.le is not None else f"< {_number(self.lt)}" if self.lt is not None else ""
+        return " and ".join(part for part in (low, high) if part) or "a number"
+
+
+def _number(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+def constraints(hint: Any) -> tuple[Any, tuple[Range, ...]]:
+    """An annotation without its ``Annotated`` wrapper, and the :class:`Range` bounds it held."""
+    if typing.get_origin(hint) is typing.Annotated:
+        base, *extras = typing.get_args(hint)
+        return base, tuple(extra for extra in extras if isinstance(extra, Range))
+    return hint, ()
 
 
 @dataclass(frozen=True)
@@ -127,7 +187,9 @@ class Registry(Generic[T, InfoT]):
     """Maps a config name to a builder returning ``T``, with an info record of type ``InfoT`` per entry.
 
     Contract: builders take keyword-only arguments (``def build(*, num_classes: int, ...)``) and
-    return a ready component. The info record given at registration
+    return a ready component. The config loader checks a section's keys, types and :class:`Range`
+    bounds against the signature; a builder that also takes ``**kwargs`` gets any other key of its
+    section passed through as written, unchecked. The info record given at registration
     (``info=ModelInfo(distilled=True)``) describes a component without building it; checks added
     with :meth:`add_check` validate a run's config for the entry it picks, raising :class:`Invalid`.
     """

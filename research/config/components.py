@@ -5,8 +5,12 @@ A section is ``name`` plus the builder's keyword arguments. The builder's signat
 unknown keys get a did-you-mean over its parameters, values are type-checked and converted from its
 annotations (OmegaConf does the conversion through a dataclass made from the signature), required
 parameters must be given, and parameters the engine injects (``num_classes`` comes from the dataset)
-cannot be set. The result is the section with every default filled in, so a run's saved config says
-exactly what ran.
+cannot be set. Bounds declared in the annotations (``Annotated[float, Range(ge=0, le=1)]``, see
+:class:`research.registry.Range`) are checked too, every bad value of a section reported at once. The
+result is the section with every default filled in, so a run's saved config says exactly what ran.
+
+A builder that takes ``**kwargs`` (``def my_model(*, num_classes, **kwargs)``) gets the keys its
+signature does not name passed through as given: unchecked, since nothing says what they may be.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from research.config.errors import ConfigError
+from research.config.sources import clashing_key, kind_of
 from research.registry import (
     AUGMENTATIONS,
     DATASETS,
@@ -32,8 +37,10 @@ from research.registry import (
     LOSSES,
     MODELS,
     TEACHERS,
+    Range,
     Registry,
     RegistryError,
+    constraints,
 )
 
 
@@ -108,10 +115,18 @@ def resolve_section(spec: Section, raw: Any, where: str | Where) -> dict[str, An
         raise ConfigError(f"{where(spec.key + '.name')}: {spec.key}.name: {exc}") from None
     params = _keyword_parameters(builder)
     given = component_kwargs(raw, spec)
-    _check_keys(spec, name, params, given, where)
-    values = _typed_values(spec, name, builder, params, given, where)
+    open_ended = _takes_any_keyword(builder)
+    _check_keys(spec, name, params, given, where, open_ended)
+    unchecked = {key: value for key, value in given.items() if key not in params}  # only with **kwargs
+    checked = {key: value for key, value in given.items() if key in params}
+    values = _typed_values(spec, name, builder, checked, where)
     reserved = {key: raw[key] for key in spec.reserved if key in raw}
-    return {"name": name, **values, **reserved}
+    return {"name": name, **values, **unchecked, **reserved}
+
+
+def _takes_any_keyword(builder: Any) -> bool:
+    params = inspect.signature(builder).parameters.values()
+    return any(param.kind is inspect.Parameter.VAR_KEYWORD for param in params)
 
 
 def _keyword_parameters(builder: Any) -> dict[str, inspect.Parameter]:
@@ -124,14 +139,19 @@ def _keyword_parameters(builder: Any) -> dict[str, inspect.Parameter]:
 
 
 def _check_keys(
-    spec: Section, name: str, params: Mapping[str, inspect.Parameter], given: Mapping[str, Any], where: Where
+    spec: Section,
+    name: str,
+    params: Mapping[str, inspect.Parameter],
+    given: Mapping[str, Any],
+    where: Where,
+    open_ended: bool = False,
 ) -> None:
     settable = [key for key in params if key not in spec.injected]
     for key in given:
         if key in spec.injected:
             source = _INJECTED_FROM.get(key, "the engine")
             raise ConfigError(f"{where(f'{spec.key}.{key}')}: {spec.key}.{key} cannot be set here: it comes from {source}")
-        if key not in params:
+        if key not in params and not open_ended:
             close = difflib.get_close_matches(key, settable, n=1, cutoff=0.5)
             hint = f" Did you mean {spec.key}.{close[0]}?" if close else ""
             raise ConfigError(
@@ -147,19 +167,53 @@ def _typed_values(
     spec: Section,
     name: str,
     builder: Any,
-    params: Mapping[str, inspect.Parameter],
     given: Mapping[str, Any],
     where: Where,
 ) -> dict[str, Any]:
+    schema, literals, bounds = _builder_schema(spec, name, builder)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.create(dict(given)))
+        values = OmegaConf.to_container(merged, resolve=True)
+    except TypeError:  # OmegaConf cannot merge a mapping into a list parameter (or the other way round)
+        key = clashing_key(schema, dict(given))
+        kind = kind_of(given.get(key))
+        raise ConfigError(f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}: {kind} does not fit its type ({spec.registry.kind} {name!r})") from None
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or ""
+        message = str(exc).splitlines()[0]
+        raise ConfigError(f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}: {message} ({spec.registry.kind} {name!r})") from None
+    assert isinstance(values, dict)
+    values = cast(dict[str, Any], values)
+    problems = [
+        f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}={values.get(key)!r} is not one of {', '.join(map(repr, choices))}"
+        for key, choices in literals.items()
+        if values.get(key) not in choices
+    ]
+    for key, ranges in bounds.items():
+        for problem in filter(None, (bound.problem(values.get(key)) for bound in ranges)):
+            problems.append(f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}={given.get(key, values.get(key))!r}: {problem}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return values
+
+
+@functools.lru_cache(maxsize=512)
+def _builder_schema(
+    spec: Section, name: str, builder: Any
+) -> tuple[DictConfig, dict[str, tuple[Any, ...]], dict[str, tuple[Range, ...]]]:
+    """A builder's settable parameters as an OmegaConf structured config (the types it converts to and
+    checks), its ``Literal`` choices and its :class:`Range` bounds. Cached: making one costs more than
+    checking a section with it (OmegaConf.merge copies it, never changes it)."""
     hints = _type_hints(builder)
     fields: list[tuple[Any, ...]] = []
     literals: dict[str, tuple[Any, ...]] = {}
-    for key, param in params.items():
+    bounds: dict[str, tuple[Range, ...]] = {}
+    for key, param in _keyword_parameters(builder).items():
         if key in spec.injected:
             continue
-        hint = hints.get(key, Any)
-        if typing.get_origin(hint) is typing.Literal:
-            literals[key] = typing.get_args(hint)
+        hint, bounds[key] = constraints(hints.get(key, Any))
+        if choices := _literal_choices(hint):
+            literals[key] = choices
             hint = Any
         default = param.default
         if default is inspect.Parameter.empty:
@@ -167,27 +221,24 @@ def _typed_values(
         else:
             # a factory, so mutable defaults (lists) are allowed and never shared
             fields.append((key, _omegaconf_type(hint), dataclasses.field(default_factory=functools.partial(copy.deepcopy, default))))
-    schema = dataclasses.make_dataclass(f"{spec.key}_{name}", fields)
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.create(dict(given)))
-        values = OmegaConf.to_container(merged, resolve=True)
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", "") or ""
-        message = str(exc).splitlines()[0]
-        raise ConfigError(f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}: {message} ({spec.registry.kind} {name!r})") from None
-    assert isinstance(values, dict)
-    values = cast(dict[str, Any], values)
-    for key, choices in literals.items():
-        if values.get(key) not in choices:
-            raise ConfigError(
-                f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}={values.get(key)!r} is not one of {', '.join(map(repr, choices))}"
-            )
-    return values
+    schema = OmegaConf.structured(dataclasses.make_dataclass(f"{spec.key}_{name}", fields))
+    return schema, literals, bounds
+
+
+def _literal_choices(hint: Any) -> tuple[Any, ...]:
+    """The values a ``Literal[...]`` (or ``Optional[Literal[...]]``, None included) allows; () for other types."""
+    if typing.get_origin(hint) is typing.Literal:
+        return typing.get_args(hint)
+    args = typing.get_args(hint)
+    literal = [arg for arg in args if typing.get_origin(arg) is typing.Literal]
+    if len(literal) == 1 and set(args) == {literal[0], type(None)}:
+        return (*typing.get_args(literal[0]), None)
+    return ()
 
 
 def _type_hints(builder: Any) -> dict[str, Any]:
     try:
-        return typing.get_type_hints(builder)
+        return typing.get_type_hints(builder, include_extras=True)
     except Exception:  # annotations naming types that are not importable here: check nothing
         return {}
 

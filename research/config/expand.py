@@ -49,7 +49,7 @@ def _grid_points(grid: Mapping[str, Any], where: str) -> list[tuple[str, dict[st
 def variant_overrides(ablation: Mapping[str, Any], where: str) -> list[tuple[str, dict[str, Any]]]:
     """``[(variant name, nested overrides), ...]`` in file order; ``[("", {})]`` for a single run."""
     variants = ablation.get("variants") or {}
-    named = [(str(name), as_override_tree(overrides or {})) for name, overrides in variants.items()] or [("", {})]
+    named = [(str(name), _variant_tree(name, overrides, where)) for name, overrides in variants.items()] or [("", {})]
     runs = []
     for (name, overrides), (point, values) in itertools.product(named, _grid_points(ablation.get("grid") or {}, where)):
         full = ",".join(part for part in (name, point) if part)
@@ -65,6 +65,19 @@ def variant_overrides(ablation: Mapping[str, Any], where: str) -> list[tuple[str
     if baseline is not None and baseline_name(baseline, names) is None:
         raise ConfigError(f"{where}: ablation.baseline {baseline!r} is not a variant; variants: {', '.join(names)}")
     return runs
+
+
+def _variant_tree(name: str, overrides: Any, where: str) -> dict[str, Any]:
+    if not name:
+        raise ConfigError(f"{where}: ablation.variants: a variant needs a name")
+    if isinstance(overrides, str) or not isinstance(overrides, (Mapping, Sequence, type(None))):
+        raise ConfigError(
+            f"{where}: ablation.variants.{name}: expected overrides as a mapping ({{optim.lr: 1e-3}}) or a list "
+            f"(['optim.lr=1e-3']), got {overrides!r}"
+        )
+    if isinstance(overrides, Sequence) and not all(isinstance(item, str) for item in overrides):
+        raise ConfigError(f"{where}: ablation.variants.{name}: a list of overrides holds 'key=value' strings, got {overrides!r}")
+    return as_override_tree(overrides or {})
 
 
 def baseline_name(baseline: str | None, names: Sequence[str]) -> str | None:

@@ -9,6 +9,7 @@ resolves every run's component sections against their builders. Any problem rais
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import re
 from collections.abc import Sequence
@@ -16,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from research.config import sources
+from research.config.checks import check_run_dir, check_timm_names, check_values, user_path
 from research.config.components import SECTIONS, resolve_section
 from research.config.errors import ConfigError
 from research.config.expand import baseline_name, differing_keys, variant_overrides
@@ -27,7 +29,7 @@ from research.config.keys import is_placement_override
 from research.config.schema import COMPILE_MODES, JOB_TYPES, OPTIMIZER_IMPLEMENTATIONS, PRECISIONS, STEP_ON, ExperimentCfg
 from research.config.sources import Layered
 from research.plugins import PluginError, import_plugins
-from research.registry import CheckContext, Invalid, model_img_size
+from research.registry import MODELS, CheckContext, Invalid, model_img_size
 
 CHECKPOINT = "last.pt"  # the file a finished run's weights are read from (teacher / finetune links)
 
@@ -76,8 +78,8 @@ def load_runs(
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory; give an experiment .yaml file")
-    tree, base_override = sources.parse_overrides(overrides)
-    layered = sources.apply_overrides(sources.load_layers(path, base_override), tree)
+    command_line = sources.parse_command_line(overrides)
+    layered = sources.apply_command_line(sources.load_layers(path, command_line.base), command_line)
     _import_plugins(layered)
     base = _structured(layered)
     where = layered.where("ablation")
@@ -110,7 +112,11 @@ def load_run(path: str | Path, overrides: Sequence[str] = ()) -> Run:
 
 
 def _import_plugins(layered: Layered) -> None:
-    plugins = layered.config.get("plugins") or []
+    try:
+        plugins = layered.config.get("plugins") or []
+        plugins = OmegaConf.to_container(plugins, resolve=True) if isinstance(plugins, ListConfig) else plugins
+    except OmegaConfBaseException as exc:  # an interpolation that does not resolve
+        raise ConfigError(f"{layered.where('plugins')}: plugins: {str(exc).splitlines()[0]}") from None
     if not isinstance(plugins, Sequence) or isinstance(plugins, str):
         raise ConfigError(f"{layered.where('plugins')}: plugins is a list of module names, got {plugins!r}")
     try:
@@ -119,10 +125,22 @@ def _import_plugins(layered: Layered) -> None:
         raise ConfigError(str(exc)) from None
 
 
+@functools.cache
+def _schema() -> DictConfig:
+    """The typed schema as OmegaConf holds it; made once (OmegaConf.merge copies it, never changes it)."""
+    schema = OmegaConf.structured(ExperimentCfg)
+    assert isinstance(schema, DictConfig)
+    return schema
+
+
 def _structured(layered: Layered) -> DictConfig:
     """The merged config checked against the typed schema (unknown keys, types)."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(ExperimentCfg), layered.config)
+        merged = OmegaConf.merge(_schema(), layered.config)
+    except TypeError:  # OmegaConf merges no list into a mapping, nor the other way round
+        key = sources.clashing_key(_schema(), OmegaConf.to_container(layered.config))
+        kind = sources.kind_of(OmegaConf.select(layered.config, key))
+        raise ConfigError(f"{layered.where(key)}: {key}: {kind} does not fit its type in the schema") from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", "") or ""
         message = str(exc).splitlines()[0]
@@ -134,11 +152,12 @@ def _structured(layered: Layered) -> DictConfig:
 def _resolve_run(
     layered: Layered, path: Path, variant: str, stack: tuple[Path, ...], check_files: bool, placement: Sequence[str]
 ) -> Run:
-    config = _structured(layered)
-    raw: dict[str, Any] = OmegaConf.to_container(config, resolve=True)  # type: ignore[assignment]
+    raw = _resolved(_structured(layered), layered)
     raw["name"] = raw["name"] or path.stem
     raw["variant"] = variant
     _check_name(raw["name"], layered.where("name"))
+    check_values(raw, layered.where, lambda key: _as_given(layered, key))
+    check_run_dir(raw["output_dir"], raw["name"], variant, layered.where)
     teacher_run = _linked_run(raw, "teacher", layered, path, stack, check_files, placement)
     finetune_run = _linked_run(raw, "finetune", layered, path, stack, check_files, placement)
     for key, spec in SECTIONS.items():
@@ -146,11 +165,30 @@ def _resolve_run(
             raw[key] = resolve_section(spec, raw[key], layered.where)
     _check_rules(raw, layered)
     _check_components(raw, layered, check_files)
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ExperimentCfg), raw))
+    cfg = OmegaConf.to_object(OmegaConf.merge(_schema(), raw))
     assert isinstance(cfg, ExperimentCfg)
     run_dir = Path(cfg.output_dir).expanduser().resolve() / cfg.name / variant
     cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser().resolve()))
     return Run(cfg.name, variant, run_dir, cfg, path.resolve(), teacher_run=teacher_run, finetune_run=finetune_run)
+
+
+def _resolved(config: DictConfig, layered: Layered) -> dict[str, Any]:
+    """The config as plain dicts, ``${...}`` interpolations resolved (``${oc.env:VAR,default}``)."""
+    try:
+        return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or ""
+        raise ConfigError(f"{layered.where(key)}: {key}: {str(exc).splitlines()[0]}") from None
+
+
+def _as_given(layered: Layered, key: str) -> Any:
+    """A key's value as the files or the command line wrote it (before conversion or interpolation)."""
+    node: Any = layered.config
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            return None
+        node = node._get_node(part)  # the node, without resolving an interpolation it holds
+    return node._value() if node is not None else None
 
 
 def _check_name(name: str, where: str) -> None:
@@ -194,7 +232,11 @@ def _linked_run(
 
 
 def _check_exists(file: str, where: str, key: str) -> None:
-    if not Path(file).expanduser().is_file():
+    try:
+        found = user_path(file, key, lambda _: where).is_file()
+    except OSError as exc:  # a part longer than the file system allows, ...
+        raise ConfigError(f"{where}: {key}={file}: cannot use it: {exc.strerror}") from None
+    if not found:
         raise ConfigError(f"{where}: {key}: no such file {file}")
 
 
@@ -214,6 +256,13 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
         raise ConfigError(
             f"{layered.where('model.img_size')}: model {raw['model']['name']!r} has no default resolution: set model.img_size"
         )
+    patch, size = MODELS.info(raw["model"]["name"]).patch_size, model_img_size(raw["model"])
+    if patch and size and size % patch:
+        raise ConfigError(
+            f"{layered.where('model.img_size')}: model.img_size={size} is not a multiple of model "
+            f"{raw['model']['name']!r}'s patch size {patch}; try {max(1, round(size / patch)) * patch}"
+        )
+    check_timm_names(raw, layered.where)
     _check_optimizer_implementation(raw["optim"], layered.where("optim.implementation"))
     if raw["train"]["compile_mode"] not in COMPILE_MODES:
         raise ConfigError(
@@ -221,22 +270,6 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
             f"{', '.join(COMPILE_MODES)}"
         )
     _check_slurm_time(raw["slurm"]["time"], layered.where("slurm.time"))
-    for key in ("batch_size", "workers"):
-        if raw["loader"][key] < (1 if key == "batch_size" else 0):
-            raise ConfigError(f"{layered.where('loader.' + key)}: loader.{key} must be positive")
-    if raw["train"]["eval_translate"] < 0:
-        raise ConfigError(
-            f"{layered.where('train.eval_translate')}: train.eval_translate is a number of pixels (0 = off, airbench: 1)"
-        )
-    if raw["optim"]["lookahead_every"] < 0:
-        raise ConfigError(
-            f"{layered.where('optim.lookahead_every')}: optim.lookahead_every is a number of steps (0 = off, airbench: 5)"
-        )
-    if not 0.0 <= raw["optim"]["lookahead_max_decay"] < 1.0:
-        raise ConfigError(
-            f"{layered.where('optim.lookahead_max_decay')}: optim.lookahead_max_decay is a decay in [0, 1) "
-            "(airbench: 0.774)"
-        )
 
 
 def _check_components(raw: dict[str, Any], layered: Layered, check_files: bool) -> None:

@@ -4,23 +4,34 @@ Sections that pick a registered component (``model``, ``teacher``, ``loss``, ``d
 ``logger``) are ``name`` plus the builder's own keyword arguments: their keys are checked against the
 builder's signature by :mod:`research.config.components`, not listed here. Defaults of the fixed
 sections are the paper's ImageNet recipe (DeiT, Touvron et al. 2021, Table 9 and section 6).
+
+Numbers declare their bounds in their annotation (``epochs: Annotated[int, Range(ge=1)]``); the loader
+checks every one when an experiment loads (:mod:`research.config.checks`), before anything is written.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Annotated, Any, Dict, List, Optional
+
+from research.registry import Range
 
 # OmegaConf needs typing.Dict/List/Optional, not PEP 604/585 forms, in structured configs.
+
+COUNT = Range(ge=1)  # a number of things: at least one
+NON_NEGATIVE = Range(ge=0)
+POSITIVE = Range(gt=0)
+PROBABILITY = Range(ge=0, le=1)
 
 
 @dataclass
 class LoaderCfg:
     """Data loading. ``batch_size`` is per process (rank); the paper's 1024 is 8 GPUs x 128."""
 
-    batch_size: int = 128
-    eval_batch_size: Optional[int] = None  # default: 4 x batch_size (no gradients or activations kept at eval)
-    workers: int = 8
+    batch_size: Annotated[int, COUNT] = 128
+    # default: 4 x batch_size (no gradients or activations kept at eval)
+    eval_batch_size: Annotated[Optional[int], COUNT] = None
+    workers: Annotated[int, Range(ge=0, hint="DataLoader worker processes; 0 = load in the main process")] = 8
     pin_memory: bool = True
     # Run the whole recipe (crop, flip, RandAugment / AutoAugment, color jitter, random erasing, cutout;
     # mixup runs in the loop either way) on whole uint8 batches on the training device, each image
@@ -29,8 +40,9 @@ class LoaderCfg:
     # On one process, repeated augmentation puts an image's copies in the same batch. false: sample
     # each image once per epoch there, as the reference does (its RASampler only runs distributed).
     repeated_aug_single_process: bool = True
-    limit_train: Optional[int] = None  # keep a fixed, seeded subset of this many training images
-    limit_val: Optional[int] = None
+    # keep a fixed, seeded subset of this many images (null: all of them)
+    limit_train: Annotated[Optional[int], Range(ge=1, hint="a number of images; null = all")] = None
+    limit_val: Annotated[Optional[int], Range(ge=1, hint="a number of images; null = all")] = None
 
 
 @dataclass
@@ -39,23 +51,23 @@ class OptimCfg:
     scales linearly with the global batch: lr x batch_size x world_size / 512 (DeiT section 6)."""
 
     name: str = "adamw"
-    lr: float = 5e-4
+    lr: Annotated[float, POSITIVE] = 5e-4
     scale_lr: bool = True
-    weight_decay: float = 0.05
-    eps: Optional[float] = None  # None: the optimizer's default
-    betas: Optional[List[float]] = None
-    momentum: float = 0.9
+    weight_decay: Annotated[float, NON_NEGATIVE] = 0.05
+    eps: Annotated[Optional[float], POSITIVE] = None  # None: the optimizer's default
+    betas: Annotated[Optional[List[float]], Range(ge=0, lt=1)] = None
+    momentum: Annotated[float, PROBABILITY] = 0.9
     # Weight-decay the distillation token as the reference did under its timm 0.3.2 (whose
     # no_weight_decay() named only pos_embed and cls_token); timm >= 0.4 exempts it, as we do by default.
     decay_dist_token: bool = False
-    clip_grad: Optional[float] = None  # max gradient norm; None = no clipping
+    clip_grad: Annotated[Optional[float], POSITIVE] = None  # max gradient norm; None = no clipping
     # torch's kernel for the update: auto (torch's choice: foreach on GPUs), foreach (one multi-tensor
     # kernel per op), fused (one kernel for the whole update; Adam/AdamW/SGD, CUDA and CPU), for_loop
     implementation: str = "auto"
     # airbench's Lookahead (research/engine/lookahead.py): sync slow weights every N steps (0 = off),
     # their decay rising as (progress)^3 to lookahead_max_decay (airbench: every 5, 0.95^5 = 0.774)
-    lookahead_every: int = 0
-    lookahead_max_decay: float = 0.7737809375
+    lookahead_every: Annotated[int, Range(ge=0, hint="a number of steps; 0 = off, airbench: 5")] = 0
+    lookahead_max_decay: Annotated[float, Range(ge=0, lt=1, hint="a decay; airbench: 0.774")] = 0.7737809375
 
 
 @dataclass
@@ -69,11 +81,11 @@ class SchedCfg:
 
     name: str = "cosine"
     step_on: str = "epoch"  # epoch | step
-    warmup_epochs: float = 5.0
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
+    warmup_epochs: Annotated[float, NON_NEGATIVE] = 5.0
+    warmup_lr: Annotated[float, NON_NEGATIVE] = 1e-6
+    min_lr: Annotated[float, NON_NEGATIVE] = 1e-5
     # timm's decay_rate: the power of the ``poly`` schedule (1.0: a straight line), the factor of ``step``
-    decay_rate: float = 0.1
+    decay_rate: Annotated[float, POSITIVE] = 0.1
     # Decay from the end of the warm-up to the last epoch (timm's warmup_prefix, the schedule shortened by
     # the warm-up so it still ends with training): poly at power 1 is then airbench's exact lr triangle
     warmup_prefix: bool = False
@@ -83,10 +95,10 @@ class SchedCfg:
 class TrainCfg:
     """The training loop's options; recipe techniques that act in the loop live here too."""
 
-    epochs: int = 300
-    label_smoothing: float = 0.1
+    epochs: Annotated[int, COUNT] = 300
+    label_smoothing: Annotated[float, Range(ge=0, lt=1)] = 0.1
     ema: bool = False  # keep an EMA of the weights; both raw and EMA weights are evaluated
-    ema_decay: float = 0.99996
+    ema_decay: Annotated[float, PROBABILITY] = 0.99996
     # timm's ModelEmaV3.update(step=s) copies the weights on the first two updates; false decays from
     # the first update, as timm's ModelEma in the reference does
     ema_copy_first: bool = False
@@ -95,16 +107,19 @@ class TrainCfg:
     # torch.compile's mode: default, reduce-overhead (CUDA graphs of the student), max-autotune
     compile_mode: str = "default"
     channels_last: bool = False
-    checkpoint_every_steps: int = 0  # also checkpoint every N steps inside an epoch (0 = per epoch only)
-    log_every_steps: int = 50
-    eval_every_epochs: int = 1
+    # also checkpoint every N steps inside an epoch (0 = per epoch only)
+    checkpoint_every_steps: Annotated[int, NON_NEGATIVE] = 0
+    log_every_steps: Annotated[int, COUNT] = 50
+    eval_every_epochs: Annotated[int, COUNT] = 1
     eval_hflip: bool = False  # also evaluate each val image mirrored and average the logits (flip TTA)
-    eval_translate: int = 0  # also evaluate each val image moved this many pixels both ways (airbench's TTA at 1)
+    # also evaluate each val image moved this many pixels both ways (airbench's TTA at 1)
+    eval_translate: Annotated[int, Range(ge=0, hint="a number of pixels; 0 = off, airbench: 1")] = 0
     resume: bool = True  # continue from <run dir>/last.pt when it exists
     progress: bool = True  # tqdm progress bar on rank 0
     # timm's fused (scaled_dot_product) attention; its CPU backward is slow in bf16 (docs/PERFORMANCE.md)
     fused_attention: bool = True
-    threads: Optional[int] = None  # torch compute threads per process; None = torch's default (all cores)
+    # torch compute threads per process; None = torch's default (all cores)
+    threads: Annotated[Optional[int], COUNT] = None
 
 
 @dataclass
@@ -124,19 +139,19 @@ class SlurmCfg:
     account: Optional[str] = None
     qos: Optional[str] = None
     time: str = "24:00:00"  # D-HH:MM:SS, HH:MM:SS or minutes
-    nodes: int = 1
-    gpus_per_node: int = 0
+    nodes: Annotated[int, COUNT] = 1
+    gpus_per_node: Annotated[int, Range(ge=0, hint="0 = a CPU-only job")] = 0
     # The GPU type, as the cluster's gres names it (h200, a100, ...): requested as
     # --gpus-per-node=<type>:<n>, and the device whose throughput prices the run (research/launch/cost.py)
     gpu_type: Optional[str] = None
-    tasks_per_node: Optional[int] = None  # default: gpus_per_node, or 1 on a CPU-only cluster
-    cpus_per_task: int = 10
-    mem_gb: Optional[float] = None
+    tasks_per_node: Annotated[Optional[int], COUNT] = None  # default: gpus_per_node, or 1 on a CPU-only cluster
+    cpus_per_task: Annotated[int, COUNT] = 10
+    mem_gb: Annotated[Optional[float], POSITIVE] = None
     constraint: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)  # more sbatch parameters, as submitit passes them
     setup: List[str] = field(default_factory=list)  # shell lines run before the job (module load ...)
-    max_requeues: int = 3  # preemptions / time limits survived before the run gives up
-    array_parallelism: int = 64
+    max_requeues: Annotated[int, NON_NEGATIVE] = 3  # preemptions / time limits survived before the run gives up
+    array_parallelism: Annotated[int, COUNT] = 64
 
 
 @dataclass
@@ -160,7 +175,7 @@ class ExperimentCfg:
     description: str = ""
     job_type: str = "train"  # train | teacher | finetune | eval (W&B job_type)
     plugins: List[str] = field(default_factory=list)
-    seed: int = 0
+    seed: Annotated[int, Range(ge=0, lt=2**32, hint="numpy and the samplers take seeds below 2**32")] = 0
     output_dir: str = "runs"  # run dir = <output_dir>/<name>[/<variant>]
     variant: str = ""
     model: Dict[str, Any] = _component("???")
@@ -180,6 +195,7 @@ class ExperimentCfg:
 
 JOB_TYPES = ("train", "teacher", "finetune", "eval")
 STEP_ON = ("epoch", "step")
+SCHEDULERS = ("cosine", "tanh", "step", "constant", "multistep", "plateau", "poly", "wsd", "rsqrt")  # timm's create_scheduler_v2
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZER_IMPLEMENTATIONS = ("auto", "foreach", "fused", "for_loop")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

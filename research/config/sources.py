@@ -7,6 +7,9 @@ key remembers the file (or the command line) that set it last, so an error can n
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import difflib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from research.config.errors import ConfigError
 
@@ -70,6 +73,7 @@ class Layered:
 
     config: DictConfig
     origin: dict[str, str] = field(default_factory=dict)
+    source: str = "?"  # the experiment file, named when no key says more (an empty file)
 
     def where(self, dotted_key: str) -> str:
         """The file (or 'command line') that set ``dotted_key`` or its closest parent; for a section
@@ -81,7 +85,7 @@ class Layered:
             key = key.rpartition(".")[0]
         # Origins are kept per leaf, so a section has none of its own: name a file that set a key in it.
         inside = [source for leaf, source in self.origin.items() if leaf.startswith(f"{dotted_key}.")]
-        return inside[-1] if inside else next(iter(self.origin.values()), "?")
+        return inside[-1] if inside else next(iter(self.origin.values()), self.source)
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -99,19 +103,23 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def read_yaml(path: Path) -> dict[str, Any]:
     """Parse one YAML file into a dict; errors name the file, line and column."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such experiment file") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at offset {exc.start}; save the file as UTF-8"
+        ) from None
     try:
         data = yaml.load(text, Loader=YamlLoader)  # noqa: S506  (a safe loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         raise ConfigError(f"{where}: malformed YAML: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: malformed YAML: {exc}") from None
+    except yaml.YAMLError as exc:  # a ReaderError: a character YAML does not allow
+        raise ConfigError(f"{path}: malformed YAML: {' '.join(str(exc).split())}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -146,13 +154,54 @@ def load_layers(path: Path, base_override: str | None = None, _stack: tuple[Path
         own = OmegaConf.create(raw)
     except Exception as exc:  # keys OmegaConf cannot hold (non-string keys, ...)
         raise ConfigError(f"{path}: {exc}") from None
-    return merge(merged, own, dict.fromkeys(flatten(raw), _display(path)))
+    layered = merge(merged, own, dict.fromkeys(flatten(raw), _display(path)))
+    return dataclasses.replace(layered, source=_display(path))
 
 
 def merge(into: Layered, config: DictConfig, origin: Mapping[str, str]) -> Layered:
-    merged = OmegaConf.merge(into.config, config)
+    try:
+        merged = OmegaConf.merge(into.config, config)
+    except TypeError:  # OmegaConf merges no list into a mapping, nor the other way round
+        key = clashing_key(into.config, OmegaConf.to_container(config))
+        source = origin.get(key) or next((v for k, v in origin.items() if k.startswith(f"{key}.")), into.source)
+        new, old = (kind_of(OmegaConf.select(c, key)) for c in (config, into.config))
+        raise ConfigError(f"{source}: {key}: cannot merge {new} into the {old.removeprefix('a ')} set in {into.where(key)}") from None
     assert isinstance(merged, DictConfig)
-    return Layered(merged, {**into.origin, **origin})
+    return Layered(merged, {**into.origin, **origin}, into.source)
+
+
+def clashing_key(base: DictConfig, config: Any, prefix: str = "") -> str:
+    """The dotted key of ``config`` that OmegaConf cannot merge into ``base`` (a list where ``base`` has
+    a mapping, or the other way round); on the error path only: it tries the keys one by one."""
+    for key, value in (config.items() if isinstance(config, Mapping) else ()):
+        dotted = f"{prefix}{key}"
+        if not _merges(base, dotted, value):
+            inside = clashing_key(base, value, f"{dotted}.") if _merges(base, dotted, {}) else ""
+            return inside or dotted
+    return ""
+
+
+def _merges(base: DictConfig, dotted: str, value: Any) -> bool:
+    try:
+        OmegaConf.merge(base, _nested(dotted, value))
+    except TypeError:
+        return False
+    except Exception:  # other errors are reported where the merged config is checked
+        pass
+    return True
+
+
+def _nested(dotted: str, value: Any) -> dict[str, Any]:
+    *parents, leaf = dotted.split(".")
+    tree: dict[str, Any] = {leaf: value}
+    for part in reversed(parents):
+        tree = {part: tree}
+    return tree
+
+
+def kind_of(value: Any) -> str:
+    """``a mapping``, ``a list`` or ``a value``: what OmegaConf refused to merge, for an error."""
+    return "a mapping" if isinstance(value, Mapping) else "a list" if isinstance(value, (list, ListConfig)) else "a value"
 
 
 def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], str | None]:
@@ -183,6 +232,86 @@ def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], str | Non
 
 def apply_overrides(layered: Layered, tree: Mapping[str, Any], source: str = COMMAND_LINE) -> Layered:
     return merge(layered, OmegaConf.create(dict(tree)), dict.fromkeys(flatten(tree), source))
+
+
+@dataclass(frozen=True)
+class CommandLine:
+    """The command line's overrides, applied over the files in this order:
+
+    - ``delete``: ``~data.archive`` removes a key the files set (inherited or not); its default applies;
+    - ``replace``: ``data={name: imagefolder, root: /x}``, a mapping as the value, stands for the whole
+      section instead of merging into the files' one (so no inherited key stays behind);
+    - ``tree``: ``optim.lr=1e-3`` values, merged.
+    """
+
+    tree: dict[str, Any]
+    replace: dict[str, Any]
+    delete: tuple[str, ...]
+    base: str | None
+
+
+def parse_command_line(overrides: Iterable[str]) -> CommandLine:
+    """Split command-line items into deletions (``~key``), section replacements and merged values."""
+    plain: list[str] = []
+    replace: dict[str, Any] = {}
+    delete: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if item.startswith("~"):
+            if sep or not key[1:].strip():
+                raise ConfigError(f"override {item!r}: ~dotted.key deletes a key and takes no value (for example ~data.archive)")
+            delete.append(key[1:].strip())
+        elif sep and key.strip() != BASE_KEY and isinstance(mapping := _yaml_value(value), dict):
+            replace[key.strip()] = mapping
+        else:
+            plain.append(item)
+    tree, base = parse_overrides(plain)
+    return CommandLine(tree, replace, tuple(delete), base)
+
+
+def _yaml_value(text: str) -> Any:
+    """A value as YAML reads it; None when it does not parse (:func:`parse_overrides` reports that)."""
+    try:
+        return yaml.load(text, Loader=YamlLoader)  # noqa: S506  (a safe loader)
+    except yaml.YAMLError:
+        return None
+
+
+def apply_command_line(layered: Layered, command_line: CommandLine) -> Layered:
+    """``layered`` with the command line's deletions, replacements and values (see :class:`CommandLine`)."""
+    config = copy.deepcopy(layered.config)
+    origin = dict(layered.origin)
+    for key in command_line.delete:
+        parent, _, leaf = key.rpartition(".")
+        node = _select(config, parent) if parent else config
+        if not isinstance(node, DictConfig) or leaf not in node:
+            raise ConfigError(f"override '~{key}': the experiment files set no {key} to delete{_did_you_mean(origin, key)}")
+        del node[leaf]
+        origin = _drop(origin, key)
+    for key, section in command_line.replace.items():
+        try:
+            OmegaConf.update(config, key, section, merge=False)
+        except Exception as exc:  # keys OmegaConf cannot hold (non-string keys, a path through a number, ...)
+            raise ConfigError(f"override {key}={section}: cannot use it: {str(exc).splitlines()[0]}") from None
+        origin = _drop(origin, key)
+        origin.update(dict.fromkeys(flatten(section, f"{key}.") or [key], COMMAND_LINE))
+    return apply_overrides(Layered(config, origin, layered.source), command_line.tree)
+
+
+def _select(config: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(config, key)
+    except Exception:  # a path OmegaConf cannot read (through a number, empty parts, ...): nothing there
+        return None
+
+
+def _drop(origin: Mapping[str, str], key: str) -> dict[str, str]:
+    return {k: v for k, v in origin.items() if k != key and not k.startswith(f"{key}.")}
+
+
+def _did_you_mean(origin: Mapping[str, str], key: str) -> str:
+    close = difflib.get_close_matches(key, list(origin), n=1, cutoff=0.6)
+    return f"; did you mean ~{close[0]}?" if close else ""
 
 
 def _display(path: Path) -> str:

@@ -23,7 +23,7 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -31,7 +31,7 @@ from torchvision.datasets import CIFAR10, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from research.data.memory import DataError, InMemoryImageDataset, load_rgb
-from research.registry import DATASETS
+from research.registry import DATASETS, Range
 
 __all__ = ["extract_archive_once", "imagefolder", "cifar10_jpeg", "cifar10", "synthetic", "SPLITS"]
 
@@ -326,10 +326,10 @@ def synthetic(
     *,
     split: str,
     transform: Transform,
-    num_classes: int = 10,
-    size: int = 64,
-    img_size: int = 32,
-    seed: int = 0,
+    num_classes: Annotated[int, Range(ge=1)] = 10,
+    size: Annotated[int, Range(ge=1, hint="images per split")] = 64,
+    img_size: Annotated[int, Range(ge=1)] = 32,
+    seed: Annotated[int, Range(ge=0, lt=2**32)] = 0,
 ) -> InMemoryImageDataset:
     """Generated images for unit tests: each class is a colour plus a stripe orientation, with noise.
 

@@ -10,17 +10,19 @@ head and the distillation term trains the distillation head; the two are mixed a
 from __future__ import annotations
 
 import abc
+from typing import Annotated, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from research.losses.base import LossOutput, StudentOutput, split_outputs
-from research.registry import LOSSES, MODELS, CheckContext, Invalid, LossInfo
+from research.registry import LOSSES, MODELS, CheckContext, Invalid, LossInfo, Range
 
 __all__ = ["DistillationObjective", "GroundTruthObjective", "HardDistillation", "SoftDistillation"]
 
-KL_REDUCTIONS = ("numel", "batchmean")
+KlReduction = Literal["numel", "batchmean"]
+KL_REDUCTIONS: tuple[str, ...] = get_args(KlReduction)
 
 
 class GroundTruthObjective(nn.Module):
@@ -131,6 +133,11 @@ def _require_teacher(name: str, teacher: nn.Module | None) -> nn.Module:
     return teacher
 
 
+# The builders' parameter types: the config loader checks ``loss.*`` values against them at load time.
+Alpha = Annotated[float, Range(ge=0, le=1, hint="the weight of the distillation term")]
+Tau = Annotated[float, Range(gt=0, hint="the softmax temperature")]
+
+
 @LOSSES.register("none", LossInfo(needs_teacher=False))
 def no_distillation(*, base_criterion: nn.Module, teacher: nn.Module | None) -> GroundTruthObjective:
     """Ground truth only. A distilled student is trained through its class head only (see
@@ -145,9 +152,9 @@ def soft(
     *,
     base_criterion: nn.Module,
     teacher: nn.Module | None,
-    alpha: float = 0.5,
-    tau: float = 1.0,
-    kl_reduction: str = "numel",
+    alpha: Alpha = 0.5,
+    tau: Tau = 1.0,
+    kl_reduction: KlReduction = "numel",
 ) -> SoftDistillation:
     """Soft distillation with the reference code's defaults (``--distillation-alpha 0.5 --distillation-tau 1.0``)."""
     teacher = _require_teacher("soft", teacher)
@@ -161,16 +168,16 @@ def soft_paper(
     *,
     base_criterion: nn.Module,
     teacher: nn.Module | None,
-    alpha: float = 0.1,
-    tau: float = 3.0,
-    kl_reduction: str = "numel",
+    alpha: Alpha = 0.1,
+    tau: Tau = 3.0,
+    kl_reduction: KlReduction = "numel",
 ) -> SoftDistillation:
     """Soft distillation with the paper's setting, tau = 3.0 and lambda (our alpha) = 0.1 (Sec. 5.2)."""
     return soft(base_criterion=base_criterion, teacher=teacher, alpha=alpha, tau=tau, kl_reduction=kl_reduction)
 
 
 @LOSSES.register("hard", LossInfo(needs_teacher=True))
-def hard(*, base_criterion: nn.Module, teacher: nn.Module | None, alpha: float = 0.5) -> HardDistillation:
+def hard(*, base_criterion: nn.Module, teacher: nn.Module | None, alpha: Alpha = 0.5) -> HardDistillation:
     """Hard-label distillation, the paper's default (Sec. 4); equal weights as in the paper. It has no
     temperature: ``tau`` and ``kl_reduction`` are refused, not ignored."""
     teacher = _require_teacher("hard", teacher)

@@ -30,13 +30,15 @@ the recipe.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from research.registry import MODELS, ModelInfo
+from research.models.params import DropPathRate, ImgSize
+from research.registry import MODELS, ModelInfo, Range
 
 CNN = ModelInfo(distilled=False, family="cnn", default_img_size=32)  # CIFAR networks
 
@@ -194,7 +196,11 @@ class AirbenchNet(nn.Sequential):
 
 @MODELS.register("airbench_cifar", CNN)
 def airbench_cifar(
-    *, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0, whiten_bias_steps: int = 0
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 32,
+    drop_path_rate: DropPathRate = 0.0,
+    whiten_bias_steps: Annotated[int, Range(ge=0, hint="a number of steps; 0 = never")] = 0,
 ) -> AirbenchNet:
     """airbench94's network (widths 64/256/256); ``img_size`` and ``drop_path_rate`` are unused.
 

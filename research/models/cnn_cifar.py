@@ -17,6 +17,7 @@ import torch
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
+from research.models.params import DropPathRate, ImgSize
 from research.registry import MODELS, ModelInfo
 
 CNN = ModelInfo(distilled=False, family="cnn", default_img_size=32)  # CIFAR networks
@@ -35,7 +36,7 @@ def _cifar_stem(net: ResNet, *, in_chans: int = 3) -> ResNet:
 
 
 @MODELS.register("resnet18_cifar", CNN)
-def resnet18_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0) -> ResNet:
+def resnet18_cifar(*, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.0) -> ResNet:
     """ResNet-18 (timm ``resnet18``) with a CIFAR stem; 11.2M parameters, 4x4 final maps at 32x32.
 
     Args:
@@ -50,7 +51,7 @@ def resnet18_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rat
 
 
 @MODELS.register("resnet10_cifar", CNN)
-def resnet10_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0) -> ResNet:
+def resnet10_cifar(*, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.0) -> ResNet:
     """A narrow ResNet-10 with a CIFAR stem: one basic block per stage, widths 16/32/64/128; 0.3M parameters.
 
     Small enough to train as a teacher on 2 CPU cores in tests and smoke runs. (timm's ``ResNet``
@@ -135,14 +136,14 @@ class ResNet9(nn.Sequential):
 
 
 @MODELS.register("resnet9_cifar", CNN)
-def resnet9_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0) -> ResNet9:
+def resnet9_cifar(*, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.0) -> ResNet9:
     """Page's ResNet-9 (widths 64/128/256/512); ``img_size`` and ``drop_path_rate`` are unused."""
     del img_size, drop_path_rate
     return ResNet9(num_classes=num_classes, width=64)
 
 
 @MODELS.register("resnet9_slim_cifar", CNN)
-def resnet9_slim_cifar(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.0) -> ResNet9:
+def resnet9_slim_cifar(*, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.0) -> ResNet9:
     """ResNet-9 at half width (32/64/128/256): about 4x fewer FLOPs, the fast CIFAR teacher."""
     del img_size, drop_path_rate
     return ResNet9(num_classes=num_classes, width=32)

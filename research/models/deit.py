@@ -11,13 +11,14 @@ Parameter names and shapes follow timm's models of the same name, so official ch
 """
 
 from functools import partial
-from typing import Any, Callable, Union
+from typing import Any, Callable, Union, get_args
 
 import torch
 from timm.layers import LayerNorm, get_device_dtype, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from research.models.params import DropPathRate, EvalHead, ImgSize
 from research.registry import MODELS, ModelInfo
 
 __all__ = ["DeiT", "DistilledDeiT", "EVAL_HEADS"]
@@ -25,7 +26,7 @@ __all__ = ["DeiT", "DistilledDeiT", "EVAL_HEADS"]
 #: What a distilled model returns in eval mode: the late fusion of both heads (the paper's default, Sec. 4
 #: "joint classifiers"; computed as in facebookresearch/deit and timm, as the mean of the two heads' logits),
 #: the class head alone, or the distillation head alone (Table 5 compares the three).
-EVAL_HEADS = ("both", "class", "distillation")
+EVAL_HEADS: tuple[str, ...] = get_args(EvalHead)
 
 # Width, depth and heads per variant. Table 1 of the paper: DeiT-Ti/S/B keep ViT-B's depth and a head
 # dimension of 64 and only change the width. mini/micro/nano are ours (not in the paper): shallower and
@@ -224,32 +225,32 @@ def _register(name: str, *, distilled: bool, patch_size: int, img_size: int) -> 
 
 
 @_register("deit_tiny_patch16_224", distilled=False, patch_size=16, img_size=224)
-def deit_tiny_patch16_224(*, num_classes: int = 1000, img_size: int = 224, drop_path_rate: float = 0.1) -> DeiT:
+def deit_tiny_patch16_224(*, num_classes: int = 1000, img_size: ImgSize = 224, drop_path_rate: DropPathRate = 0.1) -> DeiT:
     """DeiT-Ti (5M parameters, Table 1)."""
     return DeiT(**_deit_args("tiny", 16, num_classes, img_size, drop_path_rate))
 
 
 @_register("deit_small_patch16_224", distilled=False, patch_size=16, img_size=224)
-def deit_small_patch16_224(*, num_classes: int = 1000, img_size: int = 224, drop_path_rate: float = 0.1) -> DeiT:
+def deit_small_patch16_224(*, num_classes: int = 1000, img_size: ImgSize = 224, drop_path_rate: DropPathRate = 0.1) -> DeiT:
     """DeiT-S (22M parameters, Table 1)."""
     return DeiT(**_deit_args("small", 16, num_classes, img_size, drop_path_rate))
 
 
 @_register("deit_base_patch16_224", distilled=False, patch_size=16, img_size=224)
-def deit_base_patch16_224(*, num_classes: int = 1000, img_size: int = 224, drop_path_rate: float = 0.1) -> DeiT:
+def deit_base_patch16_224(*, num_classes: int = 1000, img_size: ImgSize = 224, drop_path_rate: DropPathRate = 0.1) -> DeiT:
     """DeiT-B (86M parameters, Table 1): ViT-B's architecture."""
     return DeiT(**_deit_args("base", 16, num_classes, img_size, drop_path_rate))
 
 
 @_register("deit_base_patch16_384", distilled=False, patch_size=16, img_size=384)
-def deit_base_patch16_384(*, num_classes: int = 1000, img_size: int = 384, drop_path_rate: float = 0.1) -> DeiT:
+def deit_base_patch16_384(*, num_classes: int = 1000, img_size: ImgSize = 384, drop_path_rate: DropPathRate = 0.1) -> DeiT:
     """DeiT-B↑384: DeiT-B fine-tuned at 384x384 (Sec. 6, "Fine-tuning at different resolution")."""
     return DeiT(**_deit_args("base", 16, num_classes, img_size, drop_path_rate))
 
 
 @_register("deit_tiny_distilled_patch16_224", distilled=True, patch_size=16, img_size=224)
 def deit_tiny_distilled_patch16_224(
-    *, num_classes: int = 1000, img_size: int = 224, drop_path_rate: float = 0.1, eval_head: str = "both"
+    *, num_classes: int = 1000, img_size: ImgSize = 224, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
 ) -> DistilledDeiT:
     """DeiT-Ti⚗: DeiT-Ti with the distillation token."""
     return DistilledDeiT(eval_head=eval_head, **_deit_args("tiny", 16, num_classes, img_size, drop_path_rate))
@@ -257,7 +258,7 @@ def deit_tiny_distilled_patch16_224(
 
 @_register("deit_small_distilled_patch16_224", distilled=True, patch_size=16, img_size=224)
 def deit_small_distilled_patch16_224(
-    *, num_classes: int = 1000, img_size: int = 224, drop_path_rate: float = 0.1, eval_head: str = "both"
+    *, num_classes: int = 1000, img_size: ImgSize = 224, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
 ) -> DistilledDeiT:
     """DeiT-S⚗: DeiT-S with the distillation token."""
     return DistilledDeiT(eval_head=eval_head, **_deit_args("small", 16, num_classes, img_size, drop_path_rate))
@@ -265,7 +266,7 @@ def deit_small_distilled_patch16_224(
 
 @_register("deit_base_distilled_patch16_224", distilled=True, patch_size=16, img_size=224)
 def deit_base_distilled_patch16_224(
-    *, num_classes: int = 1000, img_size: int = 224, drop_path_rate: float = 0.1, eval_head: str = "both"
+    *, num_classes: int = 1000, img_size: ImgSize = 224, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
 ) -> DistilledDeiT:
     """DeiT-B⚗: DeiT-B with the distillation token."""
     return DistilledDeiT(eval_head=eval_head, **_deit_args("base", 16, num_classes, img_size, drop_path_rate))
@@ -273,7 +274,7 @@ def deit_base_distilled_patch16_224(
 
 @_register("deit_base_distilled_patch16_384", distilled=True, patch_size=16, img_size=384)
 def deit_base_distilled_patch16_384(
-    *, num_classes: int = 1000, img_size: int = 384, drop_path_rate: float = 0.1, eval_head: str = "both"
+    *, num_classes: int = 1000, img_size: ImgSize = 384, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
 ) -> DistilledDeiT:
     """DeiT-B⚗↑384: DeiT-B⚗ fine-tuned at 384x384."""
     return DistilledDeiT(eval_head=eval_head, **_deit_args("base", 16, num_classes, img_size, drop_path_rate))
@@ -283,56 +284,56 @@ def deit_base_distilled_patch16_384(
 
 
 @_register("deit_tiny_patch4_32", distilled=False, patch_size=4, img_size=32)
-def deit_tiny_patch4_32(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1) -> DeiT:
+def deit_tiny_patch4_32(*, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1) -> DeiT:
     """DeiT-Ti's transformer (width 192, depth 12, 3 heads) on 4x4 patches."""
     return DeiT(**_deit_args("tiny", 4, num_classes, img_size, drop_path_rate))
 
 
 @_register("deit_tiny_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
 def deit_tiny_distilled_patch4_32(
-    *, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1, eval_head: str = "both"
+    *, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
 ) -> DistilledDeiT:
     """:func:`deit_tiny_patch4_32` with the distillation token."""
     return DistilledDeiT(eval_head=eval_head, **_deit_args("tiny", 4, num_classes, img_size, drop_path_rate))
 
 
 @_register("deit_mini_patch4_32", distilled=False, patch_size=4, img_size=32)
-def deit_mini_patch4_32(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1) -> DeiT:
+def deit_mini_patch4_32(*, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1) -> DeiT:
     """Half DeiT-Ti's depth: width 192, depth 6, 3 heads, 4x4 patches."""
     return DeiT(**_deit_args("mini", 4, num_classes, img_size, drop_path_rate))
 
 
 @_register("deit_mini_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
 def deit_mini_distilled_patch4_32(
-    *, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1, eval_head: str = "both"
+    *, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
 ) -> DistilledDeiT:
     """:func:`deit_mini_patch4_32` with the distillation token."""
     return DistilledDeiT(eval_head=eval_head, **_deit_args("mini", 4, num_classes, img_size, drop_path_rate))
 
 
 @_register("deit_micro_patch4_32", distilled=False, patch_size=4, img_size=32)
-def deit_micro_patch4_32(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1) -> DeiT:
+def deit_micro_patch4_32(*, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1) -> DeiT:
     """Width 128, depth 6, 4 heads, 4x4 patches."""
     return DeiT(**_deit_args("micro", 4, num_classes, img_size, drop_path_rate))
 
 
 @_register("deit_micro_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
 def deit_micro_distilled_patch4_32(
-    *, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1, eval_head: str = "both"
+    *, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
 ) -> DistilledDeiT:
     """:func:`deit_micro_patch4_32` with the distillation token."""
     return DistilledDeiT(eval_head=eval_head, **_deit_args("micro", 4, num_classes, img_size, drop_path_rate))
 
 
 @_register("deit_nano_patch4_32", distilled=False, patch_size=4, img_size=32)
-def deit_nano_patch4_32(*, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1) -> DeiT:
+def deit_nano_patch4_32(*, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1) -> DeiT:
     """Width 64, depth 2, 2 heads, 4x4 patches: for tests and smoke runs."""
     return DeiT(**_deit_args("nano", 4, num_classes, img_size, drop_path_rate))
 
 
 @_register("deit_nano_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
 def deit_nano_distilled_patch4_32(
-    *, num_classes: int = 1000, img_size: int = 32, drop_path_rate: float = 0.1, eval_head: str = "both"
+    *, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
 ) -> DistilledDeiT:
     """:func:`deit_nano_patch4_32` with the distillation token."""
     return DistilledDeiT(eval_head=eval_head, **_deit_args("nano", 4, num_classes, img_size, drop_path_rate))

@@ -29,7 +29,7 @@ import secrets
 import string
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 from urllib.parse import urlsplit
 
 from research.engine.run_dir import note_life, read_lives
@@ -241,7 +241,7 @@ def build_wandb(
     run: RunInfo,
     project: Optional[str] = None,
     entity: Optional[str] = None,
-    mode: Optional[str] = None,
+    mode: Optional[Literal["online", "offline", "disabled"]] = None,
 ) -> Tracker:
     """Track the run with Weights & Biases (see the module docstring for modes, lives and resuming).
 

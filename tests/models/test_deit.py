@@ -51,7 +51,7 @@ def test_metadata_and_builder_signature(name):
     params = MODELS.signature(name).parameters
     expected = {"num_classes": (int, 1000), "img_size": (int, img_size), "drop_path_rate": (float, 0.1)}
     if distilled:
-        expected["eval_head"] = (str, "both")
+        expected["eval_head"] = (typing.Literal[EVAL_HEADS], "both")  # checked against at load time
     hints = typing.get_type_hints(MODELS.get(name))
     assert {key: (hints[key], p.default) for key, p in params.items()} == expected
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())

@@ -1,0 +1,118 @@
+"""Checks of a run's values against what the schema declares, made when an experiment loads.
+
+Every number of the schema carries its bounds in its annotation (:class:`research.registry.Range`);
+:func:`check_values` walks the schema's dataclasses and reports every value out of bounds in one
+:class:`ConfigError`, showing the value as the file or the command line gave it. The run's folder is
+checked here too: its name must fit a file name, and nothing on its path may be a file; and so are
+the names timm looks up only when training starts (``optim.name``, ``sched.name``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import typing
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from research.config.errors import ConfigError
+from research.config.schema import SCHEDULERS, ExperimentCfg
+from research.registry import Range, constraints
+
+#: The longest experiment or variant name: a folder name (255 bytes on most file systems) with room
+#: for the suffix ``--force`` adds when it keeps the old run aside (``.replaced-YYYYmmdd-HHMMSS``).
+MAX_NAME = 200
+
+
+@functools.cache
+def schema_bounds(cls: type = ExperimentCfg, prefix: str = "") -> tuple[tuple[str, Range], ...]:
+    """``(dotted key, bound)`` for every bounded field of the schema, nested sections included."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    found: list[tuple[str, Range]] = []
+    for item in dataclasses.fields(cls):
+        hint, bounds = constraints(hints[item.name])
+        if dataclasses.is_dataclass(hint):
+            found.extend(schema_bounds(hint, f"{prefix}{item.name}."))  # type: ignore[arg-type]
+        found.extend((f"{prefix}{item.name}", bound) for bound in bounds)
+    return tuple(found)
+
+
+def check_values(raw: Mapping[str, Any], where: Callable[[str], str], given: Callable[[str], Any]) -> None:
+    """Raise one :class:`ConfigError` listing every schema value of ``raw`` out of its bounds.
+
+    Args:
+        raw: the run's config, as plain dicts.
+        where: the file (or 'command line') that set a dotted key.
+        given: a dotted key's value as written there (before any conversion), for the message.
+    """
+    problems = [
+        f"{where(key)}: {key}={given(key)!r}: {problem}"
+        for key, bound in schema_bounds()
+        if (problem := bound.problem(_lookup(raw, key)))
+    ]
+    if problems:
+        raise ConfigError("; ".join(problems))
+
+
+def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def check_run_dir(output_dir: str, name: str, variant: str, where: Callable[[str], str]) -> None:
+    """The run's folder can be made: names fit a folder name, and no file stands on its path."""
+    for key, value in (("name", name), ("variant", variant)):
+        if len(value) > MAX_NAME:
+            raise ConfigError(
+                f"{where(key if key == 'name' else 'ablation')}: {key} {value[:40]}... is {len(value)} characters long; "
+                f"a run's folder name holds at most {MAX_NAME}: choose a shorter one"
+            )
+    run_dir = user_path(output_dir, "output_dir", where) / name / variant
+    try:
+        folder = _nearest_existing(run_dir)
+    except OSError as exc:  # a part longer than the file system allows, ...
+        raise ConfigError(f"{where('output_dir')}: output_dir={output_dir}: cannot use it: {exc.strerror}") from None
+    if folder is not None and not folder.is_dir():
+        raise ConfigError(
+            f"{where('output_dir')}: output_dir={output_dir}: {folder} is a file, not a folder; "
+            "choose another output_dir (or name)"
+        )
+
+
+def user_path(text: str, key: str, where: Callable[[str], str]) -> Path:
+    """``text`` as a path with ``~`` expanded; a NUL character or an unknown ``~user`` is a ConfigError."""
+    if "\0" in text:
+        raise ConfigError(f"{where(key)}: {key} {text!r} holds a NUL character")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # ~user of no user here
+        raise ConfigError(f"{where(key)}: {key}={text}: no home directory for {text.split('/')[0]} on this machine") from None
+
+
+def _nearest_existing(path: Path) -> Path | None:
+    """``path`` or the closest folder above it that exists (a dangling link counts)."""
+    return next((folder for folder in (path, *path.parents) if folder.exists() or folder.is_symlink()), None)
+
+
+def check_timm_names(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """``optim.name`` is an optimizer timm builds, ``sched.name`` a schedule it knows (an unknown
+    schedule would leave the lr constant rather than fail)."""
+    import timm.optim
+
+    name = str(raw["optim"]["name"])
+    known = [str(name) for name in timm.optim.list_optimizers()]  # type: ignore[attr-defined]
+    if name.lower().split("_")[-1] not in known:  # timm reads 'lookahead_adamw' as adamw with Lookahead
+        raise ConfigError(f"{where('optim.name')}: optim.name: timm has no optimizer {name!r}{_did_you_mean(name, known)}")
+    if raw["sched"]["name"] not in SCHEDULERS:
+        raise ConfigError(
+            f"{where('sched.name')}: sched.name {raw['sched']['name']!r} is not one of timm's schedules: {', '.join(SCHEDULERS)}"
+        )
+
+
+def _did_you_mean(name: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(name.lower(), known, n=3)
+    return f"; did you mean {', '.join(close)}?" if close else " (timm.optim.list_optimizers() lists them)"
