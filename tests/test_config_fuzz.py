@@ -21,14 +21,16 @@ from unittest import mock
 
 import pytest
 import yaml
-from conftest import TINY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scripts import load_script
 
 from research.cli import EXIT_BAD_INPUT, main
 from research.config.components import SECTIONS
 from research.config.schema import ExperimentCfg
 from research.registry import constraints
+
+TINY = load_script("tests/conftest.py").TINY  # the smallest experiment (a file, not a module: see scripts.py)
 
 #: Cases per test; their sum is the fuzz test's size in CI (at least 1,000, issue 17).
 CASES = {"schema_cli": 330, "schema_yaml": 230, "builder_cli": 250, "builder_yaml": 200, "train": 40}

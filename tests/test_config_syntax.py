@@ -7,11 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TINY, write_yaml
+from scripts import load_script
 
 from research.cli import EXIT_BAD_INPUT, main
 from research.config import ConfigError, load_run
 from research.registry import MODELS
+
+conftest = load_script("tests/conftest.py")  # TINY and write_yaml (a `conftest` import finds the nearest one)
+TINY, write_yaml = conftest.TINY, conftest.write_yaml
 
 JPEG = {"name": "cifar10_jpeg", "archive": "data/mine.tar.xz", "in_memory": True}
 

@@ -168,3 +168,11 @@ def test_paths_that_cannot_be_used_are_one_line(capsys, tmp_path: Path, experime
 def test_interpolations_are_checked_once_resolved(capsys, experiment, override: str, shown: str) -> None:
     """OmegaConf's interpolation errors came out as tracebacks; a bounded value shows what was written."""
     assert shown in one_line_error(capsys, ["expand", experiment("tiny"), override])
+
+
+def test_the_missing_marker_is_refused_not_ignored(tmp_path: Path, experiment) -> None:
+    """OmegaConf's merge kept the value under '???': seed=??? trained with seed 0 without a word."""
+    with pytest.raises(ConfigError, match=r"command line: seed: '\?\?\?' \(OmegaConf's mark for a missing value\)"):
+        load_run(experiment("tiny"), ["seed=???"])
+    with pytest.raises(ConfigError, match=r"tiny\.yaml: optim\.lr: '\?\?\?'"):
+        load_run(experiment("tiny", optim={"lr": "???"}))

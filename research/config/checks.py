@@ -99,12 +99,12 @@ def _nearest_existing(path: Path) -> Path | None:
 
 
 def check_timm_names(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:
-    """``optim.name`` is an optimizer timm builds, ``sched.name`` a schedule it knows (an unknown
-    schedule would leave the lr constant rather than fail)."""
+    """``optim.name`` is an optimizer timm builds, ``sched.name`` a schedule it knows (timm's
+    ``create_scheduler_v2`` returns no schedule at all for a name it does not know)."""
     import timm.optim
 
     name = str(raw["optim"]["name"])
-    known = [str(name) for name in timm.optim.list_optimizers()]  # type: ignore[attr-defined]
+    known = [str(opt) for opt in timm.optim.list_optimizers()]  # type: ignore[attr-defined]
     if name.lower().split("_")[-1] not in known:  # timm reads 'lookahead_adamw' as adamw with Lookahead
         raise ConfigError(f"{where('optim.name')}: optim.name: timm has no optimizer {name!r}{_did_you_mean(name, known)}")
     if raw["sched"]["name"] not in SCHEDULERS:

@@ -150,6 +150,7 @@ def load_layers(path: Path, base_override: str | None = None, _stack: tuple[Path
         merged = merge(merged, layer.config, layer.origin)
     if any(key.rpartition(".")[2] == BASE_KEY for key in flatten(raw)):
         raise ConfigError(f"{path}: {BASE_KEY} is only allowed at the top of a file")
+    refuse_missing_marker(raw, _display(path))
     try:
         own = OmegaConf.create(raw)
     except Exception as exc:  # keys OmegaConf cannot hold (non-string keys, ...)
@@ -230,7 +231,18 @@ def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], str | Non
     return cast(dict[str, Any], tree), base
 
 
+def refuse_missing_marker(tree: Mapping[str, Any], source: str) -> None:
+    """OmegaConf reads ``???`` as "no value", and a merge then keeps the value under it: refuse it."""
+    for key, value in flatten(tree).items():
+        if value == "???":
+            raise ConfigError(
+                f"{source}: {key}: '???' (OmegaConf's mark for a missing value) would leave the value before it in "
+                f"place; give a value, or ~{key} on the command line to go back to the default"
+            )
+
+
 def apply_overrides(layered: Layered, tree: Mapping[str, Any], source: str = COMMAND_LINE) -> Layered:
+    refuse_missing_marker(tree, source)
     return merge(layered, OmegaConf.create(dict(tree)), dict.fromkeys(flatten(tree), source))
 
 
@@ -289,6 +301,7 @@ def apply_command_line(layered: Layered, command_line: CommandLine) -> Layered:
         del node[leaf]
         origin = _drop(origin, key)
     for key, section in command_line.replace.items():
+        refuse_missing_marker({key: section}, COMMAND_LINE)
         try:
             OmegaConf.update(config, key, section, merge=False)
         except Exception as exc:  # keys OmegaConf cannot hold (non-string keys, a path through a number, ...)
