@@ -10,10 +10,15 @@ from research.config import Run
 from research.launch.run_check import config_record
 
 
-def mark_finished(run: Run) -> None:
-    """``run``'s dir as a finished run leaves it: its config (a run dir is its config), a done summary, a checkpoint."""
+def write_config(run: Run) -> None:
+    """``run``'s ``config.yaml``, as its first start writes it (a run dir is its config)."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
     (run.run_dir / "config.yaml").write_text(yaml.safe_dump(config_record(run)))
+
+
+def mark_finished(run: Run) -> None:
+    """``run``'s dir as a finished run leaves it: its config, a done summary, a checkpoint."""
+    write_config(run)
     epochs = run.cfg.train.epochs
     (run.run_dir / "summary.json").write_text(json.dumps({"status": "done", "epochs_done": epochs, "epochs": epochs}))
     (run.run_dir / "last.pt").write_bytes(b"")

@@ -6,12 +6,10 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from speed.flops import flops_by_device, forward_flops, model_flops, spec_peak_tflops
@@ -20,17 +18,11 @@ from speed.reference import ReferenceSettings, reference_loss_for, reference_ste
 from speed.settings import Settings, parse_args
 from speed.steps import bench_experiment
 
-from research.engine.fit import train_step
+from research.engine.fit import seed_step, train_step
 from research.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "throughput.py"
-
-
-def _seed(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)  # timm's Mixup draws from numpy
-    torch.manual_seed(seed)  # drop path
 
 
 def test_reference_step_matches_the_engine_step(tmp_path: Path) -> None:
@@ -46,9 +38,9 @@ def test_reference_step_matches_the_engine_step(tmp_path: Path) -> None:
     images = torch.randn(settings.batch, 3, 32, 32)
     targets = torch.randint(0, NUM_CLASSES, (settings.batch,))
 
-    _seed(1)
-    engine_loss = train_step(loop, images.clone(), targets).item()
-    _seed(1)
+    step = loop.state.step
+    engine_loss = train_step(loop, images.clone(), targets).item()  # draws seeded from (seed, rank, step)
+    seed_step(loop.seed, loop.rank, step)  # the same draws for the reference
     equal = ReferenceSettings.equal_to("fp32", torch.device("cpu"))
     reference_loss = reference_step(model, criterion, optimizer, loop.data.mix, images.clone(), targets, equal)
 

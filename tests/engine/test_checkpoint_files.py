@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from run_dirs import write_config
 
 from research.cli import main
 from research.config import load_run
@@ -78,8 +79,9 @@ def test_the_damaged_file_never_becomes_the_previous_checkpoint(tmp_path: Path, 
 
 def test_no_intact_checkpoint_is_one_line_naming_the_file(experiment, capsys) -> None:
     path = experiment()
-    last = load_run(path).run_dir / checkpoint.LAST
-    last.parent.mkdir(parents=True)
+    run = load_run(path)
+    write_config(run)
+    last = run.run_dir / checkpoint.LAST
     last.write_bytes(b"PK\x03\x04 half a zip")
     line = error_line(capsys, main(["train", str(path)]), "train")
     assert f"checkpoint {last}: not a readable PyTorch checkpoint" in line and "--force" in line

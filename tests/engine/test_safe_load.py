@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_dirs import write_config
 
 from research.cli import EXIT_BAD_INPUT, main
 from research.config import load_run
@@ -75,7 +76,9 @@ def test_finetune_refuses_a_malicious_checkpoint(experiment, capsys, tmp_path: P
 
 def test_resume_refuses_a_planted_last_pt(experiment, capsys, marker: Path) -> None:
     path = experiment()
-    last = malicious(load_run(path).run_dir / "last.pt", marker)
+    run = load_run(path)
+    write_config(run)  # a run dir of this config, its last.pt replaced
+    last = malicious(run.run_dir / "last.pt", marker)
     status = main(["train", str(path)])
     assert not marker.exists()
     assert f"checkpoint {last}: refuses to unpickle posix.system" in error_line(capsys, status, "train")
