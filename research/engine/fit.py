@@ -117,6 +117,7 @@ class Loop:
         non-finite and that the weights are finite."""
         if self.meter is not None:
             self.meter.raise_if_nonfinite(self.state.step)
+            self.state.epoch_sums = self.meter.partial_epoch()
         self.state.raise_if_nonfinite_weights()
         self.run_dir.save(self.state, best=best)
 
@@ -193,6 +194,9 @@ def train_one_epoch(loop: Loop) -> dict[str, float]:
         leave=False,
     )
     meter = loop.meter = StepMeter(loop.device, data.batch_size * data.world_size)
+    if state.epoch_step and state.epoch_sums and loop.is_main:  # resumed mid-epoch: the steps before count too
+        meter.resume_epoch(state.epoch_sums)
+    state.epoch_sums = None
     if loop.stop_requested():  # asked before this epoch's first step: the last checkpoint stands
         raise loop.stopped(saved=False)
     for images, targets in _batches(loop, progress):
@@ -300,6 +304,7 @@ class StepMeter:
         self.window_sums: torch.Tensor | None = None  # (2 + parts,): non-finite count, loss, parts
         self.epoch_sums: torch.Tensor | None = None
         self.window_steps = self.epoch_steps = 0
+        self.resumed_steps = 0  # steps of this epoch counted in a checkpoint's sums (resume_epoch)
         self.window_started = self.epoch_started = time.perf_counter()
 
     def add(self, loss: torch.Tensor, logs: Mapping[str, torch.Tensor]) -> None:
@@ -311,6 +316,23 @@ class StepMeter:
         self.epoch_sums = values.clone() if self.epoch_sums is None else self.epoch_sums.add_(values)
         self.window_steps += 1
         self.epoch_steps += 1
+
+    def partial_epoch(self) -> dict[str, Any] | None:
+        """This rank's epoch sums so far, as plain data for a mid-epoch checkpoint (one sync; saves only)."""
+        if self.epoch_sums is None:
+            return None
+        return {"keys": list(self.keys), "sums": self.epoch_sums.tolist(), "steps": self.epoch_steps + self.resumed_steps}
+
+    def resume_epoch(self, saved: Mapping[str, Any]) -> None:
+        """Start from a checkpoint's :meth:`partial_epoch`: the epoch's loss counts the steps before the resume.
+
+        On one process the resumed epoch's ``train/epoch_loss`` is then the uninterrupted run's. Under
+        DDP only rank 0's sums are saved (a preemption saves on rank 0 alone), so the epoch's mean also
+        counts rank 0's steps from before the resume, and the other ranks' steps after it only.
+        """
+        self.keys = list(saved["keys"])
+        self.epoch_sums = torch.tensor(saved["sums"], device=self.device)
+        self.resumed_steps = int(saved["steps"])
 
     def window(self, step: int) -> dict[str, float]:
         """``train/loss`` (and its parts) and ``train/images_per_s`` since the last call; raises on a
@@ -327,7 +349,7 @@ class StepMeter:
     def epoch(self, step: int) -> dict[str, float]:
         """The epoch's mean loss and parts over every rank, and its throughput; raises on a non-finite step."""
         sums = self.epoch_sums if self.epoch_sums is not None else torch.zeros(1, device=self.device)
-        totals = torch.cat([sums, torch.tensor([float(self.epoch_steps)], device=self.device)])
+        totals = torch.cat([sums, torch.tensor([float(self.epoch_steps + self.resumed_steps)], device=self.device)])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(totals)  # the epoch's loss over every rank, not rank 0's share
         *values, steps = totals.tolist()

@@ -38,6 +38,9 @@ class TrainState:
     best_top1: float = float("-inf")
     wall_time_s: float = 0.0  # training time over every life of the run
     updating: bool = False  # inside optimizer.step + EMA update: weights are half-written
+    # The unfinished epoch's loss sums so far ({"keys", "sums", "steps"}, this rank's): a mid-epoch
+    # checkpoint keeps them, so the resumed epoch's train/epoch_loss counts every step of the epoch.
+    epoch_sums: dict[str, Any] | None = None
 
     def state_dict(self, config: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -51,6 +54,7 @@ class TrainState:
             "epoch_step": self.epoch_step,
             "best_top1": self.best_top1,
             "wall_time_s": self.wall_time_s,
+            "epoch_sums": self.epoch_sums if self.epoch_step else None,
             "rng": checkpoint.rng_states(),
             "config": config,
         }
@@ -79,6 +83,7 @@ class TrainState:
             self.ema.load_state_dict(saved["ema"])
         self.epoch, self.step, self.epoch_step = saved["epoch"], saved["step"], saved["epoch_step"]
         self.best_top1, self.wall_time_s = saved["best_top1"], saved["wall_time_s"]
+        self.epoch_sums = saved.get("epoch_sums")  # absent in checkpoints before issue 17
         # timm's scheduler sets the lr of the step (or, stepped per epoch, of the epoch) it is at;
         # each call is a no-op for the other kind of schedule
         self.scheduler.step_update(num_updates=self.step)

@@ -100,20 +100,26 @@ def last_line(text: str) -> str:
 class Outcome:
     lost: int  # epochs with no metrics line
     duplicated: int  # epochs with more than one
-    identical: bool  # final weights and every epoch's validation equal the uninterrupted run's
+    identical: bool  # final weights and every epoch's record (RECORDED) equal the uninterrupted run's
 
     @property
     def records_off(self) -> int:
         return self.lost + self.duplicated
 
 
-def compare(run_dir: Path, reference: Path, epochs: int = EPOCHS) -> Outcome:
+#: What an epoch's record must repeat exactly. Under DDP a mid-epoch checkpoint holds rank 0's loss sums
+#: only (research/engine/fit.py StepMeter.resume_epoch), so the resumed epoch's train/epoch_loss differs there.
+RECORDED = ("val/loss", "val/top1", "train/epoch_loss")
+VALIDATION = ("val/loss", "val/top1")
+
+
+def compare(run_dir: Path, reference: Path, epochs: int = EPOCHS, keys: tuple[str, ...] = RECORDED) -> Outcome:
     lines = [m for m in read_metrics(run_dir) if m["epoch"] >= 1]
     seen = [m["epoch"] for m in lines]
     lost = sum(1 for epoch in range(1, epochs + 1) if epoch not in seen)
     duplicated = len(seen) - len(set(seen))
-    ours = {m["epoch"]: (m.get("val/loss"), m.get("val/top1")) for m in lines}
-    theirs = {m["epoch"]: (m.get("val/loss"), m.get("val/top1")) for m in read_metrics(reference) if m["epoch"] >= 1}
+    ours = {m["epoch"]: [m.get(key) for key in keys] for m in lines}
+    theirs = {m["epoch"]: [m.get(key) for key in keys] for m in read_metrics(reference) if m["epoch"] >= 1}
     a, b = checkpoint.load(run_dir / "last.pt")["model"], checkpoint.load(reference / "last.pt")["model"]
     same_weights = a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
     return Outcome(lost, duplicated, same_weights and ours == theirs)

@@ -74,18 +74,20 @@ def test_a_stop_signal_saves_the_last_step_in_one_line_and_resumes_bit_identical
     assert [life["life"] for life in read_lives(run_dir)] == [1, 2]
 
 
-def test_two_writers_on_one_run_dir_train_it_once(tmp_path: Path, reference: Path, ledger) -> None:
-    path = write_run(tmp_path)
+def test_two_writers_on_one_run_dir_train_it_once(tmp_path: Path, ledger) -> None:
+    epochs = 12  # long enough that the second writer, started once the first trains, finds it training
+    path = write_run(tmp_path, train={"epochs": epochs})
     run_dir = run_dir_of(path)
-    processes = [start(path, tag="first"), start(path, tag="second")]  # the same instant
-    results = [process.finish() for process in processes]
-    assert sorted(status for status, _, _ in results) == [0, 2], [err for _, _, err in results]
-    winner, loser = (0, 1) if results[0][0] == 0 else (1, 0)
-    assert f"another process trains this run (pid {processes[winner].popen.pid} on " in last_line(results[loser][2])
-    assert "Traceback" not in results[loser][2]
-    outcome = compare(run_dir, reference)
+    first = start(path, tag="first")
+    wait_for_step(run_dir, 1, first)
+    status, _, err = start(path, tag="second").finish()
+    assert status == 2, err
+    assert f"another process trains this run (pid {first.popen.pid} on " in last_line(err)
+    assert "Traceback" not in err
+    assert first.finish()[0] == 0
+    outcome = compare(run_dir, run_dir, epochs=epochs)  # against itself: only lost or doubled records count
     ledger.record("concurrent writers", survived=True, lost_or_duplicated=outcome.records_off, identical=None)
-    assert outcome.records_off == 0 and outcome.identical
+    assert outcome.records_off == 0
     assert len(read_lives(run_dir)) == 1
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from faults.harness import compare, logged_step
+from faults.harness import VALIDATION, compare, logged_step
 from test_launcher import JOB_TIMEOUT_S, TINY, job_of, launch, squeue, wait_until
 
 from research.engine import checkpoint
@@ -92,7 +92,7 @@ def test_a_run_requeued_mid_epoch_resumes_bit_identical(slurm_cluster, write, re
     # The first life's result file (its RunStopped, for a requeue) would end submitit's wait early: watch the run dir.
     wait_until(lambda: done(path) and len(read_lives(run_dir(path))) == 2, timeout_s=2 * JOB_TIMEOUT_S, what="second life done", cluster=slurm_cluster, job=job)
     first_life = job.stderr().partition("Requeued job")[0] if "Requeued job" in job.stderr() else job.stderr()
-    outcome = compare(run_dir(path), reference(), epochs=EPOCHS)
+    outcome = compare(run_dir(path), reference(), epochs=EPOCHS, keys=VALIDATION)
     ledger.record(fault, survived=True, lost_or_duplicated=outcome.records_off, identical=outcome.identical)
     assert outcome.records_off == 0 and outcome.identical, first_life
 
@@ -116,7 +116,7 @@ def test_scancel_stops_the_job_within_a_step_and_the_run_dir_says_cancelled(slur
     # The cancelled run is resubmitted by a relaunch and resumes where it stopped.
     job = submit(capsys, path)
     wait_until(lambda: done(path), timeout_s=JOB_TIMEOUT_S, what="resubmitted run done", cluster=slurm_cluster, job=job)
-    outcome = compare(run_dir(path), reference(), epochs=EPOCHS)
+    outcome = compare(run_dir(path), reference(), epochs=EPOCHS, keys=VALIDATION)
     ledger.record("scancel", survived=summary["status"] == "cancelled", lost_or_duplicated=outcome.records_off, identical=outcome.identical)
     assert outcome.records_off == 0 and outcome.identical
 
