@@ -184,14 +184,14 @@ def _expand(args: argparse.Namespace) -> int:
     from research.config import load_runs
     from research.config.expand import format_value
     from research.console import text_table
-    from research.engine.run_dir import run_status
+    from research.launch.run_check import shown_status
 
     runs = load_runs(args.config, args.overrides, check_files=False)
     rows = []
     for run in runs:
         changes = " ".join(f"{k}={format_value(v)}" for k, v in run.changes.items())
         marker = " (baseline)" if run.is_baseline and len(runs) > 1 else ""
-        rows.append([run.name + marker, run_status(run.run_dir), str(run.run_dir), changes or "-"])
+        rows.append([run.name + marker, shown_status(run.run_dir), str(run.run_dir), changes or "-"])
     print(text_table(["run", "status", "run dir", "changes vs baseline"], rows))
     print(f"{len(runs)} run{'s' if len(runs) != 1 else ''}")
     print_cost(runs, args)

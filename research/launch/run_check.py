@@ -29,7 +29,7 @@ from research.config.components import SECTIONS
 from research.config.expand import format_value
 from research.config.keys import EXTENSIBLE, execution_changes, training_changes
 from research.config.sources import flatten
-from research.engine.run_dir import CONFIG, DONE, LIVES, METRICS, SUMMARY, run_status
+from research.engine.run_dir import CONFIG, DONE, LIVES, METRICS, RUNNING, SUMMARY, read_summary, run_status
 from research.launch.lock import LOCK_FILE, RunDirBusy, describe, holder
 
 NEW, RESUME, DONE_ACTION, REPLACE = "new", "resume", "done", "replace"
@@ -49,6 +49,19 @@ class Verdict:
     action: str
     changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)  # execution keys that differ
     epochs_extended: tuple[int, int] | None = None
+
+
+def shown_status(run_dir: Path) -> str:
+    """A run's status for people (``research expand``): :func:`run_status`, with an unfinished run
+    told apart as ``training`` (a process holds its lock now) or by how its last life ended
+    (``stopped`` by SIGTERM/Ctrl-C, ``cancelled`` by scancel, ``interrupted``)."""
+    if holder(run_dir) is not None:
+        return "training"
+    status = run_status(run_dir)
+    summary = read_summary(run_dir)
+    if status == RUNNING and summary is not None and summary.get("status") in ("stopped", "cancelled", "interrupted"):
+        return str(summary["status"])
+    return status
 
 
 def config_record(run: Run) -> dict[str, Any]:

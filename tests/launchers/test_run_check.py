@@ -4,6 +4,7 @@ linked teacher runs; a teacher whose weights are gone is trained again."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from scripts import load_script
 from research.cli import main
 from research.config import load_runs
 from research.engine.run_dir import read_lives, read_metrics, read_summary, run_status
-from research.launch.run_check import DONE_ACTION, NEW, RESUME, plan
+from research.launch.lock import run_dir_lock
+from research.launch.run_check import DONE_ACTION, NEW, RESUME, plan, shown_status
 
 slurm_launcher = load_script("launchers/slurm.py")
 
@@ -158,3 +160,17 @@ def test_plan_checks_prerequisites_and_orders_them_first(teacher_and_student) ->
     assert [(v.run.name, v.action) for v in plan([student])] == [("teacher", DONE_ACTION), ("student", NEW)]
     (student.teacher_run.run_dir / "summary.json").unlink()  # type: ignore[union-attr]
     assert [(v.run.name, v.action) for v in plan([student])][0] == ("teacher", RESUME)
+
+
+def test_expand_tells_a_stopped_a_cancelled_and_a_training_run_apart(experiment, capsys) -> None:
+    path = experiment()
+    assert train(path) == 0
+    run_dir = load_runs(path)[0].run_dir
+    summary = read_summary(run_dir)
+    for status in ("stopped", "cancelled"):  # how the last life ended, written by research.launch.train
+        (run_dir / "summary.json").write_text(json.dumps({**summary, "status": status, "epochs_done": 0}))
+        capsys.readouterr()
+        assert main(["expand", str(path)]) == 0
+        assert f"tiny  {status}  " in capsys.readouterr().out
+    with run_dir_lock(run_dir):
+        assert shown_status(run_dir) == "training"
