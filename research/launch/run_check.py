@@ -75,11 +75,16 @@ def holds_run(run_dir: Path) -> bool:
     return any((Path(run_dir) / name).exists() for name in _RUN_FILES)
 
 
-def check(run: Run, *, force: bool = False) -> Verdict:
-    """The verdict on ``run`` against its run dir; raises :class:`RunDirMismatch` if they disagree."""
+def check(run: Run, *, force: bool = False, launching: bool = True) -> Verdict:
+    """The verdict on ``run`` against its run dir; raises :class:`RunDirMismatch` if they disagree.
+
+    ``launching``: a launcher asks (``train.resume: false`` then replaces the run, as ``--force`` does).
+    The training process itself passes False: a job whose launcher already decided, or a requeued
+    life, continues in its run dir (``train.resume: false`` then only means its checkpoint is not read).
+    """
     if not holds_run(run.run_dir):
         return Verdict(run, NEW)
-    if force or not run.cfg.train.resume:
+    if force or (launching and not run.cfg.train.resume):
         return Verdict(run, REPLACE)
     saved = saved_config(run.run_dir)
     if saved is None:

@@ -38,7 +38,7 @@ from research.launch import provenance
 from research.launch.data import RunData, build_data
 from research.launch.dist import DistEnv, init_distributed
 from research.launch.lock import run_dir_lock
-from research.launch.run_check import Verdict, check, config_record, prepare
+from research.launch.run_check import Verdict, check, config_record
 from research.launch.stop import stop_on_signals
 from research.launch.tracking import build_tracker
 from research.losses import build_base_criterion
@@ -115,15 +115,13 @@ def _train(run: Run, env: DistEnv, verdict: Verdict | None, stop: Any, on_loop: 
 
 @contextlib.contextmanager
 def _one_writer(run: Run, env: DistEnv) -> Iterator[Verdict | None]:
-    """On rank 0: check the run dir against the config (moving it aside for ``train.resume: false``),
-    then hold its lock for the block. A refusal reaches every rank, so none waits for the others."""
+    """On rank 0: check the run dir against the config, then hold its lock for the block. A refusal reaches every rank, so none waits for the others."""
     stack = contextlib.ExitStack()
     error: Exception | None = None
     verdict = None
     if env.is_main:
         try:
-            verdict = check(run)
-            prepare([verdict])
+            verdict = check(run, launching=False)  # what to replace, its launcher replaced
             stack.enter_context(run_dir_lock(run.run_dir, job_id=_slurm_job_id()))
         except ConfigError as exc:
             error = exc

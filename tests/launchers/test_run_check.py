@@ -93,6 +93,19 @@ def test_resume_false_starts_over_without_a_second_copy_of_any_epoch(experiment)
     assert any(p.name.startswith(f"{run_dir.name}.replaced-") for p in run_dir.parent.iterdir())
 
 
+def test_resume_false_inside_a_job_starts_over_in_place(experiment) -> None:
+    """A SLURM job (or its requeued life) does not move its own run dir, submission record included, aside."""
+    from research.launch.train import train as train_in_this_process
+
+    path = experiment()
+    assert train(path) == 0
+    (run,) = load_runs(path, ["train.resume=false"])
+    (run.run_dir / "slurm_job.json").write_text('{"job_id": "12"}')
+    assert train_in_this_process(run)["status"] == "done"
+    assert (run.run_dir / "slurm_job.json").exists() and not list(run.run_dir.parent.glob("*.replaced-*"))
+    assert [m["epoch"] for m in read_metrics(run.run_dir)] == [1]
+
+
 def test_a_run_dir_without_its_config_is_not_resumed_blindly(experiment, capsys) -> None:
     path = experiment()
     assert train(path) == 0
