@@ -56,9 +56,13 @@ def check_file(path: str | os.PathLike[str], *, what: str = "checkpoint", hint: 
     """``path`` as a ``Path``, if it is an existing, readable file (its content is not read).
 
     Raises:
-        CheckpointError: Missing (the message ends with ``hint``), a directory, or not readable.
+        CheckpointError: Missing (the message ends with ``hint``), under an unknown ``~user``, a
+            directory, or not readable.
     """
-    file = Path(path).expanduser()
+    try:
+        file = Path(path).expanduser()
+    except RuntimeError:  # ~user of no user on this machine
+        raise CheckpointError(f"{what} {path}: no home directory for {str(path).split('/')[0]} on this machine") from None
     if not file.exists():
         raise CheckpointError(f"{what} {path}: no such file; {hint}")
     if not file.is_file():

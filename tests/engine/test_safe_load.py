@@ -114,3 +114,10 @@ def test_torch_load_is_called_in_one_place_only() -> None:
         if isinstance(node, ast.Attribute) and node.attr == "load" and getattr(node.value, "id", None) == "torch"
     ]
     assert [caller.split(":")[0] for caller in callers] == ["research/safe_load.py"], callers
+
+
+def test_a_teacher_checkpoint_under_an_unknown_user_is_one_line(experiment, capsys) -> None:
+    teacher = {"name": "resnet10_cifar", "checkpoint": "~no-such-user-here/teacher.pt"}
+    path = experiment(model={"name": "deit_nano_distilled_patch4_32"}, loss={"name": "hard"}, teacher=teacher)
+    line = error_line(capsys, main(["train", str(path)]), "train")
+    assert "~no-such-user-here/teacher.pt: no home directory for ~no-such-user-here" in line
