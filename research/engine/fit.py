@@ -50,7 +50,9 @@ class RunStopped(Exception):
 class StopSignal(Protocol):
     """A stop request: true once a signal asked the run to stop; ``name`` and ``signum`` say which."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
+
     signum: int | None
 
     def __call__(self) -> bool: ...
@@ -116,8 +118,7 @@ class Loop:
         """Write the checkpoint, after checking (one sync each) that no step since the last check was
         non-finite and that the weights are finite."""
         if self.meter is not None:
-            self.meter.raise_if_nonfinite(self.state.step)
-            self.state.epoch_sums = self.meter.partial_epoch()
+            self.state.epoch_sums = self.meter.partial_epoch(self.state.step)
         self.state.raise_if_nonfinite_weights()
         self.run_dir.save(self.state, best=best)
 
@@ -317,11 +318,14 @@ class StepMeter:
         self.window_steps += 1
         self.epoch_steps += 1
 
-    def partial_epoch(self) -> dict[str, Any] | None:
-        """This rank's epoch sums so far, as plain data for a mid-epoch checkpoint (one sync; saves only)."""
+    def partial_epoch(self, step: int) -> dict[str, Any] | None:
+        """This rank's epoch sums so far, as plain data for a checkpoint (one sync: saves only); raises
+        if a step of this epoch had a non-finite loss."""
         if self.epoch_sums is None:
             return None
-        return {"keys": list(self.keys), "sums": self.epoch_sums.tolist(), "steps": self.epoch_steps + self.resumed_steps}
+        sums = self.epoch_sums.tolist()
+        self._check(sums[0], step)
+        return {"keys": list(self.keys), "sums": sums, "steps": self.epoch_steps + self.resumed_steps}
 
     def resume_epoch(self, saved: Mapping[str, Any]) -> None:
         """Start from a checkpoint's :meth:`partial_epoch`: the epoch's loss counts the steps before the resume.
@@ -357,11 +361,6 @@ class StepMeter:
         record = {f"train/epoch_{key}": total / max(steps, 1) for key, total in zip(self.keys, values[1:])}
         rate = self.epoch_steps * self.images_per_step / max(time.perf_counter() - self.epoch_started, 1e-9)
         return {**record, "train/epoch_images_per_s": rate}
-
-    def raise_if_nonfinite(self, step: int) -> None:
-        """One sync: raise if a step of this epoch had a non-finite loss."""
-        if self.epoch_sums is not None:
-            self._check(float(self.epoch_sums[0]), step)
 
     def _check(self, nonfinite: float, step: int) -> None:
         if nonfinite:

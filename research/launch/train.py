@@ -39,7 +39,7 @@ from research.launch.data import RunData, build_data
 from research.launch.dist import DistEnv, init_distributed
 from research.launch.lock import run_dir_lock
 from research.launch.run_check import Verdict, check, config_record
-from research.launch.stop import stop_on_signals
+from research.launch.stop import StopRequest, stop_on_signals
 from research.launch.tracking import build_tracker
 from research.losses import build_base_criterion
 from research.models.finetune import load_for_finetune
@@ -60,7 +60,9 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
         return _train(run, env, verdict, stop, on_loop)
 
 
-def _train(run: Run, env: DistEnv, verdict: Verdict | None, stop: Any, on_loop: Callable[[Loop], None] | None) -> dict[str, Any]:
+def _train(
+    run: Run, env: DistEnv, verdict: Verdict | None, stop: StopRequest, on_loop: Callable[[Loop], None] | None
+) -> dict[str, Any]:
     cfg = run.cfg
     if cfg.train.threads:  # on a small CPU, loader workers and compute threads compete for the same cores
         torch.set_num_threads(cfg.train.threads)
