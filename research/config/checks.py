@@ -3,8 +3,10 @@
 Every number of the schema carries its bounds in its annotation (:class:`research.registry.Range`);
 :func:`check_values` walks the schema's dataclasses and reports every value out of bounds in one
 :class:`ConfigError`, showing the value as the file or the command line gave it. The run's folder is
-checked here too: its name must fit a file name, and nothing on its path may be a file; and so are
-the names timm looks up only when training starts (``optim.name``, ``sched.name``).
+checked here too: each name on its path (the experiment's, the variant's) must be one folder name, so
+that the run dir lies inside the experiment's dir, and nothing on its path may be a file. So are the
+``slurm:`` values that reach the job's batch script, and the names timm looks up only when training
+starts (``optim.name``, ``sched.name``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import re
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +27,33 @@ from research.registry import Range, constraints
 #: The longest experiment or variant name: a folder name (255 bytes on most file systems) with room
 #: for the suffix ``--force`` adds when it keeps the old run aside (``.replaced-YYYYmmdd-HHMMSS``).
 MAX_NAME = 200
+
+# The experiment's name is also its SLURM job name and its W&B group.
+_SBATCH_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9_.=,+-]+")
+# C0 and C1 control characters, DEL, and the line and paragraph separators: in a folder name they
+# hide in listings; in the batch script a line break ends the #SBATCH line and starts a shell command.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def control_character(text: str) -> str | None:
+    """The first control character of ``text``, escaped (``'\\n'``), or None when it holds none."""
+    found = _CONTROL.search(text)
+    return repr(found.group())[1:-1] if found else None
+
+
+def folder_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be one folder of a run dir's path, or None: it must be a single, non-empty
+    path component (no '/', not '.' or '..') without control characters, and fit a folder name."""
+    if name in ("", ".", ".."):
+        return "is not a folder name"
+    if "/" in name:
+        return "cannot contain '/'"
+    if (char := control_character(name)) is not None:
+        return f"holds the control character {char}"
+    if len(name) > MAX_NAME:
+        return f"is {len(name)} characters long; a run's folder name holds at most {MAX_NAME}"
+    return None
 
 
 @functools.cache
@@ -64,12 +94,18 @@ def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
 
 
 def check_run_dir(output_dir: str, name: str, variant: str, where: Callable[[str], str]) -> None:
-    """The run's folder can be made: names fit a folder name, and no file stands on its path."""
+    """The run's folder can be made, inside its experiment's dir: the experiment's and the variant's
+    names are each one folder name (see :func:`folder_name_problem`), and no file stands on its path."""
     for key, value in (("name", name), ("variant", variant)):
-        if len(value) > MAX_NAME:
+        problem = folder_name_problem(value) if value or key == "name" else None
+        if key == "name" and not problem and not _EXPERIMENT_NAME.fullmatch(value):
+            problem = "holds other characters"
+        if problem:
+            shown = f"{value[:40]!r}..." if len(value) > MAX_NAME else repr(value)
+            allowed = "letters, digits and _ . = , + -" if key == "name" else "any characters but '/' and control characters"
             raise ConfigError(
-                f"{where(key if key == 'name' else 'ablation')}: {key} {value[:40]}... is {len(value)} characters long; "
-                f"a run's folder name holds at most {MAX_NAME}: choose a shorter one"
+                f"{where(key if key == 'name' else 'ablation')}: {key} {shown} {problem}: a {key} is one folder of "
+                f"the run dir's path: {allowed}, not '.' or '..'"
             )
     run_dir = user_path(output_dir, "output_dir", where) / name / variant
     try:
@@ -84,9 +120,10 @@ def check_run_dir(output_dir: str, name: str, variant: str, where: Callable[[str
 
 
 def user_path(text: str, key: str, where: Callable[[str], str]) -> Path:
-    """``text`` as a path with ``~`` expanded; a NUL character or an unknown ``~user`` is a ConfigError."""
-    if "\0" in text:
-        raise ConfigError(f"{where(key)}: {key} {text!r} holds a NUL character")
+    """``text`` as a path with ``~`` expanded; a control character (NUL, a line break, ...) or an
+    unknown ``~user`` is a ConfigError."""
+    if (char := control_character(text)) is not None:
+        raise ConfigError(f"{where(key)}: {key} {text!r} holds the control character {char}: remove it")
     try:
         return Path(text).expanduser()
     except RuntimeError:  # ~user of no user here
@@ -116,3 +153,55 @@ def check_timm_names(raw: Mapping[str, Any], where: Callable[[str], str]) -> Non
 def _did_you_mean(name: str, known: list[str]) -> str:
     close = difflib.get_close_matches(name.lower(), known, n=3)
     return f"; did you mean {', '.join(close)}?" if close else " (timm.optim.list_optimizers() lists them)"
+
+
+def check_slurm(slurm: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """The ``slurm:`` values the job's batch script gets: a SLURM time of at least a minute, at least
+    1 MB of memory, sbatch option names in ``extra``, and no control character anywhere (a line break
+    in an ``#SBATCH`` line ends it: what follows runs as shell, and the lines after it are ignored)."""
+    texts = [(f"slurm.{key}", slurm[key]) for key in ("partition", "account", "qos", "time", "gpu_type", "constraint")]
+    texts += [("slurm.setup", line) for line in slurm["setup"]]
+    for option, value in slurm["extra"].items():
+        if not _SBATCH_OPTION.fullmatch(str(option)):
+            raise ConfigError(
+                f"{where(f'slurm.extra.{option}')}: slurm.extra: {str(option)!r} is not an sbatch option name "
+                "(letters, digits, - and _, as in sbatch --help: reservation, mail-type, ...)"
+            )
+        texts.append((f"slurm.extra.{option}", value))
+    for key, value in texts:
+        if value is not None and (char := control_character(str(value))) is not None:
+            raise ConfigError(
+                f"{where(key)}: {key}={str(value)!r} holds the control character {char}, which would break the job's "
+                "batch script: remove it"
+            )
+    try:
+        minutes = slurm_minutes(slurm["time"])
+    except ValueError:
+        raise ConfigError(
+            f"{where('slurm.time')}: slurm.time {slurm['time']!r} is not a SLURM time (minutes, HH:MM:SS or D-HH:MM:SS)"
+        ) from None
+    if minutes == 0:
+        raise ConfigError(
+            f"{where('slurm.time')}: slurm.time={slurm['time']!r}: SLURM reads a time of 0 as no limit; give at least 1 minute"
+        )
+    if slurm["mem_gb"] is not None and int(slurm["mem_gb"] * 1024) < 1:
+        raise ConfigError(
+            f"{where('slurm.mem_gb')}: slurm.mem_gb={slurm['mem_gb']} is less than 1 MB, and sbatch reads --mem=0 as all "
+            "of a node's memory: give at least 0.001 (1 MB), or leave it unset for the cluster's default"
+        )
+
+
+def slurm_minutes(text: str) -> int:
+    """A SLURM time spec in minutes, rounded up: ``90``, ``90:30``, ``1:30:00``, ``2-12``, ``2-00:00:00``."""
+    text = str(text).strip()
+    days, _, rest = text.rpartition("-")
+    parts = rest.split(":")
+    if (days and not days.isdigit()) or len(parts) > 3 or not all(part.isdigit() for part in parts):
+        raise ValueError(text)
+    numbers = [int(part) for part in parts]
+    if days:  # D-H, D-H:M, D-H:M:S
+        numbers += [0] * (3 - len(numbers))
+    elif len(numbers) < 3:  # M, M:S
+        numbers = [0, *numbers] + [0] * (2 - len(numbers))
+    hours, minutes, seconds = numbers
+    return int(days or 0) * 1440 + hours * 60 + minutes + (1 if seconds else 0)

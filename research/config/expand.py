@@ -52,9 +52,7 @@ def variant_overrides(ablation: Mapping[str, Any], where: str) -> list[tuple[str
     named = [(str(name), _variant_tree(name, overrides, where)) for name, overrides in variants.items()] or [("", {})]
     runs = []
     for (name, overrides), (point, values) in itertools.product(named, _grid_points(ablation.get("grid") or {}, where)):
-        full = ",".join(part for part in (name, point) if part)
-        if "/" in full:
-            raise ConfigError(f"{where}: variant name {full!r} cannot contain '/'")
+        full = ",".join(part for part in (name, point) if part)  # one folder name: research.config.checks
         merged = _deep_merge(overrides, as_override_tree(values))
         runs.append((full, merged))
     names = [name for name, _ in runs]

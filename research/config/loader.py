@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from research.config import sources
-from research.config.checks import check_run_dir, check_timm_names, check_values, user_path
+from research.config.checks import check_run_dir, check_slurm, check_timm_names, check_values, user_path
 from research.config.components import SECTIONS, resolve_section
 from research.config.errors import ConfigError
 from research.config.expand import baseline_name, differing_keys, variant_overrides
@@ -155,7 +154,6 @@ def _resolve_run(
     raw = _resolved(_structured(layered), layered)
     raw["name"] = raw["name"] or path.stem
     raw["variant"] = variant
-    _check_name(raw["name"], layered.where("name"))
     check_values(raw, layered.where, lambda key: _as_given(layered, key))
     check_run_dir(raw["output_dir"], raw["name"], variant, layered.where)
     teacher_run = _linked_run(raw, "teacher", layered, path, stack, check_files, placement)
@@ -189,11 +187,6 @@ def _as_given(layered: Layered, key: str) -> Any:
             return None
         node = node._get_node(part)  # the node, without resolving an interpolation it holds
     return node._value() if node is not None else None
-
-
-def _check_name(name: str, where: str) -> None:
-    if not re.fullmatch(r"[A-Za-z0-9_.=,+-]+", name):
-        raise ConfigError(f"{where}: name {name!r} may only hold letters, digits and _ . = , + -")
 
 
 def _linked_run(
@@ -269,7 +262,7 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
             f"{layered.where('train.compile_mode')}: train.compile_mode {raw['train']['compile_mode']!r} is not one of "
             f"{', '.join(COMPILE_MODES)}"
         )
-    _check_slurm_time(raw["slurm"]["time"], layered.where("slurm.time"))
+    check_slurm(raw["slurm"], layered.where)
 
 
 def _check_components(raw: dict[str, Any], layered: Layered, check_files: bool) -> None:
@@ -301,29 +294,6 @@ def _check_optimizer_implementation(optim: dict[str, Any], where: str) -> None:
             f"{where}: optim.implementation={choice!r}: optimizer {optim['name']!r} ({opt_class.__name__}) has no "
             f"{keyword} implementation; use auto, or optim.name adamw, adam or sgd"
         )
-
-
-def slurm_minutes(text: str) -> int:
-    """A SLURM time spec in minutes, rounded up: ``90``, ``90:30``, ``1:30:00``, ``2-12``, ``2-00:00:00``."""
-    text = str(text).strip()
-    days, _, rest = text.rpartition("-")
-    parts = rest.split(":")
-    if (days and not days.isdigit()) or len(parts) > 3 or not all(part.isdigit() for part in parts):
-        raise ValueError(text)
-    numbers = [int(part) for part in parts]
-    if days:  # D-H, D-H:M, D-H:M:S
-        numbers += [0] * (3 - len(numbers))
-    elif len(numbers) < 3:  # M, M:S
-        numbers = [0, *numbers] + [0] * (2 - len(numbers))
-    hours, minutes, seconds = numbers
-    return int(days or 0) * 1440 + hours * 60 + minutes + (1 if seconds else 0)
-
-
-def _check_slurm_time(text: str, where: str) -> None:
-    try:
-        slurm_minutes(text)
-    except ValueError:
-        raise ConfigError(f"{where}: slurm.time {text!r} is not a SLURM time (minutes, HH:MM:SS or D-HH:MM:SS)") from None
 
 
 def _with_differences(runs: list[Run], baseline: str | None) -> list[Run]:
