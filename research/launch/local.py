@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from research.config import Run
 from research.launch.lock import run_dir_lock
-from research.launch.run_check import DONE_ACTION, plan, prepare
+from research.launch.run_check import DONE_ACTION, REPLACE, Verdict, plan, prepare
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ def run_locally(runs: Sequence[Run], *, force: bool = False, nproc: int = 1) -> 
     """Train every run not finished yet (and what it needs first); returns the runs trained."""
     requested = {run.run_dir for run in runs}
     verdicts = plan(runs, force=force)
+    _refuse_live_jobs(verdicts)
     for moved in prepare(verdicts):
         log.info("the old run dir is kept aside in %s", moved)
     trained = []
@@ -40,6 +41,16 @@ def run_locally(runs: Sequence[Run], *, force: bool = False, nproc: int = 1) -> 
                 train(run)
         trained.append(run)
     return trained
+
+
+def _refuse_live_jobs(verdicts: Sequence[Verdict]) -> None:
+    """A run to replace (--force) whose SLURM job is still queued or running is refused, as
+    launchers/slurm.py --force refuses it: moved aside under it, the job would die when it starts."""
+    replaced = [verdict for verdict in verdicts if verdict.action == REPLACE]
+    if replaced:
+        from research.launch.slurm import active_jobs  # asks squeue only about a run dir that records a job
+
+        active_jobs(replaced)
 
 
 def _train_ddp(run: Run, nproc: int) -> None:

@@ -184,11 +184,22 @@ def prepare(verdicts: Sequence[Verdict]) -> list[Path]:
     return [set_aside(v.run.run_dir) for v in verdicts if v.action == REPLACE and Path(v.run.run_dir).exists()]
 
 
-def set_aside(run_dir: Path) -> Path:
-    """Move a run dir out of the way: nothing is deleted. Refused while a process trains it."""
+def check_replaceable(verdicts: Sequence[Verdict]) -> None:
+    """Raise :class:`RunDirBusy` when a run dir to replace is being trained, before anything moves."""
+    for verdict in verdicts:
+        if verdict.action == REPLACE:
+            _check_not_busy(verdict.run.run_dir)
+
+
+def _check_not_busy(run_dir: Path) -> None:
     busy = holder(run_dir)
     if busy is not None:
         raise RunDirBusy(f"{run_dir}: another process trains this run ({describe(busy)}); stop it before replacing the run")
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move a run dir out of the way: nothing is deleted. Refused while a process trains it."""
+    _check_not_busy(run_dir)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = run_dir.with_name(f"{run_dir.name}.replaced-{stamp}")
     number = 1
@@ -198,3 +209,9 @@ def set_aside(run_dir: Path) -> Path:
     os.replace(run_dir, target)
     (target / LOCK_FILE).unlink(missing_ok=True)
     return target
+
+
+def put_back(aside: Path, run_dir: Path) -> None:
+    """Undo :func:`set_aside` (the replacement did not happen), unless something took ``run_dir`` since."""
+    if not run_dir.exists():
+        os.replace(aside, run_dir)

@@ -37,11 +37,24 @@ from research.config.schema import SlurmCfg
 from research.engine.run_dir import CONFIG
 from research.launch import provenance
 from research.launch.job import TrainJob
-from research.launch.run_check import DONE_ACTION, REPLACE, Verdict, config_record, plan, prepare, with_prerequisites
+from research.launch.run_check import (
+    DONE_ACTION,
+    REPLACE,
+    Verdict,
+    check_replaceable,
+    config_record,
+    plan,
+    put_back,
+    set_aside,
+    with_prerequisites,
+)
 
 log = logging.getLogger(__name__)
 
 JOB_FILE = "slurm_job.json"
+# Seconds squeue may take: a controller that answers at all answers within seconds, and one that
+# does not leaves a job's state unknown (see job_state).
+SQUEUE_TIMEOUT_S = 30
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD", "RESIZING"}
 
 
@@ -106,16 +119,14 @@ def launch(runs: Sequence[Run], *, force: bool = False, dry_run: bool = False, s
     Launchers on the same output dirs take turns (a lock file per output dir), so two started at the
     same instant submit each run once.
     """
-    if not dry_run and shutil.which("sbatch") is None:
-        raise SlurmUnavailable(
-            "no SLURM here (sbatch not found): use --dry-run to see the jobs, or launchers/local.py to run them on this machine"
-        )
+    if not dry_run:
+        _check_client()
     output_dirs = {Path(run.cfg.output_dir) for run in with_prerequisites(runs)}
     with _submission_lock(output_dirs, enabled=not dry_run):
         verdicts = plan(runs, force=force)
-        active = {} if dry_run else _active_jobs(verdicts)
+        active = {} if dry_run else active_jobs(verdicts)
         if not dry_run:
-            prepare(verdicts)
+            check_replaceable(verdicts)  # a run being trained now is refused before anything is submitted
         rows: list[Row] = []
         job_ids: dict[Path, str] = {}
         by_dir = {verdict.run.run_dir: verdict for verdict in verdicts}
@@ -131,7 +142,8 @@ def launch(runs: Sequence[Run], *, force: bool = False, dry_run: bool = False, s
                 deps = tuple(sorted({job_ids[p.run_dir] for p in run.prerequisites() if p.run_dir in job_ids}))
                 pending.append(Row(run, "would submit" if dry_run else "submitted", depends_on=deps))
             for group in _arrays(pending):
-                _submit(group, dry_run=dry_run, snapshot=snapshot)
+                replaced = [by_dir[row.run.run_dir] for row in group if by_dir[row.run.run_dir].action == REPLACE]
+                _submit(group, dry_run=dry_run, snapshot=snapshot, replaced=replaced)
                 # --dry-run has no job ids: a placeholder naming the run still shows its students' dependency.
                 job_ids.update({row.run.run_dir: row.job_id or f"<{row.run.name}>" for row in group})
             rows.extend(pending)
@@ -141,12 +153,28 @@ def launch(runs: Sequence[Run], *, force: bool = False, dry_run: bool = False, s
     return rows
 
 
-def _active_jobs(verdicts: Sequence[Verdict]) -> dict[Path, tuple[str, str]]:
+def _check_client() -> None:
+    """sbatch is here, and ``SLURM_CONF``, when set, names a file (else sbatch retries for a minute)."""
+    if shutil.which("sbatch") is None:
+        raise SlurmUnavailable(
+            "no SLURM here (sbatch not found): use --dry-run to see the jobs, or launchers/local.py to run them on this machine"
+        )
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not Path(conf).is_file():
+        raise SlurmUnavailable(
+            f"SLURM_CONF={conf} is not a file: point SLURM_CONF at your cluster's slurm.conf (python tests/slurm/cluster.py "
+            "start prints the local test cluster's) or unset it, or use --dry-run to see the jobs without submitting"
+        )
+
+
+def active_jobs(verdicts: Sequence[Verdict]) -> dict[Path, tuple[str, str]]:
     """``{run dir: (job id, state)}`` of runs whose recorded job is still queued or running. A run to
-    be replaced (--force) while its job is alive is refused: the job would write into the new run."""
+    be replaced (--force, and ``research train --force``) while its job is alive is refused: the job
+    would write into the new run, or die at its start. A state squeue cannot tell is refused too
+    (:func:`job_state`)."""
     active = {}
     for verdict in verdicts:
-        job_id = recorded_job(verdict.run.run_dir)
+        job_id = recorded_job(verdict.run.run_dir) if verdict.action != DONE_ACTION else None  # finished: no job to ask about
         state = job_state(job_id) if job_id else None
         if job_id and state in ACTIVE_STATES:
             active[verdict.run.run_dir] = (job_id, state)
@@ -211,7 +239,9 @@ def _arrays(rows: list[Row]) -> Iterator[list[Row]]:
         yield list(group)
 
 
-def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool) -> None:
+def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool, replaced: Sequence[Verdict] = ()) -> None:
+    """Submit ``rows`` as one job array; the run dirs of ``replaced`` move aside only for a submission
+    that sbatch accepts (a refused one puts them back)."""
     first = rows[0].run
     params = executor_parameters(first.cfg.slurm, first.experiment)
     if rows[0].depends_on:
@@ -224,15 +254,20 @@ def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool) -> None:
         return
     launch_dir = os.getcwd()
     # A refused submission leaves nothing behind: no snapshot, no submitit pickles, no empty dirs.
-    with _removed_on_error(folder.parent) as created:
+    with _aside_until_submitted(replaced), _removed_on_error(folder.parent) as created:
         created.append(folder)  # its new files only: jobs submitted earlier keep their logs here
-        folder.mkdir(parents=True, exist_ok=True)
-        executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=first.cfg.slurm.max_requeues)
-        executor.update_parameters(**params)
-        extra = snapshot_extras([row.run for row in rows], launch_dir=Path(launch_dir))
-        # sbatch passes our environment on to the job, which runs from a snapshot without our .git.
-        with _environ(provenance.git_env()), _snapshot(folder.parent, extra, enabled=snapshot, created=created):
-            jobs = _sbatch(executor, rows, launch_dir)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with _owner_only() as umask:
+            folder.mkdir(exist_ok=True)
+            folder.chmod(0o700)  # also a .slurm made before the launcher made it so
+            executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=first.cfg.slurm.max_requeues)
+            executor.update_parameters(**params)
+            extra = snapshot_extras([row.run for row in rows], launch_dir=Path(launch_dir))
+            # sbatch passes our environment on to the job, which runs from a snapshot without our .git,
+            # and with the umask of SLURM_UMASK (else sbatch's own, the owner-only one of the submission).
+            variables = {**provenance.git_env(), "SLURM_UMASK": f"{umask:04o}"}
+            with _environ(variables), _snapshot(folder.parent, extra, enabled=snapshot, created=created):
+                jobs = _sbatch(executor, rows, launch_dir)
     for row, job in zip(rows, jobs):
         row.job_id = job.job_id
         _record_job(row.run.run_dir, job.job_id)
@@ -288,6 +323,31 @@ def _removed_on_error(experiment_dir: Path) -> Iterator[list[Path]]:
         for path in new_dirs:
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
+        raise
+
+
+@contextlib.contextmanager
+def _owner_only() -> Iterator[int]:
+    """Files and folders made in the block are the owner's only (umask 077), whatever the user's
+    umask, which the block gets. submitit unpickles ``<job id>_submitted.pkl`` when the job starts:
+    who could replace it, or the batch script, would run code as the job (README: a shared run folder)."""
+    umask = os.umask(0o077)
+    try:
+        yield umask
+    finally:
+        os.umask(umask)
+
+
+@contextlib.contextmanager
+def _aside_until_submitted(replaced: Sequence[Verdict]) -> Iterator[None]:
+    """Move the run dirs of ``replaced`` aside (research.launch.run_check.set_aside) for the block;
+    if it raises (sbatch refused the job, the controller is down), put them back where they were."""
+    moved = [(v.run.run_dir, set_aside(v.run.run_dir)) for v in replaced if v.run.run_dir.exists()]
+    try:
+        yield
+    except BaseException:
+        for run_dir, aside in moved:
+            put_back(aside, run_dir)
         raise
 
 
@@ -409,9 +469,25 @@ def recorded_job(run_dir: Path) -> str | None:
 
 
 def job_state(job_id: str) -> str | None:
-    """The job's state from squeue (None once it has left the queue)."""
-    result = subprocess.run(
-        ["squeue", "--noheader", "--format=%T", "--jobs", job_id], capture_output=True, text=True, check=False
-    )
-    states = result.stdout.split()
-    return states[0] if result.returncode == 0 and states else None
+    """The job's state from squeue (None once it has left the queue).
+
+    A controller that does not answer (down, overloaded, no configuration) leaves the state unknown,
+    and unknown is not "no job": a launcher that took it so would submit the run a second time or
+    move aside the dir of a job still queued. Raises :class:`SlurmUnavailable` then.
+    """
+    command = ["squeue", "--noheader", "--format=%T", "--jobs", job_id]
+    unknown = f"cannot tell whether SLURM job {job_id} is still queued or running"
+    fix = "nothing was submitted or moved; check the controller (scontrol ping) and SLURM_CONF, then launch again"
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=SQUEUE_TIMEOUT_S)
+    except FileNotFoundError:
+        raise SlurmUnavailable(f"{unknown}: squeue is not installed here; {fix}, or scancel {job_id} on the cluster") from None
+    except subprocess.TimeoutExpired:
+        raise SlurmUnavailable(f"{unknown}: the SLURM controller did not answer squeue within {SQUEUE_TIMEOUT_S} s; {fix}") from None
+    if result.returncode == 0:
+        states = result.stdout.split()
+        return states[0] if states else None
+    said = result.stderr.strip().splitlines()
+    if said and "Invalid job id" in said[-1]:  # the controller no longer knows the job: it left the queue
+        return None
+    raise SlurmUnavailable(f"{unknown}: squeue failed ({said[-1] if said else f'exit {result.returncode}'}); {fix}")
