@@ -204,3 +204,62 @@ def test_tasks_per_node_equal_to_gpus_per_node_is_accepted(write, capsys) -> Non
     assert launcher.main([str(path), "--dry-run"]) == 0
     (lines,) = sbatch_blocks(capsys.readouterr().out).values()
     assert "#SBATCH --ntasks-per-node=4" in lines
+
+
+# A line break in an #SBATCH line ends it: what follows ran as shell in the job, and sbatch read no
+# #SBATCH line after it (no time limit, no USR2 warning, no memory limit). Each is refused at load.
+@pytest.mark.parametrize(
+    ("slurm", "key"),
+    [
+        ({"extra": {"comment": "a\ntouch /tmp/pwned #"}}, "slurm.extra.comment='a\\ntouch /tmp/pwned #'"),
+        ({"partition": "gpu\r"}, "slurm.partition='gpu\\r'"),
+        ({"account": "lab\x1b[2J"}, "slurm.account='lab\\x1b[2J'"),
+        ({"constraint": "a100\u2028x"}, "slurm.constraint='a100\\u2028x'"),
+        ({"setup": ["module load cuda\nrm -rf ~"]}, "slurm.setup='module load cuda\\nrm -rf ~'"),
+        ({"extra": {"time=0 --mem": 1}}, "'time=0 --mem' is not an sbatch option name"),
+    ],
+    ids=["extra value", "partition", "account", "constraint", "setup", "extra key"],
+)
+def test_values_that_would_break_the_batch_script_are_refused(write, tmp_path: Path, capsys, slurm, key: str) -> None:
+    path = write("inject", slurm={"partition": "gpu", **slurm})
+    assert launcher.main([str(path), "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert captured.out == "" and key in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "shown"),
+    [
+        ('output_dir="runs\\n#SBATCH --time=365-0"', "output_dir 'runs\\n#SBATCH --time=365-0' holds the control character \\n"),
+        ("slurm.time=0", "SLURM reads a time of 0 as no limit"),
+        ("slurm.time=00:00:00", "SLURM reads a time of 0 as no limit"),
+        ("slurm.mem_gb=0.0005", "is less than 1 MB, and sbatch reads --mem=0 as all of a node's memory"),
+    ],
+)
+def test_values_slurm_would_read_as_no_limit_or_another_line_are_refused(write, tmp_path: Path, capsys, override, shown) -> None:
+    path = write("limits", slurm={"partition": "gpu"})
+    assert launcher.main([str(path), override, "--dry-run"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert shown in line, line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_every_value_stays_on_its_sbatch_line_of_the_batch_script(write, tmp_path: Path) -> None:
+    """The batch script submitit writes, in full: every parameter is one #SBATCH line, all of them
+    before the first command (sbatch reads none after it), with the smallest memory and time allowed."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    from research.launch.slurm import executor_parameters
+
+    slurm = {"time": "1", "mem_gb": 0.001, "extra": {"comment": "a b; touch /tmp/x #", "hold": True}, "setup": ["echo ok"]}
+    (run,) = load_runs(write("script", slurm=slurm))
+    params = executor_parameters(run.cfg.slurm, run.experiment)
+    script = _make_sbatch_string(command="python -m submitit.core._submit x", folder=tmp_path / "%j", **params)
+    lines = script.splitlines()
+    header = lines[3 : lines.index("", 3)]  # after "#!/bin/bash", "" and "# Parameters"
+    assert header and all(line.startswith("#SBATCH --") for line in header), script
+    assert not any(line.startswith("#SBATCH") for line in lines[3 + len(header) :]), script
+    assert "#SBATCH --time=1" in header and "#SBATCH --mem=1MB" in header and "#SBATCH --signal=USR2@90" in header
+    assert "#SBATCH --comment='a b; touch /tmp/x #'" in header and "#SBATCH --hold" in header
