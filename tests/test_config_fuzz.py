@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from scripts import load_script
 
 from research.cli import EXIT_BAD_INPUT, main
+from research.config import ConfigError, load_runs
 from research.config.components import SECTIONS
 from research.config.schema import ExperimentCfg
 from research.registry import constraints
@@ -33,7 +34,7 @@ from research.registry import constraints
 TINY = load_script("tests/conftest.py").TINY  # the smallest experiment (a file, not a module: see scripts.py)
 
 #: Cases per test; their sum is the fuzz test's size in CI (at least 1,000, issue 17).
-CASES = {"schema_cli": 330, "schema_yaml": 230, "builder_cli": 250, "builder_yaml": 200, "train": 40}
+CASES = {"schema_cli": 330, "schema_yaml": 230, "builder_cli": 250, "builder_yaml": 200, "train": 40, "names": 120}
 
 
 def fuzz(name: str) -> Any:
@@ -120,6 +121,13 @@ scalars = st.one_of(
     st.sampled_from(["none", "soft", "hard", "deit", "cifar", "bicubic", "24:00:00", "1-2", "numel", "auto"]),
     # strings OmegaConf or the file system read specially: interpolations, the missing marker, paths
     st.sampled_from(["${oops}", "${seed}", "${oc.env:NO_SUCH_VARIABLE,-1}", "???", "~no-such-user/x", "/tmp/" + "a" * 300]),
+    # control characters: a line break in a value that reaches the batch script ran as shell (issue 24)
+    st.sampled_from(["a\nb", "gpu\n#SBATCH --time=0", "x\r", "\x1b[2J", "a\u2028b", "..", "."]),
+)
+# Names of experiments, variants and grid values (issue 24): path parts, '/', control characters, plain ones.
+names = st.one_of(
+    st.sampled_from([".", "..", "...", "a/b", "../up", "/root", "a\nb", "a\rb", "\x1b[2J", "\t", "a\x00", "x\u2028y", "ok", "a.b"]),
+    st.text(max_size=6),
 )
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=2), max_leaves=4)
 
@@ -226,3 +234,28 @@ def test_every_field_and_parameter_is_fuzzed() -> None:
     assert {"optim.lr", "train.epochs", "seed", "output_dir", "slurm.gpus_per_node", "loader.limit_train"} <= keys
     assert {("loss", "alpha"), ("aug", "mixup"), ("model", "drop_path_rate"), ("data", "size")} <= set(PARAMETERS)
     assert sum(CASES.values()) >= 1000
+
+
+@fuzz("names")
+@given(place=st.sampled_from(["name", "variant", "grid"]), name=names)
+def test_run_dirs_stay_inside_their_experiment_dir(workdir: Path, place: str, name: str) -> None:
+    """A name that is not one folder name (``.``, ``..``, ``a/b``, a control character) is refused in
+    one line; any other name puts every run dir inside ``<output_dir>/<experiment>``, strictly below it
+    for a variant (a variant named ``.`` was the experiment dir: ``--force`` on it moved its siblings aside)."""
+    sections = {
+        "name": {"name": name},
+        "variant": {"name": "names", "ablation": {"variants": {name: {}, "other": {}}}},
+        "grid": {"name": "names", "ablation": {"grid": {"description": [name, "other"]}}},
+    }[place]
+    path = write_experiment(workdir, sections)
+    assert_loads_or_one_line(["expand", str(path)], workdir)
+    try:
+        runs = load_runs(path)
+    except ConfigError:
+        return
+    output_dir = (workdir / "runs").resolve()
+    for run in runs:
+        experiment_dir = (output_dir / run.experiment).resolve()
+        assert experiment_dir.parent == output_dir, (place, name, run.run_dir)
+        assert run.run_dir.resolve().is_relative_to(experiment_dir), (place, name, run.run_dir)
+        assert run.run_dir.resolve() != experiment_dir or not run.variant, (place, name, run.run_dir)
