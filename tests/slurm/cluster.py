@@ -80,6 +80,10 @@ class ClusterInfo:
         """The daemons' last log lines; see :func:`log_tails`."""
         return log_tails(self.root, lines=lines)
 
+    def controller_stopped(self) -> contextlib.AbstractContextManager[None]:
+        """slurmctld stopped for a ``with`` block; see :func:`controller_stopped`."""
+        return controller_stopped(root=self.root)
+
 
 class _Layout:
     """Where each file of a cluster rooted at ``root`` lives."""
@@ -563,6 +567,23 @@ def stop(*, root: Path | None = None) -> None:
     with _lock(root):
         _stop_daemons(root)
         _Layout(root).started_by_user.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def controller_stopped(*, root: Path | None = None) -> Iterator[None]:
+    """slurmctld stopped (SIGSTOP) for the block, continued (SIGCONT) after it, whatever happens.
+
+    A stopped controller keeps its port: clients connect, then wait for an answer that does not
+    come, as with a hung or overloaded controller, and jobs keep their state.
+    """
+    pid = _read_pid(_Layout(root or cluster_dir()), "slurmctld")
+    if pid is None:
+        raise RuntimeError("slurmctld is not running")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def status(*, root: Path | None = None) -> str:
