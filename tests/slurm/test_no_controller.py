@@ -5,6 +5,7 @@ not the running cluster."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -50,4 +51,27 @@ def test_no_controller_is_one_line_and_leaves_nothing(
     out, err = capsys.readouterr()
     (line,) = err.strip().splitlines()
     assert out == "" and "sbatch cannot reach a SLURM controller" in line and "SLURM_CONF" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_slurm_conf_that_names_no_file_is_one_line_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """sbatch itself retries for a minute, then prints its own three lines."""
+    missing = tmp_path / "etc" / "slurm.conf"
+    monkeypatch.setenv("SLURM_CONF", str(missing))
+    experiment = tmp_path / "quick.yaml"
+    experiment.write_text(
+        yaml.safe_dump({
+            "name": "quick", "output_dir": str(tmp_path / "runs"), "model": {"name": "deit_nano_patch4_32", "img_size": 32},
+            "data": {"name": "synthetic", "size": 16, "num_classes": 4}, "logger": {"name": "none"},
+        })  # fmt: skip
+    )
+
+    started = time.monotonic()
+    assert launcher.main([str(experiment)]) == 2
+    elapsed = time.monotonic() - started
+
+    out, err = capsys.readouterr()
+    (line,) = err.strip().splitlines()
+    assert out == "" and f"SLURM_CONF={missing} is not a file" in line and "--dry-run" in line
+    assert elapsed < 10, elapsed
     assert not (tmp_path / "runs").exists()
