@@ -19,8 +19,10 @@ from typing import Any
 import pytest
 import submitit
 import yaml
+from run_dirs import mark_finished
 from scripts import load_script
 
+from research.config import load_runs
 from research.engine import checkpoint
 from research.engine.run_dir import read_lives, read_metrics, read_summary
 
@@ -126,6 +128,22 @@ def test_a_bad_variant_submits_no_variant(
     assert "optim.lrr" in err and "variant bad" in err
     assert not (tmp_path / "runs").exists()
     assert squeue("--name", yaml.safe_load(path.read_text())["name"]) == []
+
+
+def test_force_refused_by_sbatch_leaves_the_old_run_dir_in_place(
+    slurm_cluster, write_experiment, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--force moved the run dir aside before sbatch answered: a refused submission left it there."""
+    path = write_experiment("keep")
+    (run,) = load_runs(path)
+    mark_finished(run)
+    before = sorted(str(file.relative_to(tmp_path)) for file in (tmp_path / "runs").rglob("*"))
+
+    status, out, err = launch(capsys, path, "--force", "slurm.partition=nope")
+
+    assert status == 2 and out == "" and "Invalid partition name specified" in err
+    assert sorted(str(file.relative_to(tmp_path)) for file in (tmp_path / "runs").rglob("*")) == before
+    assert read_summary(run.run_dir)["status"] == "done"
 
 
 # --- real runs ----------------------------------------------------------------------------------
