@@ -29,8 +29,8 @@ from research.registry import Range, constraints
 MAX_NAME = 200
 
 # The experiment's name is also its SLURM job name and its W&B group.
-_SBATCH_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
 _EXPERIMENT_NAME = re.compile(r"[A-Za-z0-9_.=,+-]+")
+_SBATCH_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")  # slurm.extra's keys: --<option>=<value>
 # C0 and C1 control characters, DEL, and the line and paragraph separators: in a folder name they
 # hide in listings; in the batch script a line break ends the #SBATCH line and starts a shell command.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
