@@ -28,9 +28,16 @@ __all__ = ["affine", "blend", "blend_degenerate", "brightness", "color", "contra
 NEAREST, BILINEAR, BICUBIC = 0, 2, 3  # PIL's resample codes
 
 
-@functools.lru_cache(maxsize=64)
 def constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """A small constant tensor made once per device: a copy from the host each batch would make it wait."""
+    """A small constant tensor made once per device: a copy from the host each batch would make it wait.
+    Under ``torch.compile`` it is a constant of the graph (dynamo would trace through the cache anyway)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, device=device, dtype=dtype)
+    return _cached_constant(values, device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
     return torch.tensor(values, device=device, dtype=dtype)
 
 
