@@ -211,9 +211,11 @@ def _layer_params(sets: Tensor, arg: Tensor, size: tuple[int, int]) -> Params:
         "matrix": _rotation(arg * sets[..., 0], size) + entries,  # (B, L, 6)
         "factor": torch.where(flag("blend"), torch.where(flag("complement"), 1.0 - arg, arg), 1.0).float(),
         "degenerate": flags[..., [_SETS.index(d) for d in _DEGENERATES]],  # (B, L, 3): grey, mean, smooth
-        "step": torch.where(flag("posterize"), torch.exp2(8.0 - bits), 1.0),  # posterize keeps the top bits
-        "threshold": torch.where(flag("solarize"), arg, 256.0),
-        "add": arg * sets[..., _SETS.index("solarize_add")],
+        "table": P.pixel_table(
+            torch.where(flag("posterize"), torch.exp2(8.0 - bits), 1.0),  # posterize keeps the top bits
+            torch.where(flag("solarize"), arg, 256.0),
+            arg * sets[..., _SETS.index("solarize_add")],
+        ),  # (B, L, 256)
         "auto_contrast": flag("auto_contrast"),
         "equalize": flag("equalize"),
     }
@@ -225,10 +227,7 @@ def _apply_layers(images: Tensor, params: Params, resample: int | tuple[int, ...
         pick: int | Tensor = resample if isinstance(resample, int) else torch.where(params["bicubic"][:, layer], P.BICUBIC, P.BILINEAR)
         images = P.affine(images, params["matrix"][:, layer], pick, fill)
         images = P.blend_degenerate(images, params["factor"][:, layer], *params["degenerate"][:, layer].unbind(1))
-        images = P.point_ops(
-            images, params["step"][:, layer], params["threshold"][:, layer], params["add"][:, layer],
-            params["auto_contrast"][:, layer], params["equalize"][:, layer],
-        )  # fmt: skip
+        images = P.point_ops(images, params["table"][:, layer], params["auto_contrast"][:, layer], params["equalize"][:, layer])
     return images
 
 

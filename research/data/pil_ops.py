@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["affine", "blend", "blend_degenerate", "brightness", "color", "contrast", "grayscale", "point_ops", "resized_crop"]
+__all__ = ["affine", "blend", "blend_degenerate", "brightness", "color", "contrast", "grayscale", "pixel_table", "point_ops", "resized_crop"]
 
 NEAREST, BILINEAR, BICUBIC = 0, 2, 3  # PIL's resample codes
 
@@ -104,17 +104,23 @@ def blend_degenerate(images: Tensor, factor: Tensor, grey: Tensor | None, mean: 
     return blend(degenerate, images, factor)
 
 
-def point_ops(images: Tensor, step: Tensor, threshold: Tensor, add: Tensor, stretch: Tensor, flatten: Tensor) -> Tensor:
-    """ImageOps' point operations per image as one lookup table, each the identity at its default:
-    posterize (``step`` = 2 ** (8 - bits); 1), solarize (``threshold``; 256, and 0 inverts), timm's
-    solarize_add (``add``; 0), autocontrast (``stretch``, a mask) and equalize (``flatten``, a mask).
-    Arguments are ``(B,)``; each image's table is built from its own histogram."""
+def pixel_table(step: Tensor, threshold: Tensor, add: Tensor) -> Tensor:
+    """The lookup table ``(..., 256)`` of ImageOps' parametric point operations, each the identity at
+    its default: posterize (``step`` = 2 ** (8 - bits); 1), solarize (``threshold``; 256, and 0
+    inverts) and timm's solarize_add (``add``; 0). Arguments ``(...)``, the table in float64."""
+    step, threshold, add = step[..., None], threshold[..., None], add[..., None]
+    lut = (constant(tuple(range(256)), step.device, torch.float64) / step).floor_().mul_(step)
+    lut = torch.where(lut < threshold, lut, 255.0 - lut)
+    return torch.where(lut < 128, (lut + add).clamp_(max=255), lut)
+
+
+def point_ops(images: Tensor, table: Tensor, stretch: Tensor, flatten: Tensor) -> Tensor:
+    """ImageOps' point operations per image as one lookup: ``table`` ``(B, 256)`` (:func:`pixel_table`),
+    then autocontrast (``stretch``, a ``(B,)`` mask) and equalize (``flatten``, a mask), each from the
+    image's own histogram and the identity where its mask is off."""
     b, c, h, w = images.shape
     column = lambda values: values[:, None, None]  # noqa: E731  (B,) -> (B, 1, 1)
-    levels = constant(tuple(range(256)), images.device, torch.float64)
-    lut = (levels / column(step)).floor_().mul_(column(step))  # (B, 1, 256)
-    lut = torch.where(lut < column(threshold), lut, 255.0 - lut)
-    lut = torch.where(lut < 128, (lut + column(add)).clamp_(max=255), lut)
+    lut = table[:, None]  # (B, 1, 256)
     pixels = images.reshape(b, c, h * w).long()
     counts = torch.zeros(b, c, 256, dtype=torch.long, device=images.device)
     counts.scatter_add_(2, pixels, constant((1,), images.device, torch.long).expand(b, c, h * w))  # (B, 3, 256)
