@@ -252,10 +252,10 @@ def _resample(op: Any) -> int | tuple[int, ...]:
 def _rotation(degrees: Tensor, size: tuple[int, int]) -> Tensor:
     """``Image.rotate(degrees)``'s inverse affine matrix about the centre, ``(..., 6)``; 0 degrees is the identity.
 
-    Pillow rounds cos and sin to 15 decimals first; that moves a coordinate by 1e-13 pixels, not done here.
     """
     angle = -torch.deg2rad(degrees)
-    cos, sin = torch.cos(angle), torch.sin(angle)
+    # Pillow rounds cos and sin to 15 decimals: a flat region then reads back its exact level.
+    cos, sin = torch.cos(angle).mul_(1e15).round_().div_(1e15), torch.sin(angle).mul_(1e15).round_().div_(1e15)
     cx, cy = size[1] / 2, size[0] / 2
     c = cx - (cos * cx).add_(sin, alpha=cy)  # cos * -cx + sin * -cy + cx
     f = (sin * cx).sub_(cos, alpha=cy) + cy  # -sin * -cx + cos * -cy + cy

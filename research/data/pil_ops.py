@@ -48,7 +48,8 @@ def _column(values: Tensor) -> Tensor:
 def blend(degenerate: Tensor | float, images: Tensor, factor: Tensor) -> Tensor:
     """``Image.blend(degenerate, image, factor)``: Blend.c clips to [0, 255], then truncates."""
     scale = _column(factor).to(images.dtype)
-    mixed = images * scale if isinstance(degenerate, float) else torch.addcmul(degenerate, scale, images - degenerate)
+    # Blend.c's in1 + factor * (in2 - in1), rounded as it rounds (a fused multiply-add would differ at some levels).
+    mixed = images * scale if isinstance(degenerate, float) else (images - degenerate).mul_(scale).add_(degenerate)
     return mixed.clamp(0, 255).floor()
 
 
@@ -171,22 +172,25 @@ def affine(images: Tensor, matrix: Tensor, resample: int | Tensor, fill: tuple[i
     inside = ((coords >= 0) & (coords < size)).all(-1)  # (B, HW)
     shifted = coords - 0.5
     base = shifted.floor()
-    d = (shifted - base).to(images.dtype)[..., None]  # (B, HW, 2, 1): fraction past the tap left of / above
+    d = (shifted - base)[..., None]  # (B, HW, 2, 1): fraction past the tap left of / above
     if isinstance(resample, Tensor):  # per image: the weight polynomials of its filter
-        coefficients = constant(_CUBIC + _LINEAR, images.device, images.dtype).view(2, 4, 4)[(resample != BICUBIC).long()]
+        coefficients = constant(_CUBIC + _LINEAR, images.device, torch.float64).view(2, 4, 4)[(resample != BICUBIC).long()]
         power = [coefficients[:, None, None, k] for k in range(4)]  # (B, 1, 1, 4) each
     else:
         if resample == NEAREST:  # the nearest tap is a linear one with weights 0 and 1
-            d = (d >= 0.5).to(images.dtype)
+            d = (d >= 0.5).double()
         table = _CUBIC if resample == BICUBIC else _LINEAR
-        power = [constant(table[4 * k : 4 * k + 4], images.device, images.dtype) for k in range(4)]
-    weights = torch.addcmul(power[0], torch.addcmul(power[1], torch.addcmul(power[2], power[3], d), d), d)  # (B, HW, 2, 4)
+        power = [constant(table[4 * k : 4 * k + 4], images.device, torch.float64) for k in range(4)]
+    # In double, then rounded once: Horner's rule in float32 would move a weight by more than Pillow's.
+    weights = torch.addcmul(power[0], torch.addcmul(power[1], torch.addcmul(power[2], power[3], d), d), d).to(images.dtype)
     limit = constant((w - 1, h - 1), images.device, torch.long)[:, None]  # (2, 1)
     zero = constant((0,), images.device, torch.long)
     taps = torch.clamp(base.long()[..., None] + constant((-1, 0, 1, 2), images.device, torch.long), zero, limit)  # (B, HW, 2, 4)
     index = taps[:, :, 1, :, None] * w + taps[:, :, 0, None, :]  # (B, HW, 4 rows, 4 columns)
     values = images.reshape(b, c, h * w).gather(2, index.view(b, 1, -1).expand(b, c, -1)).view(b, c, h * w, 16)
-    out = (values * (weights[:, :, 1, :, None] * weights[:, :, 0, None, :]).view(b, 1, h * w, 16)).sum(-1)  # (B, 3, HW)
+    # Along x, then y, as Geometry.c: a flat neighbourhood reads back its exact level more often.
+    rows = (values.view(b, c, h * w, 4, 4) * weights[:, None, :, 0, None, :]).sum(-1)  # (B, 3, HW, 4)
+    out = (rows * weights[:, None, :, 1, :]).sum(-1)  # (B, 3, HW)
     if isinstance(resample, Tensor) or resample == BICUBIC:  # Geometry.c clips the cubic, then truncates
         out = out.clamp_(0, 255).floor_()
     elif resample == BILINEAR:
