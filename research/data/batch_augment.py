@@ -24,6 +24,7 @@ augmentations, not other data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Iterator, Sequence
@@ -322,16 +323,8 @@ class BatchRecipe:
     def apply(self, pixels: Tensor, params: BatchAugmentParams, generator: torch.Generator | None = None) -> Tensor:
         """:meth:`draw` then :meth:`transform`."""
         draws = self.draw(params, generator)
-        if pixels.device.type != "cpu":
+        with one_thread_on_cpu(pixels.device):
             return self.transform(pixels, draws)
-        # Tens of small ops: on the CPU one thread runs them fastest. With the step's threads,
-        # each op's fork-join waits for a core a neighbour holds (35x slower on 2 busy cores).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self.transform(pixels, draws)
-        finally:
-            torch.set_num_threads(threads)
 
     def normalise(self, pixels: Tensor) -> Tensor:
         return self.geometry.normalise(pixels)
@@ -339,6 +332,21 @@ class BatchRecipe:
     def __repr__(self) -> str:
         ops = ", ".join(type(op).__name__ for op in (*self.pixel_ops, *self.tensor_ops))
         return f"{type(self).__name__}({self.geometry!r}, ops=[{ops}])"
+
+
+@contextlib.contextmanager
+def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """Run the batch transform on one thread on the CPU: tens of small ops run fastest that way. With the
+    step's threads, each op's fork-join waits for a core a neighbour holds (35x slower on 2 busy cores)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _reflect(index: Tensor, length: int) -> Tensor:
@@ -415,12 +423,25 @@ class InMemoryBatches:
         return max(0, -(-(len(self.indices) - self.start) // self.batch_size))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.device_params is None:
+            for pixels, targets in self._windows():
+                yield self.transform.normalise(pixels), targets
+            return
+        for pixels, draws, targets in self.drawn():
+            with one_thread_on_cpu(pixels.device):
+                images = self.transform.transform(pixels, draws)
+            yield images, targets
+
+    def drawn(self) -> Iterator[tuple[Tensor, BatchDraws, Tensor]]:
+        """Training batches before their transform: ``(uint8 pixels, draws, targets)``, for a step that
+        runs ``transform.transform(pixels, draws)`` itself (inside a compiled region)."""
+        if self.device_params is None:
+            raise ValueError("evaluation batches draw nothing: iterate them")
+        for (pixels, targets), begin in zip(self._windows(), range(self.start, len(self.indices), self.batch_size)):
+            generator = torch.Generator(pixels.device).manual_seed(self.seeds[begin // self.batch_size])
+            yield pixels, self.transform.draw(self.device_params[begin : begin + len(pixels)], generator), targets
+
+    def _windows(self) -> Iterator[tuple[Tensor, Tensor]]:
         for begin in range(self.start, len(self.indices), self.batch_size):
             chosen = self.device_indices[begin : begin + self.batch_size]
-            pixels = self.pixels[chosen]
-            if self.device_params is None:
-                images = self.transform.normalise(pixels)
-            else:
-                generator = torch.Generator(pixels.device).manual_seed(self.seeds[begin // self.batch_size])
-                images = self.transform.apply(pixels, self.device_params[begin : begin + len(chosen)], generator)
-            yield images, self.targets[chosen]
+            yield self.pixels[chosen], self.targets[chosen]
