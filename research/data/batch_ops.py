@@ -21,8 +21,9 @@ is the identity for an image that drew something else. The pixel work is :mod:`p
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,7 +34,7 @@ from research.data import pil_ops as P
 
 __all__ = [
     "BatchAutoAugment", "BatchColorJitter", "BatchGrayscale", "BatchOp", "BatchRandAugment", "BatchRandomErasing",
-    "NotBatchable", "OPS", "Params",
+    "NotBatchable", "OPS", "Params", "whole_batches",
 ]  # fmt: skip
 
 _LEVEL_DENOM = 10.0  # timm's magnitude scale: level / 10 is the fraction of an op's range
@@ -222,13 +223,52 @@ def _layer_params(sets: Tensor, arg: Tensor, size: tuple[int, int]) -> Params:
 
 
 def _apply_layers(images: Tensor, params: Params, resample: int | tuple[int, ...], fill: tuple[int, int, int]) -> Tensor:
-    """Each layer: one resample, one blend, one lookup table, each the identity for the images whose op is elsewhere."""
     for layer in range(params["matrix"].shape[1]):
-        pick: int | Tensor = resample if isinstance(resample, int) else torch.where(params["bicubic"][:, layer], P.BICUBIC, P.BILINEAR)
-        images = P.affine(images, params["matrix"][:, layer], pick, fill)
-        images = P.blend_degenerate(images, params["factor"][:, layer], *params["degenerate"][:, layer].unbind(1))
-        images = P.point_ops(images, params["table"][:, layer], params["auto_contrast"][:, layer], params["equalize"][:, layer])
+        images = _layer(images, {key: value[:, layer] for key, value in params.items() if value.ndim > 1}, resample, fill)
     return images
+
+
+def _layer(images: Tensor, p: Params, resample: int | tuple[int, ...], fill: tuple[int, int, int]) -> Tensor:
+    """One layer: one resample, one blend, one lookup table, each the identity for the images whose op is elsewhere."""
+    pick: int | Tensor = resample if isinstance(resample, int) else torch.where(p["bicubic"], P.BICUBIC, P.BILINEAR)
+    identity = P.constant((1.0, 0.0, 0.0, 0.0, 1.0, 0.0), images.device, torch.float64)
+    images = _where_changed(
+        images, lambda: (p["matrix"] != identity).any(1),
+        lambda x, i: P.affine(x, p["matrix"][i], pick if isinstance(pick, int) else pick[i], fill),
+    )  # fmt: skip
+    images = _where_changed(
+        images, lambda: p["factor"] != 1, lambda x, i: P.blend_degenerate(x, p["factor"][i], *p["degenerate"][i].unbind(1))
+    )
+    levels = P.constant(tuple(range(256)), images.device, torch.float64)
+    return _where_changed(
+        images, lambda: (p["table"] != levels).any(1) | p["auto_contrast"] | p["equalize"],
+        lambda x, i: P.point_ops(x, p["table"][i], p["auto_contrast"][i], p["equalize"][i]),
+    )  # fmt: skip
+
+
+_subsets = [True]  # eager CPU runs an op on the images it changes; whole_batches() turns that off
+
+
+@contextlib.contextmanager
+def whole_batches() -> Iterator[None]:
+    """Run every op on the whole batch on the CPU too, as on a device (bench/launches.py counts that way)."""
+    _subsets[0] = False
+    try:
+        yield
+    finally:
+        _subsets[0] = True
+
+
+def _where_changed(images: Tensor, changes: Callable[[], Tensor], fn: Callable[[Tensor, Tensor | slice], Tensor]) -> Tensor:
+    """``fn(images, index)``, an op that leaves unchanged the images ``changes()`` does not name.
+
+    On a device, or compiled, it runs on the whole batch: no host sync, one graph. In eager on the
+    CPU, where finding the subset is free, it runs on the images it changes only (7x less work).
+    """
+    if images.device.type != "cpu" or torch.compiler.is_compiling() or not _subsets[0]:
+        return fn(images, slice(None))
+    rows = changes().nonzero().squeeze(1)
+    return images.index_copy(0, rows, fn(images[rows], rows)) if len(rows) else images
 
 
 def _sets_row(effect: _Effect, size: tuple[int, int]) -> list[float]:

@@ -12,6 +12,7 @@ import pytest
 import torch
 from launches import PHASES, LaunchCounter
 
+from research.data.batch_ops import whole_batches
 from research.registry import AUGMENTATIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +36,7 @@ def _augmentation_launches(batch: int) -> int:
     params = transform.sample(batch, 32, 32, torch.Generator().manual_seed(0))
     transform.apply(pixels, params, torch.Generator().manual_seed(1))  # the op tables and constants, made once
     counter = LaunchCounter()
-    with counter:
+    with counter, whole_batches():
         transform.apply(pixels, params, torch.Generator().manual_seed(2))
     return counter.counts["other"]
 

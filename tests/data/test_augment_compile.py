@@ -51,3 +51,14 @@ def test_the_transform_reads_no_generator_and_repeats_its_result() -> None:
     torch.testing.assert_close(transform.transform(pixels, draws), first, atol=0, rtol=0)
     other = transform.draw(draws.geometry, torch.Generator().manual_seed(3))
     assert not torch.equal(transform.transform(pixels, other), first)
+
+
+def test_the_cpu_shortcut_gives_the_whole_batch_result() -> None:
+    """Eager on the CPU an op runs on the images it changes; on a device (or here, whole_batches) on all."""
+    from research.data.batch_ops import whole_batches
+
+    for name in sorted(RECIPES):
+        transform, pixels, draws = _batch(AUGMENTATIONS.build("cifar", img_size=32, **OFF, **RECIPES[name]), count=24)
+        with whole_batches():
+            whole = transform.transform(pixels, draws)
+        torch.testing.assert_close(transform.transform(pixels, draws), whole, atol=0, rtol=0)
