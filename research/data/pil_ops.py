@@ -204,8 +204,15 @@ _CUBIC = (0.0, 1.0, 0.0, 0.0, -1.0, 0.0, 1.0, 0.0, 2.0, -2.0, 1.0, -1.0, -1.0, 1
 _LINEAR = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # 1 - d, d
 
 
-@functools.lru_cache(maxsize=16)
 def _centres(height: int, width: int, device: torch.device) -> Tensor:
+    """``(H*W, 2)`` pixel centres ``(x, y)``: made once per size and device, or a constant of a compiled graph."""
+    return _make_centres(height, width, device) if torch.compiler.is_compiling() else _cached_centres(height, width, device)
+
+
+_cached_centres = functools.lru_cache(maxsize=16)(lambda height, width, device: _make_centres(height, width, device))
+
+
+def _make_centres(height: int, width: int, device: torch.device) -> Tensor:
     ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij")
     return (torch.stack([xs.flatten(), ys.flatten()], dim=1) + 0.5).to(device)  # (H*W, 2)
 
