@@ -12,7 +12,8 @@ serves an epoch's batches that way.
 :mod:`research.data.batch_ops` (RandAugment / AutoAugment, color jitter on the integer pixels; random
 erasing after normalising), each image drawing its own parameters. The crops are drawn for the whole
 epoch when the epoch starts; the other ops draw from a generator seeded per batch, so a resumed epoch
-repeats every draw.
+repeats every draw. A batch is drawn first (:meth:`BatchRecipe.draw`), then transformed by a pure
+function of its pixels and draws (:meth:`BatchRecipe.transform`), which ``torch.compile`` traces whole.
 
 The result is the per-image pipeline's in distribution: torchvision's ``RandomCrop(size, padding=p,
 padding_mode=m)`` (zero or reflect padding, offsets uniform in ``[0, H + 2p - size]``),
