@@ -30,6 +30,7 @@ Params = dict[str, Tensor]
 class NotBatchable(ValueError):
     """A technique or op with no whole-batch version; the message names it and says what to do."""
 
+
 def _negate(values: Tensor, generator: torch.Generator) -> Tensor:
     """timm's ``_randomly_negate``: ``-v if random() > 0.5 else v``, per image."""
     coin = torch.rand(values.shape, generator=generator, device=values.device, dtype=torch.float64)
