@@ -139,11 +139,12 @@ def count_step(loop: Loop) -> LaunchCounter:
     if mix is not None:
         loop.data.mix = _within(counter, "mixup", mix)  # type: ignore[misc]
     batches = iter(loop.data.train_batches(0, 0))
-    train_step(loop, *next(batches))
-    with counter, whole_batches():  # as on a device: the CPU's eager shortcut runs ops on subsets
-        with counter.within("augmentation"):
-            images, targets = next(batches)
-        train_step(loop, images, targets)
+    with whole_batches():  # as on a device: the CPU's eager shortcut runs ops on subsets
+        train_step(loop, *next(batches))  # makes the optimizer's state, the op tables and constants
+        with counter:
+            with counter.within("augmentation"):
+                images, targets = next(batches)
+            train_step(loop, images, targets)
     return counter
 
 
