@@ -12,7 +12,8 @@ serves an epoch's batches that way.
 :mod:`research.data.batch_ops` (RandAugment / AutoAugment, color jitter on the integer pixels; random
 erasing after normalising), each image drawing its own parameters. The crops are drawn for the whole
 epoch when the epoch starts; the other ops draw from a generator seeded per batch, so a resumed epoch
-repeats every draw.
+repeats every draw. A batch is drawn first (:meth:`BatchRecipe.draw`), then transformed by a pure
+function of its pixels and draws (:meth:`BatchRecipe.transform`), which ``torch.compile`` traces whole.
 
 The result is the per-image pipeline's in distribution: torchvision's ``RandomCrop(size, padding=p,
 padding_mode=m)`` (zero or reflect padding, offsets uniform in ``[0, H + 2p - size]``),
@@ -24,9 +25,10 @@ augmentations, not other data.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,11 +36,9 @@ import torch
 from torch import Tensor
 
 from research.data import pil_ops
+from research.data.batch_ops import BatchOp, Params
 
-__all__ = ["BatchAugment", "BatchAugmentParams", "BatchRecipe", "BatchResizedCrop", "InMemoryBatches", "alternating_flips"]
-
-BatchOp = Callable[[Tensor, torch.Generator], Tensor]
-
+__all__ = ["BatchAugment", "BatchAugmentParams", "BatchDraws", "BatchRecipe", "BatchResizedCrop", "InMemoryBatches", "alternating_flips"]
 
 @dataclass(frozen=True)
 class BatchAugmentParams:
@@ -59,6 +59,14 @@ class BatchAugmentParams:
 
     def to(self, device: torch.device | str) -> BatchAugmentParams:
         return BatchAugmentParams(**{k: None if v is None else v.to(device) for k, v in vars(self).items()})
+
+
+@dataclass(frozen=True)
+class BatchDraws:
+    """Every random parameter of one batch: the crops (drawn with the epoch) and each op's draws, in order."""
+
+    geometry: BatchAugmentParams
+    ops: tuple[Params, ...] = ()
 
 
 class BatchAugment:
@@ -129,6 +137,13 @@ class BatchAugment:
     def apply(self, pixels: Tensor, params: BatchAugmentParams, generator: torch.Generator | None = None) -> Tensor:
         """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, size, size)`` float32, with ``params``' crops."""
         return self.cut(self.normalise_planar(self.geometry(pixels, params)), params)
+
+    def draw(self, params: BatchAugmentParams, generator: torch.Generator | None = None) -> BatchDraws:
+        """The batch's draws: its crops, flips and cutout squares are all there is."""
+        return BatchDraws(params)
+
+    def transform(self, pixels: Tensor, draws: BatchDraws) -> Tensor:
+        return self.apply(pixels, draws.geometry)
 
     def geometry(self, pixels: Tensor, params: BatchAugmentParams) -> Tensor:
         """Crop and flip: ``(B, H, W, 3)`` uint8 -> ``(B, 3, size, size)`` float32 pixel values."""
@@ -267,8 +282,13 @@ class BatchRecipe:
     """A recipe's train transform on whole batches: ``geometry``'s crop and flip, ``pixel_ops`` on the
     integer pixels, normalisation, ``tensor_ops`` on the normalised images, then cutout.
 
-    The ops are :mod:`research.data.batch_ops` callables ``(images, generator) -> images``; the
-    recipe's techniques provide them (:mod:`research.data.techniques`).
+    The ops are :mod:`research.data.batch_ops` objects (the recipe's techniques provide them,
+    :mod:`research.data.techniques`). A batch runs in two steps, so that a training step can compile
+    the second: :meth:`draw` (every random number, from a generator, on the device) and
+    :meth:`transform`, a pure function of the pixels and those draws::
+
+        draws = recipe.draw(params[window], generator)  # outside the compiled region
+        images = recipe.transform(pixels, draws)  # (B, H, W, 3) uint8 -> (B, 3, size, size) float32
     """
 
     def __init__(self, geometry: BatchAugment, pixel_ops: Sequence[BatchOp] = (), tensor_ops: Sequence[BatchOp] = ()) -> None:
@@ -281,29 +301,31 @@ class BatchRecipe:
     def sample(self, count: int, height: int, width: int, generator: torch.Generator | None = None) -> BatchAugmentParams:
         return self.geometry.sample(count, height, width, generator)
 
-    def apply(self, pixels: Tensor, params: BatchAugmentParams, generator: torch.Generator | None = None) -> Tensor:
-        """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, size, size)`` float32."""
+    def draw(self, params: BatchAugmentParams, generator: torch.Generator | None = None) -> BatchDraws:
+        """The ops' draws for the batch whose crops are ``params`` (on its device), from ``generator``
+        (a generator on that device; None: one seeded from the global RNG)."""
+        device = params.top.device
         if generator is None and (self.pixel_ops or self.tensor_ops):
-            generator = torch.Generator(pixels.device).manual_seed(int(torch.randint(0, 2**62, ())))  # from the global RNG
-        if pixels.device.type != "cpu":
-            return self._apply(pixels, params, generator)
-        # Hundreds of small ops: on the CPU one thread runs them fastest. With the step's threads,
-        # each op's fork-join waits for a core a neighbour holds (35x slower on 2 busy cores).
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return self._apply(pixels, params, generator)
-        finally:
-            torch.set_num_threads(threads)
+            generator = torch.Generator(device).manual_seed(int(torch.randint(0, 2**62, ())))
+        size = (self.geometry.size, self.geometry.size)
+        ops = tuple(op.draw(len(params.top), size, generator, device) for op in (*self.pixel_ops, *self.tensor_ops))  # type: ignore[arg-type]
+        return BatchDraws(params, ops)
 
-    def _apply(self, pixels: Tensor, params: BatchAugmentParams, generator: torch.Generator | None) -> Tensor:
-        images = self.geometry.geometry(pixels, params)
-        for op in self.pixel_ops:
-            images = op(images, generator)  # type: ignore[arg-type]
+    def transform(self, pixels: Tensor, draws: BatchDraws) -> Tensor:
+        """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, size, size)`` float32: a pure function of its arguments."""
+        images = self.geometry.geometry(pixels, draws.geometry)
+        for op, params in zip(self.pixel_ops, draws.ops):
+            images = op.apply(images, params)
         images = self.geometry.normalise_planar(images)
-        for op in self.tensor_ops:
-            images = op(images, generator)  # type: ignore[arg-type]
-        return self.geometry.cut(images, params)
+        for op, params in zip(self.tensor_ops, draws.ops[len(self.pixel_ops) :]):
+            images = op.apply(images, params)
+        return self.geometry.cut(images, draws.geometry)
+
+    def apply(self, pixels: Tensor, params: BatchAugmentParams, generator: torch.Generator | None = None) -> Tensor:
+        """:meth:`draw` then :meth:`transform`."""
+        draws = self.draw(params, generator)
+        with one_thread_on_cpu(pixels.device):
+            return self.transform(pixels, draws)
 
     def normalise(self, pixels: Tensor) -> Tensor:
         return self.geometry.normalise(pixels)
@@ -311,6 +333,21 @@ class BatchRecipe:
     def __repr__(self) -> str:
         ops = ", ".join(type(op).__name__ for op in (*self.pixel_ops, *self.tensor_ops))
         return f"{type(self).__name__}({self.geometry!r}, ops=[{ops}])"
+
+
+@contextlib.contextmanager
+def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    """Run the batch transform on one thread on the CPU: tens of small ops run fastest that way. With the
+    step's threads, each op's fork-join waits for a core a neighbour holds (35x slower on 2 busy cores)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _reflect(index: Tensor, length: int) -> Tensor:
@@ -387,12 +424,25 @@ class InMemoryBatches:
         return max(0, -(-(len(self.indices) - self.start) // self.batch_size))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        if self.device_params is None:
+            for pixels, targets in self._windows():
+                yield self.transform.normalise(pixels), targets
+            return
+        for pixels, draws, targets in self.drawn():
+            with one_thread_on_cpu(pixels.device):
+                images = self.transform.transform(pixels, draws)
+            yield images, targets
+
+    def drawn(self) -> Iterator[tuple[Tensor, BatchDraws, Tensor]]:
+        """Training batches before their transform: ``(uint8 pixels, draws, targets)``, for a step that
+        runs ``transform.transform(pixels, draws)`` itself (inside a compiled region)."""
+        if self.device_params is None:
+            raise ValueError("evaluation batches draw nothing: iterate them")
+        for (pixels, targets), begin in zip(self._windows(), range(self.start, len(self.indices), self.batch_size)):
+            generator = torch.Generator(pixels.device).manual_seed(self.seeds[begin // self.batch_size])
+            yield pixels, self.transform.draw(self.device_params[begin : begin + len(pixels)], generator), targets
+
+    def _windows(self) -> Iterator[tuple[Tensor, Tensor]]:
         for begin in range(self.start, len(self.indices), self.batch_size):
             chosen = self.device_indices[begin : begin + self.batch_size]
-            pixels = self.pixels[chosen]
-            if self.device_params is None:
-                images = self.transform.normalise(pixels)
-            else:
-                generator = torch.Generator(pixels.device).manual_seed(self.seeds[begin // self.batch_size])
-                images = self.transform.apply(pixels, self.device_params[begin : begin + len(chosen)], generator)
-            yield images, self.targets[chosen]
+            yield self.pixels[chosen], self.targets[chosen]

@@ -23,29 +23,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "affine",
-    "auto_contrast",
-    "blend",
-    "brightness",
-    "color",
-    "contrast",
-    "equalize",
-    "grayscale",
-    "invert",
-    "posterize",
-    "resized_crop",
-    "sharpness",
-    "solarize",
-    "solarize_add",
-]
+__all__ = ["affine", "blend", "blend_degenerate", "brightness", "color", "contrast", "grayscale", "pixel_table", "point_ops", "resized_crop"]
 
 NEAREST, BILINEAR, BICUBIC = 0, 2, 3  # PIL's resample codes
 
 
-@functools.lru_cache(maxsize=64)
 def constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """A small constant tensor made once per device: a copy from the host each batch would make it wait."""
+    """A small constant tensor made once per device: a copy from the host each batch would make it wait.
+    Under ``torch.compile`` it is a constant of the graph (dynamo would trace through the cache anyway)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, device=device, dtype=dtype)
+    return _cached_constant(values, device, dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
     return torch.tensor(values, device=device, dtype=dtype)
 
 
@@ -53,190 +45,176 @@ def _column(values: Tensor) -> Tensor:
     return values.reshape(-1, 1, 1, 1)  # (B,) -> (B, 1, 1, 1)
 
 
-def blend(degenerate: Tensor, images: Tensor, factor: Tensor) -> Tensor:
+def blend(degenerate: Tensor | float, images: Tensor, factor: Tensor) -> Tensor:
     """``Image.blend(degenerate, image, factor)``: Blend.c clips to [0, 255], then truncates."""
-    mixed = degenerate + _column(factor).float() * (images - degenerate)
+    scale = _column(factor).to(images.dtype)
+    # Blend.c's in1 + factor * (in2 - in1), rounded as it rounds (a fused multiply-add would differ at some levels).
+    mixed = images * scale if isinstance(degenerate, float) else (images - degenerate).mul_(scale).add_(degenerate)
     return mixed.clamp(0, 255).floor()
 
 
 def grayscale(images: Tensor) -> Tensor:
-    """``convert("L")``: ITU-R 601-2 luma in Convert.c's fixed point, ``(B, 1, H, W)``."""
-    rgb = images.to(torch.int32)
-    luma = (rgb[:, 0] * 19595 + rgb[:, 1] * 38470 + rgb[:, 2] * 7471 + 0x8000) >> 16
-    return luma[:, None].to(images.dtype)
+    """``convert("L")``: ITU-R 601-2 luma in Convert.c's fixed point, ``(B, 1, H, W)``.
+
+    In float: every product and sum is an integer below 2**24, so float32 holds it exactly.
+    """
+    weights = constant((19595.0, 38470.0, 7471.0), images.device, images.dtype).view(1, 3, 1, 1)
+    return ((images * weights).sum(1, keepdim=True) + 0x8000).mul_(1 / 65536).floor_()
 
 
 def color(images: Tensor, factor: Tensor) -> Tensor:
     """``ImageEnhance.Color`` (torchvision's saturation on PIL): blend with the grey image."""
-    return blend(grayscale(images).expand_as(images), images, factor)
+    return blend_degenerate(images, factor, _every(images), None, None)
 
 
 def contrast(images: Tensor, factor: Tensor) -> Tensor:
     """``ImageEnhance.Contrast``: blend with a flat image of the rounded mean grey level."""
-    mean = torch.floor(grayscale(images).mean(dim=(1, 2, 3), dtype=torch.float64) + 0.5)  # (B,)
-    return blend(_column(mean).to(images.dtype).expand_as(images), images, factor)
+    return blend_degenerate(images, factor, None, _every(images), None)
 
 
 def brightness(images: Tensor, factor: Tensor) -> Tensor:
     """``ImageEnhance.Brightness``: blend with black."""
-    return blend(torch.zeros_like(images), images, factor)
+    return blend_degenerate(images, factor, None, None, None)
 
 
-# ImageFilter.SMOOTH, the degenerate image of ImageEnhance.Sharpness.
+def _every(images: Tensor) -> Tensor:
+    return torch.ones(len(images), dtype=torch.bool, device=images.device)
+
+
+# ImageFilter.SMOOTH, the degenerate image of ImageEnhance.Sharpness (divided by 13).
 _SMOOTH = (1.0, 1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0, 1.0)
 
 
-def sharpness(images: Tensor, factor: Tensor) -> Tensor:
-    """``ImageEnhance.Sharpness``: blend with the SMOOTH-filtered image (its border pixels unfiltered)."""
-    kernel = (constant(_SMOOTH, images.device, images.dtype) / 13.0).view(1, 1, 3, 3).expand(3, 1, 3, 3)
-    inner = F.conv2d(images, kernel, groups=3)  # (B, 3, H-2, W-2)
+def blend_degenerate(images: Tensor, factor: Tensor, grey: Tensor | None, mean: Tensor | None, smooth: Tensor | None) -> Tensor:
+    """ImageEnhance per image, against its own degenerate image: black (Brightness) unless ``grey``
+    (Color), ``mean`` (Contrast) or ``smooth`` (Sharpness), ``(B,)`` masks (None: no image of that kind).
+
+    A factor of 1 returns an image unchanged, whatever its degenerate image: a layer blends every image.
+    """
+    column = lambda mask: mask[:, None, None, None]  # noqa: E731
+    degenerate: Tensor | float = 0.0
+    if grey is not None or mean is not None:
+        luma = grayscale(images)  # (B, 1, H, W)
+        if grey is not None:
+            degenerate = torch.where(column(grey), luma, 0.0)
+        if mean is not None:
+            level = torch.floor(luma.mean(dim=(1, 2, 3), dtype=torch.float64) + 0.5).to(images.dtype)  # (B,)
+            degenerate = torch.where(column(mean), column(level), degenerate)
+    if smooth is not None:
+        degenerate = torch.where(column(smooth), _smoothed(images), degenerate)
+    return blend(degenerate, images, factor)
+
+
+def pixel_table(step: Tensor, threshold: Tensor, add: Tensor) -> Tensor:
+    """The lookup table ``(..., 256)`` of ImageOps' parametric point operations, each the identity at
+    its default: posterize (``step`` = 2 ** (8 - bits); 1), solarize (``threshold``; 256, and 0
+    inverts) and timm's solarize_add (``add``; 0). Arguments ``(...)``, the table in float64."""
+    step, threshold, add = step[..., None], threshold[..., None], add[..., None]
+    lut = (constant(tuple(range(256)), step.device, torch.float64) / step).floor_().mul_(step)
+    lut = torch.where(lut < threshold, lut, 255.0 - lut)
+    return torch.where(lut < 128, (lut + add).clamp_(max=255), lut)
+
+
+def point_ops(images: Tensor, table: Tensor, stretch: Tensor, flatten: Tensor) -> Tensor:
+    """ImageOps' point operations per image as one lookup: ``table`` ``(B, 256)`` (:func:`pixel_table`),
+    then autocontrast (``stretch``, a ``(B,)`` mask) and equalize (``flatten``, a mask), each from the
+    image's own histogram and the identity where its mask is off."""
+    b, c, h, w = images.shape
+    column = lambda values: values[:, None, None]  # noqa: E731  (B,) -> (B, 1, 1)
+    lut = table[:, None]  # (B, 1, 256)
+    pixels = images.reshape(b, c, h * w).long()
+    counts = torch.zeros(b, c, 256, dtype=torch.long, device=images.device)
+    counts.scatter_add_(2, pixels, constant((1,), images.device, torch.long).expand(b, c, h * w))  # (B, 3, 256)
+    index = constant(tuple(range(256)), images.device, torch.long)
+    present = counts > 0
+    low = torch.where(present, index, 256).amin(2, keepdim=True)  # (B, 3, 1): darkest and brightest level
+    high = torch.where(present, index, -1).amax(2, keepdim=True)
+    # ImageOps.autocontrast (cutoff 0): lut[v] = int(v * scale + offset), truncated, in double.
+    stretched = column(stretch) & (high > low)
+    scale = torch.where(stretched, 255.0 / (high - low).clamp(min=1).double(), 1.0)
+    lut = torch.sub(lut * scale, torch.where(stretched, low * scale, 0.0)).trunc_().clamp_(0, 255)  # (B, 3, 256)
+    # ImageOps.equalize: the histogram flattened with an integer step; a channel with one level, or
+    # fewer than 255 pixels outside its top level, is left as is.
+    per_level = (h * w - counts.gather(2, high)) // 255  # (B, 3, 1)
+    flat = ((per_level // 2 + counts.cumsum(2) - counts) // per_level.clamp(min=1)).clamp_(max=255)
+    lut = torch.where(column(flatten) & (per_level > 0), flat.double(), lut)
+    return lut.to(images.dtype).gather(2, pixels).view(b, c, h, w)
+
+
+def _smoothed(images: Tensor) -> Tensor:
+    """ImageFilter.SMOOTH, its border pixels unfiltered: the degenerate image of ImageEnhance.Sharpness."""
+    # Integer weights: the sums are exact even where convolutions run in TF32; Filter.c rounds.
+    kernel = constant(_SMOOTH, images.device, images.dtype).view(1, 1, 3, 3).expand(3, 1, 3, 3)
+    inner = F.conv2d(images, kernel, groups=3).mul_(1 / 13).add_(0.5).floor_()  # (B, 3, H-2, W-2)
     smooth = images.clone()
-    smooth[:, :, 1:-1, 1:-1] = torch.floor(inner + 0.5).clamp(0, 255)  # Filter.c rounds
-    return blend(smooth, images, factor)
-
-
-def invert(images: Tensor) -> Tensor:
-    return 255.0 - images
-
-
-def posterize(images: Tensor, bits: Tensor) -> Tensor:
-    """``ImageOps.posterize``: keep the top ``bits`` bits (timm skips 8 bits or more: no-op)."""
-    keep = bits.clamp(0, 8).to(torch.int32)
-    mask = _column(255 - ((1 << (8 - keep)) - 1))  # ~(2**(8 - bits) - 1) within a byte
-    return (images.to(torch.int32) & mask).to(images.dtype)
-
-
-def solarize(images: Tensor, threshold: Tensor) -> Tensor:
-    """``ImageOps.solarize``: invert the pixels at or above ``threshold``."""
-    return torch.where(images < _column(threshold).to(images.dtype), images, 255.0 - images)
-
-
-def solarize_add(images: Tensor, add: Tensor, threshold: float = 128.0) -> Tensor:
-    """timm's ``solarize_add``: add ``add`` (capped at 255) to the pixels below ``threshold``."""
-    return torch.where(images < threshold, (images + _column(add).to(images.dtype)).clamp(max=255), images)
-
-
-def _histograms(images: Tensor) -> Tensor:
-    """Per image and channel, ``(B, 3, 256)`` counts."""
-    b, c = images.shape[:2]
-    levels = images.reshape(b * c, -1).long()  # (B*3, H*W)
-    counts = torch.zeros(b * c, 256, device=images.device, dtype=torch.long)
-    counts.scatter_add_(1, levels, torch.ones_like(levels))
-    return counts.reshape(b, c, 256)
-
-
-def _apply_lut(images: Tensor, lut: Tensor) -> Tensor:
-    b, c = images.shape[:2]
-    flat = images.reshape(b, c, -1).long()  # (B, 3, H*W)
-    return lut.gather(2, flat).reshape(images.shape).to(images.dtype)
-
-
-def auto_contrast(images: Tensor) -> Tensor:
-    """``ImageOps.autocontrast`` (cutoff 0): stretch each channel's [min, max] to [0, 255]."""
-    low = images.amin(dim=(2, 3), keepdim=True)  # (B, 3, 1, 1)
-    high = images.amax(dim=(2, 3), keepdim=True)
-    scale = 255.0 / (high - low).clamp(min=1)
-    # ImageOps builds its table with int(ix * scale + offset), which truncates toward zero.
-    stretched = torch.trunc(images.double() * scale - low * scale).clamp(0, 255).to(images.dtype)
-    return torch.where(high > low, stretched, images)
-
-
-def equalize(images: Tensor) -> Tensor:
-    """``ImageOps.equalize``: each channel's histogram flattened with ImageOps' integer step."""
-    counts = _histograms(images)  # (B, 3, 256)
-    levels = torch.arange(256, device=images.device)
-    last = torch.where(counts > 0, levels, -1).amax(dim=2, keepdim=True)  # (B, 3, 1): the last non-empty bin
-    step = (counts.sum(2, keepdim=True) - counts.gather(2, last.clamp(min=0))) // 255
-    before = counts.cumsum(2) - counts  # (B, 3, 256): pixels below each level
-    lut = ((step // 2 + before) // step.clamp(min=1)).clamp(max=255)
-    # A channel with a single level, or fewer than 255 pixels outside its top level, is left as is.
-    lut = torch.where(step > 0, lut, levels)
-    return _apply_lut(images, lut)
+    smooth[:, :, 1:-1, 1:-1] = inner
+    return smooth
 
 
 def affine(images: Tensor, matrix: Tensor, resample: int | Tensor, fill: tuple[int, int, int]) -> Tensor:
     """``Image.transform(size, AFFINE, matrix, resample, fillcolor=fill)`` for each image.
 
+    One gather of the 4 x 4 source taps of every output pixel, whatever the filter: NEAREST and
+    BILINEAR are taps with zero weights, so images with different filters (or the identity matrix,
+    which reads each pixel back with weight 1 exactly) share one resample.
+
     Args:
         matrix: ``(B, 6)``: output pixel centre ``(x, y)`` maps to input ``(a x + b y + c, d x + e y + f)``.
         resample: PIL code NEAREST (0), BILINEAR (2) or BICUBIC (3), or a ``(B,)`` tensor of BILINEAR /
-            BICUBIC per image (timm's random interpolation: both are computed, no host sync).
+            BICUBIC per image (timm's random interpolation).
         fill: The colour of the pixels whose source lies outside the image.
     """
-    b, _, h, w = images.shape
-    dtype = torch.float64  # Geometry.c computes the coordinates in double
-    ys, xs = torch.meshgrid(
-        torch.arange(h, device=images.device, dtype=dtype) + 0.5,
-        torch.arange(w, device=images.device, dtype=dtype) + 0.5,
-        indexing="ij",
-    )  # (H, W) pixel centres
-    m = matrix.to(dtype)[:, :, None, None]  # (B, 6, 1, 1)
-    x_in = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]  # (B, H, W)
-    y_in = m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
-    inside = (x_in >= 0) & (x_in < w) & (y_in >= 0) & (y_in < h)
-    if isinstance(resample, Tensor):
-        bicubic = (resample == BICUBIC)[:, None, None, None]
-        out = torch.where(bicubic, _bicubic(images, x_in, y_in), _bilinear(images, x_in, y_in))
-    else:
-        out = _SAMPLERS[resample](images, x_in, y_in)
-    colour = constant(tuple(float(c) for c in fill), images.device, images.dtype).view(1, 3, 1, 1)
-    return torch.where(inside[:, None], out, colour)
-
-
-def _taps(coordinate: Tensor, offsets: range, size: int) -> list[Tensor]:
-    """Integer source positions ``floor(coordinate) + k`` clamped to the image (Geometry.c's XCLIP/YCLIP)."""
-    base = coordinate.floor().long()
-    return [(base + k).clamp_(0, size - 1) for k in offsets]
-
-
-def _sample(images: Tensor, rows: list[Tensor], cols: list[Tensor], wy: list[Tensor], wx: list[Tensor]) -> Tensor:
-    """``sum_ij wy[i] wx[j] images[b, :, rows[i], cols[j]]`` for ``(B, H, W)`` tap maps and weights."""
     b, c, h, w = images.shape
-    flat = images.reshape(b, c, h * w)
-    out = None
-    for row, weight_y in zip(rows, wy):
-        line = None
-        for col, weight_x in zip(cols, wx):
-            index = (row * w + col).reshape(b, 1, -1).expand(b, c, -1)
-            value = flat.gather(2, index).reshape(b, c, *row.shape[1:]) * weight_x
-            line = value if line is None else line + value
-        assert line is not None
-        term = line * weight_y
-        out = term if out is None else out + term
-    assert out is not None
-    return out
+    grid = _centres(h, w, images.device)  # (H*W, 2): pixel centres (x, y), in double as Geometry.c
+    m = matrix.to(torch.float64).view(b, 2, 3)  # rows (a, b, c) and (d, e, f)
+    coords = torch.addcmul(torch.addcmul(m[:, None, :, 2], m[:, None, :, 0], grid[:, :1]), m[:, None, :, 1], grid[:, 1:])  # (B, HW, 2)
+    size = constant((float(w), float(h)), images.device, torch.float64)
+    inside = ((coords >= 0) & (coords < size)).all(-1)  # (B, HW)
+    shifted = coords - 0.5
+    base = shifted.floor()
+    d = (shifted - base)[..., None]  # (B, HW, 2, 1): fraction past the tap left of / above
+    if isinstance(resample, Tensor):  # per image: the weight polynomials of its filter
+        coefficients = constant(_CUBIC + _LINEAR, images.device, torch.float64).view(2, 4, 4)[(resample != BICUBIC).long()]
+        power = [coefficients[:, None, None, k] for k in range(4)]  # (B, 1, 1, 4) each
+    else:
+        if resample == NEAREST:  # the nearest tap is a linear one with weights 0 and 1
+            d = (d >= 0.5).double()
+        table = _CUBIC if resample == BICUBIC else _LINEAR
+        power = [constant(table[4 * k : 4 * k + 4], images.device, torch.float64) for k in range(4)]
+    # In double, then rounded once: Horner's rule in float32 would move a weight by more than Pillow's.
+    weights = torch.addcmul(power[0], torch.addcmul(power[1], torch.addcmul(power[2], power[3], d), d), d).to(images.dtype)
+    limit = constant((w - 1, h - 1), images.device, torch.long)[:, None]  # (2, 1)
+    zero = constant((0,), images.device, torch.long)
+    taps = torch.clamp(base.long()[..., None] + constant((-1, 0, 1, 2), images.device, torch.long), zero, limit)  # (B, HW, 2, 4)
+    index = taps[:, :, 1, :, None] * w + taps[:, :, 0, None, :]  # (B, HW, 4 rows, 4 columns)
+    values = images.reshape(b, c, h * w).gather(2, index.view(b, 1, -1).expand(b, c, -1)).view(b, c, h * w, 16)
+    # Along x, then y, as Geometry.c: a flat neighbourhood reads back its exact level more often.
+    rows = (values.view(b, c, h * w, 4, 4) * weights[:, None, :, 0, None, :]).sum(-1)  # (B, 3, HW, 4)
+    out = (rows * weights[:, None, :, 1, :]).sum(-1)  # (B, 3, HW)
+    if isinstance(resample, Tensor) or resample == BICUBIC:  # Geometry.c clips the cubic, then truncates
+        out = out.clamp_(0, 255).floor_()
+    elif resample == BILINEAR:
+        out = out.floor_()
+    colour = constant(tuple(float(v) for v in fill), images.device, images.dtype).view(1, 3, 1)
+    return torch.where(inside[:, None], out, colour).view(b, c, h, w)
 
 
-def _nearest(images: Tensor, x_in: Tensor, y_in: Tensor) -> Tensor:
-    _, _, h, w = images.shape
-    one = torch.ones((), dtype=images.dtype, device=images.device)
-    return _sample(images, _taps(y_in, range(1), h), _taps(x_in, range(1), w), [one], [one])
+# Tap weights as polynomials in the fraction d, by power (d^0, d^1, d^2, d^3) then tap (-1, 0, 1, 2).
+_CUBIC = (0.0, 1.0, 0.0, 0.0, -1.0, 0.0, 1.0, 0.0, 2.0, -2.0, 1.0, -1.0, -1.0, 1.0, -1.0, 1.0)  # Geometry.c's a = -1 cubic
+_LINEAR = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)  # 1 - d, d
 
 
-def _bilinear(images: Tensor, x_in: Tensor, y_in: Tensor) -> Tensor:
-    _, _, h, w = images.shape
-    x, y = x_in - 0.5, y_in - 0.5
-    dx, dy = (x - x.floor())[:, None].to(images.dtype), (y - y.floor())[:, None].to(images.dtype)  # (B, 1, H, W)
-    out = _sample(images, _taps(y, range(2), h), _taps(x, range(2), w), [1 - dy, dy], [1 - dx, dx])
-    return out.floor_()  # Geometry.c truncates
+def _centres(height: int, width: int, device: torch.device) -> Tensor:
+    """``(H*W, 2)`` pixel centres ``(x, y)``: made once per size and device, or a constant of a compiled graph."""
+    return _make_centres(height, width, device) if torch.compiler.is_compiling() else _cached_centres(height, width, device)
 
 
-def _cubic_weights(d: Tensor) -> list[Tensor]:
-    """Geometry.c's BICUBIC macro (the a = -1 cubic) as weights of the four taps."""
-    d2, d3 = d * d, d * d * d
-    return [-d + 2 * d2 - d3, 1 - 2 * d2 + d3, d + d2 - d3, -d2 + d3]
+_cached_centres = functools.lru_cache(maxsize=16)(lambda height, width, device: _make_centres(height, width, device))
 
 
-def _bicubic(images: Tensor, x_in: Tensor, y_in: Tensor) -> Tensor:
-    _, _, h, w = images.shape
-    x, y = x_in - 0.5, y_in - 0.5
-    wx = _cubic_weights((x - x.floor())[:, None].to(images.dtype))
-    wy = _cubic_weights((y - y.floor())[:, None].to(images.dtype))
-    out = _sample(images, _taps(y, range(-1, 3), h), _taps(x, range(-1, 3), w), wy, wx)
-    return out.clamp_(0, 255).floor_()
-
-
-_SAMPLERS = {NEAREST: _nearest, BILINEAR: _bilinear, BICUBIC: _bicubic}
+def _make_centres(height: int, width: int, device: torch.device) -> Tensor:
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64), indexing="ij")
+    return (torch.stack([xs.flatten(), ys.flatten()], dim=1) + 0.5).to(device)  # (H*W, 2)
 
 
 # Resample.c's filters: (support, kernel).

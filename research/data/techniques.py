@@ -25,19 +25,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, Optional, TypeVar
 
-import torch
 from timm.data import Mixup as TimmMixup
 from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
 from timm.data.random_erasing import RandomErasing as TimmRandomErasing
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
-from torch import Tensor
 from torchvision import transforms as T
 
-from research.data import pil_ops
-from research.data.batch_augment import BatchAugment, BatchOp, BatchResizedCrop
+from research.data.batch_augment import BatchAugment, BatchResizedCrop
 from research.data.batch_ops import (
     BatchAutoAugment,
     BatchColorJitter,
+    BatchGrayscale,
+    BatchOp,
     BatchRandAugment,
     BatchRandomErasing,
     NotBatchable,
@@ -290,11 +289,7 @@ class Grayscale(Technique):
         return [T.RandomGrayscale(self.grayscale)] if self.grayscale > 0 else []
 
     def batch_ops(self, ctx: Context) -> list[BatchOp]:
-        def grey(images: Tensor, generator: torch.Generator) -> Tensor:
-            chosen = torch.rand(len(images), generator=generator, device=images.device) < self.grayscale  # (B,)
-            return torch.where(chosen[:, None, None, None], pil_ops.grayscale(images).expand_as(images), images)
-
-        return [grey] if self.grayscale > 0 else []
+        return [BatchGrayscale(self.grayscale)] if self.grayscale > 0 else []
 
 
 @dataclass(frozen=True)

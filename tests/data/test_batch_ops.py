@@ -69,13 +69,11 @@ def _record_timm(transform, count: int) -> dict[str, list[float]]:
 
 
 def _record_batched(batched, count: int) -> dict[str, list[float]]:
+    """The ops and arguments the batched policy drew for ``count`` images, by name (the layers that run)."""
+    params = batched.draw(count, (8, 8), torch.Generator().manual_seed(0), torch.device("cpu"))
     drawn: dict[str, list[float]] = defaultdict(list)
-    ops = batched.ops if hasattr(batched, "ops") else [op for sub in batched.policy for op in sub]
-    for op in ops:
-        op.fn = lambda images, args=None, *_, name=op.name: drawn[name].extend(
-            args.tolist() if args is not None else [0.0] * len(images)
-        ) or images
-    batched(torch.zeros(count, 3, 8, 8), torch.Generator().manual_seed(0))
+    for op, arg in zip(params["op"][params["on"]].tolist(), params["arg"][params["on"]].tolist()):
+        drawn[batched.names[op]].append(arg)
     return drawn
 
 

@@ -72,7 +72,9 @@ def test_each_op_is_timms_pil_op(name: str, resample: int | None) -> None:
     expected = _pil(images, lambda image, i: timm_op(image, *arguments(i), **extra))
     batch = _batch(images)
     out = fn(batch, args, resample, FILL) if geometric else fn(batch, args)
-    _assert_within_rounding(out, expected)
+    # The colour and point ops are Pillow's exactly; the resamples differ by one level on at most 3%
+    # of the pixels (Geometry.c's double-precision sums against float32 here; 2.2% at most, Rotate).
+    _assert_within_rounding(out, expected, differing=0.03 if geometric else 0.0)
 
 
 def test_random_interpolation_picks_per_image() -> None:
