@@ -6,6 +6,7 @@ needed). Only the main process writes."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -15,6 +16,8 @@ from typing import Any
 
 from research.engine import checkpoint
 from research.engine.state import TrainState
+
+log = logging.getLogger(__name__)
 
 DONE, FAILED, RUNNING, NOT_STARTED = "done", "failed", "running", "not started"
 METRICS = "metrics.jsonl"
@@ -65,12 +68,12 @@ class RunDir:
                 handle.write(json.dumps(strict, allow_nan=False) + "\n")
 
     def truncate_metrics(self, epochs_done: int) -> None:
-        """Drop epoch records past the checkpoint being resumed (written after it, then lost)."""
-        file = self.path / METRICS
-        if not self.is_main or not file.exists():
+        """Drop epoch records past the checkpoint being resumed (written after it, then lost), and a
+        line cut short by a crash mid-write."""
+        if not self.is_main or not (self.path / METRICS).exists():
             return
-        kept = [line for line in file.read_text().splitlines() if line and json.loads(line)["epoch"] <= epochs_done]
-        _write_atomic(file, "".join(line + "\n" for line in kept))
+        kept = [record for record in read_metrics(self.path) if record["epoch"] <= epochs_done]
+        _write_atomic(self.path / METRICS, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         if self.is_main:
@@ -78,15 +81,37 @@ class RunDir:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary; None when there is none, or when a crash left it empty or cut short (with a
+    warning: where the run stands then comes from its checkpoint and its lock)."""
     file = Path(run_dir) / SUMMARY
-    return json.loads(file.read_text()) if file.exists() else None
+    if not file.exists():
+        return None
+    try:
+        summary = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        summary = None
+    if not isinstance(summary, dict):
+        log.warning("%s: not a summary (empty or cut short by a crash); ignored, the next life rewrites it", file)
+        return None
+    return summary
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The epoch records, oldest first; a line a crash cut short is left out, with a warning."""
     file = Path(run_dir) / METRICS
     if not file.exists():
         return []
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and "epoch" in record:
+            records.append(record)
+        elif line.strip():
+            log.warning("%s: line %d is cut short (a crash while it was written); left out", file, number)
+    return records
 
 
 def _write_atomic(file: Path, text: str) -> None:

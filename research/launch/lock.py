@@ -13,6 +13,7 @@ know they run under it and do not lock again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -35,6 +36,10 @@ class RunDirBusy(ConfigError):
     """Another process trains this run dir (bad input: exit 2, naming the holder)."""
 
 
+class RunDirNotWritable(ConfigError):
+    """The run dir cannot be written (read-only folder or file system): bad input, exit 2."""
+
+
 @contextlib.contextmanager
 def run_dir_lock(run_dir: Path, *, job_id: str | None = None) -> Iterator[None]:
     """Hold ``run_dir``'s lock inside the block; raise :class:`RunDirBusy` if another process holds it."""
@@ -42,8 +47,16 @@ def run_dir_lock(run_dir: Path, *, job_id: str | None = None) -> Iterator[None]:
     if os.environ.get(HELD_ENV) == str(run_dir):  # a launcher above this process holds it
         yield
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115  (held until the block ends)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115  (held until the block ends)
+    except (PermissionError, OSError) as exc:
+        if not isinstance(exc, PermissionError) and exc.errno != errno.EROFS:
+            raise
+        raise RunDirNotWritable(
+            f"{run_dir}: cannot write the run dir ({exc.strerror}); make it writable (chmod u+w on it and its "
+            "files), or set output_dir to a folder you can write"
+        ) from None
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,30 @@ def test_a_diverging_run_is_never_saved_nor_done_and_its_records_are_strict_json
         if (run_dir / name).exists():
             strict((run_dir / name).read_text())
     ledger.record("NaN", survived=read_summary(run_dir)["status"] != "done", identical=None)
+
+
+def test_a_torn_metrics_line_and_an_empty_summary_are_recovered_with_a_warning(tmp_path: Path, reference: Path, ledger) -> None:
+    path = write_run(tmp_path)
+    run_dir = run_dir_of(path)
+    process = start(path)
+    wait_for_step(run_dir, 2 * STEPS + 3, process)  # the first two epochs recorded
+    os.killpg(process.popen.pid, signal.SIGKILL)
+    process.finish()
+    # what a crash while writing both files leaves: the last line cut short, the summary emptied
+    with open(run_dir / "metrics.jsonl", "a") as handle:
+        handle.write('{"epoch": 3, "train/epoch_lo')
+    (run_dir / "summary.json").write_text("")
+
+    expand = subprocess.run(
+        [sys.executable, "-m", "research.cli", "expand", str(path)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert expand.returncode == 0 and "Traceback" not in expand.stderr, expand.stderr
+    assert "summary.json: not a summary" in expand.stderr
+
+    status, _, err = start(path, tag="resume").finish()
+    assert status == 0 and "Traceback" not in err, err
+    assert "metrics.jsonl: line 3 is cut short" in err
+    outcome = compare(run_dir, reference)
+    ledger.record("torn metrics line, empty summary", survived=status == 0, lost_or_duplicated=outcome.records_off, identical=outcome.identical)
+    assert outcome.records_off == 0 and outcome.identical
+    assert read_summary(run_dir)["status"] == "done"
