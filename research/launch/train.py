@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from research.config import ConfigError, ExperimentCfg, Run
 from research.config.components import SECTIONS, build_component
+from research.engine.checkpoint import CheckpointError
 from research.engine.checkpoint import load as load_checkpoint
 from research.engine.evaluate import AUTOCAST_DTYPES, evaluate
 from research.engine.fit import Loop, RunStopped, fit
@@ -40,6 +41,7 @@ from research.launch.dist import DistEnv, init_distributed
 from research.launch.lock import run_dir_lock
 from research.launch.run_check import Verdict, check, config_record
 from research.launch.stop import StopRequest, stop_on_signals
+from research.launch.teacher_check import teacher_note
 from research.launch.tracking import build_tracker
 from research.losses import build_base_criterion
 from research.models.finetune import load_for_finetune
@@ -56,12 +58,12 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
     the step in progress, saved (:mod:`research.launch.stop`).
     """
     env = env or init_distributed()
-    with _one_writer(run, env) as verdict, stop_on_signals() as stop:
-        return _train(run, env, verdict, stop, on_loop)
+    with _one_writer(run, env) as notes, stop_on_signals() as stop:
+        return _train(run, env, notes, stop, on_loop)
 
 
 def _train(
-    run: Run, env: DistEnv, verdict: Verdict | None, stop: StopRequest, on_loop: Callable[[Loop], None] | None
+    run: Run, env: DistEnv, notes: dict[str, Any], stop: StopRequest, on_loop: Callable[[Loop], None] | None
 ) -> dict[str, Any]:
     cfg = run.cfg
     if cfg.train.threads:  # on a small CPU, loader workers and compute threads compete for the same cores
@@ -73,7 +75,7 @@ def _train(
     if env.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / CONFIG).write_text(yaml.safe_dump(record, sort_keys=False))
-        life = start_life(run.run_dir, job_id=_slurm_job_id(), **_life_notes(verdict))
+        life = start_life(run.run_dir, job_id=_slurm_job_id(), git=record["git"], **notes)
     data = build_data(cfg, env)
     teacher = build_teacher(cfg, data.num_classes, env)
     model = build_model(cfg, data.num_classes, env)
@@ -116,16 +118,20 @@ def _train(
 
 
 @contextlib.contextmanager
-def _one_writer(run: Run, env: DistEnv) -> Iterator[Verdict | None]:
-    """On rank 0: check the run dir against the config, then hold its lock for the block. A refusal reaches every rank, so none waits for the others."""
+def _one_writer(run: Run, env: DistEnv) -> Iterator[dict[str, Any]]:
+    """On rank 0: check the run dir against the config, then hold its lock for the block, and check
+    its teacher; yields what this life notes in ``lives.jsonl``. A refusal reaches every rank, so none
+    waits for the others."""
     stack = contextlib.ExitStack()
     error: Exception | None = None
-    verdict = None
+    notes: dict[str, Any] = {}
     if env.is_main:
         try:
             verdict = check(run, launching=False)  # what to replace, its launcher replaced
             stack.enter_context(run_dir_lock(run.run_dir, job_id=_slurm_job_id()))
-        except ConfigError as exc:
+            notes = {**_life_notes(verdict), **teacher_note(run)}
+        except (ConfigError, CheckpointError) as exc:
+            stack.close()
             error = exc
     if env.distributed:
         message = [str(error) if error else None]
@@ -135,7 +141,7 @@ def _one_writer(run: Run, env: DistEnv) -> Iterator[Verdict | None]:
     if error is not None:
         raise error
     with stack:
-        yield verdict
+        yield notes
 
 
 def _life_notes(verdict: Verdict | None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ with ``strict=True``: a partial load would give a silently wrong teacher. Files 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from research.safe_load import CheckpointError, check_file, safe_load
 
-__all__ = ["TeacherCheckpointError", "check_teacher_checkpoint", "load_teacher_weights", "read_state_dict"]
+__all__ = ["TeacherCheckpointError", "check_teacher_checkpoint", "load_teacher_weights", "read_state_dict", "teacher_digest"]
 
 _WRAPPER_KEYS = ("model", "state_dict")  # in order of preference
 _DDP_PREFIX = "module."
@@ -43,6 +44,17 @@ def check_teacher_checkpoint(path: str) -> Path:
         return check_file(path, what=_WHAT, hint=hint)
     except CheckpointError as exc:
         raise TeacherCheckpointError(str(exc)) from None
+
+
+def teacher_digest(path: str) -> str:
+    """The SHA-256 of the teacher checkpoint's bytes: its identity, which a path alone is not (a teacher
+    retrained in place keeps its path).
+
+    Raises:
+        TeacherCheckpointError: The file is missing, a directory, or not readable.
+    """
+    with open(check_teacher_checkpoint(path), "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
