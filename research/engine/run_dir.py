@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,12 @@ METRICS = "metrics.jsonl"
 LIVES = "lives.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
+
+# checkpoint.save_atomic's and _write_atomic's temporary names
+_LEFTOVER = re.compile(
+    rf"\.({'|'.join(re.escape(n) for n in (checkpoint.LAST, checkpoint.PREVIOUS, checkpoint.BEST))})\.[0-9a-f]{{8}}\.tmp"
+    rf"|\.({'|'.join(re.escape(n) for n in (METRICS, LIVES, SUMMARY))})\.tmp"
+)
 
 
 class RunDir:
@@ -51,6 +58,18 @@ class RunDir:
         self._last_is_intact = True
         if best:
             checkpoint.save_atomic(payload, self.best)
+
+    def remove_leftovers(self) -> None:
+        """Remove the temporary files that writes cut short by a kill left (``.last.pt.<id>.tmp``,
+        ``.summary.json.tmp``, ...): only this module's and :mod:`checkpoint`'s names, and only by the
+        holder of the run's lock (no other process writes them meanwhile)."""
+        if not self.is_main:
+            return
+        left = [file for file in self.path.glob(".*.tmp") if _LEFTOVER.fullmatch(file.name)]
+        for file in left:
+            file.unlink(missing_ok=True)
+        if left:
+            log.warning("%s: removed %d temporary file(s) left by writes a kill cut short", self.path, len(left))
 
     def resume_point(self) -> dict[str, Any] | None:
         """The newest intact checkpoint (``last.pt``, else ``last.prev.pt``), or None in a new run dir."""

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
+from research.engine.fit import RunStopped
+
 log = logging.getLogger(__name__)
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -30,6 +32,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self.doing: str | None = None  # set inside at_once: what a signal interrupts there
 
     def __call__(self) -> bool:
         return self.signum is not None
@@ -37,6 +40,26 @@ class StopRequest:
     @property
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    @contextlib.contextmanager
+    def at_once(self, doing: str) -> Iterator[None]:
+        """Within the block there is no step to finish (extracting a dataset: a minute on a first
+        start): a stop request raises :class:`RunStopped` at once, so ``finally`` clauses there
+        remove what was half done, well before ``scancel``'s SIGKILL."""
+        if self():
+            raise self.stopped_while(doing)
+        self.doing = doing
+        try:
+            yield
+        finally:
+            self.doing = None
+
+    def stopped_while(self, doing: str) -> RunStopped:
+        assert self.signum is not None
+        return RunStopped(
+            f"stopped by {self.name} while {doing}: nothing trained in this life; run the same command again to go on",
+            exit_status=128 + self.signum,
+        )
 
 
 @contextlib.contextmanager
@@ -48,9 +71,13 @@ def stop_on_signals() -> Iterator[StopRequest]:
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if request.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: now
+        if request.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt  # a second Ctrl-C: now
+            return  # the first request is being honoured (a raise here would cut a cleanup short)
         request.signum = signum
+        if request.doing is not None:
+            raise request.stopped_while(request.doing)
         log.warning("%s: stopping after this step, once its checkpoint is saved (Ctrl-C again to stop now)", request.name)
 
     previous = {signum: signal.getsignal(signum) for signum in SIGNALS}

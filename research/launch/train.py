@@ -76,7 +76,8 @@ def _train(
         run.run_dir.mkdir(parents=True, exist_ok=True)
         (run.run_dir / CONFIG).write_text(yaml.safe_dump(record, sort_keys=False))
         life = start_life(run.run_dir, job_id=_slurm_job_id(), git=record["git"], **notes)
-    data = build_data(cfg, env)
+        run_dir.remove_leftovers()  # under the lock: temporary files of saves a kill cut short
+    data = _build_data(run, env, run_dir, stop)
     teacher = build_teacher(cfg, data.num_classes, env)
     model = build_model(cfg, data.num_classes, env)
     objective = build_component(
@@ -105,9 +106,7 @@ def _train(
         tracker.summary(summary)
         return summary
     except RunStopped:
-        slurm_state = _slurm_job_state()
-        status = "cancelled" if slurm_state == "CANCELLED" else "stopped"
-        run_dir.write_summary({**_summary(state, cfg, {}, status), "stopped_by": stop.name, "slurm_state": slurm_state})
+        run_dir.write_summary({**_summary(state, cfg, {}, "stopped"), **_stopped(stop)})
         raise
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
@@ -142,6 +141,23 @@ def _one_writer(run: Run, env: DistEnv) -> Iterator[dict[str, Any]]:
         raise error
     with stack:
         yield notes
+
+
+def _build_data(run: Run, env: DistEnv, run_dir: RunDir, stop: StopRequest) -> RunData:
+    """The run's data; a stop request while it is prepared (a first extraction) stops the run at once."""
+    try:
+        with stop.at_once("preparing the data"):
+            return build_data(run.cfg, env)
+    except RunStopped:
+        run_dir.write_summary({"status": "stopped", "epochs_done": None, "epochs": run.cfg.train.epochs, **_stopped(stop)})
+        raise
+
+
+def _stopped(stop: StopRequest) -> dict[str, Any]:
+    """How a stopped life ended, for its summary: ``status`` cancelled (scancel) or stopped, and by what."""
+    slurm_state = _slurm_job_state()
+    status = "cancelled" if slurm_state == "CANCELLED" else "stopped"
+    return {"status": status, "stopped_by": stop.name, "slurm_state": slurm_state}
 
 
 def _life_notes(verdict: Verdict | None) -> dict[str, Any]:
