@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from research.engine import checkpoint
 from research.engine.state import TrainState
 
@@ -83,7 +85,7 @@ class RunDir:
         """One strict JSON line: a non-finite number (a diverged validation loss) is written as null."""
         if self.is_main:
             strict = {key: None if isinstance(v, float) and not math.isfinite(v) else v for key, v in record.items()}
-            with open(self.path / METRICS, "a") as handle:
+            with checkpoint.writing(self.path / METRICS), open(self.path / METRICS, "a") as handle:
                 handle.write(json.dumps(strict, allow_nan=False) + "\n")
 
     def truncate_metrics(self, epochs_done: int) -> None:
@@ -94,9 +96,21 @@ class RunDir:
         kept = [record for record in read_metrics(self.path) if record["epoch"] <= epochs_done]
         _write_atomic(self.path / METRICS, "".join(json.dumps(record) + "\n" for record in kept))
 
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
+    def write_config(self) -> None:
         if self.is_main:
+            _write_atomic(self.path / CONFIG, yaml.safe_dump(self.config, sort_keys=False))
+
+    def write_summary(self, summary: Mapping[str, Any], *, ending: bool = False) -> None:
+        """Write ``summary.json``; ``ending`` (a life that fails or stops): a failed write only warns, as the
+        error that ends the life is the one to report (a full disk fails this write too)."""
+        if not self.is_main:
+            return
+        try:
             _write_atomic(self.path / SUMMARY, json.dumps({**summary, "updated": time.time()}, indent=1) + "\n")
+        except (OSError, checkpoint.DiskFull) as exc:
+            if not ending:
+                raise
+            log.warning("%s: summary not written (%s)", self.path / SUMMARY, exc)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
@@ -134,9 +148,15 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _write_atomic(file: Path, text: str) -> None:
+    """Write ``text`` to a temporary file and rename it over ``file``; a failed write leaves no temporary file."""
     tmp = file.with_name(f".{file.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, file)
+    try:
+        with checkpoint.writing(file):
+            tmp.write_text(text)
+            os.replace(tmp, file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def run_status(run_dir: Path) -> str:

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
@@ -33,7 +32,7 @@ from research.engine.checkpoint import load as load_checkpoint
 from research.engine.evaluate import AUTOCAST_DTYPES, evaluate
 from research.engine.fit import Loop, RunStopped, fit
 from research.engine.lookahead import ScheduledLookahead
-from research.engine.run_dir import CONFIG, RunDir, start_life
+from research.engine.run_dir import RunDir, start_life
 from research.engine.state import TrainState, unwrap
 from research.launch import provenance
 from research.launch.data import RunData, build_data
@@ -74,7 +73,7 @@ def _train(
     life = 0
     if env.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / CONFIG).write_text(yaml.safe_dump(record, sort_keys=False))
+        run_dir.write_config()
         life = start_life(run.run_dir, job_id=_slurm_job_id(), git=record["git"], **notes)
         run_dir.remove_leftovers()  # under the lock: temporary files of saves a kill cut short
     data = _build_data(run, env, run_dir, stop)
@@ -106,11 +105,11 @@ def _train(
         tracker.summary(summary)
         return summary
     except RunStopped:
-        run_dir.write_summary({**_summary(state, cfg, {}, "stopped"), **_stopped(stop)})
+        run_dir.write_summary({**_summary(state, cfg, {}, "stopped"), **_stopped(stop)}, ending=True)
         raise
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
-        run_dir.write_summary({**_summary(state, cfg, {}, status), "error": repr(exc)[:500]})
+        run_dir.write_summary({**_summary(state, cfg, {}, status), "error": repr(exc)[:500]}, ending=True)
         raise
     finally:
         tracker.close()
@@ -149,7 +148,8 @@ def _build_data(run: Run, env: DistEnv, run_dir: RunDir, stop: StopRequest) -> R
         with stop.at_once("preparing the data"):
             return build_data(run.cfg, env)
     except RunStopped:
-        run_dir.write_summary({"status": "stopped", "epochs_done": None, "epochs": run.cfg.train.epochs, **_stopped(stop)})
+        summary = {"status": "stopped", "epochs_done": None, "epochs": run.cfg.train.epochs, **_stopped(stop)}
+        run_dir.write_summary(summary, ending=True)
         raise
 
 
