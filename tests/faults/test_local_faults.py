@@ -19,7 +19,7 @@ import yaml
 from research.engine import checkpoint
 from research.engine.run_dir import read_lives, read_summary
 
-from .harness import STEPS, Process, compare, last_line, reference_run, run_dir_of, start, wait_for_step, write_run
+from .harness import STEPS, VALIDATION, Process, compare, last_line, reference_run, run_dir_of, start, wait_for_step, write_run
 
 pytestmark = pytest.mark.slow
 
@@ -212,4 +212,46 @@ def test_temporary_files_of_saves_a_kill_cut_short_are_removed_at_the_next_start
     assert "removed" in err and "temporary file(s) left by writes a kill cut short" in err
     outcome = compare(run_dir, reference)
     ledger.record("kill -9 during saves", survived=status == 0, lost_or_duplicated=outcome.records_off, identical=outcome.identical)
+    assert outcome.records_off == 0 and outcome.identical
+
+
+@pytest.fixture(scope="module")
+def ddp_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = write_run(tmp_path_factory.mktemp("ddp_reference"))
+    status, _, err = start(path, "--nproc", "2", tag="reference").finish(timeout_s=400)
+    assert status == 0, err
+    return run_dir_of(path)
+
+
+@pytest.mark.parametrize(
+    ("fault", "signum", "exit_status", "group"),
+    [("--nproc 2: Ctrl-C", signal.SIGINT, 130, True), ("--nproc 2: SIGTERM to the launcher", signal.SIGTERM, 143, False)],
+)
+def test_a_stop_signal_under_nproc_saves_the_step_on_every_rank_and_resumes(
+    tmp_path: Path, ddp_reference: Path, ledger, fault: str, signum: int, exit_status: int, group: bool
+) -> None:
+    """Ctrl-C reaches the launcher and its workers (the terminal signals the process group); a
+    ``kill`` reaches the launcher alone."""
+    path = write_run(tmp_path)
+    run_dir = run_dir_of(path)
+    process = start(path, "--nproc", "2")
+    steps = STEPS // 2  # two ranks share each epoch
+    wait_for_step(run_dir, steps + 3, process, timeout_s=300)
+    if group:
+        os.killpg(process.popen.pid, signum)
+    else:
+        os.kill(process.popen.pid, signum)
+    status, _, err = process.finish(timeout_s=300)
+    assert status == exit_status and "Traceback" not in err, err
+    name = signal.Signals(signum).name if group else "SIGTERM"
+    assert last_line(err).startswith(f"research train: stopped by {name} after step "), err
+    saved = checkpoint.load(run_dir / "last.pt")
+    assert saved["epoch"] == 1 and 0 < saved["epoch_step"] < steps, (saved["epoch"], saved["epoch_step"])
+    assert f"after step {saved['step']} " in last_line(err)
+
+    status, _, err = start(path, "--nproc", "2", tag="resume").finish(timeout_s=400)
+    assert status == 0, err
+    assert f"resumed at epoch 1, step {saved['step']}" in err
+    outcome = compare(run_dir, ddp_reference, keys=VALIDATION)  # under DDP the resumed epoch's loss counts rank 0's earlier steps
+    ledger.record(fault, survived=status == 0, lost_or_duplicated=outcome.records_off, identical=outcome.identical)
     assert outcome.records_off == 0 and outcome.identical
