@@ -274,14 +274,13 @@ def train_step(loop: Loop, images: torch.Tensor, targets: torch.Tensor, meter: S
         outputs = state.model(images)
         result = loop.objective(images, outputs, targets)
     state.optimizer.zero_grad(set_to_none=True)
-    # The update and its records are one unit for a preemption checkpoint (research/launch/job.py):
-    # saved between the two, the checkpoint would count one step more than its epoch's loss sums.
-    state.updating = True
     _backward_and_step(loop, result.loss)
     state.scheduler.step_update(num_updates=state.step)  # a per-epoch schedule ignores it
     loss = result.loss.detach()
     if meter is not None:
         meter.add(loss, getattr(result, "logs", None) or {})
+    # The update and its records are one unit for a preemption checkpoint (research/launch/job.py):
+    # saved between the two, the checkpoint would count one step more than its epoch's loss sums.
     state.updating = False
     return loss
 
@@ -293,6 +292,7 @@ def _backward_and_step(loop: Loop, loss: torch.Tensor) -> None:
     scaler.unscale_(state.optimizer)
     if loop.clip_grad:
         nn.utils.clip_grad_norm_(state.model.parameters(), loop.clip_grad)
+    state.updating = True  # until train_step has recorded the step: a preemption checkpoint now would be half of it
     scaler.step(state.optimizer)
     scaler.update()
     if state.ema is not None:
