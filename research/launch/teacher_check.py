@@ -2,9 +2,10 @@
 
 A teacher's path says nothing about its weights: a teacher retrained in place (``--force`` on its
 experiment, a new file copied over the old) keeps its path, and a half-trained student would go on
-silently against another teacher. Each life of a distilling run records the SHA-256 of its teacher
-checkpoint in ``lives.jsonl`` (read once per life, on the main process); a resume under another
-digest is refused before anything is written.
+silently against another teacher. Each life of a distilling run records the SHA-256 of its teacher's
+weights in ``lives.jsonl`` (read once per life, on the main process); a resume under other weights
+is refused before anything is written. The same weights trained again (a deterministic retrain of a
+teacher whose ``last.pt`` was deleted) are the same teacher.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def teacher_note(run: Run) -> dict[str, str]:
     resumes = cfg.train.resume and any((run.run_dir / name).exists() for name in (checkpoint.LAST, checkpoint.PREVIOUS))
     if resumes and recorded is not None and recorded != digest:
         raise TeacherChanged(
-            f"{run.run_dir}: teacher.checkpoint {path} changed since this run trained with it (SHA-256 "
+            f"{run.run_dir}: teacher.checkpoint {path} holds other weights than this run trained with (SHA-256 "
             f"{recorded[:12]}... then, {digest[:12]}... now): restore that teacher checkpoint to resume, "
             "or train again with --force to start over with the new teacher"
         )

@@ -47,14 +47,19 @@ def check_teacher_checkpoint(path: str) -> Path:
 
 
 def teacher_digest(path: str) -> str:
-    """The SHA-256 of the teacher checkpoint's bytes: its identity, which a path alone is not (a teacher
-    retrained in place keeps its path).
+    """The SHA-256 of the teacher weights in ``path`` (names, dtypes, shapes and bytes of what
+    :func:`read_state_dict` returns): the teacher's identity, which a path alone is not (a teacher
+    retrained in place keeps its path). Not the file's bytes: a checkpoint also holds its wall time,
+    so the same weights trained again would read as another teacher.
 
     Raises:
-        TeacherCheckpointError: The file is missing, a directory, or not readable.
+        TeacherCheckpointError: The file is missing, not a PyTorch checkpoint, or holds no state dict.
     """
-    with open(check_teacher_checkpoint(path), "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
+    digest = hashlib.sha256()
+    for name, tensor in sorted(read_state_dict(path).items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:

@@ -4,7 +4,6 @@ two lives of its student."""
 
 from __future__ import annotations
 
-import hashlib
 import signal
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from research.engine.run_dir import read_lives, read_metrics
 from research.launch.job import TrainJob
 from research.launch.teacher_check import KEY
 from research.launch.train import train
+from research.teachers.checkpoint import teacher_digest
 
 from .harness import STEPS, compare, last_line, reference_run, run_dir_of, write_run
 
@@ -100,5 +100,5 @@ def test_a_teacher_retrained_under_a_half_trained_student_stops_its_resume(tmp_p
     status = main(["train", str(student), "train.epochs=2"])
     lives = read_lives(run_dir)
     assert status == 0 and [life["life"] for life in lives] == [1, 2]
-    assert lives[0][KEY] == lives[1][KEY] == hashlib.sha256(teacher_file.read_bytes()).hexdigest()
+    assert lives[0][KEY] == lives[1][KEY] == teacher_digest(str(teacher_file))
     ledger.record("teacher retrained under its student", survived=status == 0, identical=None)
