@@ -46,6 +46,10 @@ def run_with_errors(command: Callable[[], int | None], *, prog: str, debug: bool
         if isinstance(exc, FloatingPointError) and not debug:  # a diverged run; the message says what to change
             print(f"{prog}: error: {exc}", file=sys.stderr)
             return 1
+        full = _disk_full(exc)
+        if full and not debug:  # not bad input: the command was right; the last checkpoint is intact
+            print(f"{prog}: error: {full}", file=sys.stderr)
+            return 1
         if debug or not _is_bad_input(exc):
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
@@ -56,6 +60,18 @@ def _stopped_status(exc: BaseException) -> int | None:
     """The exit status of a run stopped by a signal (research.engine.fit.RunStopped), else None."""
     fit = sys.modules.get("research.engine.fit")  # not imported: no run was stopped
     return exc.exit_status if fit is not None and isinstance(exc, fit.RunStopped) else None
+
+
+def _disk_full(exc: BaseException) -> str | None:
+    """One line for a write that failed for lack of space or quota (research.engine.checkpoint.DiskFull
+    names the file; another write's error says what it can), else None."""
+    checkpoint = sys.modules.get("research.engine.checkpoint")  # not imported: nothing was written
+    if checkpoint is None or not checkpoint.no_space(exc):
+        return None
+    if isinstance(exc, checkpoint.DiskFull):
+        return str(exc)
+    where = f"cannot write {exc.filename}: " if isinstance(exc, OSError) and exc.filename else ""
+    return f"{where}no space left on the device; free space, then run the same command again to resume"
 
 
 @contextlib.contextmanager

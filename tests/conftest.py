@@ -74,9 +74,36 @@ def ledger() -> Ledger:
     return LEDGER
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[object]:
+    """A fault test (one that asks for ``ledger``) counts as attempted from its setup on (tests/faults/ledger.py)."""
+    fault_test = "ledger" in getattr(item, "fixturenames", ())
+    if fault_test:
+        LEDGER.begin(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        if fault_test:
+            reports = item.stash.get(_REPORTS, [])
+            if not any(report.skipped for report in reports):  # a skip was not meant to run here
+                LEDGER.end(item.nodeid, passed=bool(reports) and all(report.passed for report in reports))
+
+
+_REPORTS = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[object]:
+    report = yield
+    item.stash.setdefault(_REPORTS, []).append(report)
+    return report
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """The fault-injection suite's line of figures, when any fault test ran."""
     if LEDGER.injected:
         terminalreporter.write_sep("-", "fault injection")
         terminalreporter.write_line(LEDGER.line())
         terminalreporter.write_line("faults: " + ", ".join(LEDGER.injected))
+        if LEDGER.unreached:
+            terminalreporter.write_line("fault tests that ended before injecting their fault: " + ", ".join(LEDGER.unreached))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import lzma
 import os
 import shutil
@@ -34,6 +35,8 @@ from research.data.memory import DataError, InMemoryImageDataset, load_rgb
 from research.registry import DATASETS, Range
 
 __all__ = ["extract_archive_once", "imagefolder", "cifar10_jpeg", "cifar10", "synthetic", "SPLITS"]
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 Transform = Optional[Callable[[Any], Any]]
@@ -169,7 +172,9 @@ def extract_archive_once(archive: Path, cache_dir: Path, name: str) -> Path:
 
     Safe under concurrency: each process extracts into its own temporary folder and renames it into
     place (atomic on one filesystem), so readers see either nothing or a complete tree; a file lock
-    makes the others wait instead of extracting too. The file count per split is checked against the
+    makes the others wait instead of extracting too. An exception (a stop request raises one, see
+    :meth:`research.launch.stop.StopRequest.at_once`) removes the temporary folder; one a kill left
+    is removed by the next extraction of the same archive. The file count per split is checked against the
     archive and stored in ``<extraction>/.extracted.json``, whose presence marks a finished extraction.
 
     Returns:
@@ -193,7 +198,8 @@ def extract_archive_once(archive: Path, cache_dir: Path, name: str) -> Path:
                 f"{target} exists but was not extracted by research (no {_MARKER}), so its contents are "
                 f"unverified; delete it (it is re-extracted from {archive}) or set data.cache_dir elsewhere"
             )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-extracting-", dir=cache_dir))
+        _remove_stale_extractions(cache_dir, target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-extracting-", dir=cache_dir))
         try:
             expected = _extract(archive, tmp, name)
             found = _count_files(tmp / name)
@@ -209,6 +215,14 @@ def extract_archive_once(archive: Path, cache_dir: Path, name: str) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _remove_stale_extractions(cache_dir: Path, target: Path) -> None:
+    """Remove the temporary folders of extractions of ``target`` that a kill cut short. Called under
+    ``target``'s extraction lock, so none of them is in progress: its process died."""
+    for stale in cache_dir.glob(f".{target.name}-extracting-*"):
+        log.warning("%s: removing %s, left by an extraction that was killed", cache_dir, stale.name)
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _only_extraction(archive: Path, cache_dir: Path, name: str) -> Path:

@@ -12,12 +12,13 @@ written still leaves a checkpoint to resume from (:func:`load_latest`).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 
 from research.safe_load import CheckpointError, UnsafeCheckpointError, safe_load
 
-__all__ = ["BEST", "LAST", "PREVIOUS", "CheckpointError", "load", "load_latest", "save_atomic"]
+__all__ = ["BEST", "LAST", "PREVIOUS", "CheckpointError", "DiskFull", "load", "load_latest", "no_space", "save_atomic", "writing"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,25 @@ PREVIOUS = "last.prev.pt"
 BEST = "best.pt"
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _TRAINING_STATE = ("model", "optimizer", "epoch", "step", "rng")  # what a resume cannot do without
+
+
+class DiskFull(CheckpointError):
+    """A run's file could not be written for lack of space or quota: one line naming the file (exit 1:
+    the command was right, the disk was not); what was written before is intact."""
+
+
+@contextlib.contextmanager
+def writing(file: Path) -> Iterator[None]:
+    """Within the block, a full disk or quota raises :class:`DiskFull` naming ``file``."""
+    try:
+        yield
+    except OSError as exc:
+        if not no_space(exc):
+            raise
+        raise DiskFull(
+            f"cannot write {file}: no space left on the device; free space there, or set output_dir to a "
+            "disk with room, then run the same command again to resume"
+        ) from exc
 
 
 def save_atomic(payload: Mapping[str, Any], path: Path, *, previous: Path | None = None) -> None:
@@ -48,7 +68,7 @@ def save_atomic(payload: Mapping[str, Any], path: Path, *, previous: Path | None
         previous: Where the file ``path`` held until now is kept, if it existed.
 
     Raises:
-        CheckpointError: The disk or quota is full (one line naming the file); the old file is intact.
+        DiskFull: The disk or quota is full (one line naming the file); the old file is intact.
         OSError: Writing failed otherwise; the old file is intact.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,8 +84,8 @@ def save_atomic(payload: Mapping[str, Any], path: Path, *, previous: Path | None
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if _no_space(exc):
-            raise CheckpointError(
+        if no_space(exc):
+            raise DiskFull(
                 f"cannot write checkpoint {path}: no space left on the device (any previous {path.name} is "
                 "intact); free space there, or set output_dir to a disk with room, then run again to resume"
             ) from exc
@@ -131,7 +151,7 @@ def _link_atomic(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def _no_space(exc: BaseException | None) -> bool:
+def no_space(exc: BaseException | None) -> bool:
     """Whether ``exc``, or an error it was raised from, is a full disk or quota (torch's writer raises a
     RuntimeError "unexpected pos" over the OSError of the failed write)."""
     seen = set()

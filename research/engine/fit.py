@@ -20,7 +20,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -113,6 +113,7 @@ class Loop:
     seed: int | None = None  # reseed the global generators from (seed, rank, step) at each step; None: don't
     rank: int = 0
     stop: StopSignal | None = None  # read between steps; see RunStopped
+    _stop_group: Any = field(default=None, init=False, repr=False)  # the host-side group stop requests are combined in
 
     def save(self, *, best: bool = False) -> None:
         """Write the checkpoint, after checking (one sync each) that no step since the last check was
@@ -123,7 +124,20 @@ class Loop:
         self.run_dir.save(self.state, best=best)
 
     def stop_requested(self) -> bool:
-        return self.stop is not None and self.stop()
+        """Whether to stop now; call it at the same point on every rank. Under DDP the ranks' requests are
+        combined, so that all stop after the same step (a signal reaches each rank at its own moment):
+        a one-number all-reduce on the host (gloo), which does not wait for the device."""
+        if self.stop is None:
+            return False
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self.stop()
+        if self._stop_group is None:
+            self._stop_group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        signum = torch.tensor([self.stop.signum or 0])
+        dist.all_reduce(signum, op=dist.ReduceOp.MAX, group=self._stop_group)
+        if signum.item() and self.stop.signum is None:  # asked on another rank
+            self.stop.signum = int(signum.item())
+        return bool(signum.item())
 
     def stopped(self, saved: bool) -> RunStopped:
         """The exception that ends a stopped run (call once its checkpoint is written, or when nothing new trained)."""
@@ -231,7 +245,7 @@ def _batches(loop: Loop, batches: Iterable[Any]) -> Iterable[Any]:
         except StopIteration:
             return
         except RuntimeError:
-            if not loop.stop_requested():
+            if loop.stop is None or not loop.stop():  # this rank's request only: the others are not here
                 raise
             loop.save()  # the state is that of the last finished step
             raise loop.stopped(saved=True) from None
@@ -265,6 +279,9 @@ def train_step(loop: Loop, images: torch.Tensor, targets: torch.Tensor, meter: S
     loss = result.loss.detach()
     if meter is not None:
         meter.add(loss, getattr(result, "logs", None) or {})
+    # The update and its records are one unit for a preemption checkpoint (research/launch/job.py):
+    # saved between the two, the checkpoint would count one step more than its epoch's loss sums.
+    state.updating = False
     return loss
 
 
@@ -275,7 +292,7 @@ def _backward_and_step(loop: Loop, loss: torch.Tensor) -> None:
     scaler.unscale_(state.optimizer)
     if loop.clip_grad:
         nn.utils.clip_grad_norm_(state.model.parameters(), loop.clip_grad)
-    state.updating = True  # a preemption checkpoint now would save half-updated weights
+    state.updating = True  # until train_step has recorded the step: a preemption checkpoint now would be half of it
     scaler.step(state.optimizer)
     scaler.update()
     if state.ema is not None:
@@ -284,7 +301,6 @@ def _backward_and_step(loop: Loop, loss: torch.Tensor) -> None:
         state.ema.update(unwrap(state.model), step=state.step if loop.ema_copy_first else None)
     state.step += 1
     state.epoch_step += 1
-    state.updating = False
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:

@@ -6,21 +6,33 @@ needed). Only the main process writes."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from research.engine import checkpoint
 from research.engine.state import TrainState
+
+log = logging.getLogger(__name__)
 
 DONE, FAILED, RUNNING, NOT_STARTED = "done", "failed", "running", "not started"
 METRICS = "metrics.jsonl"
 LIVES = "lives.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
+
+# checkpoint.save_atomic's and _write_atomic's temporary names
+_LEFTOVER = re.compile(
+    rf"\.({'|'.join(re.escape(n) for n in (checkpoint.LAST, checkpoint.PREVIOUS, checkpoint.BEST))})\.[0-9a-f]{{8}}\.tmp"
+    rf"|\.({'|'.join(re.escape(n) for n in (METRICS, LIVES, SUMMARY))})\.tmp"
+)
 
 
 class RunDir:
@@ -49,6 +61,18 @@ class RunDir:
         if best:
             checkpoint.save_atomic(payload, self.best)
 
+    def remove_leftovers(self) -> None:
+        """Remove the temporary files that writes cut short by a kill left (``.last.pt.<id>.tmp``,
+        ``.summary.json.tmp``, ...): only this module's and :mod:`checkpoint`'s names, and only by the
+        holder of the run's lock (no other process writes them meanwhile)."""
+        if not self.is_main:
+            return
+        left = [file for file in self.path.glob(".*.tmp") if _LEFTOVER.fullmatch(file.name)]
+        for file in left:
+            file.unlink(missing_ok=True)
+        if left:
+            log.warning("%s: removed %d temporary file(s) left by writes a kill cut short", self.path, len(left))
+
     def resume_point(self) -> dict[str, Any] | None:
         """The newest intact checkpoint (``last.pt``, else ``last.prev.pt``), or None in a new run dir."""
         found = checkpoint.load_latest(self.path)
@@ -61,38 +85,78 @@ class RunDir:
         """One strict JSON line: a non-finite number (a diverged validation loss) is written as null."""
         if self.is_main:
             strict = {key: None if isinstance(v, float) and not math.isfinite(v) else v for key, v in record.items()}
-            with open(self.path / METRICS, "a") as handle:
+            with checkpoint.writing(self.path / METRICS), open(self.path / METRICS, "a") as handle:
                 handle.write(json.dumps(strict, allow_nan=False) + "\n")
 
     def truncate_metrics(self, epochs_done: int) -> None:
-        """Drop epoch records past the checkpoint being resumed (written after it, then lost)."""
-        file = self.path / METRICS
-        if not self.is_main or not file.exists():
+        """Drop epoch records past the checkpoint being resumed (written after it, then lost), and a
+        line cut short by a crash mid-write."""
+        if not self.is_main or not (self.path / METRICS).exists():
             return
-        kept = [line for line in file.read_text().splitlines() if line and json.loads(line)["epoch"] <= epochs_done]
-        _write_atomic(file, "".join(line + "\n" for line in kept))
+        kept = [record for record in read_metrics(self.path) if record["epoch"] <= epochs_done]
+        _write_atomic(self.path / METRICS, "".join(json.dumps(record) + "\n" for record in kept))
 
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
+    def write_config(self) -> None:
         if self.is_main:
+            _write_atomic(self.path / CONFIG, yaml.safe_dump(self.config, sort_keys=False))
+
+    def write_summary(self, summary: Mapping[str, Any], *, ending: bool = False) -> None:
+        """Write ``summary.json``; ``ending`` (a life that fails or stops): a failed write only warns, as the
+        error that ends the life is the one to report (a full disk fails this write too)."""
+        if not self.is_main:
+            return
+        try:
             _write_atomic(self.path / SUMMARY, json.dumps({**summary, "updated": time.time()}, indent=1) + "\n")
+        except (OSError, checkpoint.DiskFull) as exc:
+            if not ending:
+                raise
+            log.warning("%s: summary not written (%s)", self.path / SUMMARY, exc)
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The run's summary; None when there is none, or when a crash left it empty or cut short (with a
+    warning: where the run stands then comes from its checkpoint and its lock)."""
     file = Path(run_dir) / SUMMARY
-    return json.loads(file.read_text()) if file.exists() else None
+    if not file.exists():
+        return None
+    try:
+        summary = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        summary = None
+    if not isinstance(summary, dict):
+        log.warning("%s: not a summary (empty or cut short by a crash); ignored, the next life rewrites it", file)
+        return None
+    return summary
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The epoch records, oldest first; a line a crash cut short is left out, with a warning."""
     file = Path(run_dir) / METRICS
     if not file.exists():
         return []
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        try:
+            record = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            record = None
+        if isinstance(record, dict) and "epoch" in record:
+            records.append(record)
+        elif line.strip():
+            log.warning("%s: line %d is cut short (a crash while it was written); left out", file, number)
+    return records
 
 
 def _write_atomic(file: Path, text: str) -> None:
+    """Write ``text`` to a temporary file and rename it over ``file``; a failed write leaves no temporary file."""
     tmp = file.with_name(f".{file.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, file)
+    try:
+        with checkpoint.writing(file):
+            tmp.write_text(text)
+            os.replace(tmp, file)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def run_status(run_dir: Path) -> str:

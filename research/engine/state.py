@@ -37,7 +37,7 @@ class TrainState:
     epoch_step: int = 0
     best_top1: float = float("-inf")
     wall_time_s: float = 0.0  # training time over every life of the run
-    updating: bool = False  # inside optimizer.step + EMA update: weights are half-written
+    updating: bool = False  # inside a step's update and its records (fit.train_step): not a state to save
     # The unfinished epoch's loss sums so far ({"keys", "sums", "steps"}, this rank's): a mid-epoch
     # checkpoint keeps them, so the resumed epoch's train/epoch_loss counts every step of the epoch.
     epoch_sums: dict[str, Any] | None = None

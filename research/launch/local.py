@@ -57,6 +57,9 @@ def _train_ddp(run: Run, nproc: int) -> None:
     """``nproc`` processes on this machine (gloo on CPU), through torch's elastic launcher."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    from research.engine.fit import RunStopped
+    from research.launch.stop import ELASTIC_SIGNALS, forward_to_workers
+
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -66,11 +69,19 @@ def _train_ddp(run: Run, nproc: int) -> None:
         run_id=uuid.uuid4().hex,
         max_restarts=0,
         start_method="spawn",
+        signals_to_handle=ELASTIC_SIGNALS,  # SIGINT and SIGTERM are forward_to_workers'
     )
-    elastic_launch(config, _ddp_entry)(run)
+    with forward_to_workers() as stop:
+        results = elastic_launch(config, _ddp_entry)(run)
+    stopped = results.get(0)
+    if stopped is not None:  # rank 0's line; the exit status of the signal the launcher got, if it got one
+        message, status = stopped
+        raise RunStopped(message, exit_status=128 + stop.signum if stop.signum is not None else status)
 
 
-def _ddp_entry(run: Run) -> None:
+def _ddp_entry(run: Run) -> tuple[str, int] | None:
+    """One worker: trains, and returns how a stop request ended it (its line and exit status), or None."""
+    from research.engine.fit import RunStopped
     from research.launch.dist import shutdown_distributed
     from research.launch.train import train
     from research.plugins import import_plugins
@@ -79,5 +90,8 @@ def _ddp_entry(run: Run) -> None:
     import_plugins(run.cfg.plugins)  # a spawned process: the built-ins and the run's plugins, as the loader had them
     try:
         train(run)
+    except RunStopped as exc:  # saved: the launcher says so in one line (a raise here prints a traceback)
+        return str(exc), exc.exit_status
     finally:
         shutdown_distributed()
+    return None

@@ -13,6 +13,7 @@ know they run under it and do not lock again.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from research.config import ConfigError
+from research.engine.checkpoint import writing
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ class RunDirBusy(ConfigError):
     """Another process trains this run dir (bad input: exit 2, naming the holder)."""
 
 
+class RunDirNotWritable(ConfigError):
+    """The run dir cannot be written (read-only folder or file system): bad input, exit 2."""
+
+
 @contextlib.contextmanager
 def run_dir_lock(run_dir: Path, *, job_id: str | None = None) -> Iterator[None]:
     """Hold ``run_dir``'s lock inside the block; raise :class:`RunDirBusy` if another process holds it."""
@@ -42,8 +48,16 @@ def run_dir_lock(run_dir: Path, *, job_id: str | None = None) -> Iterator[None]:
     if os.environ.get(HELD_ENV) == str(run_dir):  # a launcher above this process holds it
         yield
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115  (held until the block ends)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / LOCK_FILE, "a+")  # noqa: SIM115  (held until the block ends)
+    except (PermissionError, OSError) as exc:
+        if not isinstance(exc, PermissionError) and exc.errno != errno.EROFS:
+            raise
+        raise RunDirNotWritable(
+            f"{run_dir}: cannot write the run dir ({exc.strerror}); make it writable (chmod u+w on it and its "
+            "files), or set output_dir to a folder you can write"
+        ) from None
     try:
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -55,14 +69,15 @@ def run_dir_lock(run_dir: Path, *, job_id: str | None = None) -> Iterator[None]:
         previous = _read(handle)
         if previous:  # a holder that ended without releasing: killed (kill -9, node failure)
             log.warning("%s: took over the lock left by %s, which is no longer running", run_dir, describe(previous))
-        _write(handle, {"pid": os.getpid(), "host": socket.gethostname(), "job_id": job_id, "since": round(time.time(), 3)})
+        with writing(run_dir / LOCK_FILE):  # a full disk: one line naming the file
+            _write(handle, {"pid": os.getpid(), "host": socket.gethostname(), "job_id": job_id, "since": round(time.time(), 3)})
         saved = os.environ.get(HELD_ENV)
         os.environ[HELD_ENV] = str(run_dir)
         try:
             yield
         finally:
             _restore_env(saved)
-            _write(handle, None)  # released cleanly: the next holder has nothing to take over
+            _write(handle, None)  # released cleanly: the next holder has nothing to take over (truncating needs no space)
     finally:
         handle.close()  # drops the flock
 
@@ -98,11 +113,11 @@ def _read(handle: IO[str]) -> dict[str, Any] | None:
 
 
 def _write(handle: IO[str], record: dict[str, Any] | None) -> None:
-    handle.seek(0)
-    handle.truncate()
+    # Unbuffered: a write that fails (a full disk) must not fail again when the handle is closed.
+    fd = handle.fileno()
+    os.ftruncate(fd, 0)
     if record is not None:
-        handle.write(json.dumps(record))
-    handle.flush()
+        os.write(fd, json.dumps(record).encode())  # the file is opened for appending: at offset 0 once truncated
 
 
 def _restore_env(saved: str | None) -> None:

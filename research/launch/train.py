@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
@@ -28,11 +27,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from research.config import ConfigError, ExperimentCfg, Run
 from research.config.components import SECTIONS, build_component
+from research.engine.checkpoint import CheckpointError
 from research.engine.checkpoint import load as load_checkpoint
 from research.engine.evaluate import AUTOCAST_DTYPES, evaluate
 from research.engine.fit import Loop, RunStopped, fit
 from research.engine.lookahead import ScheduledLookahead
-from research.engine.run_dir import CONFIG, RunDir, start_life
+from research.engine.run_dir import RunDir, start_life
 from research.engine.state import TrainState, unwrap
 from research.launch import provenance
 from research.launch.data import RunData, build_data
@@ -40,6 +40,7 @@ from research.launch.dist import DistEnv, init_distributed
 from research.launch.lock import run_dir_lock
 from research.launch.run_check import Verdict, check, config_record
 from research.launch.stop import StopRequest, stop_on_signals
+from research.launch.teacher_check import teacher_note
 from research.launch.tracking import build_tracker
 from research.losses import build_base_criterion
 from research.models.finetune import load_for_finetune
@@ -56,12 +57,12 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
     the step in progress, saved (:mod:`research.launch.stop`).
     """
     env = env or init_distributed()
-    with _one_writer(run, env) as verdict, stop_on_signals() as stop:
-        return _train(run, env, verdict, stop, on_loop)
+    with _one_writer(run, env) as notes, stop_on_signals() as stop:
+        return _train(run, env, notes, stop, on_loop)
 
 
 def _train(
-    run: Run, env: DistEnv, verdict: Verdict | None, stop: StopRequest, on_loop: Callable[[Loop], None] | None
+    run: Run, env: DistEnv, notes: dict[str, Any], stop: StopRequest, on_loop: Callable[[Loop], None] | None
 ) -> dict[str, Any]:
     cfg = run.cfg
     if cfg.train.threads:  # on a small CPU, loader workers and compute threads compete for the same cores
@@ -72,9 +73,10 @@ def _train(
     life = 0
     if env.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / CONFIG).write_text(yaml.safe_dump(record, sort_keys=False))
-        life = start_life(run.run_dir, job_id=_slurm_job_id(), **_life_notes(verdict))
-    data = build_data(cfg, env)
+        run_dir.write_config()
+        life = start_life(run.run_dir, job_id=_slurm_job_id(), git=record["git"], **notes)
+        run_dir.remove_leftovers()  # under the lock: temporary files of saves a kill cut short
+    data = _build_data(run, env, run_dir, stop)
     teacher = build_teacher(cfg, data.num_classes, env)
     model = build_model(cfg, data.num_classes, env)
     objective = build_component(
@@ -103,29 +105,31 @@ def _train(
         tracker.summary(summary)
         return summary
     except RunStopped:
-        slurm_state = _slurm_job_state()
-        status = "cancelled" if slurm_state == "CANCELLED" else "stopped"
-        run_dir.write_summary({**_summary(state, cfg, {}, status), "stopped_by": stop.name, "slurm_state": slurm_state})
+        run_dir.write_summary({**_summary(state, cfg, {}, "stopped"), **_stopped(stop)}, ending=True)
         raise
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
-        run_dir.write_summary({**_summary(state, cfg, {}, status), "error": repr(exc)[:500]})
+        run_dir.write_summary({**_summary(state, cfg, {}, status), "error": repr(exc)[:500]}, ending=True)
         raise
     finally:
         tracker.close()
 
 
 @contextlib.contextmanager
-def _one_writer(run: Run, env: DistEnv) -> Iterator[Verdict | None]:
-    """On rank 0: check the run dir against the config, then hold its lock for the block. A refusal reaches every rank, so none waits for the others."""
+def _one_writer(run: Run, env: DistEnv) -> Iterator[dict[str, Any]]:
+    """On rank 0: check the run dir against the config, then hold its lock for the block, and check
+    its teacher; yields what this life notes in ``lives.jsonl``. A refusal reaches every rank, so none
+    waits for the others."""
     stack = contextlib.ExitStack()
     error: Exception | None = None
-    verdict = None
+    notes: dict[str, Any] = {}
     if env.is_main:
         try:
             verdict = check(run, launching=False)  # what to replace, its launcher replaced
             stack.enter_context(run_dir_lock(run.run_dir, job_id=_slurm_job_id()))
-        except ConfigError as exc:
+            notes = {**_life_notes(verdict), **teacher_note(run)}
+        except (ConfigError, CheckpointError) as exc:
+            stack.close()
             error = exc
     if env.distributed:
         message = [str(error) if error else None]
@@ -135,7 +139,25 @@ def _one_writer(run: Run, env: DistEnv) -> Iterator[Verdict | None]:
     if error is not None:
         raise error
     with stack:
-        yield verdict
+        yield notes
+
+
+def _build_data(run: Run, env: DistEnv, run_dir: RunDir, stop: StopRequest) -> RunData:
+    """The run's data; a stop request while it is prepared (a first extraction) stops the run at once."""
+    try:
+        with stop.at_once("preparing the data"):
+            return build_data(run.cfg, env)
+    except RunStopped:
+        summary = {"status": "stopped", "epochs_done": None, "epochs": run.cfg.train.epochs, **_stopped(stop)}
+        run_dir.write_summary(summary, ending=True)
+        raise
+
+
+def _stopped(stop: StopRequest) -> dict[str, Any]:
+    """How a stopped life ended, for its summary: ``status`` cancelled (scancel) or stopped, and by what."""
+    slurm_state = _slurm_job_state()
+    status = "cancelled" if slurm_state == "CANCELLED" else "stopped"
+    return {"status": status, "stopped_by": stop.name, "slurm_state": slurm_state}
 
 
 def _life_notes(verdict: Verdict | None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ with ``strict=True``: a partial load would give a silently wrong teacher. Files 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from research.safe_load import CheckpointError, check_file, safe_load
 
-__all__ = ["TeacherCheckpointError", "check_teacher_checkpoint", "load_teacher_weights", "read_state_dict"]
+__all__ = ["TeacherCheckpointError", "check_teacher_checkpoint", "load_teacher_weights", "read_state_dict", "teacher_digest"]
 
 _WRAPPER_KEYS = ("model", "state_dict")  # in order of preference
 _DDP_PREFIX = "module."
@@ -43,6 +44,22 @@ def check_teacher_checkpoint(path: str) -> Path:
         return check_file(path, what=_WHAT, hint=hint)
     except CheckpointError as exc:
         raise TeacherCheckpointError(str(exc)) from None
+
+
+def teacher_digest(path: str) -> str:
+    """The SHA-256 of the teacher weights in ``path`` (names, dtypes, shapes and bytes of what
+    :func:`read_state_dict` returns): the teacher's identity, which a path alone is not (a teacher
+    retrained in place keeps its path). Not the file's bytes: a checkpoint also holds its wall time,
+    so the same weights trained again would read as another teacher.
+
+    Raises:
+        TeacherCheckpointError: The file is missing, not a PyTorch checkpoint, or holds no state dict.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(read_state_dict(path).items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:

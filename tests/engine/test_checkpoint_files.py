@@ -218,3 +218,60 @@ def test_eval_names_both_models_and_the_first_keys_that_differ(experiment, capsy
 
 
 # --- a diverged run ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 4 MiB tmpfs: room for two checkpoints of the tiny run, not three (needs root)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.fail(f"cannot mount a tmpfs here (the fault-injection tests run as root): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    return line
+
+
+@pytest.mark.slow
+def test_a_run_whose_disk_fills_stops_in_one_line_and_resumes_once_there_is_room(
+    small_disk: Path, experiment, capsys, ledger
+) -> None:
+    reference = load_run(experiment("full", train={"epochs": 3}))
+    train(reference)
+    path = experiment("full", output_dir=str(small_disk / "runs"), train={"epochs": 3})
+    run_dir = load_run(path).run_dir
+
+    assert main(["train", str(path)]) == 1  # room for last.pt, last.prev.pt and best.pt: a third one fails
+    line = _one_line(capsys)
+    assert line.startswith(f"research train: error: cannot write checkpoint {run_dir}/"), line
+    assert "no space left on the device" in line
+    assert checkpoint.load(run_dir / "last.pt")["epoch"] in (1, 2)  # the last intact checkpoint
+    assert not list(run_dir.glob("*.tmp")), sorted(p.name for p in run_dir.iterdir())
+
+    with open(small_disk / "filler", "wb") as handle:  # now not a byte left: the first write of a life fails
+        with pytest.raises(OSError):
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+    assert main(["train", str(path)]) == 1
+    line = _one_line(capsys)
+    assert line.startswith(f"research train: error: cannot write {run_dir}/") and "no space left" in line, line
+    assert not list(run_dir.glob("*.tmp")), sorted(p.name for p in run_dir.iterdir())
+
+    (small_disk / "filler").unlink()
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    assert main(["train", str(path)]) == 0
+    epochs = [m["epoch"] for m in read_metrics(run_dir) if "val/top1" in m]
+    ours, theirs = checkpoint.load(run_dir / "last.pt")["model"], checkpoint.load(reference.run_dir / "last.pt")["model"]
+    identical = all(torch.equal(ours[key], theirs[key]) for key in theirs)
+    ledger.record("disk full, twice", survived=epochs == [1, 2, 3], lost_or_duplicated=abs(len(epochs) - 3), identical=identical)
+    assert epochs == [1, 2, 3] and identical

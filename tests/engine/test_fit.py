@@ -146,3 +146,17 @@ def test_weight_decay_exempts_the_tokens_also_under_a_ddp_wrapper(experiment) ->
     assert id(model.patch_embed.proj.weight) in ours
     assert not {id(model.pos_embed), id(model.cls_token), id(model.dist_token)} & ours
     assert id(model.dist_token) in decayed(decay_dist_token=True)  # the reference's timm 0.3.2
+
+
+def test_each_life_records_the_code_it_ran(experiment, monkeypatch) -> None:
+    """config.yaml holds the last life's commit only; lives.jsonl keeps every life's."""
+    path = experiment(train={"epochs": 1})
+    monkeypatch.setenv("RESEARCH_GIT_COMMIT", "a" * 40)
+    monkeypatch.setenv("RESEARCH_GIT_DIRTY", "0")
+    train(load_run(path))
+    monkeypatch.setenv("RESEARCH_GIT_COMMIT", "b" * 40)
+    monkeypatch.setenv("RESEARCH_GIT_DIRTY", "1")
+    run = load_run(path, ["train.epochs=2"])
+    train(run)
+    lives = read_lives(run.run_dir)
+    assert [life["git"] for life in lives] == [{"commit": "a" * 40, "dirty": False}, {"commit": "b" * 40, "dirty": True}]

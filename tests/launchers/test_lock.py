@@ -8,10 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from research.cli import main
 from research.launch.lock import HELD_ENV, RunDirBusy, holder, run_dir_lock
 from research.launch.run_check import set_aside
 
@@ -68,3 +70,32 @@ def test_processes_started_under_the_lock_share_it(tmp_path: Path) -> None:
     started = time.monotonic()
     with run_dir_lock(run_dir):
         assert time.monotonic() - started < 5
+
+
+@pytest.fixture
+def read_only_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real tmpfs holding ``runs/tiny`` (an empty run dir), remounted read-only (needs root, as the
+    fault-injection CI job has; root writes through a chmod, not through a read-only mount)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode:
+        pytest.fail(f"cannot mount a tmpfs here (the fault-injection tests run as root): {done.stderr.decode().strip()}")
+    try:
+        (mount / "runs" / "tiny").mkdir(parents=True)
+        subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("where", ["the run dir", "its parent"])
+def test_a_read_only_run_dir_is_one_line_naming_it(read_only_disk: Path, experiment, capsys, where: str) -> None:
+    run_dir = read_only_disk / "runs" / ("tiny" if where == "the run dir" else "new")
+    path = experiment("tiny", output_dir=str(read_only_disk / "runs"), name=run_dir.name)
+    status = main(["train", str(path)])
+    err = capsys.readouterr().err
+    assert status == 2 and "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith(f"research train: error: {run_dir}: cannot write the run dir (Read-only file system)"), line
+    assert "output_dir" in line
