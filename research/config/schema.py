@@ -61,8 +61,9 @@ class OptimCfg:
     # no_weight_decay() named only pos_embed and cls_token); timm >= 0.4 exempts it, as we do by default.
     decay_dist_token: bool = False
     clip_grad: Annotated[Optional[float], POSITIVE] = None  # max gradient norm; None = no clipping
-    # torch's kernel for the update: auto (torch's choice: foreach on GPUs), foreach (one multi-tensor
-    # kernel per op), fused (one kernel for the whole update; Adam/AdamW/SGD, CUDA and CPU), for_loop
+    # torch's kernel for the update: auto (fused on CUDA where the optimizer has it, else torch's
+    # choice), foreach (one multi-tensor kernel per op), fused (one kernel for the whole update;
+    # Adam/AdamW/SGD, CUDA and CPU), for_loop
     implementation: str = "auto"
     # airbench's Lookahead (research/engine/lookahead.py): sync slow weights every N steps (0 = off),
     # their decay rising as (progress)^3 to lookahead_max_decay (airbench: every 5, 0.95^5 = 0.774)

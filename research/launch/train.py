@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import random
@@ -202,7 +203,7 @@ def build_state(cfg: ExperimentCfg, model: nn.Module, data: RunData, env: DistEn
     if cfg.optim.scale_lr:  # DeiT section 6: lr = 5e-4 x global batch / 512
         lr *= cfg.loader.batch_size * env.world_size / 512
     extra = {key: getattr(cfg.optim, key) for key in ("eps", "betas") if getattr(cfg.optim, key) is not None}
-    extra.update(optimizer_implementation(cfg.optim.implementation))
+    extra.update(optimizer_implementation(cfg.optim.implementation, cfg.optim.name, env.device))
     optimizer = create_optimizer_v2(
         _param_groups(cfg, model), opt=cfg.optim.name, lr=lr, weight_decay=cfg.optim.weight_decay,
         momentum=cfg.optim.momentum, **extra,
@@ -253,9 +254,26 @@ def _param_groups(cfg: ExperimentCfg, model: nn.Module) -> list[dict[str, Any]]:
     return param_groups_weight_decay(plain, cfg.optim.weight_decay, no_weight_decay_list=exempt)
 
 
-def optimizer_implementation(choice: str) -> dict[str, bool]:
-    """The optimizer keywords for ``optim.implementation`` (validated against the class by the config loader)."""
-    return {"auto": {}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}, "fused": {"fused": True}}[choice]
+def optimizer_implementation(choice: str, name: str, device: torch.device) -> dict[str, bool]:
+    """The optimizer keywords for ``optim.implementation`` (validated against the class by the config loader).
+
+    ``auto`` is fused on CUDA where the optimizer's class has a fused kernel (torch's Adam, AdamW, SGD):
+    one launch for the whole update, where torch's own default, foreach, issues ~300 host-side scalar
+    ops a step for a DeiT (issue 26). Elsewhere it is torch's choice.
+    """
+    if choice == "auto":
+        return {"fused": True} if device.type == "cuda" and _has_fused_kernel(name) else {}
+    return {"foreach": {"foreach": True}, "for_loop": {"foreach": False}, "fused": {"fused": True}}[choice]
+
+
+def _has_fused_kernel(name: str) -> bool:
+    import timm.optim
+
+    try:  # the class timm's create_optimizer_v2 builds for this name, as the config loader finds it
+        opt_class = timm.optim.get_optimizer_class(name.lower().split("_")[-1], bind_defaults=False)  # type: ignore[attr-defined]
+    except (KeyError, ValueError):
+        return False
+    return "fused" in inspect.signature(opt_class).parameters
 
 
 def _resume(cfg: ExperimentCfg, state: TrainState, run_dir: RunDir) -> bool:
