@@ -45,6 +45,7 @@ EXECUTION = (
     "train.threads",
     "train.log_every_steps",
     "train.checkpoint_every_steps",
+    "train.checkpoint_every_s",
     "train.compile",
     "train.compile_mode",
     "train.fused_attention",

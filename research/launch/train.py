@@ -175,8 +175,6 @@ def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module
     model.to(env.device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    if cfg.train.compile:
-        model = torch.compile(model, mode=cfg.train.compile_mode)  # type: ignore[assignment]
     if env.distributed:
         # A distillation head that no loss trains gets no gradient, which DDP must be told about.
         unused = MODELS.info(cfg.model["name"]).distilled and not LOSSES.info(cfg.loss["name"]).needs_teacher
