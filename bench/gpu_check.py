@@ -36,7 +36,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +85,11 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", text.split("+")[0])[:3])
 
 
-def problems(requirements: Sequence[Requirement] = REQUIREMENTS) -> dict[str, str]:
-    """``{distribution: what is wrong}`` for each required one that is missing or out of range."""
+def problems(requirements: Sequence[Requirement] | None = None) -> dict[str, str]:
+    """``{distribution: what is wrong}`` for each required one (default: :data:`REQUIREMENTS`) that is
+    missing or out of range."""
     found = {}
-    for req in requirements:
+    for req in REQUIREMENTS if requirements is None else requirements:
         try:
             version = importlib.metadata.version(req.name)
         except importlib.metadata.PackageNotFoundError:
@@ -105,7 +106,9 @@ def problems(requirements: Sequence[Requirement] = REQUIREMENTS) -> dict[str, st
 def install_missing(wheels: Path | None, site: Path) -> list[str]:
     """Install, from ``wheels``, the carried packages that are missing (into ``site``); returns the wheels."""
     missing = problems()
-    prefixes = {prefix for req in REQUIREMENTS if req.name in missing and missing[req.name] == "not installed" for prefix in req.wheels}
+    prefixes = {
+        prefix for req in REQUIREMENTS if req.name in missing and missing[req.name] == "not installed" for prefix in req.wheels
+    }
     if not prefixes or wheels is None:
         return []
     files = sorted(path for path in wheels.glob("*.whl") if _normalised(path.name.split("-")[0]) in prefixes)
@@ -174,7 +177,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--wheels", default=None, help="carried wheels; the missing packages are installed from them")
     parser.add_argument("--teacher-epochs", type=int, default=10, help="epochs of the teacher recipe (default: %(default)s)")
     parser.add_argument("--student-epochs", type=int, default=3, help="epochs of the student recipe (default: %(default)s)")
-    parser.add_argument("--budget-s", type=float, default=BUDGET_S, help="the whole check, installation included (default: %(default)s)")
+    parser.add_argument(
+        "--budget-s", type=float, default=BUDGET_S, help="the whole check, installation included (default: %(default)s)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="the CPU at tiny settings: checks the check itself")
     args = parser.parse_args(argv)
     if args.student_epochs < 1 or args.teacher_epochs < 1:
@@ -203,7 +208,12 @@ def stages(args: argparse.Namespace, work: Path, out: Path) -> list[Stage]:
     """The stages, in order, with their commands and time limits (tiny CPU settings for a dry run)."""
     python, dry, limit = sys.executable, args.dry_run, limits(args.budget_s)
     cache = Path(args.cache_dir).resolve() if args.cache_dir else work / "cache"
-    data = [f"data.archive={Path(args.archive).resolve()}", f"data.cache_dir={cache}", "logger.name=jsonl", f"output_dir={work / 'runs'}"]
+    data = [
+        f"data.archive={Path(args.archive).resolve()}",
+        f"data.cache_dir={cache}",
+        "logger.name=jsonl",
+        f"output_dir={work / 'runs'}",
+    ]
     tiny = ["loader.limit_train=128", "loader.limit_val=64"] if dry else []
     teacher = [python, "launchers/local.py", "experiments/teacher_cifar10_gpu.yaml", *data, *tiny]
     teacher += [f"train.epochs={1 if dry else args.teacher_epochs}"]
@@ -220,7 +230,11 @@ def stages(args: argparse.Namespace, work: Path, out: Path) -> list[Stage]:
     for model, batch in models:
         bench = [python, "bench/throughput.py", "--model", model, "--batch", str(batch), "--teacher", "none", "--skip-data",
                  "--precision", "bf16", "--out", str(out / f"step_{model}.json"), "--record-table", str(out / "throughput.csv")]  # fmt: skip
-        bench += ["--device", "cpu", "--repeats", "2", "--matmul-size", "256"] if dry else ["--device", "cuda", "--repeats", "3", "--profile"]
+        bench += (
+            ["--device", "cpu", "--repeats", "2", "--matmul-size", "256"]
+            if dry
+            else ["--device", "cuda", "--repeats", "3", "--profile"]
+        )
         result.append(Stage(f"step {model}", bench, limit["steps"] / len(models)))
     tests = [python, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", f"--junitxml={out / 'cuda_tests.xml'}"]
     result.append(Stage("cuda tests", [*tests, *cuda_test_files()], limit["cuda tests"]))
@@ -345,7 +359,11 @@ def markdown(summary: dict[str, Any]) -> str:
                       f"{r['wall_time_s']:.1f} s, **{rate} img/s end to end**, epochs {r['epoch_time_s']} s"]  # fmt: skip
     steps = summary.get("steps") or {}
     if steps:
-        lines += ["", "| model (bf16) | GFLOP fwd | engine img/s | eng/ref | of matmul ceiling | MFU (spec) |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| model (bf16) | GFLOP fwd | engine img/s | eng/ref | of matmul ceiling | MFU (spec) |",
+            "|---|---|---|---|---|---|",
+        ]
         for model, s in steps.items():
             if not s:
                 lines.append(f"| {model} | - | not measured | | | |")
