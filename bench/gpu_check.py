@@ -74,7 +74,7 @@ REQUIREMENTS = [
     Requirement("pytest", "7", why="the cuda tests: the machine's own, never carried (plugins would clash)"),
     # omegaconf 2.3 imports its parser's runtime (antlr4-python3-runtime 4.9, an sdist on PyPI: --fetch-wheels builds it)
     Requirement("omegaconf", "2.3", "3", wheels=("omegaconf", "antlr4_python3_runtime")),
-    Requirement("submitit", "1.5", wheels=("submitit", "cloudpickle")),
+    Requirement("submitit", "1.5", wheels=("submitit",)),  # its cloudpickle: the next line, if missing
     Requirement("cloudpickle", "1", wheels=("cloudpickle",)),
     Requirement("wandb", "0.17", why="only logger.name=wandb; the check logs to jsonl", wheels=("wandb",), optional=True),
 ]
