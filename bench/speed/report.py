@@ -114,7 +114,7 @@ def print_report(results: dict[str, Any], settings: Settings) -> None:
         )
     if any(s["compiled_img_s"] is not None for s in results["steps"]):
         print(
-            "Engine step with train.compile (torch.compile, non-fused attention), against the non-fused eager step: "
+            "Engine step with train.compile (the compiled step, fused attention), against the eager engine step: "
             + ", ".join(f"{s['precision']} {s['compiled_img_s']:.1f} img/s ({s['compiled_speedup']:.2f}x)" for s in results["steps"])
         )
     if any(s["distilled_img_s"] is not None for s in results["steps"]):

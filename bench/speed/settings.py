@@ -38,7 +38,7 @@ class Settings:
     epoch_reference_workers: int = 0
     epoch_fused_attention: bool = False  # also time the engine's epoch with train.fused_attention=true
     epoch_rounds: int = 1  # engine and reference epochs, alternating which goes first; ratios are medians
-    compile: bool = False  # also time the engine step with train.compile (torch.compile, non-fused attention)
+    compile: bool = False  # also time the engine step with train.compile (the compiled step, fused attention as eager)
     threads: int = 2  # torch threads on a CPU (the machine's cores); DataLoader workers use one each
     out: str | None = None
     markdown: str | None = None

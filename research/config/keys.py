@@ -6,9 +6,9 @@ Two rules read these lists:
   config differs from the run dir's ``config.yaml`` in a key that changes training is refused. Keys
   listed in :data:`EXECUTION` may change between the lives of a run; each change is recorded in
   ``lives.jsonl``. ``train.epochs`` may grow (an extended run); it may not shrink.
-* Command-line overrides of the :data:`PLACEMENT` keys also apply to the runs an experiment links
-  (``teacher.from_experiment``, ``finetune.from_experiment``), so a partition, an output dir or a
-  logger given for a student reaches its teacher.
+* Command-line overrides of the :data:`LINKED` keys also apply to the runs an experiment links
+  (``teacher.from_experiment``, ``finetune.from_experiment``), so a partition, an output dir, a
+  logger or the data's location given for a student reaches its teacher: both read the same data.
 
 A key is named by its dotted path; a section name (``slurm``) covers every key under it.
 """
@@ -20,6 +20,13 @@ from typing import Any
 
 #: Where and how a run runs: command-line overrides of these reach linked teacher and fine-tune runs.
 PLACEMENT = ("output_dir", "slurm", "logger")
+
+#: Where the data is: a teacher and its student read the same data, wherever the command line puts it.
+#: Not execution keys: another archive or root may hold other images.
+DATA_LOCATION = ("data.archive", "data.root", "data.cache_dir")
+
+#: Command-line overrides of these reach linked teacher and fine-tune runs.
+LINKED = (*PLACEMENT, *DATA_LOCATION)
 
 #: Keys that change how a run executes, not what it computes (or only its record's wording). Beyond
 #: these, the provenance that ``config.yaml`` holds (git, versions) is compared by nobody: code moves on.
@@ -38,6 +45,7 @@ EXECUTION = (
     "train.threads",
     "train.log_every_steps",
     "train.checkpoint_every_steps",
+    "train.checkpoint_every_s",
     "train.compile",
     "train.compile_mode",
     "train.fused_attention",
@@ -57,10 +65,10 @@ def covered(key: str, names: Iterable[str]) -> bool:
     return any(key == name or key.startswith(f"{name}.") for name in names)
 
 
-def is_placement_override(item: str) -> bool:
-    """Whether a ``dotted.key=value`` (or ``~dotted.key``) override sets a :data:`PLACEMENT` key."""
+def is_linked_override(item: str) -> bool:
+    """Whether a ``dotted.key=value`` (or ``~dotted.key``) override sets a :data:`LINKED` key."""
     key = item.partition("=")[0].strip().lstrip("~")
-    return covered(key, PLACEMENT)
+    return covered(key, LINKED)
 
 
 def training_changes(

@@ -24,7 +24,7 @@ from research.config.checks import check_run_dir, check_slurm, check_timm_names,
 from research.config.components import SECTIONS, resolve_section
 from research.config.errors import ConfigError
 from research.config.expand import baseline_name, differing_keys, variant_overrides
-from research.config.keys import is_placement_override
+from research.config.keys import is_linked_override
 from research.config.schema import COMPILE_MODES, JOB_TYPES, OPTIMIZER_IMPLEMENTATIONS, PRECISIONS, STEP_ON, ExperimentCfg
 from research.config.sources import Layered
 from research.plugins import PluginError, import_plugins
@@ -84,8 +84,8 @@ def load_runs(
     where = layered.where("ablation")
     variants = variant_overrides(OmegaConf.to_container(base.ablation), where)  # type: ignore[arg-type]
     runs = []
-    # where and how to run (research/config/keys.py) also applies to the runs this one links
-    placement = [item for item in overrides if is_placement_override(item)]
+    # where and how to run, and where the data is (research/config/keys.py), also apply to the runs this one links
+    placement = [item for item in overrides if is_linked_override(item)]
     for variant, variant_tree in variants:
         source = f"{sources._display(path.resolve())} (variant {variant})" if variant else sources.COMMAND_LINE
         run_layers = sources.apply_overrides(layered, variant_tree, source) if variant_tree else layered

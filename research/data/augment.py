@@ -27,11 +27,11 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
-from timm.data import Mixup as TimmMixup
 from timm.data.transforms_factory import DEFAULT_CROP_PCT
 from torchvision import transforms as T
 
 from research.data.batch_augment import BatchRecipe
+from research.data.mix import SplitMixup
 from research.data.techniques import (
     TECHNIQUES,
     AugError,
@@ -87,7 +87,7 @@ class Recipe:
         """Whether batches are mixed; the loss must then take soft targets."""
         return bool(self.part(Mixup).active)
 
-    def mixup(self, num_classes: int, label_smoothing: float) -> TimmMixup | None:
+    def mixup(self, num_classes: int, label_smoothing: float) -> SplitMixup | None:
         """timm's batch mixer (it also smooths the mixed one-hot targets), or None when mixing is off.
 
         When this returns None the loss must apply ``label_smoothing`` itself.

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, Optional, TypeVar
 
-from timm.data import Mixup as TimmMixup
+import torch
 from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
 from timm.data.random_erasing import RandomErasing as TimmRandomErasing
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp
@@ -41,6 +41,7 @@ from research.data.batch_ops import (
     BatchRandomErasing,
     NotBatchable,
 )
+from research.data.mix import SplitMixup
 from research.data.policy import AugError, check_policy
 
 __all__ = ["AugError", "Context", "NotBatchable", "TECHNIQUES", "Technique", "check_policy"]
@@ -370,10 +371,10 @@ class Mixup(Technique):
         if self.mixup_mode not in ("batch", "pair", "elem"):
             raise AugError("mixup_mode", f"aug.mixup_mode must be 'batch', 'pair' or 'elem', got {self.mixup_mode!r}")
 
-    def build(self, num_classes: int, label_smoothing: float) -> TimmMixup | None:
+    def build(self, num_classes: int, label_smoothing: float) -> SplitMixup | None:
         if not self.active:
             return None
-        return TimmMixup(
+        return SplitMixup(  # timm's, its draws apart from their application (a compiled step)
             mixup_alpha=self.mixup, cutmix_alpha=self.cutmix, prob=self.mixup_prob, switch_prob=self.mixup_switch_prob,
             mode=self.mixup_mode, label_smoothing=label_smoothing, num_classes=num_classes,
         )  # fmt: skip

@@ -10,10 +10,16 @@ A resume repeats the run it continues bit for bit: each step reseeds the global 
 (seed, rank, step) (dropout, drop-path and mixup draw from them), so no generator state has to
 survive a preemption, on any rank. A stop request (SIGTERM, Ctrl-C: ``Loop.stop``) is read between
 steps; the loop then saves the last finished step and raises :class:`RunStopped`.
+
+Under ``train.compile`` the step's device work between the host's draws and the backward (the
+batch's mixing, the student's forward, the loss with the teacher's forward: :func:`forward_and_loss`)
+is one compiled region; the seeding, the draws, ``zero_grad``, the backward, the scaler and the
+optimizer stay outside it (issue 26).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -65,13 +71,27 @@ class Objective(Protocol):
     def __call__(self, images: torch.Tensor, outputs: Any, targets: torch.Tensor) -> Any: ...
 
 
+class BatchMix(Protocol):
+    """Mixup/CutMix in two halves: ``draw(images)`` makes the batch's random choices on the host
+    (outside a compiled region), ``apply(images, targets, drawn)`` is a tensor function (inside it)."""
+
+    def draw(self, images: torch.Tensor) -> torch.Tensor | None: ...
+
+    def apply(
+        self, images: torch.Tensor, targets: torch.Tensor, drawn: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 class LoopOptions(Protocol):
     """The loop's options (``train:`` in an experiment file; :class:`TrainCfg` has them all)."""
 
     epochs: int
     precision: str
+    compile: bool
+    compile_mode: str
     channels_last: bool
     checkpoint_every_steps: int
+    checkpoint_every_s: float
     log_every_steps: int
     eval_every_epochs: int
     eval_hflip: bool
@@ -90,7 +110,7 @@ class TrainData:
     train_batches: Callable[[int, int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
     steps_per_epoch: int
     val_loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
-    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None
+    mix: BatchMix | None
     batch_size: int
     world_size: int = 1
 
@@ -114,6 +134,14 @@ class Loop:
     rank: int = 0
     stop: StopSignal | None = None  # read between steps; see RunStopped
     _stop_group: Any = field(default=None, init=False, repr=False)  # the host-side group stop requests are combined in
+    forward_loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] = field(init=False, repr=False)
+    clock: Callable[[], float] = time.monotonic
+    last_saved: float = field(init=False)  # clock() at the last checkpoint (or at the start of this life)
+
+    def __post_init__(self) -> None:
+        region = functools.partial(forward_and_loss, self)
+        self.forward_loss = torch.compile(region, mode=self.options.compile_mode) if self.options.compile else region
+        self.last_saved = self.clock()
 
     def save(self, *, best: bool = False) -> None:
         """Write the checkpoint, after checking (one sync each) that no step since the last check was
@@ -122,6 +150,15 @@ class Loop:
             self.state.epoch_sums = self.meter.partial_epoch(self.state.step)
         self.state.raise_if_nonfinite_weights()
         self.run_dir.save(self.state, best=best)
+        self.last_saved = self.clock()
+
+    def epoch_checkpoint_due(self, *, improved: bool) -> bool:
+        """Whether an epoch's end writes the checkpoint: always after the last epoch and for a new best
+        (``best.pt``), else once ``train.checkpoint_every_s`` have passed since the last one, so that
+        second-long epochs do not each pay for a save (issue 26). A skipped epoch is trained again
+        by a resume, bit for bit, and its record is written again in place."""
+        done = self.state.epoch >= self.options.epochs
+        return done or improved or self.clock() - self.last_saved >= self.options.checkpoint_every_s
 
     def stop_requested(self) -> bool:
         """Whether to stop now; call it at the same point on every rank. Under DDP the ranks' requests are
@@ -170,11 +207,15 @@ def fit(loop: Loop) -> dict[str, Any]:
         # The line first: a kill between the two leaves an older checkpoint, and the resume drops
         # the lines past it; the other order would lose this epoch's line for good.
         loop.run_dir.append_metrics(record)
-        loop.save(best=improved)
+        saved = loop.epoch_checkpoint_due(improved=improved)
+        if saved:
+            loop.save(best=improved)
         loop.tracker.log(record, step=state.step)
         if loop.is_main:
             log.info("epoch %d/%d: %s", state.epoch, options.epochs, _brief(record))
         if loop.stop_requested() and state.epoch < options.epochs:
+            if not saved:
+                loop.save()
             raise loop.stopped(saved=True)
     return record
 
@@ -268,21 +309,33 @@ def train_step(loop: Loop, images: torch.Tensor, targets: torch.Tensor, meter: S
     images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
     if loop.options.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    if loop.data.mix is not None:
-        images, targets = loop.data.mix(images, targets)
-    with autocast(device, loop.options.precision):
-        outputs = state.model(images)
-        result = loop.objective(images, outputs, targets)
+    drawn = loop.data.mix.draw(images) if loop.data.mix is not None else None  # numpy's draws, on the host
     state.optimizer.zero_grad(set_to_none=True)
-    _backward_and_step(loop, result.loss)
+    if loop.options.compile and loop.options.compile_mode == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are read (meter) and done with
+    loss, logs = loop.forward_loss(images, targets, drawn)
+    _backward_and_step(loop, loss)
     state.scheduler.step_update(num_updates=state.step)  # a per-epoch schedule ignores it
-    loss = result.loss.detach()
+    loss = loss.detach()
     if meter is not None:
-        meter.add(loss, getattr(result, "logs", None) or {})
+        meter.add(loss, logs)
     # The update and its records are one unit for a preemption checkpoint (research/launch/job.py):
     # saved between the two, the checkpoint would count one step more than its epoch's loss sums.
     state.updating = False
     return loss
+
+
+def forward_and_loss(
+    loop: Loop, images: torch.Tensor, targets: torch.Tensor, drawn: torch.Tensor | None
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The step's compiled region: the batch mixed by its draws, the student's forward, the objective
+    (the teacher's forward inside it); returns the loss and its detached parts."""
+    if loop.data.mix is not None:
+        images, targets = loop.data.mix.apply(images, targets, drawn)
+    with autocast(loop.device, loop.options.precision):
+        outputs = loop.state.model(images)
+        result = loop.objective(images, outputs, targets)
+    return result.loss, dict(getattr(result, "logs", None) or {})
 
 
 def _backward_and_step(loop: Loop, loss: torch.Tensor) -> None:

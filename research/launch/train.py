@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 import random
@@ -196,8 +197,6 @@ def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module
     model.to(env.device)
     if cfg.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    if cfg.train.compile:
-        model = torch.compile(model, mode=cfg.train.compile_mode)  # type: ignore[assignment]
     if env.distributed:
         # A distillation head that no loss trains gets no gradient, which DDP must be told about.
         unused = MODELS.info(cfg.model["name"]).distilled and not LOSSES.info(cfg.loss["name"]).needs_teacher
@@ -224,7 +223,7 @@ def build_state(cfg: ExperimentCfg, model: nn.Module, data: RunData, env: DistEn
     if cfg.optim.scale_lr:  # DeiT section 6: lr = 5e-4 x global batch / 512
         lr *= cfg.loader.batch_size * env.world_size / 512
     extra = {key: getattr(cfg.optim, key) for key in ("eps", "betas") if getattr(cfg.optim, key) is not None}
-    extra.update(optimizer_implementation(cfg.optim.implementation))
+    extra.update(optimizer_implementation(cfg.optim.implementation, cfg.optim.name, env.device))
     optimizer = create_optimizer_v2(
         _param_groups(cfg, model), opt=cfg.optim.name, lr=lr, weight_decay=cfg.optim.weight_decay,
         momentum=cfg.optim.momentum, **extra,
@@ -275,9 +274,26 @@ def _param_groups(cfg: ExperimentCfg, model: nn.Module) -> list[dict[str, Any]]:
     return param_groups_weight_decay(plain, cfg.optim.weight_decay, no_weight_decay_list=exempt)
 
 
-def optimizer_implementation(choice: str) -> dict[str, bool]:
-    """The optimizer keywords for ``optim.implementation`` (validated against the class by the config loader)."""
-    return {"auto": {}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}, "fused": {"fused": True}}[choice]
+def optimizer_implementation(choice: str, name: str, device: torch.device) -> dict[str, bool]:
+    """The optimizer keywords for ``optim.implementation`` (validated against the class by the config loader).
+
+    ``auto`` is fused on CUDA where the optimizer's class has a fused kernel (torch's Adam, AdamW, SGD):
+    one launch for the whole update, where torch's own default, foreach, issues ~300 host-side scalar
+    ops a step for a DeiT (issue 26). Elsewhere it is torch's choice.
+    """
+    if choice == "auto":
+        return {"fused": True} if device.type == "cuda" and _has_fused_kernel(name) else {}
+    return {"foreach": {"foreach": True}, "for_loop": {"foreach": False}, "fused": {"fused": True}}[choice]
+
+
+def _has_fused_kernel(name: str) -> bool:
+    import timm.optim
+
+    try:  # the class timm's create_optimizer_v2 builds for this name, as the config loader finds it
+        opt_class = timm.optim.get_optimizer_class(name.lower().split("_")[-1], bind_defaults=False)  # type: ignore[attr-defined]
+    except (KeyError, ValueError):
+        return False
+    return "fused" in inspect.signature(opt_class).parameters
 
 
 def _resume(cfg: ExperimentCfg, state: TrainState, run_dir: RunDir) -> bool:

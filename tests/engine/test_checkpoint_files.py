@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -275,3 +276,51 @@ def test_a_run_whose_disk_fills_stops_in_one_line_and_resumes_once_there_is_room
     identical = all(torch.equal(ours[key], theirs[key]) for key in theirs)
     ledger.record("disk full, twice", survived=epochs == [1, 2, 3], lost_or_duplicated=abs(len(epochs) - 3), identical=identical)
     assert epochs == [1, 2, 3] and identical
+# --- checkpoints by time (issue 26) -------------------------------------------------------------------
+
+
+def _record_saves(saved: list[int], *, seconds_per_reading: float = 0.0, stop_after_epoch: int = 0) -> Any:
+    """An ``on_loop`` hook: a clock that moves ``seconds_per_reading`` at each reading (when set), the
+    epochs whose end checkpointed into ``saved``, and an Interrupt once epoch ``stop_after_epoch``'s
+    record is written (before its checkpoint is decided)."""
+
+    def hook(loop: Any) -> None:
+        if seconds_per_reading:
+            readings = iter(range(1, 10_000))
+            loop.clock, loop.last_saved = (lambda: seconds_per_reading * next(readings)), 0.0
+        save, append = loop.run_dir.save, loop.run_dir.append_metrics
+
+        def recorded(state: Any, best: bool = False) -> None:
+            saved.append(state.epoch)
+            save(state, best=best)
+
+        def append_then_stop(record: dict[str, Any]) -> None:
+            append(record)
+            if record.get("epoch") == stop_after_epoch:
+                raise Interrupt
+
+        loop.run_dir.save, loop.run_dir.append_metrics = recorded, append_then_stop
+
+    return hook
+
+
+def test_an_epoch_end_checkpoints_once_checkpoint_every_s_have_passed(experiment) -> None:
+    saved: list[int] = []
+    options = {"epochs": 4, "eval_every_epochs": 4, "checkpoint_every_s": 60}  # no new best before the last epoch
+    train(load_run(experiment(train=options)), on_loop=_record_saves(saved, seconds_per_reading=50))
+    assert saved == [2, 4]  # 50 s at epoch 1's end; 100 s at epoch 2's (saved); 50 s later at 3; the last epoch
+
+
+def test_a_run_stopped_after_skipped_epoch_checkpoints_trains_them_again_bit_identically(experiment) -> None:
+    options = {"epochs": 3, "eval_every_epochs": 3, "checkpoint_every_s": 3600}
+    straight, saved = load_run(experiment("straight", train=options)), []
+    train(straight, on_loop=_record_saves(saved))
+    assert saved == [3]  # only the last epoch: two 1-s epochs are not worth a checkpoint each
+    resumed = load_run(experiment("resumed", train=options))
+    with pytest.raises(Interrupt):  # a kill after epoch 2's record: no checkpoint yet
+        train(resumed, on_loop=_record_saves([], stop_after_epoch=2))
+    assert not (resumed.run_dir / checkpoint.LAST).exists() and len(read_metrics(resumed.run_dir)) == 2
+    assert train(resumed)["status"] == "done"
+    assert [m["epoch"] for m in read_metrics(resumed.run_dir)] == [1, 2, 3]  # no record written twice
+    a, b = read_metrics(straight.run_dir)[-1], read_metrics(resumed.run_dir)[-1]
+    assert all(a[key] == b[key] for key in ("train/epoch_loss", "val/loss", "val/top1"))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +16,11 @@ from research.engine import checkpoint
 from research.engine.fit import StepMeter, train_step
 from research.engine.run_dir import read_summary
 from research.launch.train import train
+from research.registry import MODELS
+
+ROOT = Path(__file__).resolve().parents[2]
+# bench/gpu_check.sh names the archive where ../shared does not exist (a GPU box)
+ARCHIVE = os.environ.get("RESEARCH_CIFAR_ARCHIVE", str(ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.xz"))
 
 SYNCS = ("item", "tolist", "__float__", "__int__", "__bool__")  # what makes the host wait for a GPU
 
@@ -95,3 +103,34 @@ def test_json_lines_stay_strict_with_a_non_finite_value(tmp_path) -> None:
     (epoch,) = [json.loads(line, **strict) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     (step,) = [json.loads(line, **strict) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert epoch["val/loss"] is None and epoch["val/top1"] == 10.0 and step["val/loss"] is None
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_gpu_student_steps_make_no_host_sync(tmp_path: Path) -> None:
+    """The GPU student recipe (batch augmentation on the device, mixup/CutMix, the teacher, bf16,
+    fused AdamW) under ``torch.cuda.set_sync_debug_mode("error")``: any call that makes the host
+    wait for the GPU raises. The first step runs before (lazy one-time set-up is not a step's cost)."""
+    teacher = tmp_path / "teacher.pt"
+    torch.save(MODELS.build("airbench_cifar", num_classes=10).state_dict(), teacher)
+    overrides = [
+        f"output_dir={tmp_path / 'runs'}", f"data.archive={ARCHIVE}", f"data.cache_dir={tmp_path / 'cache'}",
+        "logger.name=none", f"teacher={{name: airbench_cifar, checkpoint: {teacher}, channels_last: true}}",
+    ]  # fmt: skip
+    run = load_run(ROOT / "experiments" / "deit_tiny_distilled_cifar10_gpu.yaml", overrides)
+    into: dict[str, Any] = {}
+    with pytest.raises(Captured):
+        train(run, on_loop=capture(into))
+    loop = into["loop"]
+    assert loop.device.type == "cuda" and loop.data.mix is not None and loop.options.precision == "bf16"
+    meter = StepMeter(loop.device, loop.data.batch_size)
+    batches = iter(loop.data.train_batches(0, 0))
+    train_step(loop, *next(batches), meter)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for images, targets in islice(batches, 4):  # the batch's augmentation runs as the loader yields it
+            train_step(loop, images, targets, meter)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert meter.window(step=5)["train/loss"] > 0

@@ -9,7 +9,7 @@ import research.models  # noqa: F401  (registers the models)
 from research.config import ConfigError, load_run
 from research.launch.data import build_data
 from research.launch.dist import DistEnv
-from research.launch.train import build_model, build_state, train
+from research.launch.train import build_model, build_state, optimizer_implementation, train
 from research.registry import MODELS
 from research.teachers import Teacher
 
@@ -29,6 +29,15 @@ def test_optimizer_implementation_reaches_torchs_adamw(experiment, implementatio
     images = torch.randn(4, 3, 32, 32)
     model(images).sum().backward()
     optimizer.step()  # the fused kernel runs on the CPU too
+
+
+@pytest.mark.parametrize(
+    ("name", "device", "expected"),
+    [("adamw", "cuda", {"fused": True}), ("sgd", "cuda", {"fused": True}), ("lamb", "cuda", {}), ("adamw", "cpu", {})],
+)
+def test_auto_picks_the_fused_kernel_on_cuda_where_the_optimizer_has_one(name: str, device: str, expected: dict) -> None:
+    assert optimizer_implementation("auto", name, torch.device(device)) == expected
+    assert optimizer_implementation("foreach", name, torch.device(device)) == {"foreach": True}
 
 
 def test_optimizer_implementation_is_checked_when_the_config_loads(experiment) -> None:

@@ -139,6 +139,24 @@ def test_command_line_placement_overrides_reach_the_linked_teacher_and_others_do
     assert run.cfg.teacher["checkpoint"] == str(teacher.run_dir / "last.pt")
 
 
+def test_the_data_location_given_for_a_student_reaches_its_teacher(experiment, tmp_path) -> None:
+    for name in ("teacher", "student"):  # CIFAR-10 JPEG, in place of the tiny config's synthetic data
+        path = experiment(name, model={"name": "resnet10_cifar", "img_size": 32})
+        content = yaml.safe_load(path.read_text()) | {"data": {"name": "cifar10_jpeg"}}
+        if name == "student":
+            content |= {"model": {"name": "deit_nano_distilled_patch4_32", "img_size": 32}, "loss": {"name": "hard"}}
+            content |= {"teacher": {"from_experiment": "teacher.yaml"}}
+        path.write_text(yaml.safe_dump(content))
+    archive, cache = tmp_path / "copied" / "cifar10-jpeg.tar.xz", tmp_path / "empty-cache"
+    (run,) = load_runs(path, [f"data.archive={archive}", f"data.cache_dir={cache}"], check_files=False)
+    teacher = run.teacher_run
+    assert teacher is not None
+    assert (teacher.cfg.data["archive"], teacher.cfg.data["cache_dir"]) == (str(archive), str(cache))
+    assert (run.cfg.data["archive"], run.cfg.data["cache_dir"]) == (str(archive), str(cache))
+    (plain,) = load_runs(path, check_files=False)
+    assert plain.teacher_run is not None and plain.teacher_run.cfg.data["archive"] != str(archive)
+
+
 def test_the_readme_slurm_overrides_reach_the_teacher_job(teacher_and_student, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM here: --dry-run only
     _, student = teacher_and_student
