@@ -22,24 +22,25 @@ LAM, ONE_MINUS_LAM, CUT, Y0, Y1, X0, X1 = range(7)
 class SplitMixup(Mixup):
     """timm's Mixup whose ``batch`` mode is :meth:`draw` (host) then :meth:`apply` (tensors).
 
-    ``mix.apply(images, targets, mix.draw(images))`` mixes as ``mix(images, targets)`` does, with
+    ``mix.apply(images, targets, mix.draw(images.shape, images.device))`` mixes as ``mix(images, targets)`` does, with
     the same draws. In ``pair`` and ``elem`` modes (a lambda per image) :meth:`draw` returns None
     and :meth:`apply` runs timm's own call.
     """
 
-    def draw(self, images: Tensor) -> Tensor | None:
-        """The batch's mixing, drawn from numpy as timm draws it, on ``images``' device (no sync)."""
+    def draw(self, shape: torch.Size | tuple[int, ...], device: torch.device) -> Tensor | None:
+        """The mixing of a batch of ``shape`` (B, 3, H, W), drawn from numpy as timm draws it, on
+        ``device`` (no sync)."""
         if self.mode != "batch":
             return None
         lam, use_cutmix = self._params_per_batch()
         box, cut = (0, 0, 0, 0), False
         if lam != 1.0 and use_cutmix:  # timm mixes nothing at lambda 1, CutMix included
-            box, lam = cutmix_bbox_and_lam(images.shape, lam, ratio_minmax=self.cutmix_minmax, correct_lam=self.correct_lam)
+            box, lam = cutmix_bbox_and_lam(shape, lam, ratio_minmax=self.cutmix_minmax, correct_lam=self.correct_lam)
             cut = True
         values = torch.tensor([lam, 1.0 - lam, float(cut), *box], dtype=torch.float32)
-        if images.is_cuda:  # a copy from pinned memory does not make the host wait
+        if torch.device(device).type == "cuda":  # a copy from pinned memory does not make the host wait
             values = values.pin_memory()
-        return values.to(images.device, non_blocking=True)
+        return values.to(device, non_blocking=True)
 
     def apply(self, images: Tensor, targets: Tensor, drawn: Tensor | None) -> tuple[Tensor, Tensor]:
         """Mixed ``(B, 3, H, W)`` images and ``(B, classes)`` soft targets, smoothed as timm's.

@@ -72,10 +72,11 @@ class Objective(Protocol):
 
 
 class BatchMix(Protocol):
-    """Mixup/CutMix in two halves: ``draw(images)`` makes the batch's random choices on the host
-    (outside a compiled region), ``apply(images, targets, drawn)`` is a tensor function (inside it)."""
+    """Mixup/CutMix in two halves: ``draw(shape, device)`` makes the batch's random choices on the host
+    (outside a compiled region) for ``(B, 3, H, W)`` images, ``apply(images, targets, drawn)`` is a
+    tensor function (inside it)."""
 
-    def draw(self, images: torch.Tensor) -> torch.Tensor | None: ...
+    def draw(self, shape: torch.Size | tuple[int, ...], device: torch.device) -> torch.Tensor | None: ...
 
     def apply(
         self, images: torch.Tensor, targets: torch.Tensor, drawn: torch.Tensor | None
@@ -104,15 +105,22 @@ class TrainData:
     """What the loop needs from the data side.
 
     ``train_batches(epoch, skip)`` returns the epoch's batches, ``skip`` already-done steps left out
-    (a mid-epoch resume); ``mix`` is the batch-level mixup/cutmix, or None.
+    (a mid-epoch resume): ``(images, targets)``, or with ``augment`` set ``(uint8 pixels, targets,
+    draws)`` that the step's compiled region transforms itself; ``mix`` is the batch-level
+    mixup/cutmix, or None.
     """
 
-    train_batches: Callable[[int, int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+    train_batches: Callable[[int, int], Iterable[tuple[Any, ...]]]
     steps_per_epoch: int
     val_loader: Iterable[tuple[torch.Tensor, torch.Tensor]]
     mix: BatchMix | None
     batch_size: int
     world_size: int = 1
+    # The batch recipe's pure half, run inside the step's compiled region (train.compile with
+    # loader.batch_augment): (B, H, W, 3) uint8 pixels and their draws -> (B, 3, S, S) float images,
+    # S = augment_size; the draws are made with the batch, outside (research/data/batch_augment.py).
+    augment: Callable[[torch.Tensor, Any], torch.Tensor] | None = None
+    augment_size: int = 0
 
 
 @dataclass
@@ -255,8 +263,8 @@ def train_one_epoch(loop: Loop) -> dict[str, float]:
     state.epoch_sums = None
     if loop.stop_requested():  # asked before this epoch's first step: the last checkpoint stands
         raise loop.stopped(saved=False)
-    for images, targets in _batches(loop, progress):
-        train_step(loop, images, targets, meter)
+    for images, targets, *draws in _batches(loop, progress):
+        train_step(loop, images, targets, meter, draws[0] if draws else None)
         if state.step % options.log_every_steps == 0:
             logs = {**meter.window(state.step), "train/lr": _lr(state.optimizer)}
             loop.tracker.log({**logs, "epoch": state.epoch}, step=state.step)
@@ -301,19 +309,28 @@ def seed_step(seed: int, rank: int, step: int) -> None:
     random.seed(value)
 
 
-def train_step(loop: Loop, images: torch.Tensor, targets: torch.Tensor, meter: StepMeter | None = None) -> torch.Tensor:
-    """One optimisation step; returns the detached loss, and adds it and its parts to ``meter``."""
+def train_step(
+    loop: Loop, images: torch.Tensor, targets: torch.Tensor, meter: StepMeter | None = None, draws: Any = None
+) -> torch.Tensor:
+    """One optimisation step; returns the detached loss, and adds it and its parts to ``meter``.
+    With ``draws``, ``images`` are the batch's uint8 pixels, which ``loop.data.augment`` transforms
+    inside the compiled region."""
     state, device = loop.state, loop.device
     if loop.seed is not None:
         seed_step(loop.seed, loop.rank, state.step)
     images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-    if loop.options.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
-    drawn = loop.data.mix.draw(images) if loop.data.mix is not None else None  # numpy's draws, on the host
+    if draws is None:
+        shape = images.shape
+        if loop.options.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+    else:
+        size = loop.data.augment_size
+        shape = (len(images), 3, size, size)
+    mixing = loop.data.mix.draw(shape, device) if loop.data.mix is not None else None  # numpy's draws, on the host
     state.optimizer.zero_grad(set_to_none=True)
     if loop.options.compile and loop.options.compile_mode == "reduce-overhead":
         torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are read (meter) and done with
-    loss, logs = loop.forward_loss(images, targets, drawn)
+    loss, logs = loop.forward_loss(images, targets, mixing, draws)
     _backward_and_step(loop, loss)
     state.scheduler.step_update(num_updates=state.step)  # a per-epoch schedule ignores it
     loss = loss.detach()
@@ -326,12 +343,18 @@ def train_step(loop: Loop, images: torch.Tensor, targets: torch.Tensor, meter: S
 
 
 def forward_and_loss(
-    loop: Loop, images: torch.Tensor, targets: torch.Tensor, drawn: torch.Tensor | None
+    loop: Loop, images: torch.Tensor, targets: torch.Tensor, mixing: torch.Tensor | None, draws: Any = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The step's compiled region: the batch mixed by its draws, the student's forward, the objective
-    (the teacher's forward inside it); returns the loss and its detached parts."""
+    """The step's compiled region: the batch's augmentation (with ``draws``: ``images`` are its uint8
+    pixels), the batch mixed by its draws, the student's forward, the objective (the teacher's forward
+    inside it); returns the loss and its detached parts."""
+    if draws is not None:
+        assert loop.data.augment is not None, "batches with draws need TrainData.augment"
+        images = loop.data.augment(images, draws)
+        if loop.options.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
     if loop.data.mix is not None:
-        images, targets = loop.data.mix.apply(images, targets, drawn)
+        images, targets = loop.data.mix.apply(images, targets, mixing)
     with autocast(loop.device, loop.options.precision):
         outputs = loop.state.model(images)
         result = loop.objective(images, outputs, targets)

@@ -47,6 +47,7 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
             f"{env.world_size} processes gets; lower loader.batch_size"
         )
     in_memory = _in_memory(train_set, val_set, recipe, cfg, env.device) if cfg.loader.batch_augment else None
+    in_step = in_memory is not None and cfg.train.compile
     seeded_train_set = PlaceSeeded(train_set)  # an image's draws follow its place in the epoch, not its worker
 
     def train_batches(epoch: int, skip_steps: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
@@ -58,10 +59,12 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
         if in_memory is not None:
             pixels, targets, positions = in_memory[0]
             indices = [positions[i] for i in sampler][: steps * batch]
-            return InMemoryBatches(
+            batches = InMemoryBatches(
                 pixels, targets, indices, batch, recipe.batch_transform, train=True, drop_last=True,
                 generator=generator, skip_batches=skip_steps, epoch=epoch, flip_seed=cfg.seed,
             )  # fmt: skip
+            # Compiled, the step transforms the pixels itself, with the forward (one graph, issue 26).
+            return ((p, t, draws) for p, draws, t in batches.drawn()) if in_step else batches
         indices = list(sampler)[skip_steps * batch : steps * batch]
         items = placed(indices, seed=cfg.seed, epoch=epoch, rank=env.rank, start=skip_steps * batch)
         return _loader(seeded_train_set, cfg, batch, env, sampler=items, drop_last=True, generator=generator)
@@ -81,6 +84,8 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
         mix=recipe.mixup(num_classes=num_classes, label_smoothing=cfg.train.label_smoothing),
         batch_size=batch,
         world_size=env.world_size,
+        augment=recipe.batch_transform.transform if in_step else None,
+        augment_size=recipe.img_size,
     )
     return RunData(loop_data, num_classes, recipe, len(train_set), len(val_set))
 

@@ -27,7 +27,7 @@ def test_split_mixup_mixes_as_timms_call_with_the_same_draws() -> None:
     kinds = set()
     for seed in range(12):
         np.random.seed(seed)
-        drawn = mix.draw(images)
+        drawn = mix.draw(images.shape, images.device)
         assert drawn is not None
         mixed, soft = mix.apply(images, targets, drawn)
         np.random.seed(seed)
@@ -37,7 +37,7 @@ def test_split_mixup_mixes_as_timms_call_with_the_same_draws() -> None:
         kinds.add(bool(drawn[CUT]))
     assert kinds == {True, False}  # both CutMix and mixup batches were compared
     unmixed = SplitMixup(**{**MIX, "prob": 0.0})
-    assert torch.equal(unmixed.apply(images, targets, unmixed.draw(images))[0], images)  # no mixing: untouched
+    assert torch.equal(unmixed.apply(images, targets, unmixed.draw(images.shape, images.device))[0], images)  # no mixing: untouched
 
 
 def _distilled_experiment(experiment, tmp_path: Path, *, drop_path_rate: float = 0.1, **train_options: Any) -> Path:
@@ -71,7 +71,7 @@ def _loop(path: Path) -> Any:
 def test_the_compiled_region_has_no_graph_break(experiment, tmp_path: Path) -> None:
     loop = _loop(_distilled_experiment(experiment, tmp_path))
     images, targets = next(iter(loop.data.train_batches(0, 0)))
-    drawn = loop.data.mix.draw(images)
+    drawn = loop.data.mix.draw(images.shape, images.device)
     explained = torch._dynamo.explain(forward_and_loss)(loop, images, targets, drawn)
     assert explained.graph_break_count == 0, [str(reason) for reason in explained.break_reasons]
     assert explained.graph_count == 1  # mixing, student forward, teacher forward and loss: one graph
@@ -105,3 +105,48 @@ def test_cuda_graphs_capture_and_replay_the_step(experiment, tmp_path: Path) -> 
     graphed = _losses(graphed_loop, 6)
     assert all(torch.isfinite(loss) for loss in graphed)
     torch.testing.assert_close(torch.stack(graphed), torch.stack(eager), atol=0.05, rtol=0.02)
+
+
+def _augmented_experiment(experiment, tmp_path: Path, **train_options: Any) -> Path:
+    """The GPU student's recipe at toy size: the batched DeiT recipe (RandAugment, random erasing,
+    mixup and CutMix) on in-memory batches, hard distillation from a CNN teacher, bf16."""
+    checkpoint = tmp_path / "teacher.pt"
+    torch.save(MODELS.build("resnet10_cifar", num_classes=4).state_dict(), checkpoint)
+    return experiment(
+        model={"name": "deit_nano_distilled_patch4_32", "img_size": 32, "drop_path_rate": 0.0},
+        teacher={"name": "resnet10_cifar", "checkpoint": str(checkpoint)},
+        loss={"name": "hard"},
+        aug={
+            "name": "none", "simple_crop": True, "rand_augment": "rand-m9-mstd0.5-inc1", "random_erasing": 0.25,
+            "mixup": 0.8, "cutmix": 1.0, "mixup_prob": 1.0,
+        },  # fmt: skip
+        loader={"batch_augment": True, "batch_size": 8, "workers": 0},
+        train={"epochs": 1, "progress": False, "precision": "bf16", **train_options},
+    )
+
+
+def test_with_batch_augment_the_compiled_region_holds_the_augmentation_with_no_graph_break(experiment, tmp_path: Path) -> None:
+    loop = _loop(_augmented_experiment(experiment, tmp_path, compile=True))
+    pixels, targets, draws = next(iter(loop.data.train_batches(0, 0)))
+    assert pixels.dtype == torch.uint8 and pixels.shape[-1] == 3  # the step gets the pixels, not the images
+    size = loop.data.augment_size
+    mixing = loop.data.mix.draw((len(pixels), 3, size, size), pixels.device)
+    explained = torch._dynamo.explain(forward_and_loss)(loop, pixels, targets, mixing, draws)
+    assert explained.graph_break_count == 0, [str(reason) for reason in explained.break_reasons]
+    assert explained.graph_count == 1  # augmentation, mixing, student forward, teacher forward and loss
+
+
+@pytest.mark.slow
+def test_the_augmentation_in_the_step_gives_the_losses_of_the_augmentation_in_the_batches(experiment, tmp_path: Path) -> None:
+    """The same run, its recipe applied by the batches (eager) or inside the step (compiled): the
+    augmentation is a pure function of (pixels, draws), so the steps see the same images."""
+    eager = _loop(_augmented_experiment(experiment, tmp_path))
+    assert eager.data.augment is None
+    compiled = _loop(_augmented_experiment(experiment, tmp_path, compile=True))
+    assert compiled.data.augment is not None
+    eager_losses = [train_step(eager, images, targets).float().cpu() for images, targets in list(eager.data.train_batches(0, 0))[:2]]
+    compiled_losses = [
+        train_step(compiled, pixels, targets, None, draws).float().cpu()
+        for pixels, targets, draws in list(compiled.data.train_batches(0, 0))[:2]
+    ]
+    torch.testing.assert_close(torch.stack(compiled_losses), torch.stack(eager_losses), atol=0.05, rtol=0.02)
