@@ -203,6 +203,7 @@ def _throughput(args: argparse.Namespace) -> int:
     from research.launch.cost import record_throughput
     from research.launch.measure import measure_runs
 
+    _check_count("--steps", args.steps)
     runs = load_runs(args.config, args.overrides, check_files=False, only=args.only)
     rows = measure_runs(runs, device_name=args.device, steps=args.steps)
     path = record_throughput(rows, args.table)
@@ -220,6 +221,7 @@ def _train(args: argparse.Namespace) -> int:
     from research.config import load_runs
     from research.launch.local import run_locally
 
+    _check_count("--nproc", args.nproc)
     # `--only a b key=value ~key`: variant names hold no '=' and no leading '~', so what follows them may still be overrides
     only = [item for item in args.only if not _is_override(item)]
     overrides = [*args.overrides, *(item for item in args.only if _is_override(item))]
@@ -238,6 +240,14 @@ def _eval(args: argparse.Namespace) -> int:
     results = evaluate_checkpoint(load_run(args.config, overrides), Path(checkpoints[0]))
     print(json.dumps(results, indent=1))
     return 0
+
+
+def _check_count(option: str, value: int) -> None:
+    """A count option (``--nproc``, ``--steps``) is at least 1: argparse checks only that it is an integer."""
+    if value < 1:
+        from research.config import ConfigError
+
+        raise ConfigError(f"{option} {value}: must be at least 1")
 
 
 def _is_override(item: str) -> bool:

@@ -4,7 +4,8 @@ Every number of the schema carries its bounds in its annotation (:class:`researc
 :func:`check_values` walks the schema's dataclasses and reports every value out of bounds in one
 :class:`ConfigError`, showing the value as the file or the command line gave it. The run's folder is
 checked here too: its name must fit a file name, and nothing on its path may be a file; and so are
-the names timm looks up only when training starts (``optim.name``, ``sched.name``).
+the names timm looks up only when training starts (``optim.name``, ``sched.name``), and the values
+timm would take without a word but not use as written (``optim.betas``, a warm-up as long as training).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import inspect
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -107,9 +109,54 @@ def check_timm_names(raw: Mapping[str, Any], where: Callable[[str], str]) -> Non
     known = [str(opt) for opt in timm.optim.list_optimizers()]  # type: ignore[attr-defined]
     if name.lower().split("_")[-1] not in known:  # timm reads 'lookahead_adamw' as adamw with Lookahead
         raise ConfigError(f"{where('optim.name')}: optim.name: timm has no optimizer {name!r}{_did_you_mean(name, known)}")
+    if raw["sched"]["name"] == "plateau":  # timm's PlateauLRScheduler steps on a metric the engine does not pass
+        raise ConfigError(
+            f"{where('sched.name')}: sched.name 'plateau' is not supported: it needs a validation metric at every step "
+            f"(and timm deprecates it); use one of {', '.join(SCHEDULERS)}"
+        )
     if raw["sched"]["name"] not in SCHEDULERS:
         raise ConfigError(
             f"{where('sched.name')}: sched.name {raw['sched']['name']!r} is not one of timm's schedules: {', '.join(SCHEDULERS)}"
+        )
+
+
+def check_optimizer_betas(optim: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """``optim.betas`` is two numbers, for an optimizer that takes betas (timm passes them on unread
+    otherwise: SGD ignores them, Adam(W) uses the first two of three)."""
+    betas = optim.get("betas")
+    if betas is None:
+        return
+    if len(betas) != 2:
+        raise ConfigError(f"{where('optim.betas')}: optim.betas={list(betas)} holds {len(betas)} values; give two, e.g. [0.9, 0.999]")
+    takes = optimizer_takes(str(optim["name"]), "betas")
+    if takes is False:
+        raise ConfigError(
+            f"{where('optim.betas')}: optim.betas: optimizer {optim['name']!r} takes no betas; they are for "
+            f"{', '.join(_BETAS_OPTIMIZERS)} (and other Adam-like optimizers): remove optim.betas or change optim.name"
+        )
+
+
+_BETAS_OPTIMIZERS = ("adamw", "adam", "nadamw", "lamb", "lion", "adafactor")
+
+
+def optimizer_takes(name: str, keyword: str) -> bool | None:
+    """Whether the class timm's ``create_optimizer_v2`` builds for ``name`` takes ``keyword`` (None: unknown name)."""
+    import timm.optim
+
+    try:  # 'lookahead_adamw' is adamw with Lookahead
+        opt_class = timm.optim.get_optimizer_class(name.lower().split("_")[-1], bind_defaults=False)  # type: ignore[attr-defined]
+    except (KeyError, ValueError):
+        return None
+    return keyword in inspect.signature(opt_class).parameters
+
+
+def check_warmup(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """A warm-up as long as training never reaches the schedule's peak: the run would stay in it throughout."""
+    warmup, epochs = raw["sched"]["warmup_epochs"], raw["train"]["epochs"]
+    if warmup >= epochs:
+        raise ConfigError(
+            f"{where('sched.warmup_epochs')}: sched.warmup_epochs={warmup:g} is not shorter than train.epochs={epochs} "
+            f"({where('train.epochs')}): the run would never leave warm-up; lower sched.warmup_epochs (0 = none)"
         )
 
 

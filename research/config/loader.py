@@ -21,7 +21,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from research.config import sources
-from research.config.checks import check_run_dir, check_timm_names, check_values, user_path
+from research.config.checks import (
+    check_optimizer_betas,
+    check_run_dir,
+    check_timm_names,
+    check_values,
+    check_warmup,
+    user_path,
+)
 from research.config.components import SECTIONS, resolve_section
 from research.config.errors import ConfigError
 from research.config.expand import baseline_name, differing_keys, variant_overrides
@@ -263,6 +270,8 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
             f"{raw['model']['name']!r}'s patch size {patch}; try {max(1, round(size / patch)) * patch}"
         )
     check_timm_names(raw, layered.where)
+    check_optimizer_betas(raw["optim"], layered.where)
+    check_warmup(raw, layered.where)
     _check_optimizer_implementation(raw["optim"], layered.where("optim.implementation"))
     if raw["train"]["compile_mode"] not in COMPILE_MODES:
         raise ConfigError(

@@ -218,12 +218,7 @@ def build_state(cfg: ExperimentCfg, model: nn.Module, data: RunData, env: DistEn
     # With warmup_prefix timm runs the decay for num_epochs *after* the warm-up: shorten it so the
     # schedule ends with the last step (in steps, as warm-ups of a fraction of an epoch are common here).
     decay_epochs: float = cfg.train.epochs
-    if cfg.sched.warmup_prefix:
-        if cfg.sched.warmup_epochs >= cfg.train.epochs:
-            raise ConfigError(
-                f"sched.warmup_prefix: the warm-up ({cfg.sched.warmup_epochs} epochs) leaves no decay in train.epochs="
-                f"{cfg.train.epochs}; shorten sched.warmup_epochs"
-            )
+    if cfg.sched.warmup_prefix:  # the loader refused a warm-up as long as training (research/config/checks.py)
         decay_epochs = round((cfg.train.epochs - cfg.sched.warmup_epochs) * steps_per_epoch) / steps_per_epoch
     scheduler, _ = create_scheduler_v2(
         optimizer,
