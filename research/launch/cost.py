@@ -292,7 +292,7 @@ def evaluations(cfg: ExperimentCfg) -> int:
 
 def run_key(cfg: ExperimentCfg, device: str) -> tuple[Any, ...]:
     """The table key a run needs: its student, input size, per-device batch, precision, device, teacher."""
-    teacher = cfg.teacher["name"] if cfg.teacher is not None and cfg.loss["name"] != "none" else ""
+    teacher = cfg.teacher["name"] if cfg.teacher is not None else ""  # the loader drops a teacher no loss distils from
     img_size = int(cfg.model.get("img_size") or cfg.aug.get("img_size") or 224)
     return (cfg.model["name"], img_size, cfg.loader.batch_size, cfg.train.precision, device.lower(), teacher)
 
