@@ -243,11 +243,12 @@ class Estimate:
         return None if self.wall_s is None else self.devices * self.wall_s / 3600
 
 
-def dataset_sizes(cfg: ExperimentCfg) -> tuple[int, int, int] | str:
+def dataset_sizes(cfg: ExperimentCfg, *, count_files: bool = True) -> tuple[int, int, int] | str:
     """``(train images, val images, classes)`` of a run, or why they are unknown here.
 
     ``loader.limit_train`` / ``limit_val`` cap the sizes; ``imagefolder`` is counted on disk (one
-    directory listing per class), so the estimate needs the data where it is made.
+    directory listing per class), so the estimate needs the data where it is made; ``count_files=False``
+    leaves it unknown instead (ImageNet's listing takes a while on a shared file system).
     """
     name, data = cfg.data["name"], cfg.data
     if name in KNOWN_DATASETS:
@@ -255,6 +256,8 @@ def dataset_sizes(cfg: ExperimentCfg) -> tuple[int, int, int] | str:
     elif name == "synthetic":
         train = val = int(data.get("size", 64))
         classes = int(data.get("num_classes", 10))
+    elif name == "imagefolder" and not count_files:
+        return "dataset size unknown: imagefolder is not counted"
     elif name == "imagefolder":
         root = Path(str(data.get("root", ""))).expanduser()
         if not (root / "train").is_dir() or not (root / "val").is_dir():

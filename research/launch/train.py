@@ -38,6 +38,7 @@ from research.launch import provenance
 from research.launch.data import RunData, build_data
 from research.launch.dist import DistEnv, init_distributed
 from research.launch.lock import run_dir_lock
+from research.launch.preflight import preflight
 from research.launch.run_check import Verdict, check, config_record
 from research.launch.stop import StopRequest, stop_on_signals
 from research.launch.tracking import build_tracker
@@ -56,6 +57,7 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
     the step in progress, saved (:mod:`research.launch.stop`).
     """
     env = env or init_distributed()
+    preflight([run], device=env.device, world_size=env.world_size)  # before the run dir is written
     with _one_writer(run, env) as verdict, stop_on_signals() as stop:
         return _train(run, env, verdict, stop, on_loop)
 
