@@ -154,9 +154,10 @@ def check_warmup(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:
     """A warm-up as long as training never reaches the schedule's peak: the run would stay in it throughout."""
     warmup, epochs = raw["sched"]["warmup_epochs"], raw["train"]["epochs"]
     if warmup >= epochs:
+        also = f" ({where('train.epochs')})" if where("train.epochs") != where("sched.warmup_epochs") else ""
         raise ConfigError(
-            f"{where('sched.warmup_epochs')}: sched.warmup_epochs={warmup:g} is not shorter than train.epochs={epochs} "
-            f"({where('train.epochs')}): the run would never leave warm-up; lower sched.warmup_epochs (0 = none)"
+            f"{where('sched.warmup_epochs')}: sched.warmup_epochs={warmup:g} is not shorter than train.epochs={epochs}{also}: "
+            "the run would never leave warm-up; lower sched.warmup_epochs (0 = none)"
         )
 
 
