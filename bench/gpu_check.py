@@ -85,7 +85,7 @@ def stages(args: argparse.Namespace, out: Path) -> list[Stage]:
     batched = student(out / "runs_batched", "loader.batch_augment=true", "loader.workers=0")
     per_image = student(runs, "loader.batch_augment=false")
     if dry:
-        tiny = ["loader.limit_train=256", "loader.limit_val=128"]
+        tiny = ["loader.limit_train=256", "loader.limit_val=128", "sched.warmup_epochs=0.2"]  # shorter than its 1 epoch
         teacher += [*tiny, "train.epochs=1", "loader.batch_size=64"]  # batch_augment: the images in memory
         batched += [*tiny, "loader.batch_size=32"]
         per_image += [*tiny, "data.in_memory=false", "loader.batch_size=32"]
