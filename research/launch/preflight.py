@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from research.config import ConfigError, ExperimentCfg, Run
+from research.config import ConfigError, Run
 from research.config.components import SECTIONS, build_component
 from research.data import build_train_sampler
 from research.data.datasets import check_ready
@@ -47,7 +47,7 @@ def _check_batch_fits(run: Run, world_size: int) -> None:
     sizes = dataset_sizes(cfg, count_files=False)
     if isinstance(sizes, str):  # not known without listing the data: the loader checks it when it builds
         return
-    repeats = _recipe(cfg).repeats
+    repeats = build_component(SECTIONS["aug"], cfg.aug, img_size=model_img_size(cfg.model)).repeats
     single = world_size == 1 and not cfg.loader.repeated_aug_single_process
     # the sampler's own length: repeated augmentation and padding to equal shares included
     sampler = build_train_sampler(range(sizes[0]), repeats=1 if single else repeats, num_replicas=world_size, rank=0, seed=cfg.seed)
@@ -56,10 +56,6 @@ def _check_batch_fits(run: Run, world_size: int) -> None:
             f"{run.name}: loader.batch_size={cfg.loader.batch_size} is larger than the {len(sampler)} training images each "
             f"of the {world_size} process{'es' if world_size > 1 else ''} gets, so an epoch has no step; lower loader.batch_size"
         )
-
-
-def _recipe(cfg: ExperimentCfg) -> object:
-    return build_component(SECTIONS["aug"], cfg.aug, img_size=model_img_size(cfg.model))
 
 
 def _check_teacher_classes(run: Run) -> None:
