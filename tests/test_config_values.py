@@ -226,7 +226,7 @@ def test_a_loss_without_distillation_trains_no_teacher_and_reads_the_class_head(
     [
         (["optim.betas=[0.9,0.99,0.5]"], "command line: optim.betas=[0.9, 0.99, 0.5] holds 3 values; give two"),
         (["optim.betas=[0.9]"], "optim.betas=[0.9] holds 1 values; give two"),
-        (["optim.name=sgd", "optim.betas=[0.9,0.99]"], "optim.betas: optimizer 'sgd' takes no betas; they are for adamw"),
+        (["optim.name=sgd", "optim.betas=[0.9,0.99]"], "optim.betas: optimizer 'sgd' takes no betas; they are for Adam-like optimizers (adamw"),
         (["optim.name=momentum", "optim.betas=[0.9,0.99]"], "optimizer 'momentum' takes no betas"),
         (["sched.warmup_epochs=1", "train.epochs=1"], "command line: sched.warmup_epochs=1 is not shorter than train.epochs=1"),
         (["sched.warmup_epochs=7.5", "train.epochs=3"], "sched.warmup_epochs=7.5 is not shorter than train.epochs=3"),

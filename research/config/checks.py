@@ -128,15 +128,11 @@ def check_optimizer_betas(optim: Mapping[str, Any], where: Callable[[str], str])
         return
     if len(betas) != 2:
         raise ConfigError(f"{where('optim.betas')}: optim.betas={list(betas)} holds {len(betas)} values; give two, e.g. [0.9, 0.999]")
-    takes = optimizer_takes(str(optim["name"]), "betas")
-    if takes is False:
+    if optimizer_takes(str(optim["name"]), "betas") is False:
         raise ConfigError(
-            f"{where('optim.betas')}: optim.betas: optimizer {optim['name']!r} takes no betas; they are for "
-            f"{', '.join(_BETAS_OPTIMIZERS)} (and other Adam-like optimizers): remove optim.betas or change optim.name"
+            f"{where('optim.betas')}: optim.betas: optimizer {optim['name']!r} takes no betas; they are for Adam-like "
+            "optimizers (adamw, adam, nadamw, lamb, lion, adafactor, ...): remove optim.betas or change optim.name"
         )
-
-
-_BETAS_OPTIMIZERS = ("adamw", "adam", "nadamw", "lamb", "lion", "adafactor")
 
 
 def optimizer_takes(name: str, keyword: str) -> bool | None:

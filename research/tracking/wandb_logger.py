@@ -209,7 +209,8 @@ def server_unreachable(timeout_s: float = PROBE_TIMEOUT_S) -> str:
 
 def _proxy(scheme: str) -> str:
     names = ("HTTPS_PROXY", "https_proxy") if scheme == "https" else ("HTTP_PROXY", "http_proxy")
-    return next((os.environ[name] for name in names if os.environ.get(name)), "")
+    proxy = next((os.environ[name] for name in names if os.environ.get(name)), "")
+    return proxy if not proxy or "://" in proxy else f"http://{proxy}"  # "host:3128" is an http proxy
 
 
 def _start_life(
