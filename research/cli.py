@@ -120,10 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = command("expand", _expand, "show the runs an experiment makes and their cost estimate, without running anything")
     cost_options(sub)
     sub = command(
-        "throughput", _throughput, "measure the training and evaluation images/s of an experiment's runs here; add them to the throughput table"
+        "throughput", _throughput, "measure the training and evaluation images/s of an experiment's runs here; add them to your throughput table"
     )
     sub.add_argument("--device", required=True, help="this machine's device name in the table: the GPU type (h200) or cpu-...")
-    sub.add_argument("--table", type=Path, default=None, help="the table to write (default: $RESEARCH_THROUGHPUT_TABLE or the package's)")
+    sub.add_argument(
+        "--throughput-table", type=Path, default=None,
+        help="the table to add rows to (default: $RESEARCH_THROUGHPUT_TABLE or ~/.cache/research/throughput.csv)",
+    )  # fmt: skip
     sub.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="measure only these variants")
     sub.add_argument("--steps", type=int, default=20, help="timed steps per measurement (after 5 warm-up steps)")
     add_train_options(command("train", _train, "train every run of an experiment here (finished runs are skipped)"))
@@ -147,7 +150,8 @@ def cost_options(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--throughput-table``, shared by ``research expand`` and ``launchers/slurm.py``."""
     parser.add_argument("--device", default=None, help="price the runs on this device (default: slurm.gpu_type), e.g. h200")
     parser.add_argument(
-        "--throughput-table", type=Path, default=None, help="throughput CSV (default: $RESEARCH_THROUGHPUT_TABLE or the package's)"
+        "--throughput-table", type=Path, default=None,
+        help="your throughput CSV, read before the package's (default: $RESEARCH_THROUGHPUT_TABLE or ~/.cache/research/throughput.csv)",
     )
 
 
@@ -216,12 +220,14 @@ def _expand(args: argparse.Namespace) -> int:
 
 def _throughput(args: argparse.Namespace) -> int:
     from research.config import load_runs
-    from research.launch.cost import record_throughput
+    from research.launch.cost import record_throughput, recording_table
     from research.launch.measure import measure_runs
 
+    _check_count("--steps", args.steps)
+    recording_table(args.throughput_table)  # the shipped table, or a malformed one, stops before measuring
     runs = load_runs(args.config, args.overrides, check_files=False, only=args.only)
     rows = measure_runs(runs, device_name=args.device, steps=args.steps)
-    path = record_throughput(rows, args.table)
+    path = record_throughput(rows, args.throughput_table)
     for row in rows:
         teacher = f" + teacher {row.teacher}" if row.teacher else ""
         print(
@@ -236,6 +242,7 @@ def _train(args: argparse.Namespace) -> int:
     from research.config import load_runs
     from research.launch.local import run_locally
 
+    _check_count("--nproc", args.nproc)
     # `--only a b key=value ~key`: variant names hold no '=' and no leading '~', so what follows them may still be overrides
     only = [item for item in args.only if not _is_override(item)]
     overrides = [*args.overrides, *(item for item in args.only if _is_override(item))]
@@ -254,6 +261,14 @@ def _eval(args: argparse.Namespace) -> int:
     results = evaluate_checkpoint(load_run(args.config, overrides), Path(checkpoints[0]))
     print(json.dumps(results, indent=1))
     return 0
+
+
+def _check_count(option: str, value: int) -> None:
+    """A count option (``--nproc``, ``--steps``) is at least 1: argparse checks only that it is an integer."""
+    if value < 1:
+        from research.config import ConfigError
+
+        raise ConfigError(f"{option} {value}: must be at least 1")
 
 
 def _is_override(item: str) -> bool:

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import io
 import math
+import tempfile
 import typing
 from collections.abc import Iterator
 from pathlib import Path
@@ -259,3 +260,52 @@ def test_run_dirs_stay_inside_their_experiment_dir(workdir: Path, place: str, na
         assert experiment_dir.parent == output_dir, (place, name, run.run_dir)
         assert run.run_dir.resolve().is_relative_to(experiment_dir), (place, name, run.run_dir)
         assert run.run_dir.resolve() != experiment_dir or not run.variant, (place, name, run.run_dir)
+# --- values that used to fail only once training started (issue 24) -------------------------------
+
+#: Values of keys whose problems show only at run time (the data, the device, timm, the environment),
+#: drawn together so that combinations meet: a warm-up against the epochs, betas against the optimizer.
+RUNTIME: dict[str, Any] = {
+    "loader.batch_size": st.sampled_from(["1", "16", "32", "33", "1000"]),
+    "loader.limit_train": st.sampled_from(["null", "8", "20"]),
+    "sched.warmup_epochs": st.sampled_from(["0", "0.5", "1", "2", "7.5"]),
+    "train.epochs": st.sampled_from(["1", "2"]),
+    "sched.name": st.sampled_from(["cosine", "plateau", "wsd", "step"]),
+    "optim.name": st.sampled_from(["adamw", "sgd", "lamb", "momentum"]),
+    "optim.betas": st.sampled_from(["null", "[0.9,0.99]", "[0.9,0.99,0.5]", "[0.9]"]),
+    "train.precision": st.sampled_from(["fp32", "bf16", "fp16"]),
+    "data": st.sampled_from(
+        ["{name: cifar10_jpeg, archive: absent.tar.xz, cache_dir: cache}", "{name: cifar10, root: nowhere}", "{name: imagefolder, root: nowhere}"]
+    ),
+    "WANDB_MODE": st.sampled_from(["offline", "offlne", "disabled"]),
+}
+
+
+def quiet_wandb(root: Path) -> dict[str, str]:
+    """W&B's files under ``root``, no console capture, stats, git or code upload, no key (offline)."""
+    folders = {f"WANDB_{name}": str(root / name.lower()) for name in ("DIR", "CONFIG_DIR", "CACHE_DIR", "DATA_DIR", "ARTIFACT_DIR")}
+    quiet = {"WANDB_SILENT": "true", "WANDB_CONSOLE": "off", "WANDB__DISABLE_STATS": "true", "WANDB_DISABLE_GIT": "true"}
+    return {**folders, **quiet, "WANDB_DISABLE_CODE": "true", "WANDB_API_KEY": "", "NETRC": str(root / "no-netrc")}
+
+
+@pytest.mark.slow
+@settings(max_examples=24, derandomize=True, database=None, deadline=None)
+@given(chosen=st.lists(st.sampled_from(sorted(RUNTIME)), min_size=1, max_size=3, unique=True), data=st.data())
+def test_runtime_values_train_or_stop_before_writing(chosen: list[str], data: st.DataObject) -> None:
+    """``research train`` for real, on CPU: it trains, or exits 2 with one line before writing anything
+    (these used to fail after the run dir was written, or to train with values timm ignored)."""
+    picked = {key: data.draw(RUNTIME[key], label=key) for key in chosen}
+    env = {"WANDB_MODE": picked.pop("WANDB_MODE")} if "WANDB_MODE" in picked else {}
+    overrides = [f"{key}={value}" for key, value in picked.items()] + (["logger.name=wandb"] if env else [])
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        stack.enter_context(mock.patch.dict("os.environ", {**env, **quiet_wandb(folder / "wandb")}))
+        stack.enter_context(contextlib.chdir(folder))
+        path = write_experiment(folder, {"sched": {"warmup_epochs": 0}, "loader": {"batch_size": 16, "workers": 0}})
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main(["train", str(path), *overrides])
+        if status == 0:
+            return
+        lines = err.getvalue().splitlines()
+        assert status == EXIT_BAD_INPUT and len(lines) == 1 and "Traceback" not in err.getvalue(), (overrides, env, err.getvalue())
+        assert not (folder / "runs").exists() and not (folder / "cache").exists(), f"{overrides} wrote before refusing"

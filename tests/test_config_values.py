@@ -176,3 +176,91 @@ def test_the_missing_marker_is_refused_not_ignored(tmp_path: Path, experiment) -
         load_run(experiment("tiny"), ["seed=???"])
     with pytest.raises(ConfigError, match=r"tiny\.yaml: optim\.lr: '\?\?\?'"):
         load_run(experiment("tiny", optim={"lr": "???"}))
+
+
+# Issue 24: values that used to be taken without a word, or to fail once the run dir was written.
+
+
+@pytest.fixture
+def plain_loss(restore_registries) -> str:
+    """A plugin loss that does not distil (``LossInfo.needs_teacher`` false): the base criterion alone."""
+    from research.losses.distillation import GroundTruthObjective
+    from research.registry import LOSSES, LossInfo
+
+    @LOSSES.register("plain_test_loss", LossInfo(needs_teacher=False))
+    def plain(*, base_criterion: Any, teacher: Any = None) -> GroundTruthObjective:
+        return GroundTruthObjective(base_criterion=base_criterion)
+
+    return "plain_test_loss"
+
+
+def test_a_loss_without_distillation_trains_no_teacher_and_reads_the_class_head(
+    capsys, tmp_path: Path, experiment, plain_loss: str
+) -> None:
+    """It trained the linked teacher anyway and reported a top-1 averaging in the untrained distillation head."""
+    import json
+
+    import yaml
+
+    experiment("teacher", model={"name": "resnet10_cifar", "img_size": 32})
+    student = experiment(
+        "student",
+        model={"name": "deit_nano_distilled_patch4_32", "img_size": 32, "eval_head": "both"},
+        teacher={"from_experiment": "teacher.yaml"},
+        loss={"name": plain_loss},
+    )
+    run = load_run(student)
+    assert run.teacher_run is None and run.cfg.teacher is None and run.cfg.model["eval_head"] == "class"
+    assert main(["train", str(student)]) == 0
+    assert not (tmp_path / "runs" / "teacher").exists()  # neither trained nor built
+    saved = yaml.safe_load((run.run_dir / "config.yaml").read_text())
+    assert saved["teacher"] is None and saved["model"]["eval_head"] == "class"
+    last = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+    assert last["val/top1"] == last["val/top1_class"]  # the class head, the one trained
+    with pytest.raises(ConfigError, match="model.eval_head=distillation: loss 'plain_test_loss' does not distil"):
+        load_run(student, ["model.eval_head=distillation"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shown"),
+    [
+        (["optim.betas=[0.9,0.99,0.5]"], "command line: optim.betas=[0.9, 0.99, 0.5] holds 3 values; give two"),
+        (["optim.betas=[0.9]"], "optim.betas=[0.9] holds 1 values; give two"),
+        (["optim.name=sgd", "optim.betas=[0.9,0.99]"], "optim.betas: optimizer 'sgd' takes no betas; they are for Adam-like optimizers (adamw"),
+        (["optim.name=momentum", "optim.betas=[0.9,0.99]"], "optimizer 'momentum' takes no betas"),
+        (["sched.warmup_epochs=1", "train.epochs=1"], "command line: sched.warmup_epochs=1 is not shorter than train.epochs=1"),
+        (["sched.warmup_epochs=7.5", "train.epochs=3"], "sched.warmup_epochs=7.5 is not shorter than train.epochs=3"),
+        (["sched.name=plateau"], "sched.name 'plateau' is not supported: it needs a validation metric at every step"),
+    ],
+)
+def test_values_timm_would_take_but_not_use_are_refused(capsys, tmp_path: Path, experiment, overrides, shown) -> None:
+    line = one_line_error(capsys, ["train", experiment("tiny"), *overrides])
+    assert shown in line
+    assert nothing_written(tmp_path)
+
+
+def test_betas_of_an_adam_like_optimizer_load(experiment) -> None:
+    assert load_run(experiment("tiny"), ["optim.betas=[0.9,0.95]"]).cfg.optim.betas == [0.9, 0.95]
+    assert load_run(experiment("tiny"), ["optim.name=lamb", "optim.betas=[0.9,0.95]"]).cfg.optim.betas == [0.9, 0.95]
+
+
+@pytest.mark.parametrize("nproc", ["0", "-1"])
+def test_nproc_below_one_is_refused(capsys, tmp_path: Path, experiment, nproc: str) -> None:
+    line = one_line_error(capsys, ["train", experiment("tiny"), "--nproc", nproc])
+    assert line == f"research train: error: --nproc {nproc}: must be at least 1"
+    assert nothing_written(tmp_path)
+
+
+def test_an_unannotated_plugin_parameter_takes_its_defaults_type(capsys, tmp_path: Path, experiment, restore_registries) -> None:
+    """A string for ``depth=2`` reached the builder, which failed with a TypeError after the run dir was written."""
+
+    @MODELS.register("unannotated_test_model")
+    def unannotated(*, num_classes, img_size=32, depth=2, scale=1.0, note=None):  # type: ignore[no-untyped-def]
+        raise AssertionError("never built at load time")
+
+    path = experiment("tiny", model={"name": "unannotated_test_model"})
+    line = one_line_error(capsys, ["train", path, "model.depth=abc"])
+    assert "command line: model.depth: Value 'abc' of type 'str' could not be converted to Integer" in line
+    assert nothing_written(tmp_path)
+    cfg = load_run(path, ["model.depth=3", "model.scale=2", "model.note=anything"]).cfg
+    assert (cfg.model["depth"], cfg.model["scale"], cfg.model["note"]) == (3, 2.0, "anything")

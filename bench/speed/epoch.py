@@ -74,6 +74,7 @@ def engine_overrides(settings: Settings, *, precision: str, teacher_checkpoint: 
         f"loader.limit_train={settings.epoch_images}",
         f"loader.limit_val={val_images}",
         "train.epochs=1",
+        "sched.warmup_epochs=0",  # shorter than the one epoch (the lr does not change the speed)
         f"train.precision={precision}",
         "train.progress=false",
         "logger.name=none",

@@ -39,6 +39,7 @@ def bench_experiment(
         **({"teacher": {"name": settings.teacher, "checkpoint": teacher_checkpoint}} if distil else {}),
         "logger": {"name": "none"},
         "loader": {"batch_size": settings.batch, "workers": 0},
+        "sched": {"warmup_epochs": 0},  # shorter than the one epoch (the lr does not change the speed)
         "train": {"epochs": 1, "precision": precision, "progress": False}
         | ({"compile": True} if compiled else {}),  # flash attention kept: the eager step has it too
     }

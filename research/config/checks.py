@@ -5,8 +5,9 @@ Every number of the schema carries its bounds in its annotation (:class:`researc
 :class:`ConfigError`, showing the value as the file or the command line gave it. The run's folder is
 checked here too: each name on its path (the experiment's, the variant's) must be one folder name, so
 that the run dir lies inside the experiment's dir, and nothing on its path may be a file. So are the
-``slurm:`` values that reach the job's batch script, and the names timm looks up only when training
-starts (``optim.name``, ``sched.name``).
+``slurm:`` values that reach the job's batch script, the names timm looks up only when training
+starts (``optim.name``, ``sched.name``), and the values timm would take without a word but not use
+as written (``optim.betas``, a warm-up as long as training).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import inspect
 import re
 import typing
 from collections.abc import Callable, Mapping
@@ -144,9 +146,51 @@ def check_timm_names(raw: Mapping[str, Any], where: Callable[[str], str]) -> Non
     known = [str(opt) for opt in timm.optim.list_optimizers()]  # type: ignore[attr-defined]
     if name.lower().split("_")[-1] not in known:  # timm reads 'lookahead_adamw' as adamw with Lookahead
         raise ConfigError(f"{where('optim.name')}: optim.name: timm has no optimizer {name!r}{_did_you_mean(name, known)}")
+    if raw["sched"]["name"] == "plateau":  # timm's PlateauLRScheduler steps on a metric the engine does not pass
+        raise ConfigError(
+            f"{where('sched.name')}: sched.name 'plateau' is not supported: it needs a validation metric at every step "
+            f"(and timm deprecates it); use one of {', '.join(SCHEDULERS)}"
+        )
     if raw["sched"]["name"] not in SCHEDULERS:
         raise ConfigError(
             f"{where('sched.name')}: sched.name {raw['sched']['name']!r} is not one of timm's schedules: {', '.join(SCHEDULERS)}"
+        )
+
+
+def check_optimizer_betas(optim: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """``optim.betas`` is two numbers, for an optimizer that takes betas (timm passes them on unread
+    otherwise: SGD ignores them, Adam(W) uses the first two of three)."""
+    betas = optim.get("betas")
+    if betas is None:
+        return
+    if len(betas) != 2:
+        raise ConfigError(f"{where('optim.betas')}: optim.betas={list(betas)} holds {len(betas)} values; give two, e.g. [0.9, 0.999]")
+    if optimizer_takes(str(optim["name"]), "betas") is False:
+        raise ConfigError(
+            f"{where('optim.betas')}: optim.betas: optimizer {optim['name']!r} takes no betas; they are for Adam-like "
+            "optimizers (adamw, adam, nadamw, lamb, lion, adafactor, ...): remove optim.betas or change optim.name"
+        )
+
+
+def optimizer_takes(name: str, keyword: str) -> bool | None:
+    """Whether the class timm's ``create_optimizer_v2`` builds for ``name`` takes ``keyword`` (None: unknown name)."""
+    import timm.optim
+
+    try:  # 'lookahead_adamw' is adamw with Lookahead
+        opt_class = timm.optim.get_optimizer_class(name.lower().split("_")[-1], bind_defaults=False)  # type: ignore[attr-defined]
+    except (KeyError, ValueError):
+        return None
+    return keyword in inspect.signature(opt_class).parameters
+
+
+def check_warmup(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """A warm-up as long as training never reaches the schedule's peak: the run would stay in it throughout."""
+    warmup, epochs = raw["sched"]["warmup_epochs"], raw["train"]["epochs"]
+    if warmup >= epochs:
+        also = f" ({where('train.epochs')})" if where("train.epochs") != where("sched.warmup_epochs") else ""
+        raise ConfigError(
+            f"{where('sched.warmup_epochs')}: sched.warmup_epochs={warmup:g} is not shorter than train.epochs={epochs}{also}: "
+            "the run would never leave warm-up; lower sched.warmup_epochs (0 = none)"
         )
 
 

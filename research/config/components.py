@@ -5,7 +5,8 @@ A section is ``name`` plus the builder's keyword arguments. The builder's signat
 unknown keys get a did-you-mean over its parameters, values are type-checked and converted from its
 annotations (OmegaConf does the conversion through a dataclass made from the signature), required
 parameters must be given, and parameters the engine injects (``num_classes`` comes from the dataset)
-cannot be set. Bounds declared in the annotations (``Annotated[float, Range(ge=0, le=1)]``, see
+cannot be set; a parameter without an annotation takes its default's type when that is an int, float,
+str or bool. Bounds declared in the annotations (``Annotated[float, Range(ge=0, le=1)]``, see
 :class:`research.registry.Range`) are checked too, every bad value of a section reported at once. The
 result is the section with every default filled in, so a run's saved config says exactly what ran.
 
@@ -211,7 +212,7 @@ def _builder_schema(
     for key, param in _keyword_parameters(builder).items():
         if key in spec.injected:
             continue
-        hint, bounds[key] = constraints(hints.get(key, Any))
+        hint, bounds[key] = constraints(hints.get(key, _unannotated_type(param)))
         if choices := _literal_choices(hint):
             literals[key] = choices
             hint = Any
@@ -223,6 +224,13 @@ def _builder_schema(
             fields.append((key, _omegaconf_type(hint), dataclasses.field(default_factory=functools.partial(copy.deepcopy, default))))
     schema = OmegaConf.structured(dataclasses.make_dataclass(f"{spec.key}_{name}", fields))
     return schema, literals, bounds
+
+
+def _unannotated_type(param: inspect.Parameter) -> Any:
+    """The type of an unannotated parameter's default when it is a number, a string or a bool (a plugin's
+    ``depth=2`` then refuses ``depth: abc`` at load, not with a TypeError when built); else ``Any``."""
+    unannotated = param.annotation is inspect.Parameter.empty
+    return type(param.default) if unannotated and type(param.default) in _SIMPLE else Any
 
 
 def _literal_choices(hint: Any) -> tuple[Any, ...]:

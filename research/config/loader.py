@@ -20,7 +20,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from research.config import sources
-from research.config.checks import check_run_dir, check_slurm, check_timm_names, check_values, user_path
+from research.config.checks import (
+    check_optimizer_betas,
+    check_run_dir,
+    check_slurm,
+    check_timm_names,
+    check_values,
+    check_warmup,
+    user_path,
+)
 from research.config.components import SECTIONS, resolve_section
 from research.config.errors import ConfigError
 from research.config.expand import baseline_name, differing_keys, variant_overrides
@@ -28,7 +36,7 @@ from research.config.keys import is_linked_override
 from research.config.schema import COMPILE_MODES, JOB_TYPES, OPTIMIZER_IMPLEMENTATIONS, PRECISIONS, STEP_ON, ExperimentCfg
 from research.config.sources import Layered
 from research.plugins import PluginError, import_plugins
-from research.registry import MODELS, CheckContext, Invalid, model_img_size
+from research.registry import LOSSES, MODELS, CheckContext, Invalid, model_img_size
 
 CHECKPOINT = "last.pt"  # the file a finished run's weights are read from (teacher / finetune links)
 
@@ -156,11 +164,13 @@ def _resolve_run(
     raw["variant"] = variant
     check_values(raw, layered.where, lambda key: _as_given(layered, key))
     check_run_dir(raw["output_dir"], raw["name"], variant, layered.where)
+    _drop_unused_teacher(raw)
     teacher_run = _linked_run(raw, "teacher", layered, path, stack, check_files, placement)
     finetune_run = _linked_run(raw, "finetune", layered, path, stack, check_files, placement)
     for key, spec in SECTIONS.items():
         if raw.get(key) is not None:
             raw[key] = resolve_section(spec, raw[key], layered.where)
+    _evaluate_trained_heads(raw, layered)
     _check_rules(raw, layered)
     _check_components(raw, layered, check_files)
     cfg = OmegaConf.to_object(OmegaConf.merge(_schema(), raw))
@@ -224,6 +234,33 @@ def _linked_run(
     return linked
 
 
+def _distils(raw: dict[str, Any]) -> bool | None:
+    """Whether the run's loss distils from a teacher (None: no such loss, reported when its section resolves)."""
+    name = raw["loss"].get("name") if isinstance(raw.get("loss"), dict) else None
+    return LOSSES.info(name).needs_teacher if isinstance(name, str) and name in LOSSES else None
+
+
+def _drop_unused_teacher(raw: dict[str, Any]) -> None:
+    """A loss that does not distil uses no teacher: its ``teacher:`` section is dropped, so the teacher
+    (and the experiment it links) is neither trained, built nor checked, and the saved config says so."""
+    if _distils(raw) is False:
+        raw["teacher"] = None
+
+
+def _evaluate_trained_heads(raw: dict[str, Any], layered: Layered) -> None:
+    """Without distillation a distilled student's distillation head is never trained: its top-1 comes
+    from the class head (``model.eval_head: both`` would average in the untrained head)."""
+    head = raw["model"].get("eval_head")
+    if _distils(raw) is not False or not MODELS.info(raw["model"]["name"]).distilled or head in (None, "class"):
+        return
+    if head == "distillation":
+        raise ConfigError(
+            f"{layered.where('model.eval_head')}: model.eval_head=distillation: loss {raw['loss']['name']!r} does not "
+            "distil, so the distillation head is never trained; use model.eval_head=class or a distilling loss"
+        )
+    raw["model"]["eval_head"] = "class"
+
+
 def _check_exists(file: str, where: str, key: str) -> None:
     try:
         found = user_path(file, key, lambda _: where).is_file()
@@ -256,6 +293,8 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
             f"{raw['model']['name']!r}'s patch size {patch}; try {max(1, round(size / patch)) * patch}"
         )
     check_timm_names(raw, layered.where)
+    check_optimizer_betas(raw["optim"], layered.where)
+    check_warmup(raw, layered.where)
     _check_optimizer_implementation(raw["optim"], layered.where("optim.implementation"))
     if raw["train"]["compile_mode"] not in COMPILE_MODES:
         raise ConfigError(

@@ -202,7 +202,8 @@ class ExperimentCfg:
 
 JOB_TYPES = ("train", "teacher", "finetune", "eval")
 STEP_ON = ("epoch", "step")
-SCHEDULERS = ("cosine", "tanh", "step", "constant", "multistep", "plateau", "poly", "wsd", "rsqrt")  # timm's create_scheduler_v2
+# timm's create_scheduler_v2 names, less plateau (it steps on a validation metric the engine does not pass)
+SCHEDULERS = ("cosine", "tanh", "step", "constant", "multistep", "poly", "wsd", "rsqrt")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OPTIMIZER_IMPLEMENTATIONS = ("auto", "foreach", "fused", "for_loop")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

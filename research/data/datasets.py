@@ -300,6 +300,75 @@ def cifar10_jpeg(
 
 
 # ---------------------------------------------------------------------------------------------------
+# Ready to read: cheap checks a launcher makes before it writes a run dir (no extraction, no listing)
+
+_READY: dict[str, Callable[..., None]] = {}
+
+
+def check_ready(section: dict[str, Any]) -> None:
+    """Raise :class:`DataError` if the resolved ``data:`` section names data that cannot be read here,
+    or a cache that cannot be written: files and folders are looked at, never read through. Datasets
+    without a check (plugins, ``synthetic``) pass."""
+    ready = _READY.get(section["name"])
+    if ready is not None:
+        ready(**{key: value for key, value in section.items() if key != "name"})
+
+
+def _ready_check(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def decorator(check: Callable[..., None]) -> Callable[..., None]:
+        _READY[name] = check
+        return check
+
+    return decorator
+
+
+@_ready_check("cifar10_jpeg")
+def _cifar10_jpeg_ready(*, archive: str, cache_dir: str, **_: Any) -> None:
+    """The archive reads (or its one extraction is there), and the cache takes an extraction not made yet."""
+    path, cache = _resolve(archive), _resolve(cache_dir)
+    if not path.is_file():
+        _only_extraction(path, cache, "cifar10")
+        return
+    try:
+        target = cache / f"cifar10-{archive_key(path)}"
+    except OSError as exc:
+        raise DataError(f"cannot read archive {path} ({exc.strerror}); set data.archive to a readable copy") from None
+    if not (target / _MARKER).is_file():
+        _check_writable(cache, "data.cache_dir")
+
+
+def _check_writable(folder: Path, key: str) -> None:
+    """``folder`` can be made and written: an empty folder is made and removed in the nearest existing
+    one (``os.access`` says yes to root on a read-only mount)."""
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(0, f"{existing} is a file")
+        os.rmdir(tempfile.mkdtemp(prefix=".research-write-check-", dir=existing))
+    except OSError as exc:
+        raise DataError(f"{key}={folder}: cannot write there ({exc.strerror}); set {key} to a folder you can write") from None
+
+
+@_ready_check("imagefolder")
+def _imagefolder_ready(*, root: str, **_: Any) -> None:
+    if not root:
+        raise DataError(f"data.root is required by dataset 'imagefolder': the folder laid out as {_LAYOUT}")
+    missing = [split for split in SPLITS if not (_resolve(root) / split).is_dir()]
+    if missing:
+        raise DataError(f"{_resolve(root)} has no {' or '.join(map(repr, missing))} folder; expected layout {_LAYOUT}")
+
+
+@_ready_check("cifar10")
+def _cifar10_ready(*, root: str, **_: Any) -> None:
+    path = _resolve(root) if root else None
+    if path is not None and path.name == CIFAR10.base_folder:
+        path = path.parent
+    if path is None or not (path / CIFAR10.base_folder).is_dir():
+        where = f"no {CIFAR10.base_folder}/ in {path}" if path else "data.root is required by dataset 'cifar10'"
+        raise DataError(f"{where}: set data.root to the folder containing {CIFAR10.base_folder}/ (the extracted cifar-10-python.tar.gz)")
+
+
+# ---------------------------------------------------------------------------------------------------
 # CIFAR-10 in torchvision's format
 
 

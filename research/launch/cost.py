@@ -1,9 +1,12 @@
 """What an experiment will cost before it is submitted: GPU-hours and wall time per run and per grid.
 
-The figures come from a throughput table (``throughput.csv`` beside this module, or the file that
-``$RESEARCH_THROUGHPUT_TABLE`` or ``--throughput-table`` names): one row per measured
-(model, image size, per-device batch, precision, device, teacher), with the training and evaluation
-rates in images/s of one device and where each figure comes from. A run's estimate is
+The figures come from two throughput tables, read in this order: the user's (rows measured here by
+``research throughput``: ``~/.cache/research/throughput.csv``, or the file that ``--throughput-table``
+or ``$RESEARCH_THROUGHPUT_TABLE`` names), then the one shipped with the package (``throughput.csv``
+beside this module, which no command writes: a measurement would leave the code's git tree dirty).
+One row per measured (model, image size, per-device batch, precision, device, teacher), with the
+training and evaluation rates in images/s of one device and where each figure comes from; the user's
+row wins over a shipped row of the same key. A run's estimate is
 
     train seconds = epochs x train images / (devices x train_img_s)
     eval seconds  = evaluations x val images x views / (devices x eval_img_s)
@@ -35,8 +38,9 @@ from research.console import text_table
 
 __all__ = [
     "COLUMNS",
-    "DEFAULT_TABLE",
+    "SHIPPED_TABLE",
     "TABLE_ENV",
+    "USER_TABLE",
     "Estimate",
     "Throughput",
     "dataset_sizes",
@@ -44,11 +48,14 @@ __all__ = [
     "estimate_runs",
     "format_estimates",
     "read_table",
+    "read_tables",
     "record_throughput",
+    "recording_table",
     "table_path",
 ]
 
-DEFAULT_TABLE = Path(__file__).with_name("throughput.csv")
+SHIPPED_TABLE = Path(__file__).with_name("throughput.csv")  # read-only: rows measured for the package
+USER_TABLE = Path("~/.cache/research/throughput.csv")  # where `research throughput` records, by default
 TABLE_ENV = "RESEARCH_THROUGHPUT_TABLE"
 KEY = ("model", "img_size", "batch_size", "precision", "device", "teacher")
 
@@ -99,6 +106,8 @@ class Throughput:
     def from_mapping(cls, row: Mapping[str, Any], where: str = "") -> Throughput:
         """A row from a CSV line or a dict; empty cells take the defaults. Raises ConfigError naming ``where``."""
         known = {f.name for f in fields(cls)}
+        if None in row:  # csv.DictReader's key for the cells past the header's
+            raise ConfigError(f"{where}: more cells than the header's {len(row) - 1} columns: {row[None]}")  # type: ignore[index]
         unknown = sorted(set(row) - known)
         if unknown:
             raise ConfigError(f"{where}: unknown throughput column(s) {', '.join(unknown)}; columns: {', '.join(COLUMNS)}")
@@ -121,34 +130,52 @@ COLUMNS = tuple(f.name for f in fields(Throughput))
 
 
 def table_path(path: str | Path | None = None) -> Path:
-    """The table in use: ``path``, else ``$RESEARCH_THROUGHPUT_TABLE``, else the package's ``throughput.csv``."""
-    chosen = path or os.environ.get(TABLE_ENV) or DEFAULT_TABLE
+    """The user's table: ``path``, else ``$RESEARCH_THROUGHPUT_TABLE``, else ``~/.cache/research/throughput.csv``."""
+    chosen = path or os.environ.get(TABLE_ENV) or USER_TABLE
     return Path(chosen).expanduser()
 
 
-def read_table(path: str | Path | None = None) -> list[Throughput]:
-    """Every row of the table (see :func:`table_path`). ``#`` lines are comments."""
-    file = table_path(path)
+def read_tables(path: str | Path | None = None) -> list[Throughput]:
+    """The user's rows (see :func:`table_path`; a default table not made yet holds none), then the
+    shipped table's: the first row of a key is the one an estimate uses."""
+    user = table_path(path)
+    named = path is not None or bool(os.environ.get(TABLE_ENV))
+    rows = read_table(user) if named or user.exists() else []
+    return rows + (read_table(SHIPPED_TABLE) if not _same_file(user, SHIPPED_TABLE) else [])
+
+
+def read_table(file: str | Path) -> list[Throughput]:
+    """Every row of one table file. ``#`` lines are comments. Raises ConfigError naming the file."""
+    file = Path(file).expanduser()
+    fix = f"point --throughput-table (or ${TABLE_ENV}) at a CSV with columns {', '.join(COLUMNS)}"
     if not file.exists():
-        raise ConfigError(f"throughput table {file}: no such file; unset ${TABLE_ENV} or point it at a CSV with columns {', '.join(COLUMNS)}")
-    with open(file, newline="", encoding="utf-8") as handle:
-        lines = [line for line in handle if line.strip() and not line.lstrip().startswith("#")]
-    return [Throughput.from_mapping(row, where=str(file)) for row in csv.DictReader(lines)]
+        raise ConfigError(f"throughput table {file}: no such file; {fix}")
+    try:
+        with open(file, newline="", encoding="utf-8") as handle:
+            lines = [line for line in handle if line.strip() and not line.lstrip().startswith("#")]
+        if any("\0" in line for line in lines):
+            raise csv.Error("it holds NUL bytes")
+        records = list(csv.DictReader(lines))
+    except IsADirectoryError:
+        raise ConfigError(f"throughput table {file}: is a directory; {fix}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:  # unreadable, binary, NUL bytes
+        raise ConfigError(f"throughput table {file}: cannot read it as CSV text ({exc}); {fix}") from None
+    return [Throughput.from_mapping(row, where=f"{file} line {number}") for number, row in enumerate(records, 2)]
 
 
 def record_throughput(rows: Iterable[Throughput | Mapping[str, Any]], path: str | Path | None = None) -> Path:
-    """Merge measurements into a throughput table and return its path.
+    """Merge measurements into the user's throughput table and return its path.
 
     A row replaces the row of the table with the same key (model, img_size, batch_size, precision,
     device, teacher); other rows are kept. The file is rewritten sorted by key, keeping its leading
     ``#`` comment lines, and created when missing. This is what the benchmark and ``research
-    throughput`` call.
+    throughput`` call. The shipped table is never written (copy rows into it by hand, in a commit).
 
     Args:
         rows: :class:`Throughput` rows, or mappings with its field names (``eval_img_s`` may be absent).
-        path: the table; default :func:`table_path` (``$RESEARCH_THROUGHPUT_TABLE`` or the package's).
+        path: the table; default :func:`table_path` (``$RESEARCH_THROUGHPUT_TABLE`` or the user's cache).
     """
-    file = table_path(path)
+    file = recording_table(path)
     new = [row if isinstance(row, Throughput) else Throughput.from_mapping(row, where="record_throughput") for row in rows]
     header: list[str] = []
     merged: dict[tuple[Any, ...], Throughput] = {}
@@ -165,6 +192,24 @@ def record_throughput(rows: Iterable[Throughput | Mapping[str, Any]], path: str 
             row = asdict(merged[key])
             writer.writerow({name: "" if value is None else _csv_number(value) for name, value in row.items()})
     return file
+
+
+def recording_table(path: str | Path | None = None) -> Path:
+    """The user's table (:func:`table_path`), checked before anything is measured into it: never the
+    shipped table, and a table already there must read."""
+    file = table_path(path)
+    if _same_file(file, SHIPPED_TABLE):
+        raise ConfigError(
+            f"throughput table {file} is the one shipped with the package: no command writes it (runs would record a "
+            f"dirty commit); record into your own, the default {USER_TABLE}, or name one with --throughput-table"
+        )
+    if file.exists() or file.is_symlink():
+        read_table(file)
+    return file
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.expanduser().resolve() == b.resolve()
 
 
 def _csv_number(value: Any) -> Any:
@@ -198,11 +243,12 @@ class Estimate:
         return None if self.wall_s is None else self.devices * self.wall_s / 3600
 
 
-def dataset_sizes(cfg: ExperimentCfg) -> tuple[int, int, int] | str:
+def dataset_sizes(cfg: ExperimentCfg, *, count_files: bool = True) -> tuple[int, int, int] | str:
     """``(train images, val images, classes)`` of a run, or why they are unknown here.
 
     ``loader.limit_train`` / ``limit_val`` cap the sizes; ``imagefolder`` is counted on disk (one
-    directory listing per class), so the estimate needs the data where it is made.
+    directory listing per class), so the estimate needs the data where it is made; ``count_files=False``
+    leaves it unknown instead (ImageNet's listing takes a while on a shared file system).
     """
     name, data = cfg.data["name"], cfg.data
     if name in KNOWN_DATASETS:
@@ -210,6 +256,8 @@ def dataset_sizes(cfg: ExperimentCfg) -> tuple[int, int, int] | str:
     elif name == "synthetic":
         train = val = int(data.get("size", 64))
         classes = int(data.get("num_classes", 10))
+    elif name == "imagefolder" and not count_files:
+        return "dataset size unknown: imagefolder is not counted"
     elif name == "imagefolder":
         root = Path(str(data.get("root", ""))).expanduser()
         if not (root / "train").is_dir() or not (root / "val").is_dir():
@@ -247,7 +295,7 @@ def evaluations(cfg: ExperimentCfg) -> int:
 
 def run_key(cfg: ExperimentCfg, device: str) -> tuple[Any, ...]:
     """The table key a run needs: its student, input size, per-device batch, precision, device, teacher."""
-    teacher = cfg.teacher["name"] if cfg.teacher is not None and cfg.loss["name"] != "none" else ""
+    teacher = cfg.teacher["name"] if cfg.teacher is not None else ""  # the loader drops a teacher no loss distils from
     img_size = int(cfg.model.get("img_size") or cfg.aug.get("img_size") or 224)
     return (cfg.model["name"], img_size, cfg.loader.batch_size, cfg.train.precision, device.lower(), teacher)
 
@@ -257,7 +305,7 @@ def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = 
 
     Args:
         run: a validated run.
-        table: the throughput rows (:func:`read_table`).
+        table: the throughput rows (:func:`read_tables`), the first of a key used.
         device: the target device's name; default the run's ``slurm.gpu_type``.
         measure_command: the command that measures this run's row, with ``{device}`` to fill in.
     """
@@ -297,7 +345,7 @@ def estimate_runs(
     ``overrides`` (the command line's) go into the commands of the runs of ``config``, not into those
     of prerequisites from other files (a student's teacher experiment).
     """
-    rows = read_table(table)
+    rows = read_tables(table)
     primary = Path(config).resolve() if config is not None else None
     estimates = []
     for run in runs:
@@ -307,7 +355,7 @@ def estimate_runs(
             words += ["--only", run.variant]
         words += ["--device", "{device}"]
         if table is not None or os.environ.get(TABLE_ENV):
-            words += ["--table", str(table_path(table))]
+            words += ["--throughput-table", str(table_path(table))]
         command = " ".join(shlex.quote(word) if word != "{device}" else word for word in words)
         estimates.append(estimate_run(run, rows, device=device, measure_command=command))
     return estimates
@@ -349,14 +397,14 @@ def format_estimates(estimates: Sequence[Estimate], *, table: str | Path | None 
             ]
         )
     out = [
-        f"cost estimate (throughput table: {table_path(table)})",
+        f"cost estimate (throughput tables: {table_path(table)}, then {display_path(SHIPPED_TABLE)})",
         text_table(["run", "device", "devices", "GPU-h", "wall time", "rate", "note"], lines),
         _totals(estimates),
     ]
     out += [f"[{ref}] {source}" for source, ref in sources.items()]
     commands = list(dict.fromkeys(e.command for e in estimates if not e.known and e.command))
     if commands:
-        out.append("measure what is unknown, on the target device (adds rows to the table):")
+        out.append(f"measure what is unknown, on the target device (adds rows to {table_path(table)}):")
         out += [f"  {command}" for command in commands]
     return "\n".join(out)
 

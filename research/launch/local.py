@@ -1,7 +1,8 @@
 """Run an experiment's variants on this machine, one after the other, in the same run dirs the SLURM
 launcher uses. A variant whose teacher (or fine-tuning source) comes from another experiment gets
 that experiment trained first. Finished runs are skipped; unfinished ones resume; a run dir trained
-with another config stops the command before anything starts (:mod:`research.launch.run_check`)."""
+with another config (:mod:`research.launch.run_check`), or a run this machine cannot train
+(:mod:`research.launch.preflight`), stops the command before anything starts."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import logging
 import uuid
 from collections.abc import Sequence
 
+import torch
+
 from research.config import Run
 from research.launch.lock import run_dir_lock
 from research.launch.run_check import DONE_ACTION, REPLACE, Verdict, plan, prepare
+from research.launch.preflight import preflight
+from research.launch.run_check import DONE_ACTION, plan, prepare
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +26,8 @@ def run_locally(runs: Sequence[Run], *, force: bool = False, nproc: int = 1) -> 
     requested = {run.run_dir for run in runs}
     verdicts = plan(runs, force=force)
     _refuse_live_jobs(verdicts)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what init_distributed picks
+    preflight([v.run for v in verdicts if v.action != DONE_ACTION], device=device, world_size=nproc)
     for moved in prepare(verdicts):
         log.info("the old run dir is kept aside in %s", moved)
     trained = []

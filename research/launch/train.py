@@ -39,6 +39,7 @@ from research.launch import provenance
 from research.launch.data import RunData, build_data
 from research.launch.dist import DistEnv, init_distributed
 from research.launch.lock import run_dir_lock
+from research.launch.preflight import preflight
 from research.launch.run_check import Verdict, check, config_record
 from research.launch.stop import StopRequest, stop_on_signals
 from research.launch.teacher_check import teacher_note
@@ -58,6 +59,7 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
     the step in progress, saved (:mod:`research.launch.stop`).
     """
     env = env or init_distributed()
+    preflight([run], device=env.device, world_size=env.world_size)  # before the run dir is written
     with _one_writer(run, env) as notes, stop_on_signals() as stop:
         return _train(run, env, notes, stop, on_loop)
 
@@ -239,12 +241,7 @@ def build_state(cfg: ExperimentCfg, model: nn.Module, data: RunData, env: DistEn
     # With warmup_prefix timm runs the decay for num_epochs *after* the warm-up: shorten it so the
     # schedule ends with the last step (in steps, as warm-ups of a fraction of an epoch are common here).
     decay_epochs: float = cfg.train.epochs
-    if cfg.sched.warmup_prefix:
-        if cfg.sched.warmup_epochs >= cfg.train.epochs:
-            raise ConfigError(
-                f"sched.warmup_prefix: the warm-up ({cfg.sched.warmup_epochs} epochs) leaves no decay in train.epochs="
-                f"{cfg.train.epochs}; shorten sched.warmup_epochs"
-            )
+    if cfg.sched.warmup_prefix:  # the loader refused a warm-up as long as training (research/config/checks.py)
         decay_epochs = round((cfg.train.epochs - cfg.sched.warmup_epochs) * steps_per_epoch) / steps_per_epoch
     scheduler, _ = create_scheduler_v2(
         optimizer,

@@ -26,6 +26,7 @@ import logging
 import netrc
 import os
 import secrets
+import socket
 import string
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,7 +34,7 @@ from typing import Any, Literal, Optional
 from urllib.parse import urlsplit
 
 from research.engine.run_dir import note_life, read_lives
-from research.registry import LOGGERS
+from research.registry import LOGGERS, CheckContext, Invalid
 from research.tracking.base import (
     DEFAULT_PROJECT,
     GuardedTracker,
@@ -52,6 +53,7 @@ __all__ = [
     "build_wandb",
     "has_api_key",
     "resolve_mode",
+    "server_unreachable",
     "start_wandb_run",
 ]
 
@@ -60,6 +62,7 @@ log = logging.getLogger(__name__)
 STEP_METRIC = "trainer/step"
 ID_FILE = "wandb_id"
 DEFAULT_BASE_URL = "https://api.wandb.ai"
+PROBE_TIMEOUT_S = 3.0  # how long an online start waits for the server before logging offline
 
 # W&B's own aliases ("dryrun", "run") are accepted so that an inherited WANDB_MODE keeps working.
 _MODES = {
@@ -155,7 +158,8 @@ def start_wandb_run(
 ) -> Any:
     """Start (or, online, resume) the W&B run for this life of ``run`` and record the life.
 
-    If an online start fails (no network, server error), this life falls back to an offline run.
+    If the server takes no connection within :data:`PROBE_TIMEOUT_S` (no network), or an online start
+    fails (server error), this life falls back to an offline run, with one warning.
 
     Args:
         wandb: the imported ``wandb`` module.
@@ -174,12 +178,39 @@ def start_wandb_run(
     if mode == "online" and not has_api_key():
         log.warning("W&B: no API key (`wandb login` or WANDB_API_KEY): logging offline under %s", root)
         mode = "offline"
+    if mode == "online" and (unreachable := server_unreachable()):
+        log.warning("W&B: %s; logging this life offline under %s (`wandb sync` uploads it later)", unreachable, root)
+        mode = "offline"
     if mode == "online":
         try:
             return _start_life(wandb, run, root, project=project, entity=entity, mode="online")
         except Exception as exc:
             log.warning("W&B: online start failed (%r); logging this life offline", exc)
     return _start_life(wandb, run, root, project=project, entity=entity, mode="offline")
+
+
+def server_unreachable(timeout_s: float = PROBE_TIMEOUT_S) -> str:
+    """Why the W&B server (``$WANDB_BASE_URL``, or its HTTPS proxy) takes no connection, or ``""`` if it does.
+
+    ``wandb.init`` online with no network waits its ``init_timeout`` (90 s) before failing; a TCP
+    connection tells the same in a few seconds, once per life.
+    """
+    url = urlsplit(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
+    proxy = _proxy(url.scheme)
+    target = urlsplit(proxy) if proxy else url
+    port = target.port or (443 if target.scheme == "https" else 80)
+    try:
+        socket.create_connection((target.hostname or "", port), timeout=timeout_s).close()
+    except OSError as exc:  # refused, no route, no DNS, timed out
+        through = f" through proxy {target.hostname}:{port}" if proxy else ""
+        return f"cannot reach {url.scheme}://{url.netloc}{through} ({exc.strerror or exc})"
+    return ""
+
+
+def _proxy(scheme: str) -> str:
+    names = ("HTTPS_PROXY", "https_proxy") if scheme == "https" else ("HTTP_PROXY", "http_proxy")
+    proxy = next((os.environ[name] for name in names if os.environ.get(name)), "")
+    return proxy if not proxy or "://" in proxy else f"http://{proxy}"  # "host:3128" is an http proxy
 
 
 def _start_life(
@@ -233,6 +264,16 @@ def _record_life(run_dir: Path, life: int, wb_run: Any, mode: str, name: str, *,
         note_life(run_dir, life, wandb_id=wb_run.id, wandb_mode=mode, wandb_name=name, wandb_resumed=resumed, wandb_sync_dir=sync_dir)
     except OSError as exc:
         log.warning("W&B: cannot record life %d in %s: %s", life, run_dir, exc)
+
+
+@LOGGERS.add_check
+def mode_is_known(context: CheckContext) -> None:
+    """A typo in ``WANDB_MODE`` stops the run when it loads, not once its run dir is written."""
+    if context.name == "wandb":
+        try:
+            resolve_mode(context.config["logger"].get("mode"))
+        except ValueError as exc:
+            raise Invalid("logger.mode", str(exc)) from None
 
 
 @LOGGERS.register("wandb")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,14 @@ from scripts import load_script
 from research.cli import main as research_main
 from research.config import ConfigError, load_runs
 from research.launch.cost import (
-    DEFAULT_TABLE,
+    SHIPPED_TABLE,
     TABLE_ENV,
     Throughput,
     estimate_run,
     estimate_runs,
     format_estimates,
     read_table,
+    read_tables,
     record_throughput,
 )
 
@@ -30,12 +32,21 @@ EXPERIMENT: dict[str, Any] = {
     "aug": {"name": "none", "simple_crop": True},
     "logger": {"name": "none"},
     "loader": {"batch_size": 8, "workers": 0},
+    "sched": {"warmup_epochs": 0},
     "train": {"epochs": 3, "eval_every_epochs": 2, "eval_hflip": True, "precision": "bf16", "progress": False},
     "slurm": {"gpus_per_node": 2, "gpu_type": "testgpu"},
 }
 # A hand-made table: the run's key at 100 img/s training and 400 img/s evaluation per device.
 ROW = {"model": "deit_nano_patch4_32", "img_size": 32, "batch_size": 8, "precision": "bf16", "device": "testgpu",
        "scope": "step", "train_img_s": 100.0, "eval_img_s": 400.0, "measured": "today", "source": "by hand"}
+
+
+@pytest.fixture(autouse=True)
+def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A home of the test's own, so the user's throughput table (~/.cache/research) is the test's."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv(TABLE_ENV, raising=False)
+    return tmp_path / "home"
 
 
 def experiment(tmp_path: Path, **sections: Any) -> Path:
@@ -90,7 +101,7 @@ def test_a_run_without_its_measurement_is_unknown_with_the_command_to_measure_it
     assert not estimate.known and estimate.gpu_hours is None
     assert "no measurement of deit_nano_patch4_32 32px batch 8 bf16 on testgpu" in estimate.reason
     assert estimate.command.startswith("research throughput ")
-    assert estimate.command.endswith(f"costly.yaml train.epochs=3 --device testgpu --table {table}")
+    assert estimate.command.endswith(f"costly.yaml train.epochs=3 --device testgpu --throughput-table {table}")
     text = format_estimates([estimate])
     cells = text.splitlines()[3].split()  # run, device, devices, GPU-h, wall time, rate, note...
     assert cells[:6] == ["costly", "testgpu", "2", "unknown", "unknown", "-"]  # no figure at all
@@ -119,23 +130,23 @@ def test_the_table_comes_from_the_environment_variable(tmp_path: Path, monkeypat
     table = tmp_path / "elsewhere.csv"
     record_throughput([ROW], table)
     monkeypatch.setenv(TABLE_ENV, str(table))
-    assert [row.source for row in read_table()] == ["by hand"]
+    assert [row.source for row in read_tables()][0] == "by hand"  # then the shipped rows
     monkeypatch.setenv(TABLE_ENV, str(tmp_path / "missing.csv"))
     with pytest.raises(ConfigError, match="missing.csv: no such file"):
-        read_table()
+        read_tables()
 
 
 def test_bad_rows_are_refused_with_the_file_named(tmp_path: Path) -> None:
     table = tmp_path / "bad.csv"
     table.write_text("model,img_size,batch_size,precision,device,train_img_s,speed\nm,32,8,bf16,x,10,1\n")
-    with pytest.raises(ConfigError, match=r"bad.csv: unknown throughput column\(s\) speed"):
+    with pytest.raises(ConfigError, match=r"bad.csv line 2: unknown throughput column\(s\) speed"):
         read_table(table)
     with pytest.raises(ConfigError, match="rates are > 0"):
         Throughput.from_mapping({**ROW, "train_img_s": 0})
 
 
 def test_the_shipped_table_cites_a_source_for_every_row() -> None:
-    rows = read_table(DEFAULT_TABLE)
+    rows = read_table(SHIPPED_TABLE)
     assert rows and all(row.source and row.measured and math.isfinite(row.train_img_s) for row in rows)
     h200 = {(r.model, r.batch_size): r.train_img_s for r in rows if r.device == "h200"}
     assert h200[("deit_tiny_patch16_224", 256)] == 7341 and h200[("deit_base_patch16_224", 128)] == 2427
@@ -147,7 +158,7 @@ def test_research_expand_prints_the_cost(tmp_path: Path, capsys: pytest.CaptureF
     record_throughput([ROW], table)
     assert research_main(["expand", str(experiment(tmp_path)), "--throughput-table", str(table)]) == 0
     out = capsys.readouterr().out
-    assert f"cost estimate (throughput table: {table})" in out and "total over 1 run: 0.0111 GPU-h" in out
+    assert f"cost estimate (throughput tables: {table}, then research/launch/throughput.csv)" in out and "total over 1 run: 0.0111 GPU-h" in out
 
 
 def test_slurm_dry_run_prints_the_cost_and_asks_for_the_gpu_type(
@@ -173,7 +184,7 @@ def test_gpu_type_without_gpus_is_refused(tmp_path: Path, capsys: pytest.Capture
 def test_research_throughput_measures_and_records_a_step_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     table = tmp_path / "table.csv"
     path = experiment(tmp_path, train={"epochs": 1, "precision": "fp32", "progress": False})
-    assert research_main(["throughput", str(path), "--device", "cpu-test", "--table", str(table), "--steps", "2"]) == 0
+    assert research_main(["throughput", str(path), "--device", "cpu-test", "--throughput-table", str(table), "--steps", "2"]) == 0
     (row,) = read_table(table)
     assert (row.model, row.batch_size, row.precision, row.device, row.scope) == ("deit_nano_patch4_32", 8, "fp32", "cpu-test", "step")
     assert row.train_img_s > 0 and row.eval_img_s and row.eval_img_s > 0 and "research throughput" in row.source
@@ -186,7 +197,7 @@ def test_research_throughput_refuses_a_gpu_name_on_a_cpu(
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert research_main(["throughput", str(experiment(tmp_path)), "--device", "h200", "--table", str(tmp_path / "t.csv")]) == 2
+    assert research_main(["throughput", str(experiment(tmp_path)), "--device", "h200", "--throughput-table", str(tmp_path / "t.csv")]) == 2
     assert "there is no GPU here" in capsys.readouterr().err
 
 
@@ -199,10 +210,63 @@ def test_research_throughput_times_a_distilled_step_without_the_teacher_checkpoi
         loss={"name": "hard"},
         train={"epochs": 1, "precision": "bf16", "progress": False},
     )
-    assert research_main(["throughput", str(path), "--device", "cpu-test", "--table", str(table), "--steps", "1"]) == 0
+    assert research_main(["throughput", str(path), "--device", "cpu-test", "--throughput-table", str(table), "--steps", "1"]) == 0
     (row,) = read_table(table)
     assert (row.model, row.teacher) == ("deit_nano_distilled_patch4_32", "resnet9_slim_cifar") and row.train_img_s > 0
     # and that row now prices the run
     (run,) = load_runs(path, check_files=False)
     (estimate,) = estimate_runs([run], table=table, device="cpu-test")
     assert estimate.known and estimate.train_s == pytest.approx(1000 / (2 * row.train_img_s))
+
+
+def test_research_throughput_records_in_the_users_table_never_the_shipped_one(
+    tmp_path: Path, own_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shipped = SHIPPED_TABLE.read_bytes()
+    path = experiment(tmp_path, train={"epochs": 1, "precision": "fp32", "progress": False})
+    assert research_main(["throughput", str(path), "--device", "cpu-test", "--steps", "1"]) == 0
+    assert SHIPPED_TABLE.read_bytes() == shipped  # a tracked file: writing it dirtied every later run's commit
+    user_table = own_home / ".cache" / "research" / "throughput.csv"
+    assert f"recorded in {user_table}" in capsys.readouterr().out
+    (row,) = read_table(user_table)
+    (run,) = load_runs(path, check_files=False)
+    (estimate,) = estimate_runs([run], device="cpu-test")  # no table named: the user's, then the shipped
+    assert estimate.row == row and estimate.train_s == pytest.approx(1000 / (2 * row.train_img_s))
+    # named explicitly, the shipped table is refused before anything is measured
+    status = research_main(["throughput", str(path), "--device", "cpu-test", "--throughput-table", str(SHIPPED_TABLE)])
+    assert status == 2 and "shipped with the package: no command writes it" in capsys.readouterr().err
+    assert SHIPPED_TABLE.read_bytes() == shipped
+
+
+def test_a_users_row_comes_before_the_shipped_row_of_the_same_key(tmp_path: Path) -> None:
+    shipped = read_table(SHIPPED_TABLE)[0]
+    table = record_throughput([{**asdict(shipped), "train_img_s": shipped.train_img_s * 2, "source": "mine"}], tmp_path / "mine.csv")
+    rows = read_tables(table)
+    assert [row.source for row in rows if row.key == shipped.key] == ["mine", shipped.source]
+
+
+@pytest.mark.parametrize(
+    ("content", "shown"),
+    [
+        (None, "is a directory"),
+        (b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x00binary", "cannot read it as CSV text"),
+        (b"model,img_size\x00,batch_size\n", "cannot read it as CSV text"),
+        (b"model,img_size,batch_size,precision,device,train_img_s\nm,32,8,bf16,x,10,1,2\n", "line 2: more cells than the header's 6 columns"),
+        (b"model,img_size\nm,thirty\n", "line 2: bad throughput row"),
+    ],
+    ids=["directory", "binary", "nul", "extra-cells", "bad-number"],
+)
+def test_a_malformed_table_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes | None, shown: str) -> None:
+    table = tmp_path / "table.csv"
+    table.mkdir() if content is None else table.write_bytes(content)
+    for argv in (["expand", str(experiment(tmp_path))], ["throughput", str(experiment(tmp_path)), "--device", "cpu-test"]):
+        assert research_main([*argv, "--throughput-table", str(table)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and shown in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("steps", ["0", "-3"])
+def test_research_throughput_refuses_no_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str], steps: str) -> None:
+    assert research_main(["throughput", str(experiment(tmp_path)), "--device", "cpu-test", "--steps", steps]) == 2
+    assert capsys.readouterr().err.strip() == f"research throughput: error: --steps {steps}: must be at least 1"

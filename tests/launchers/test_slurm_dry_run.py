@@ -22,6 +22,7 @@ TINY: dict[str, Any] = {
     "aug": {"name": "none", "simple_crop": True},
     "logger": {"name": "none"},
     "loader": {"batch_size": 8, "workers": 0},
+    "sched": {"warmup_epochs": 0},
     "train": {"epochs": 1, "progress": False},
 }
 

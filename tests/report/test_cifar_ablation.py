@@ -25,6 +25,7 @@ def test_cifar10_ablation_through_local_launcher_then_report(tmp_path: Path) -> 
         "model": {"name": "deit_nano_patch4_32"},
         "data": {"archive": str(ARCHIVE), "in_memory": False},
         "loader": {"batch_size": 32, "workers": 0, "limit_train": 256, "limit_val": 128},
+        "sched": {"warmup_epochs": 0},  # one epoch: base/cifar10.yaml's 2-epoch warm-up would be refused
         "train": {"epochs": 1, "progress": False},
         "logger": {"name": "none"},
         "ablation": {"baseline": "mixup=0.8", "grid": {"aug.mixup": [0.8, 0.0]}},

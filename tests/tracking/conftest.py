@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,21 @@ def wandb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ]:
         monkeypatch.setenv(var, value)
     return tmp_path
+
+
+@pytest.fixture
+def wandb_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """``WANDB_BASE_URL`` at a local socket that takes connections (and answers nothing): the online
+    start's reachability probe passes, for tests whose ``wandb`` is a stand-in."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        monkeypatch.setenv("WANDB_BASE_URL", url)
+        yield url
+
+
+@pytest.fixture
+def refused_url() -> str:
+    """A local URL whose port takes no connection (bound, then closed): a W&B server not reachable."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

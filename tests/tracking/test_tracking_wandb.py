@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import sys
+import time
 import types
 import warnings
 from pathlib import Path
@@ -236,7 +237,7 @@ class FakeWandb(types.ModuleType):
         )
 
 
-def test_online_lives_resume_the_same_run(wandb_env, monkeypatch):
+def test_online_lives_resume_the_same_run(wandb_env, wandb_server, monkeypatch):
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
@@ -255,7 +256,7 @@ def test_online_lives_resume_the_same_run(wandb_env, monkeypatch):
     assert [life["wandb_resumed"] for life in read_lives(run.run_dir)] == [False, True]
 
 
-def test_online_after_offline_lives_keeps_its_life_name(wandb_env, monkeypatch):
+def test_online_after_offline_lives_keeps_its_life_name(wandb_env, wandb_server, monkeypatch):
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     run = make_run(wandb_env)
@@ -291,7 +292,7 @@ def test_project_parameter_overrides_the_runs_project(wandb_env, monkeypatch):
     assert all(init["mode"] == "offline" for init in fake.inits)  # no key: offline
 
 
-def test_online_failure_falls_back_to_offline(wandb_env, monkeypatch, caplog):
+def test_online_failure_falls_back_to_offline(wandb_env, wandb_server, monkeypatch, caplog):
     fake = FakeWandb(fail_online=True)
     monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
@@ -302,6 +303,35 @@ def test_online_failure_falls_back_to_offline(wandb_env, monkeypatch, caplog):
     assert "online start failed" in caplog.text
     assert fake.inits[1]["name"] == run.name and "id" not in fake.inits[1]
     assert not (run.run_dir / ID_FILE).exists()
+
+
+def test_online_with_no_server_logs_offline_within_seconds(wandb_env, refused_url, monkeypatch, caplog):
+    # A real wandb: online, it would wait its 90 s init timeout for a server that never answers.
+    monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
+    monkeypatch.setenv("WANDB_BASE_URL", refused_url)
+    run = make_run(wandb_env)
+    started = time.monotonic()
+    tiny_training(LOGGERS.build("wandb", run=next_life(run), mode="online"), epochs=1)
+    assert time.monotonic() - started < 30  # offline wandb starts in a few seconds; online waited 90
+    (life,) = read_lives(run.run_dir)
+    assert life["wandb_mode"] == "offline" and not (run.run_dir / ID_FILE).exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "W&B" in r.getMessage()]
+    assert len(warnings) == 1 and f"cannot reach {refused_url}" in warnings[0], warnings
+    (offline,) = read_runs(run.run_dir / "wandb")
+    assert offline.metric("val/top1") == [(3, 10.0)]  # a real offline run, logged in full
+
+
+def test_wandb_mode_typo_stops_the_run_at_load(wandb_env, monkeypatch, tmp_path, capsys):
+    from tiny import TINY, deep_update, write_yaml
+
+    from research.cli import EXIT_BAD_INPUT, main
+
+    monkeypatch.setenv("WANDB_MODE", "offlne")
+    path = write_yaml(tmp_path / "typo.yaml", deep_update(TINY, {"logger": {"name": "wandb"}, "output_dir": str(tmp_path / "runs")}))
+    assert main(["train", str(path)]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "WANDB_MODE='offlne' is not a W&B mode" in err, err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_online_requested_without_key_logs_offline(wandb_env, monkeypatch, caplog):

@@ -19,6 +19,7 @@ def test_training_run_writes_an_offline_wandb_run_with_group_name_config_and_his
         "aug": {"name": "none", "simple_crop": True},
         "logger": {"name": "wandb", "project": "deit-tests"},
         "loader": {"batch_size": 8, "workers": 0},
+        "sched": {"warmup_epochs": 0},
         "train": {"epochs": 2, "log_every_steps": 2, "progress": False},
         "ablation": {"grid": {"aug.hflip": [0.5]}},
     }
