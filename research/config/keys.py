@@ -29,6 +29,7 @@ EXECUTION = (
     "plugins",
     "job_type",
     "run_name",
+    "seeds",  # how many seeds the launch made; each run's own is `seed`
     "git",
     "versions",
     "teacher.from_experiment",  # the file that named the teacher; teacher.checkpoint is compared
