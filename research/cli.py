@@ -115,7 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     command("eval", _eval, "evaluate a checkpoint: research eval CONFIG checkpoint=PATH [overrides]")
     sub = command("report", _report, "tables and plots of experiments' runs", config=False)
     sub.add_argument(
-        "configs", nargs="+", help="experiment YAML files (ablations), then dotted.key=value / ~key overrides applied to each"
+        "configs", nargs="+",
+        help="experiment YAML files or folders of run dirs (runs/ablate_mixup), then dotted.key=value / ~key overrides applied to each file",
     )
     sub.add_argument("--out", type=Path, default=None, help="report dir (default: reports/<first experiment>)")
     sub.add_argument("--wandb", action="store_true", help="also read runs from the W&B API (online)")
@@ -258,12 +259,15 @@ def _is_override(item: str) -> bool:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from research.launch.run_check import shown_status
     from research.report import write_report
 
     overrides = [item for item in args.configs if _is_override(item)]
     configs = [Path(item) for item in args.configs if not _is_override(item)]
     paper = False if args.no_paper else args.paper or True
-    out = write_report(configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only, paper=paper)
+    out = write_report(
+        configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only, paper=paper, status=shown_status
+    )
     print(f"report written to {out}")
     return 0
 

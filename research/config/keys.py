@@ -29,6 +29,7 @@ EXECUTION = (
     "plugins",
     "job_type",
     "run_name",
+    "is_baseline",  # the ablation's baseline, for research report; --only does not change it
     "seeds",  # how many seeds the launch made; each run's own is `seed`
     "git",
     "versions",

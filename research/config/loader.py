@@ -94,7 +94,7 @@ def load_runs(
         run_layers = sources.apply_overrides(layered, variant_tree, source) if variant_tree else layered
         run = _resolve_run(run_layers, path, variant, (*_stack, path.resolve()), check_files, placement)
         runs += _seeded(run, run_layers, base.seeds, layered.where("seeds"), check_files, placement, _stack)
-    return _select(_with_differences(runs, base.ablation.get("baseline")), only, path)
+    return _select(with_differences(runs, base.ablation.get("baseline")), only, path)
 
 
 def _seeded(
@@ -346,7 +346,7 @@ def _check_slurm_time(text: str, where: str) -> None:
         raise ConfigError(f"{where}: slurm.time {text!r} is not a SLURM time (minutes, HH:MM:SS or D-HH:MM:SS)") from None
 
 
-def _with_differences(runs: list[Run], baseline: str | None) -> list[Run]:
+def with_differences(runs: list[Run], baseline: str | None) -> list[Run]:
     """Each run's differing keys and its changes against the baseline run of the same seed dir (the
     seed of a ``seeds: N`` launch is no difference between variants: it is the pairing)."""
     flats = [sources.flatten(dataclasses.asdict(run.cfg)) for run in runs]
