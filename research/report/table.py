@@ -60,7 +60,7 @@ def table(results: Sequence[VariantResult], *, markdown: bool = True) -> str:
     headers += ["epochs", "images/s", "wall time", "seed", "status"]
     rows = []
     for result in results:
-        name = result.variant or result.experiment
+        name = "/".join(part for part in (result.variant, result.seed_dir) if part) or result.experiment
         if result.is_baseline and len(results) > 1:
             name += " (baseline)"
         rows.append(
