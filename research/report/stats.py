@@ -11,13 +11,13 @@ needs an interval: ✓ when it excludes 0 on the paper's side, ✗ when it exclu
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from scipy import stats as scipy_stats
 
+from research.config.expand import without_seed
 from research.report.collect import VariantResult
 
 __all__ = [
@@ -37,13 +37,10 @@ __all__ = [
 CONFIDENCE = 0.95
 AGREE, DISAGREE, WITHIN_NOISE, NO_VERDICT = "✓", "✗", "within noise", "n = 1"
 
-_SEED_PART = re.compile(r"(^|,)seed=[^,]*")
-
-
 def variant_name(result: VariantResult) -> str:
     """The variant without its seed: ``no_mixup`` for ``no_mixup`` in ``no_mixup/seed1`` (``seeds: N``)
     and for the grid point ``no_mixup,seed=1`` (``ablation.grid.seed``)."""
-    return _SEED_PART.sub("", result.variant).strip(",")
+    return without_seed(result.variant)
 
 
 @dataclass(frozen=True)
