@@ -4,7 +4,6 @@ header comment (which holds the paper's figures)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -12,6 +11,7 @@ from torch import nn
 from research.config import Run
 from research.config.components import SECTIONS, build_component
 from research.config.expand import without_seed
+from research.config.sources import header_comment
 from research.engine.state import unwrap
 from research.launch.data import RunData
 from research.launch.dist import DistEnv
@@ -36,20 +36,6 @@ def run_tags(run: Run, data: RunData) -> tuple[str, ...]:
         tags.append(f"ablate:{without_seed(run.variant)}")  # what this run changes, as a filter
     tags.append(f"seed:{cfg.seed}")
     return tuple(tags)
-
-
-def header_comment(path: Path) -> str:
-    """The comment lines that open an experiment file, without their ``#``; ``""`` when there are none."""
-    lines = []
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line[1:].removeprefix(" "))
-    return "\n".join(lines).strip()
 
 
 def build_tracker(run: Run, record: dict[str, Any], data: RunData, model: nn.Module, env: DistEnv, life: int) -> Any:

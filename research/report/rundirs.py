@@ -79,7 +79,8 @@ def _experiment_runs(path: Path, overrides: Sequence[str]) -> list[Run]:
     planned = load_runs(path, overrides, check_files=False)
     folder = Path(planned[0].cfg.output_dir) / planned[0].experiment
     found = runs_under(folder) if folder.is_dir() else []
-    found = [run for run in found if run.experiment == planned[0].experiment]
+    # read from the run dirs, made by this file (its header comment, its name in the report)
+    found = [dataclasses.replace(run, source=path.resolve()) for run in found if run.experiment == planned[0].experiment]
     dirs = {run.run_dir for run in found}
     # a planned run dir that holds seed dirs was launched with --seeds: its seeds stand for it
     missing = [run for run in planned if run.run_dir not in dirs and not any(run.run_dir in d.parents for d in dirs)]

@@ -21,6 +21,7 @@ from research.report.collect import STATUSES, VariantResult, collect, with_delta
 from research.report.paper import Comparison, compare, paper_table, read_paper
 from research.report.plots import plot_paper_beside_ours, plot_top1_curves, plot_top1_delta
 from research.report.rundirs import report_runs
+from research.report.wandb_log import log_reports
 from research.report.table import table, variants_table, write_csv
 from research.report.wandb_api import WandbUnavailable, fetch_results
 
@@ -87,6 +88,9 @@ def write_report(
     write_csv(results, out / CSV)
     markdown = render_markdown(runs, results, sources=sources, comparisons=comparisons)
     (out / MARKDOWN).write_text(markdown, encoding="utf-8")
+    images = {name.removesuffix(".png"): out / name for name in (CURVES, DELTAS, PAPER)}
+    for line in log_reports(runs, results, comparisons, images, out):  # runs that log to W&B get a report run
+        print(line)
     if echo:
         for experiment, group in _by_experiment(results).items():
             print(f"{experiment} ({_count(group)})\n{variants_table(group, markdown=False)}\n\n{table(group, markdown=False)}\n")
