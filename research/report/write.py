@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from research.config import Run
+from research.config.sources import header_comment
 from research.engine.run_dir import CONFIG, NOT_STARTED, run_status
 from research.report.collect import STATUSES, VariantResult, collect, with_deltas
 from research.report.paper import Comparison, compare, paper_table, read_paper
 from research.report.plots import plot_paper_beside_ours, plot_top1_curves, plot_top1_delta
 from research.report.rundirs import report_runs
+from research.report.dashboard import save_dashboards
 from research.report.wandb_log import log_reports
 from research.report.table import table, variants_table, write_csv
 from research.report.wandb_api import WandbUnavailable, fetch_results
@@ -90,6 +92,8 @@ def write_report(
     (out / MARKDOWN).write_text(markdown, encoding="utf-8")
     images = {name.removesuffix(".png"): out / name for name in (CURVES, DELTAS, PAPER)}
     for line in log_reports(runs, results, comparisons, images, out):  # runs that log to W&B get a report run
+        print(line)
+    for line in save_dashboards(runs, {run.experiment: header_comment(run.source) for run in runs if run.source.name != CONFIG}):
         print(line)
     if echo:
         for experiment, group in _by_experiment(results).items():
