@@ -17,7 +17,6 @@ from typing import Any
 from research.config.errors import ConfigError
 from research.config.sources import as_override_tree
 
-
 _SEED_PART = re.compile(r"(^|,)seed=[^,]*")
 
 

@@ -19,13 +19,13 @@ from research.config import Run
 from research.config.sources import header_comment
 from research.engine.run_dir import CONFIG, NOT_STARTED, run_status
 from research.report.collect import STATUSES, VariantResult, collect, with_deltas
+from research.report.dashboard import save_dashboards
 from research.report.paper import Comparison, compare, paper_table, read_paper
 from research.report.plots import plot_paper_beside_ours, plot_top1_curves, plot_top1_delta
 from research.report.rundirs import report_runs
-from research.report.dashboard import save_dashboards
-from research.report.wandb_log import log_reports
 from research.report.table import table, variants_table, write_csv
 from research.report.wandb_api import WandbUnavailable, fetch_results
+from research.report.wandb_log import log_reports
 
 __all__ = ["CURVES", "CSV", "DELTAS", "MARKDOWN", "PAPER", "merge_results", "write_report"]
 

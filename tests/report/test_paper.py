@@ -12,8 +12,8 @@ from research.config import ConfigError
 from research.report import write_report
 from research.report.collect import VariantResult
 from research.report.paper import Comparison, PaperRow, compare, paper_table, read_paper
-from research.report.stats import AGREE, DISAGREE, NO_VERDICT, WITHIN_NOISE
 from research.report.plots import paper_figure
+from research.report.stats import AGREE, DISAGREE, NO_VERDICT, WITHIN_NOISE
 from research.report.write import MARKDOWN, PAPER
 
 from .test_report import assert_png, write_run
