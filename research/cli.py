@@ -259,6 +259,7 @@ def _is_override(item: str) -> bool:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from research.launch.cost import inference_rate
     from research.launch.run_check import shown_status
     from research.report import write_report
 
@@ -266,7 +267,8 @@ def _report(args: argparse.Namespace) -> int:
     configs = [Path(item) for item in args.configs if not _is_override(item)]
     paper = False if args.no_paper else args.paper or True
     out = write_report(
-        configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only, paper=paper, status=shown_status
+        configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only, paper=paper, status=shown_status,
+        inference=inference_rate,
     )
     print(f"report written to {out}")
     return 0

@@ -64,6 +64,8 @@ class VariantResult:
             ``distillation``, ``both``) at the best epoch.
         commit: the git commit the run's code came from, ``-dirty`` when it had uncommitted changes.
         source: ``"run dir"`` or ``"wandb"`` (read from the W&B API).
+        inference_img_s: the model's inference images/s as ``research throughput`` measured it (not the
+            training throughput of ``images_per_s``), for Table 5's throughput rows; None when unknown.
         seed_dir: ``seed<k>`` for a run of a ``seeds: N`` launch, else ``""``.
         keeps_ema: the run keeps an EMA of its weights (``train.ema``): it is judged on them (``score``).
         delta_top1: ``score`` minus that of the baseline run of the same seed, in percentage points; set
@@ -93,6 +95,7 @@ class VariantResult:
     head_top1: Mapping[str, float] = field(default_factory=dict)
     commit: str | None = None
     source: str = RUN_DIR
+    inference_img_s: float | None = None
     keeps_ema: bool = False
     seed_dir: str = ""
     delta_top1: float | None = None
@@ -125,9 +128,14 @@ class VariantResult:
         return _spell(self.changes)
 
 
-def collect(runs: Sequence[Run], status: Callable[[Path], str] = run_status) -> list[VariantResult]:
+def collect(
+    runs: Sequence[Run],
+    status: Callable[[Path], str] = run_status,
+    inference: Callable[[Run], float | None] = lambda run: None,
+) -> list[VariantResult]:
     """The result of every run, read from the run dirs, with deltas against each experiment's baseline;
-    ``status`` names a run dir's status (default: the engine's, which has no "training")."""
+    ``status`` names a run dir's status (default: the engine's, which has no "training"), ``inference``
+    a run's measured inference images/s (default: unknown)."""
     results = []
     for run in runs:
         shown = status(run.run_dir)
@@ -142,6 +150,7 @@ def collect(runs: Sequence[Run], status: Callable[[Path], str] = run_status) -> 
                 source=RUN_DIR,
             )
         )
+        results[-1] = dataclasses.replace(results[-1], inference_img_s=inference(run))
     return with_deltas(results)
 
 

@@ -161,12 +161,13 @@ def compare(results: Sequence[VariantResult], rows: Sequence[PaperRow]) -> list[
 
 def _value(group: Sequence[VariantResult], variant: str, metric: str) -> tuple[float | None, int]:
     """The mean over seeds of the variant's score (top-1, of the EMA weights for a run that keeps an
-    EMA) or images/s, and how many runs have one."""
+    EMA) or inference images/s (the paper's Table 5 measures inference, so never our training rate),
+    and how many runs have one."""
     values = [
         value
         for r in group
         if (not variant or variant_name(r) == variant)
-        and (value := (r.score if metric == "top1" else r.images_per_s)) is not None
+        and (value := (r.score if metric == "top1" else r.inference_img_s)) is not None
     ]
     return (statistics.fmean(values) if values else None), len(values)
 

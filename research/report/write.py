@@ -46,6 +46,7 @@ def write_report(
     echo: bool = True,
     paper: Path | None | bool = True,
     status: Callable[[Path], str] = run_status,
+    inference: Callable[[Run], float | None] = lambda run: None,
 ) -> Path:
     """Write the report of the experiments in ``configs`` and print its tables.
 
@@ -66,12 +67,14 @@ def write_report(
             run: True for the package's ``research/report/paper.yaml``, a path for another file,
             False for none.
         status: a run dir's status (the CLI passes one that tells a run still training by its lock).
+        inference: a run's inference images/s (the CLI reads the throughput table of ``research
+            throughput``), beside the paper's Table 5 throughput; unknown by default.
 
     Returns:
         The report dir.
     """
     runs = report_runs(configs, overrides, only)
-    results = collect(runs, status=status)
+    results = collect(runs, status=status, inference=inference)
     sources = ["run dirs"]
     if use_wandb:
         try:

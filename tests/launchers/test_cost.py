@@ -206,3 +206,20 @@ def test_research_throughput_times_a_distilled_step_without_the_teacher_checkpoi
     (run,) = load_runs(path, check_files=False)
     (estimate,) = estimate_runs([run], table=table, device="cpu-test")
     assert estimate.known and estimate.train_s == pytest.approx(1000 / (2 * row.train_img_s))
+
+
+def test_inference_rate_is_the_measured_eval_rate_of_the_runs_row(experiment, tmp_path: Path) -> None:
+    from research.config import load_run
+    from research.launch.cost import Throughput, inference_rate, record_throughput, run_key
+
+    run = load_run(experiment("timed", slurm={"gpu_type": "h200"}))
+    model, img_size, batch, precision, device, teacher = run_key(run.cfg, "h200")
+    table = tmp_path / "throughput.csv"
+    record_throughput(
+        [Throughput(model=model, img_size=img_size, batch_size=batch, precision=precision, device=device, teacher=teacher,
+                    train_img_s=1000.0, eval_img_s=3000.0)],
+        table,
+    )
+    assert inference_rate(run, table) == 3000.0  # inference, not the training rate
+    assert inference_rate(load_run(experiment("untimed", slurm={"gpu_type": "a100"})), table) is None
+    assert inference_rate(load_run(experiment("nowhere")), table) is None  # no gpu_type: no device to read
