@@ -28,7 +28,7 @@ def build_workspace(*, entity: str, project: str, experiment: str, baseline: str
         entity=entity,
         project=project,
         name=f"{experiment}: verdict",
-        runset_settings=ws.RunsetSettings(filters=[ws.Metric("Group") == experiment], groupby=[ws.Config("variant")]),
+        runset_settings=ws.RunsetSettings(filters=ws.And(ws.Metric("Group") == experiment), groupby=[ws.Config("variant")]),
         sections=[
             ws.Section(
                 name="Verdict",
