@@ -2,7 +2,7 @@
 """Run every variant of an experiment on this machine, one after the other: ``research train`` under
 another name, with the same options.
 
-    python launchers/local.py experiments/ablate_mixup.yaml [dotted.key=value ...] [--force] [--nproc N] [--only VARIANT ...]
+    python launchers/local.py experiments/ablate_mixup.yaml [dotted.key=value ...] [--force] [--nproc N] [--only VARIANT ...] [--seeds N]
 
 Same run dirs as launchers/slurm.py; finished variants are skipped, unfinished ones resume, and a
 teacher that comes from another experiment (teacher.from_experiment) is trained first. ``--nproc N``

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Submit an experiment's runs to SLURM, one job array per experiment (through submitit).
 
-    python launchers/slurm.py experiments/ablate_mixup.yaml [dotted.key=value ...] [--dry-run] [--force]
+    python launchers/slurm.py experiments/ablate_mixup.yaml [dotted.key=value ...] [--dry-run] [--force] [--seeds N]
 
 Resources come from the experiment's ``slurm:`` section (override like any key: slurm.partition=gpu).
 Finished runs are skipped and queued ones left alone; the rest are submitted and resume from their
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from research.cli import cost_options, print_cost, quiet_broken_pipe, run_with_errors
+from research.cli import cost_options, print_cost, quiet_broken_pipe, run_with_errors, seeds_option, with_seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-snapshot", action="store_true", help="run the live working tree instead of a code snapshot")
     parser.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="run only these variants (default: all)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
+    seeds_option(parser)
     cost_options(parser)  # --device, --throughput-table: what the --dry-run's cost estimate assumes
     # Intermixed: options may come between overrides (``exp.yaml --dry-run slurm.partition=gpu``).
     with quiet_broken_pipe():  # --help | head
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         from research.console import text_table
         from research.launch.slurm import launch
 
-        runs = load_runs(args.config, args.overrides, check_files=not args.dry_run, only=args.only)
+        runs = load_runs(args.config, with_seeds(args.overrides, args), check_files=not args.dry_run, only=args.only)
         rows = launch(runs, force=args.force, dry_run=args.dry_run, snapshot=not args.no_snapshot)
         table = [
             [row.run.name, row.action, row.job_id or "-", ",".join(row.depends_on) or "-", str(row.run.run_dir), row.run.name,

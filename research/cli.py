@@ -119,6 +119,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("kind", nargs="?", help="models, teachers, losses, augmentations, datasets or loggers")
     sub = command("expand", _expand, "show the runs an experiment makes and their cost estimate, without running anything")
     cost_options(sub)
+    seeds_option(sub)
     sub = command(
         "throughput", _throughput, "measure the training and evaluation images/s of an experiment's runs here; add them to your throughput table"
     )
@@ -133,7 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     command("eval", _eval, "evaluate a checkpoint: research eval CONFIG checkpoint=PATH [overrides]")
     sub = command("report", _report, "tables and plots of experiments' runs", config=False)
     sub.add_argument(
-        "configs", nargs="+", help="experiment YAML files (ablations), then dotted.key=value / ~key overrides applied to each"
+        "configs", nargs="+",
+        help="experiment YAML files or folders of run dirs (runs/ablate_mixup), then dotted.key=value / ~key overrides applied to each file",
     )
     sub.add_argument("--out", type=Path, default=None, help="report dir (default: reports/<first experiment>)")
     sub.add_argument("--wandb", action="store_true", help="also read runs from the W&B API (online)")
@@ -155,6 +157,16 @@ def cost_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def seeds_option(parser: argparse.ArgumentParser) -> None:
+    """``--seeds N``: the experiment's ``seeds`` key (every variant run N times, seed + i in ``seed<k>/``)."""
+    parser.add_argument("--seeds", type=int, default=None, metavar="N", help="run every variant with N seeds (the key `seeds`)")
+
+
+def with_seeds(overrides: Sequence[str], args: argparse.Namespace) -> list[str]:
+    """The command line's overrides, with ``--seeds N`` as the override ``seeds=N`` (checked like any key)."""
+    return [*overrides, *([f"seeds={args.seeds}"] if args.seeds is not None else [])]
+
+
 def print_cost(runs: Sequence[object], args: argparse.Namespace) -> None:
     """The cost table of ``runs`` (research.launch.cost) for a command with :func:`cost_options`."""
     from research.launch.cost import estimate_runs, format_estimates
@@ -170,6 +182,7 @@ def add_train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--force", action="store_true", help="train finished runs again (the old run dir is kept aside)")
     parser.add_argument("--nproc", type=int, default=1, help="DDP processes per run (default 1; gloo on CPU)")
     parser.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="run only these variants (default: all)")
+    seeds_option(parser)
     return parser
 
 
@@ -206,7 +219,7 @@ def _expand(args: argparse.Namespace) -> int:
     from research.console import text_table
     from research.launch.run_check import shown_status
 
-    runs = load_runs(args.config, args.overrides, check_files=False)
+    runs = load_runs(args.config, with_seeds(args.overrides, args), check_files=False)
     rows = []
     for run in runs:
         changes = " ".join(f"{k}={format_value(v)}" for k, v in run.changes.items())
@@ -246,7 +259,7 @@ def _train(args: argparse.Namespace) -> int:
     # `--only a b key=value ~key`: variant names hold no '=' and no leading '~', so what follows them may still be overrides
     only = [item for item in args.only if not _is_override(item)]
     overrides = [*args.overrides, *(item for item in args.only if _is_override(item))]
-    run_locally(load_runs(args.config, overrides, only=only), force=args.force, nproc=args.nproc)
+    run_locally(load_runs(args.config, with_seeds(overrides, args), only=only), force=args.force, nproc=args.nproc)
     return 0
 
 
@@ -277,12 +290,17 @@ def _is_override(item: str) -> bool:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from research.launch.cost import inference_rate
+    from research.launch.run_check import shown_status
     from research.report import write_report
 
     overrides = [item for item in args.configs if _is_override(item)]
     configs = [Path(item) for item in args.configs if not _is_override(item)]
     paper = False if args.no_paper else args.paper or True
-    out = write_report(configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only, paper=paper)
+    out = write_report(
+        configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only, paper=paper, status=shown_status,
+        inference=inference_rate,
+    )
     print(f"report written to {out}")
     return 0
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from research.config import CHECKPOINT, ConfigError, load_run, load_runs
 from research.config.expand import differing_keys, format_value, variant_overrides
@@ -213,3 +214,84 @@ def test_error_in_the_teacher_experiment_names_the_teacher_file(experiment) -> N
     experiment("teacher", model={"name": "resnet10_cifar"}, optim={"lrr": 1})
     with pytest.raises(ConfigError, match=r"teacher\.yaml: optim\.lrr"):
         load_run(experiment("student", **student_sections("teacher.yaml")))
+
+
+# --- seeds: N -----------------------------------------------------------------------------------------
+
+
+def test_seeds_run_every_variant_with_consecutive_seeds_in_seed_dirs(tmp_path: Path, experiment) -> None:
+    ablation = {"baseline": "full", "variants": {"full": {}, "no_mixup": {"aug.mixup": 0.0}}}
+    runs = load_runs(experiment("abl", seed=5, seeds=3, aug={"name": "cifar"}, ablation=ablation))
+    assert names(runs) == [f"abl/{v}/seed{k}" for v in ("full", "no_mixup") for k in (5, 6, 7)]
+    assert [run.run_dir for run in runs] == [tmp_path / "runs" / "abl" / v / f"seed{k}" for v in ("full", "no_mixup") for k in (5, 6, 7)]
+    assert [run.cfg.seed for run in runs] == [5, 6, 7, 5, 6, 7]
+    assert [run.cfg.variant for run in runs] == ["full"] * 3 + ["no_mixup"] * 3  # the variant without its seed
+    assert [run.is_baseline for run in runs] == [True] * 3 + [False] * 3
+    # the seed pairs the variants; it is no difference between them
+    assert all(run.differing == {"aug.mixup": run.cfg.aug["mixup"]} for run in runs)
+    assert [run.changes for run in runs[3:]] == [{"aug.mixup": 0.0}] * 3
+
+
+def test_one_seed_keeps_the_layout(tmp_path: Path, experiment) -> None:
+    runs = load_runs(experiment("abl", seeds=1, ablation={"variants": {"a": {}, "b": {"optim.lr": 1e-3}}}))
+    assert [run.run_dir for run in runs] == [tmp_path / "runs" / "abl" / "a", tmp_path / "runs" / "abl" / "b"]
+    assert {run.seed_dir for run in runs} == {""}
+
+
+def test_seeds_of_an_experiment_without_variants(tmp_path: Path, experiment) -> None:
+    runs = load_runs(experiment("single"), ["seeds=2"])
+    assert names(runs) == ["single/seed0", "single/seed1"]
+    assert [run.run_dir for run in runs] == [tmp_path / "runs" / "single" / "seed0", tmp_path / "runs" / "single" / "seed1"]
+    assert [run.cfg.variant for run in runs] == ["", ""]
+
+
+def test_only_picks_every_seed_of_a_variant(experiment) -> None:
+    path = experiment("abl", ablation={"variants": {"a": {}, "b": {"optim.lr": 1e-3}}})
+    assert names(load_runs(path, ["seeds=2"], only=["b"])) == ["abl/b/seed0", "abl/b/seed1"]
+    with pytest.raises(ConfigError, match="no variant 'c'; its variants are a, b$"):
+        load_runs(path, ["seeds=2"], only=["c"])
+
+
+def test_seeds_cross_a_grid_and_a_variant_that_sets_its_own_seed(tmp_path: Path, experiment) -> None:
+    ablation = {"variants": {"a": {}, "b": {"seed": 10}}, "grid": {"optim.lr": [1e-3, 2e-3]}}
+    runs = load_runs(experiment("abl", seeds=2, ablation=ablation))
+    assert len(runs) == 2 * 2 * 2
+    assert [(run.variant, run.cfg.seed) for run in runs][-2:] == [("b,lr=0.002", 10), ("b,lr=0.002", 11)]
+
+
+def test_seeds_are_bounded(experiment) -> None:
+    with pytest.raises(ConfigError, match=r"seeds"):
+        load_runs(experiment("abl"), ["seeds=0"])
+    with pytest.raises(ConfigError, match=r"seed"):  # seed + i leaves the range numpy takes
+        load_runs(experiment("abl", seed=2**32 - 2), ["seeds=3"])
+
+
+def test_one_teacher_serves_every_seed(tmp_path: Path, experiment, teacher_experiment) -> None:
+    runs = load_runs(experiment("student", **student_sections("teacher.yaml"), seeds=3))
+    assert [run.cfg.seed for run in runs] == [0, 1, 2]
+    assert {run.teacher_run.run_dir for run in runs if run.teacher_run} == {tmp_path / "runs" / "teacher"}
+    assert {run.cfg.teacher["checkpoint"] for run in runs} == {str(tmp_path / "runs" / "teacher" / CHECKPOINT)}
+
+
+def test_expand_lists_and_counts_the_seeded_runs(experiment, capsys) -> None:
+    from research.cli import main
+
+    path = experiment("abl", ablation={"variants": {"a": {}, "b": {"optim.lr": 1e-3}}})
+    assert main(["expand", str(path), "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "abl/a/seed0 (baseline)" in out and "abl/b/seed1" in out
+    assert "\n4 runs\n" in out
+    assert main(["expand", str(path), "--seeds", "0"]) == 2
+    assert "seeds" in capsys.readouterr().err
+
+
+def test_train_writes_each_seed_to_its_dir_with_its_seed(tmp_path: Path, experiment) -> None:
+    from research.cli import main
+
+    path = experiment("abl", ablation={"variants": {"a": {}, "b": {"optim.lr": 1e-3}}})
+    assert main(["train", str(path), "--only", "b", "--seeds", "2"]) == 0
+    for seed in (0, 1):
+        saved = yaml.safe_load((tmp_path / "runs" / "abl" / "b" / f"seed{seed}" / "config.yaml").read_text())
+        assert (saved["seed"], saved["variant"], saved["seeds"]) == (seed, "b", 2)
+    assert not (tmp_path / "runs" / "abl" / "a").exists()
+    assert not (tmp_path / "runs" / "abl" / "b" / "config.yaml").exists()

@@ -10,11 +10,20 @@ same way), so names are stable and readable: the run ``ablate_mixup/mixup=0`` li
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from research.config.errors import ConfigError
 from research.config.sources import as_override_tree
+
+_SEED_PART = re.compile(r"(^|,)seed=[^,]*")
+
+
+def without_seed(variant: str) -> str:
+    """A variant's name without its seed: the grid point ``no_mixup,seed=1`` is the variant ``no_mixup``
+    (``seeds: N`` keeps the seed out of the name already: ``no_mixup`` in ``no_mixup/seed1``)."""
+    return _SEED_PART.sub("", variant).strip(",")
 
 
 def format_value(value: Any) -> str:

@@ -36,6 +36,8 @@ EXECUTION = (
     "plugins",
     "job_type",
     "run_name",
+    "is_baseline",  # the ablation's baseline, for research report; --only does not change it
+    "seeds",  # how many seeds the launch made; each run's own is `seed`
     "git",
     "versions",
     "teacher.from_experiment",  # the file that named the teacher; teacher.checkpoint is compared

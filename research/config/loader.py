@@ -53,12 +53,14 @@ class Run:
     differing: dict[str, Any] = field(default_factory=dict)  # keys whose value differs between the runs
     changes: dict[str, Any] = field(default_factory=dict)  # what this run sets unlike the baseline (all keys for it)
     is_baseline: bool = True
+    seed_dir: str = ""  # ``seed<seed>`` when the experiment runs several seeds (``seeds: N``), else ""
     teacher_run: Run | None = None  # the run whose checkpoint the teacher loads (teacher.from_experiment)
     finetune_run: Run | None = None
 
     @property
     def name(self) -> str:
-        return f"{self.experiment}/{self.variant}" if self.variant else self.experiment
+        """``experiment[/variant][/seed<k>]``: the run dir below ``output_dir``."""
+        return "/".join(part for part in (self.experiment, self.variant, self.seed_dir) if part)
 
     def prerequisites(self) -> list[Run]:
         return [run for run in (self.teacher_run, self.finetune_run) if run is not None]
@@ -97,12 +99,30 @@ def load_runs(
     for variant, variant_tree in variants:
         source = f"{sources._display(path.resolve())} (variant {variant})" if variant else sources.COMMAND_LINE
         run_layers = sources.apply_overrides(layered, variant_tree, source) if variant_tree else layered
-        runs.append(_resolve_run(run_layers, path, variant, (*_stack, path.resolve()), check_files, placement))
-    return _select(_with_differences(runs, base.ablation.get("baseline")), only, path)
+        run = _resolve_run(run_layers, path, variant, (*_stack, path.resolve()), check_files, placement)
+        runs += _seeded(run, run_layers, base.seeds, layered.where("seeds"), check_files, placement, _stack)
+    return _select(with_differences(runs, base.ablation.get("baseline")), only, path)
+
+
+def _seeded(
+    run: Run, layered: Layered, seeds: int, where: str, check_files: bool, placement: Sequence[str], stack: tuple[Path, ...]
+) -> list[Run]:
+    """``seeds: N`` makes N runs of a variant: run i trains with ``seed + i`` in ``<variant run dir>/seed<seed>``.
+
+    A linked teacher is the one run its own file makes, shared by every seed of the student.
+    """
+    if seeds == 1:
+        return [run]
+    runs = [dataclasses.replace(run, seed_dir=f"seed{run.cfg.seed}", run_dir=run.run_dir / f"seed{run.cfg.seed}")]
+    for offset in range(1, seeds):
+        seed_layers = sources.apply_overrides(layered, {"seed": run.cfg.seed + offset}, f"{where} (seed {run.cfg.seed} + {offset})")
+        other = _resolve_run(seed_layers, run.source, run.variant, (*stack, run.source), check_files, placement)
+        runs.append(dataclasses.replace(other, seed_dir=f"seed{other.cfg.seed}", run_dir=other.run_dir / f"seed{other.cfg.seed}"))
+    return runs
 
 
 def _select(runs: list[Run], only: Sequence[str], path: Path) -> list[Run]:
-    names = [run.variant for run in runs]
+    names = list(dict.fromkeys(run.variant for run in runs))  # a variant's seeds share its name
     unknown = [name for name in only if name not in names]
     if unknown:
         listed = ", ".join(names) if any(names) else "none: it is a single run"
@@ -335,16 +355,23 @@ def _check_optimizer_implementation(optim: dict[str, Any], where: str) -> None:
         )
 
 
-def _with_differences(runs: list[Run], baseline: str | None) -> list[Run]:
+def with_differences(runs: list[Run], baseline: str | None) -> list[Run]:
+    """Each run's differing keys and its changes against the baseline run of the same seed dir (the
+    seed of a ``seeds: N`` launch is no difference between variants: it is the pairing)."""
     flats = [sources.flatten(dataclasses.asdict(run.cfg)) for run in runs]
-    keys = differing_keys(flats, ignore=("variant", "ablation."))
-    baseline = baseline_name(baseline, [run.variant for run in runs])
-    reference = next(flat for run, flat in zip(runs, flats) if run.variant == baseline)
+    seeded = ("seed",) if any(run.seed_dir for run in runs) else ()
+    keys = [key for key in differing_keys(flats, ignore=("variant", "ablation.")) if key not in seeded]
+    baseline = baseline_name(baseline, list(dict.fromkeys(run.variant for run in runs)))
+    references = {run.seed_dir: flat for run, flat in zip(runs, flats) if run.variant == baseline}
     return [
         dataclasses.replace(
             run,
             differing={k: flat.get(k) for k in keys},
-            changes={k: flat.get(k) for k in keys if run.variant == baseline or flat.get(k) != reference.get(k)},
+            changes={
+                k: flat.get(k)
+                for k in keys
+                if run.variant == baseline or flat.get(k) != references.get(run.seed_dir, {}).get(k)
+            },
             is_baseline=run.variant == baseline,
         )
         for run, flat in zip(runs, flats)

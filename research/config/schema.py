@@ -183,7 +183,9 @@ class ExperimentCfg:
     job_type: str = "train"  # train | teacher | finetune | eval (W&B job_type)
     plugins: List[str] = field(default_factory=list)
     seed: Annotated[int, Range(ge=0, lt=2**32, hint="numpy and the samplers take seeds below 2**32")] = 0
-    output_dir: str = "runs"  # run dir = <output_dir>/<name>[/<variant>]
+    # Run every variant this many times, run i with seed + i, in <variant run dir>/seed<seed> (1: no seed dir)
+    seeds: Annotated[int, Range(ge=1, hint="a number of runs per variant; 1 = one run, no seed dir")] = 1
+    output_dir: str = "runs"  # run dir = <output_dir>/<name>[/<variant>][/seed<seed>]
     variant: str = ""
     model: Dict[str, Any] = _component("???")
     teacher: Optional[Dict[str, Any]] = None

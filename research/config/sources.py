@@ -350,3 +350,17 @@ def as_override_tree(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, 
             node = node.setdefault(part, {})
         node[leaf] = value
     return nested
+
+
+def header_comment(path: Path) -> str:
+    """The comment lines that open an experiment file, without their ``#``; ``""`` when there are none."""
+    lines = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line[1:].removeprefix(" "))
+    return "\n".join(lines).strip()

@@ -332,6 +332,18 @@ def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = 
     return Estimate(run, target, devices, train_images, train_s, eval_s, row, reason=left_out, command=command)
 
 
+def inference_rate(run: Run, table: str | Path | None = None) -> float | None:
+    """The inference images/s (``eval_img_s``: no gradients, the eval batch) that ``research throughput``
+    measured for ``run``'s row on its ``slurm.gpu_type``; None when not measured. ``research report``
+    puts it beside the paper's Table 5 throughput, which is inference too."""
+    target = run.cfg.slurm.gpu_type
+    if not target:
+        return None
+    key = run_key(run.cfg, target)
+    row = next((row for row in read_table(table) if row.key == key), None)
+    return None if row is None else row.eval_img_s
+
+
 def estimate_runs(
     runs: Sequence[Run],
     *,

@@ -65,10 +65,11 @@ def shown_status(run_dir: Path) -> str:
 
 
 def config_record(run: Run) -> dict[str, Any]:
-    """The run's config as ``config.yaml`` keeps it (without the provenance ``train`` adds)."""
+    """The run's config as ``config.yaml`` keeps it (without the provenance ``train`` adds); whether it
+    is its ablation's baseline lets ``research report`` read an ablation from its run dirs alone."""
     record = dataclasses.asdict(run.cfg)
     record.pop("ablation")
-    return {**record, "run_name": run.name}
+    return {**record, "run_name": run.name, "is_baseline": run.is_baseline}
 
 
 def holds_run(run_dir: Path) -> bool:

@@ -1,4 +1,6 @@
-"""The run's tracker (``logger:`` section), told who the run is: W&B group = experiment, name = run."""
+"""The run's tracker (``logger:`` section), told who the run is: W&B group = the experiment (the
+ablation), job type = the variant (its seeds pooled), name = the run, notes = the experiment file's
+header comment (which holds the paper's figures)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,8 @@ from torch import nn
 
 from research.config import Run
 from research.config.components import SECTIONS, build_component
+from research.config.expand import without_seed
+from research.config.sources import header_comment
 from research.engine.state import unwrap
 from research.launch.data import RunData
 from research.launch.dist import DistEnv
@@ -28,6 +32,9 @@ def run_tags(run: Run, data: RunData) -> tuple[str, ...]:
         tags.append("label-smoothing")
     if run.is_baseline and run.variant:
         tags.append("baseline")
+    if without_seed(run.variant):
+        tags.append(f"ablate:{without_seed(run.variant)}")  # what this run changes, as a filter
+    tags.append(f"seed:{cfg.seed}")
     return tuple(tags)
 
 
@@ -37,7 +44,7 @@ def build_tracker(run: Run, record: dict[str, Any], data: RunData, model: nn.Mod
         **flatten_config(record),
         "git_commit": record["git"]["commit"],
         "n_parameters": n_parameters,
-        "variant": run.variant,
+        "variant": without_seed(run.variant),  # the seed is its own key, `seed`
         "is_baseline": run.is_baseline,
     }
     info = RunInfo(
@@ -45,10 +52,11 @@ def build_tracker(run: Run, record: dict[str, Any], data: RunData, model: nn.Mod
         project=run.cfg.logger.get("project") or DEFAULT_PROJECT,
         group=run.experiment,
         name=run.name,
-        job_type=run.cfg.job_type,
+        job_type=without_seed(run.variant) or run.cfg.job_type,  # the config keeps job_type (train, teacher, ...)
         tags=run_tags(run, data),
         config=config,
         is_rank_zero=env.is_main,
         life=max(life, 1),
+        notes=header_comment(run.source),
     )
     return build_component(SECTIONS["logger"], run.cfg.logger, run=info)

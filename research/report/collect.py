@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,12 @@ class VariantResult:
             ``distillation``, ``both``) at the best epoch.
         commit: the git commit the run's code came from, ``-dirty`` when it had uncommitted changes.
         source: ``"run dir"`` or ``"wandb"`` (read from the W&B API).
-        delta_top1: ``best_top1`` minus the baseline's, in percentage points; set by :func:`with_deltas`.
+        inference_img_s: the model's inference images/s as ``research throughput`` measured it (not the
+            training throughput of ``images_per_s``), for Table 5's throughput rows; None when unknown.
+        seed_dir: ``seed<k>`` for a run of a ``seeds: N`` launch, else ``""``.
+        keeps_ema: the run keeps an EMA of its weights (``train.ema``): it is judged on them (``score``).
+        delta_top1: ``score`` minus that of the baseline run of the same seed, in percentage points; set
+            by :func:`with_deltas`.
         changes: the ``differing`` keys whose value is not the baseline's (all of them for the baseline
             itself): what this variant changes; set by :func:`with_deltas`.
     """
@@ -90,13 +95,27 @@ class VariantResult:
     head_top1: Mapping[str, float] = field(default_factory=dict)
     commit: str | None = None
     source: str = RUN_DIR
+    inference_img_s: float | None = None
+    keeps_ema: bool = False
+    seed_dir: str = ""
     delta_top1: float | None = None
     changes: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
-        """The run name, as in W&B and the run dir: ``experiment/variant``."""
-        return f"{self.experiment}/{self.variant}" if self.variant else self.experiment
+        """The run name, as in W&B and the run dir: ``experiment[/variant][/seed<k>]``."""
+        return "/".join(part for part in (self.experiment, self.variant, self.seed_dir) if part)
+
+    @property
+    def score_key(self) -> str:
+        """What the run is judged on: the EMA weights' top-1 when it keeps an EMA (Table 8's EMA row
+        is about those weights), else the raw weights'."""
+        return "val_ema/top1" if self.keeps_ema else "val/top1"
+
+    @property
+    def score(self) -> float | None:
+        """The best top-1 of :attr:`score_key` so far."""
+        return self.best_ema_top1 if self.keeps_ema else self.best_top1
 
     @property
     def differing_text(self) -> str:
@@ -109,22 +128,29 @@ class VariantResult:
         return _spell(self.changes)
 
 
-def collect(runs: Sequence[Run]) -> list[VariantResult]:
-    """The result of every run, read from the run dirs, with deltas against each experiment's baseline."""
+def collect(
+    runs: Sequence[Run],
+    status: Callable[[Path], str] = run_status,
+    inference: Callable[[Run], float | None] = lambda run: None,
+) -> list[VariantResult]:
+    """The result of every run, read from the run dirs, with deltas against each experiment's baseline;
+    ``status`` names a run dir's status (default: the engine's, which has no "training"), ``inference``
+    a run's measured inference images/s (default: unknown)."""
     results = []
     for run in runs:
-        status = run_status(run.run_dir)
-        records = read_metrics(run.run_dir) if status != NOT_STARTED else []
+        shown = status(run.run_dir)
+        records = read_metrics(run.run_dir) if shown != NOT_STARTED else []
         results.append(
             summarize(
                 run,
                 records,
-                status=status,
+                status=shown,
                 summary=read_summary(run.run_dir),
                 commit=read_commit(run.run_dir),
                 source=RUN_DIR,
             )
         )
+        results[-1] = dataclasses.replace(results[-1], inference_img_s=inference(run))
     return with_deltas(results)
 
 
@@ -189,21 +215,28 @@ def summarize(
         },
         commit=commit,
         source=source,
+        keeps_ema=bool(run.cfg.train.ema),
+        seed_dir=run.seed_dir,
     )
 
 
 def with_deltas(results: Sequence[VariantResult]) -> list[VariantResult]:
-    """``results`` compared with their experiment's baseline: ``delta_top1`` (best top-1 minus the
-    baseline's) and ``changes`` (the keys set differently from the baseline).
+    """``results`` compared with their experiment's baseline: ``delta_top1`` (the score minus that of
+    the baseline run of the same seed, or of the first baseline run when no seed matches) and
+    ``changes`` (the keys set differently from the baseline).
 
     A delta needs both numbers, so it stays None while the run or its baseline has no evaluated epoch.
     """
-    baselines = {r.experiment: r for r in results if r.is_baseline}
+    baselines: dict[tuple[str, int | None], VariantResult] = {}
+    for r in results:
+        if r.is_baseline:
+            baselines.setdefault((r.experiment, r.seed), r)
+            baselines.setdefault((r.experiment, None), r)
     out = []
     for result in results:
-        baseline = baselines.get(result.experiment)
-        reference = baseline.best_top1 if baseline is not None else None
-        delta = None if result.best_top1 is None or reference is None else result.best_top1 - reference
+        baseline = baselines.get((result.experiment, result.seed)) or baselines.get((result.experiment, None))
+        reference = baseline.score if baseline is not None else None
+        delta = None if result.score is None or reference is None else result.score - reference
         changes = dict(result.differing)
         if baseline is not None and baseline is not result:
             changes = {k: v for k, v in changes.items() if repr(v) != repr(baseline.differing.get(k))}

@@ -20,11 +20,12 @@ import yaml
 from research.config import ConfigError
 from research.console import markdown_table, text_table
 from research.report.collect import VariantResult
+from research.report.stats import AGREE, DISAGREE, PairedDelta, paired_delta, variant_name, variant_stats, verdict
 
 __all__ = ["DEFAULT_PAPER", "AGREE", "DISAGREE", "Comparison", "PaperRow", "compare", "paper_table", "read_paper"]
 
 DEFAULT_PAPER = Path(__file__).with_name("paper.yaml")
-AGREE, DISAGREE = "✓", "✗"
+
 METRICS = ("top1", "images_per_s")
 
 
@@ -64,9 +65,12 @@ class Comparison:
     ours: float | None = None
     reference: float | None = None
     runs: int = 0  # our runs averaged into ``ours`` (seeds)
+    paired: PairedDelta | None = None  # top-1 rows of an ablation: our runs against the reference's, seed by seed
 
     @property
     def our_delta(self) -> float | None:
+        if self.paired is not None and self.paired.mean is not None:
+            return self.paired.mean
         if self.ours is None or self.reference is None:
             return None
         return self.ours / self.reference if self.paper.metric == "images_per_s" else self.ours - self.reference
@@ -84,6 +88,10 @@ class Comparison:
 
     @property
     def mark(self) -> str:
+        """The verdict: for a top-1 row of an ablation, the paired 95% interval against the paper's
+        direction (:func:`research.report.stats.verdict`); otherwise ✓ / ✗ on the direction alone."""
+        if self.paired is not None:
+            return verdict(self.paired, self.paper.delta)
         return "-" if self.agrees is None else AGREE if self.agrees else DISAGREE
 
 
@@ -139,29 +147,35 @@ def compare(results: Sequence[VariantResult], rows: Sequence[PaperRow]) -> list[
             continue
         for experiment in row.experiments:
             group = by_experiment.get(experiment, [])
-            if not any(_is_variant(r.variant, row.variant) for r in group):
+            if not any(variant_name(r) == row.variant for r in group):
                 continue
             ours = _value(group, row.variant, row.metric)
             reference = _value(group, row.reference_variant, row.metric)
-            comparisons.append(Comparison(row, experiment, ours[0], reference[0], ours[1]))
+            stats = {s.variant: s for s in variant_stats(group)}
+            paired = None
+            if row.metric == "top1" and row.variant in stats and row.reference_variant in stats:
+                paired = paired_delta(stats[row.variant], stats[row.reference_variant])
+            comparisons.append(Comparison(row, experiment, ours[0], reference[0], ours[1], paired))
     return comparisons
 
 
-def _is_variant(name: str, variant: str) -> bool:
-    """``no_mixup`` is the variant ``no_mixup`` and its seeds (``no_mixup,seed=1``)."""
-    return name == variant or name.startswith(f"{variant},")
-
-
 def _value(group: Sequence[VariantResult], variant: str, metric: str) -> tuple[float | None, int]:
-    """The mean over seeds of the variant's best top-1 (or images/s), and how many runs have one."""
-    field = "best_top1" if metric == "top1" else "images_per_s"
-    values = [getattr(r, field) for r in group if (not variant or _is_variant(r.variant, variant)) and getattr(r, field) is not None]
+    """The mean over seeds of the variant's score (top-1, of the EMA weights for a run that keeps an
+    EMA) or inference images/s (the paper's Table 5 measures inference, so never our training rate),
+    and how many runs have one."""
+    values = [
+        value
+        for r in group
+        if (not variant or variant_name(r) == variant)
+        and (value := (r.score if metric == "top1" else r.inference_img_s)) is not None
+    ]
     return (statistics.fmean(values) if values else None), len(values)
 
 
 def paper_table(comparisons: Sequence[Comparison], *, markdown: bool = True) -> str:
-    """One table's comparisons: paper row, our run, the paper's figure and delta, ours, and ✓/✗."""
-    headers = ["paper row", "our run", "paper", "paper Δ", "ours", "our Δ", "same direction"]
+    """One table's comparisons: paper row, our run, the paper's figure and delta, ours (with the paired
+    95% interval and the number of seed pairs), and the verdict on the paper's direction."""
+    headers = ["paper row", "our run", "paper", "paper Δ", "ours", "our Δ (95% CI)", "pairs", "paper's direction"]
     rows = []
     for c in comparisons:
         name = c.paper.variant or c.experiment
@@ -169,9 +183,17 @@ def paper_table(comparisons: Sequence[Comparison], *, markdown: bool = True) -> 
             name = f"{c.experiment}/{name}" + (f" (mean of {c.runs})" if c.runs > 1 else "")
         rows.append(
             [c.paper.row, name, _figure(c.paper.value, c.paper.metric), _delta(c.paper.delta, c.paper.metric),
-             _figure(c.ours, c.paper.metric), _delta(c.our_delta, c.paper.metric), c.mark]
+             _figure(c.ours, c.paper.metric), _our_delta(c), None if c.paired is None else str(c.paired.n), c.mark]
         )
     return (markdown_table if markdown else text_table)(headers, rows)
+
+
+def _our_delta(c: Comparison) -> str | None:
+    text = _delta(c.our_delta, c.paper.metric)
+    if text is not None and c.paired is not None and c.paired.interval is not None:
+        low, high = c.paired.interval
+        text += f" [{low:+.2f}, {high:+.2f}]"
+    return text
 
 
 def _figure(value: float | None, metric: str) -> str | None:

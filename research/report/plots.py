@@ -20,6 +20,7 @@ from research.config.expand import format_value
 from research.engine.run_dir import DONE
 from research.report.collect import VariantResult
 from research.report.paper import Comparison
+from research.report.stats import paired_delta, variant_name, variant_stats
 
 __all__ = ["delta_label", "paper_figure", "plot_paper_beside_ours", "plot_top1_curves", "plot_top1_delta"]
 
@@ -67,17 +68,25 @@ def plot_top1_curves(results: Sequence[VariantResult], path: Path) -> Path:
 
 
 def plot_top1_delta(results: Sequence[VariantResult], path: Path) -> Path:
-    """Horizontal bars of each variant's best top-1 minus its baseline's, sorted, largest gain on top.
+    """Each variant's score minus its baseline's, paired by seed: the mean difference as a bar with its
+    95% interval (seeds >= 2), every seed's difference as a dot; sorted, largest gain on top.
 
-    Bars of runs that are not done are hatched and say so: the number is their best so far.
+    Bars of variants with a run that is not done are hatched and say so: the number is their best so far.
     """
     sizes = Counter(r.experiment for r in results)
     several = len(sizes) > 1
-    bars = sorted((r for r in results if not r.is_baseline and r.delta_top1 is not None), key=lambda r: r.delta_top1)
-    title = ["val top-1 change vs the baseline"] + [
-        f"baseline {_name(r, several)}: {r.best_top1:.2f}%"
-        for r in results
-        if r.is_baseline and r.best_top1 is not None and sizes[r.experiment] > 1
+    by_variant = {(s.experiment, s.variant): s for s in variant_stats(results)}
+    deltas = [
+        (paired_delta(stats, baseline), [r for r in results if r.experiment == stats.experiment and variant_name(r) == stats.variant])
+        for stats in by_variant.values()
+        if not stats.is_baseline
+        and (baseline := next((b for b in by_variant.values() if b.is_baseline and b.experiment == stats.experiment), None))
+    ]
+    bars = sorted(((d, runs) for d, runs in deltas if d.mean is not None), key=lambda item: item[0].mean)
+    title = ["val top-1 change vs the baseline (paired by seed; bars: mean, lines: 95% interval)"] + [
+        f"baseline {s.experiment + '/' if several else ''}{s.variant or s.experiment}: {s.mean:.2f}% (n = {s.n})"
+        for s in by_variant.values()
+        if s.is_baseline and s.mean is not None and sizes[s.experiment] > 1
     ]
     height = 1.6 + 0.2 * len(title) + 0.45 * max(len(bars), 2)
     figure = Figure(figsize=(8.5, height), dpi=_DPI, layout="constrained")
@@ -90,22 +99,28 @@ def plot_top1_delta(results: Sequence[VariantResult], path: Path) -> Path:
         _empty(ax, "no variant and baseline with an evaluated epoch yet")
         ax.set_yticks([])
         return _save(figure, path)
-    deltas = [r.delta_top1 for r in bars]
-    drawn = ax.barh(range(len(bars)), deltas, color=[_GAIN if d >= 0 else _LOSS for d in deltas], alpha=0.9)
-    for patch, result in zip(drawn, bars):
-        if result.status != DONE:
-            patch.set_hatch("//")
-    ax.bar_label(drawn, labels=[f"{d:+.2f}" for d in deltas], padding=3, fontsize="small")
-    ax.set_yticks(range(len(bars)), [delta_label(r, with_experiment=several) for r in bars], fontsize="small")
-    span = max(abs(d) for d in deltas) or 1.0
-    ax.set_xlim(min(*deltas, 0.0) - 0.35 * span, max(*deltas, 0.0) + 0.35 * span)  # room for the bar labels
+    means = [d.mean for d, _ in bars]
+    errors = [d.half_width or 0.0 for d, _ in bars]
+    drawn = ax.barh(range(len(bars)), means, xerr=errors, capsize=4, color=[_GAIN if m >= 0 else _LOSS for m in means], alpha=0.8)
+    for row, (delta, runs) in enumerate(bars):
+        ax.plot(list(delta.differences.values()), [row] * delta.n, "o", color="black", markersize=3)
+        if any(r.status != DONE for r in runs):
+            drawn[row].set_hatch("//")
+    labels = [f"{d.mean:+.2f}" + (f" ± {d.half_width:.2f}" if d.half_width is not None else " (n = 1)") for d, _ in bars]
+    ax.bar_label(drawn, labels=labels, padding=3, fontsize="small")
+    ax.set_yticks(range(len(bars)), [delta_label(runs[0], with_experiment=several) for _, runs in bars], fontsize="small")
+    ends = [m - e for m, e in zip(means, errors)] + [m + e for m, e in zip(means, errors)]
+    ends += [x for d, _ in bars for x in d.differences.values()]
+    span = (max(*ends, 0.0) - min(*ends, 0.0)) or 1.0
+    ax.set_xlim(min(*ends, 0.0) - 0.3 * span, max(*ends, 0.0) + 0.3 * span)  # room for the bar labels
     return _save(figure, path)
 
 
 def delta_label(result: VariantResult, *, with_experiment: bool = False) -> str:
-    """A bar's label: the variant name, plus what it changes from the baseline when the name does not
-    spell it (a named variant such as ``no_mixup``), plus the status when the run is not done."""
-    label = _name(result, with_experiment)
+    """A bar's label: the variant name (without its seed), plus what it changes from the baseline when
+    the name does not spell it (a named variant such as ``no_mixup``), plus the status when the run is not done."""
+    variant = variant_name(result)
+    label = f"{result.experiment}/{variant}" if with_experiment and variant else variant or result.experiment
     # Grid variants are named after their values with the key's last part (research.config.expand).
     spelled = all(f"{key.rpartition('.')[2]}={format_value(v)}" in result.variant for key, v in result.changes.items())
     if not spelled:
@@ -114,14 +129,10 @@ def delta_label(result: VariantResult, *, with_experiment: bool = False) -> str:
 
 
 def _curve_label(result: VariantResult, *, ablation: bool) -> str:
-    label = result.variant or result.experiment
+    label = "/".join(part for part in (result.variant, result.seed_dir) if part) or result.experiment
     if result.is_baseline and ablation:
         label += " (baseline)"
     return label if result.status == DONE else f"{label} ({result.status})"
-
-
-def _name(result: VariantResult, with_experiment: bool) -> str:
-    return result.name if with_experiment or not result.variant else result.variant
 
 
 def _empty(ax: Axes, text: str) -> None:

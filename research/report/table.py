@@ -10,8 +10,9 @@ from typing import Any
 from research.config.expand import format_value
 from research.console import markdown_table, text_table
 from research.report.collect import VariantResult
+from research.report.stats import paired_delta, variant_stats
 
-__all__ = ["CSV_COLUMNS", "csv_rows", "table", "write_csv"]
+__all__ = ["CSV_COLUMNS", "csv_rows", "table", "variants_table", "write_csv"]
 
 # Columns shown only when some run has a value (train.ema, distillation): header -> VariantResult field.
 _OPTIONAL = {"EMA top-1": "best_ema_top1", "teacher top-1": "teacher_top1"}
@@ -59,7 +60,7 @@ def table(results: Sequence[VariantResult], *, markdown: bool = True) -> str:
     headers += ["epochs", "images/s", "wall time", "seed", "status"]
     rows = []
     for result in results:
-        name = result.variant or result.experiment
+        name = "/".join(part for part in (result.variant, result.seed_dir) if part) or result.experiment
         if result.is_baseline and len(results) > 1:
             name += " (baseline)"
         rows.append(
@@ -78,6 +79,31 @@ def table(results: Sequence[VariantResult], *, markdown: bool = True) -> str:
                 result.status,
             ]
         )
+    return (markdown_table if markdown else text_table)(headers, rows)
+
+
+def variants_table(results: Sequence[VariantResult], *, markdown: bool = True) -> str:
+    """One experiment's variants over their seeds: n, mean ± std of the score, and the mean paired
+    difference from the baseline (seed by seed, seeds present in both) with its 95% interval."""
+    stats = variant_stats(results)
+    baseline = next((s for s in stats if s.is_baseline), None)
+    rows = []
+    for entry in stats:
+        delta = paired_delta(entry, baseline) if baseline is not None and entry is not baseline else None
+        interval = None if delta is None else delta.interval
+        rows.append(
+            [
+                (entry.variant or entry.experiment) + (" (baseline)" if entry.is_baseline and len(stats) > 1 else ""),
+                entry.changes or "-",
+                entry.metric,
+                str(entry.n),
+                None if entry.mean is None else f"{entry.mean:.2f}" + ("" if entry.std is None else f" ± {entry.std:.2f}"),
+                None if delta is None or delta.mean is None else f"{delta.mean:+.2f}",
+                None if interval is None else f"[{interval[0]:+.2f}, {interval[1]:+.2f}]",
+                None if delta is None else str(delta.n),
+            ]
+        )
+    headers = ["variant", "differing keys", "judged on", "n", "top-1 mean ± std", "Δ vs baseline (paired)", "95% interval", "pairs"]
     return (markdown_table if markdown else text_table)(headers, rows)
 
 

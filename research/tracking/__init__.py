@@ -12,6 +12,7 @@ from research.tracking.base import (
 )
 from research.tracking.jsonl import JsonlTracker, build_jsonl
 from research.tracking.null import NullTracker, build_null
+from research.tracking.report_run import ReportRun, log_report_run
 from research.tracking.wandb_logger import WandbTracker, build_wandb, has_api_key
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "GuardedTracker",
     "JsonlTracker",
     "NullTracker",
+    "ReportRun",
     "RunInfo",
     "Tracker",
     "TrackerWarning",
@@ -28,4 +30,5 @@ __all__ = [
     "build_wandb",
     "flatten_config",
     "has_api_key",
+    "log_report_run",
 ]

@@ -43,12 +43,14 @@ class RunInfo:
         project: the tracking project (the W&B project), e.g. ``"deit"``.
         group: the experiment name, shared by all its variants, e.g. ``"ablate_mixup"``.
         name: this variant's run name, e.g. ``"ablate_mixup/mixup=0"``.
-        job_type: ``"train"``, ``"teacher"``, ``"finetune"`` or ``"eval"``.
+        job_type: the variant without its seed (``"no_mixup"``), so W&B groups a variant's seeds; for a
+            run without variants the config's ``job_type`` (``"train"``, ``"teacher"``, ...).
         tags: the techniques that are on in this run, e.g. ``("mixup", "distill-hard")``.
         config: the fully resolved, nested config (plus ``git_commit`` and ``n_parameters``).
         is_rank_zero: only rank 0 of a distributed job logs; other ranks get a no-op tracker.
         life: which start of the run this is (1, then one more per resume or requeue), as recorded in
             the run dir's ``lives.jsonl``.
+        notes: what the run is for, shown with it (W&B notes): the experiment file's header comment.
     """
 
     run_dir: Path
@@ -60,6 +62,7 @@ class RunInfo:
     config: Mapping[str, Any] = field(default_factory=dict)
     is_rank_zero: bool = True
     life: int = 1
+    notes: str = ""
 
 
 @runtime_checkable

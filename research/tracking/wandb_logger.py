@@ -236,6 +236,7 @@ def _start_life(
         name=name,
         job_type=run.job_type,
         tags=tags,
+        notes=run.notes or None,
         config=flatten_config(run.config),
         dir=str(root),
         mode=mode,

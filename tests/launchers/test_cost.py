@@ -270,3 +270,18 @@ def test_a_malformed_table_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
 def test_research_throughput_refuses_no_steps(tmp_path: Path, capsys: pytest.CaptureFixture[str], steps: str) -> None:
     assert research_main(["throughput", str(experiment(tmp_path)), "--device", "cpu-test", "--steps", steps]) == 2
     assert capsys.readouterr().err.strip() == f"research throughput: error: --steps {steps}: must be at least 1"
+def test_inference_rate_is_the_measured_eval_rate_of_the_runs_row(experiment, tmp_path: Path) -> None:
+    from research.config import load_run
+    from research.launch.cost import Throughput, inference_rate, record_throughput, run_key
+
+    run = load_run(experiment("timed", slurm={"gpu_type": "h200"}))
+    model, img_size, batch, precision, device, teacher = run_key(run.cfg, "h200")
+    table = tmp_path / "throughput.csv"
+    record_throughput(
+        [Throughput(model=model, img_size=img_size, batch_size=batch, precision=precision, device=device, teacher=teacher,
+                    train_img_s=1000.0, eval_img_s=3000.0)],
+        table,
+    )
+    assert inference_rate(run, table) == 3000.0  # inference, not the training rate
+    assert inference_rate(load_run(experiment("untimed", slurm={"gpu_type": "a100"})), table) is None
+    assert inference_rate(load_run(experiment("nowhere")), table) is None  # no gpu_type: no device to read

@@ -124,6 +124,24 @@ def test_only_submits_the_named_variants_and_refuses_unknown_ones(write, capsys)
     assert len(err.splitlines()) == 1 and "no variant 'd'" in err and "its variants are a, b, c" in err
 
 
+def test_seeds_put_every_seed_of_every_variant_in_one_array(write, tmp_path: Path, capsys) -> None:
+    ablation = {"baseline": "a", "variants": {"a": {}, "b": {"optim.lr": 1e-3}}}
+    path = write("seeded", ablation=ablation, slurm={"gpus_per_node": 1}, seed=3)
+    assert launcher.main([str(path), "--dry-run", "--seeds", "3", "--only", "b", "--device", "h200"]) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert sorted(rows) == ["seeded/b/seed3", "seeded/b/seed4", "seeded/b/seed5"]
+    assert rows["seeded/b/seed4"][4] == str(tmp_path / "runs" / "seeded" / "b" / "seed4")
+    assert {row[-1] for row in rows.values()} == {"optim.lr=0.001"}  # against the baseline of the same seed
+    (lines,) = sbatch_blocks(out).values()
+    assert "#SBATCH --array=0-2%3" in lines
+    assert "total: unknown (3 of 3 runs have no estimate)" in out  # the estimate counts every seed
+
+    assert launcher.main([str(path), "--dry-run", "--seeds", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "seeds" in err
+
+
 def test_dry_run_on_cpu_nodes_runs_tasks_per_node_processes(write, capsys) -> None:
     path = write("cpu", slurm={"partition": "cpu", "tasks_per_node": 2, "cpus_per_task": 1, "time": "30"})
     assert launcher.main([str(path), "--dry-run"]) == 0

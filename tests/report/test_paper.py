@@ -11,8 +11,9 @@ from research.cli import main as cli
 from research.config import ConfigError
 from research.report import write_report
 from research.report.collect import VariantResult
-from research.report.paper import AGREE, DISAGREE, Comparison, PaperRow, compare, paper_table, read_paper
+from research.report.paper import Comparison, PaperRow, compare, paper_table, read_paper
 from research.report.plots import paper_figure
+from research.report.stats import AGREE, DISAGREE, NO_VERDICT, WITHIN_NOISE
 from research.report.write import MARKDOWN, PAPER
 
 from .test_report import assert_png, write_run
@@ -20,10 +21,16 @@ from .test_report import assert_png, write_run
 ABLATION = {"variants": {"full": {}, "no_mixup": {"aug.mixup": 0.0}, "ema": {"train.ema": True}}}
 
 
-def result(experiment: str, variant: str, top1: float | None, images_per_s: float | None = None) -> VariantResult:
+def result(
+    experiment: str, variant: str, top1: float | None, images_per_s: float | None = None, *, seed: int | None = None,
+    inference_img_s: float | None = None,
+) -> VariantResult:
+    """A done run; its seed is ``seed``, else the one its grid name spells (``full,seed=1``), else 0."""
+    if seed is None:
+        seed = int(variant.rpartition("seed=")[2]) if "seed=" in variant else 0
     return VariantResult(
-        experiment, variant, Path("runs") / experiment / variant, {}, variant == "full", "done", 4, 4,
-        best_top1=top1, images_per_s=images_per_s,
+        experiment, variant, Path("runs") / experiment / variant, {}, variant.startswith("full"), "done", 4, 4,
+        best_top1=top1, images_per_s=images_per_s, seed=seed, inference_img_s=inference_img_s,
     )
 
 
@@ -55,17 +62,44 @@ def test_rows_match_variants_of_every_listed_experiment_and_average_seeds() -> N
     assert set(comparisons) == {"ablate_all/no_mixup", "ablate_all/no_randaugment", "ablate_mixup/no_mixup"}
     mixup = comparisons["ablate_all/no_mixup"]
     assert (mixup.ours, mixup.reference, mixup.runs) == (27.5, 31.0, 2)
-    assert mixup.our_delta == pytest.approx(-3.5) and mixup.mark == AGREE  # the paper: -3.1
-    assert comparisons["ablate_all/no_randaugment"].mark == DISAGREE  # ours +2.0, the paper -2.2
+    # paired by seed: -3 and -4, whose 95% interval (t with 1 dof: 12.7 x 0.71 / 1.41 = 6.35) holds 0
+    assert mixup.our_delta == pytest.approx(-3.5) and mixup.paired is not None and mixup.paired.n == 2
+    assert mixup.paired.interval == pytest.approx((-3.5 - 6.353, -3.5 + 6.353), abs=1e-3)
+    assert mixup.mark == WITHIN_NOISE  # the paper: -3.1, but two seeds this far apart do not resolve it
+    randaugment = comparisons["ablate_all/no_randaugment"]
+    assert randaugment.our_delta == pytest.approx(3.0)  # against the baseline of its one seed (30), not the mean
+    assert randaugment.mark == NO_VERDICT
     assert comparisons["ablate_mixup/no_mixup"].our_delta == pytest.approx(1.0)
-    assert comparisons["ablate_mixup/no_mixup"].mark == DISAGREE
+    assert comparisons["ablate_mixup/no_mixup"].mark == NO_VERDICT
+
+
+@pytest.mark.parametrize(
+    ("variant_top1", "mark"),
+    [
+        ([27.0, 28.5, 29.0], AGREE),  # -3, -3.5, -3: the interval excludes 0 on the paper's side
+        ([33.0, 34.0, 35.5], DISAGREE),  # +3, +2, +3.5: it excludes 0 on the other side
+        ([27.0, 34.0, 30.0], WITHIN_NOISE),  # -3, +2, -2: it holds 0
+    ],
+)
+def test_the_verdict_reads_the_paired_interval(variant_top1: list[float], mark: str) -> None:
+    baseline_top1 = [30.0, 32.0, 32.0]
+    results = [result("ablate_mixup", "full", top1, seed=seed) for seed, top1 in enumerate(baseline_top1)]
+    results += [result("ablate_mixup", "no_mixup", top1, seed=seed) for seed, top1 in enumerate(variant_top1)]
+    results.append(result("ablate_mixup", "no_mixup", 99.0, seed=7))  # a seed the baseline lacks: not paired
+    (comparison,) = compare(results, read_paper())
+    differences = [v - b for v, b in zip(variant_top1, baseline_top1)]
+    assert comparison.paired is not None and comparison.paired.n == 3
+    assert comparison.our_delta == pytest.approx(sum(differences) / 3)
+    assert comparison.mark == mark
+    assert comparison.runs == 4  # ours is the mean of every run of the variant
 
 
 def test_whole_experiments_are_compared_for_table_5() -> None:
     results = [
-        result("deit_small_imagenet", "", 70.0, images_per_s=900.0),
+        # training rates (images_per_s) that would say DeiT-B is faster; the inference rates say slower
+        result("deit_small_imagenet", "", 70.0, images_per_s=300.0, inference_img_s=900.0),
         result("deit_small_distilled_imagenet", "", 71.5, images_per_s=880.0),
-        result("deit_base_imagenet", "", 69.0, images_per_s=310.0),
+        result("deit_base_imagenet", "", 69.0, images_per_s=310.0, inference_img_s=310.0),
     ]
     comparisons = by_row(compare(results, read_paper()))
     assert set(comparisons) == {"deit_small_distilled_imagenet/deit_small_distilled_imagenet", "deit_base_imagenet/deit_base_imagenet"}
@@ -73,6 +107,7 @@ def test_whole_experiments_are_compared_for_table_5() -> None:
     assert distilled.our_delta == pytest.approx(1.5) and distilled.mark == AGREE
     throughput = comparisons["deit_base_imagenet/deit_base_imagenet"]
     assert throughput.our_delta == pytest.approx(310 / 900) and throughput.mark == AGREE  # both slower than DeiT-S
+    assert "inference" in throughput.paper.row  # labelled: inference beside inference
 
 
 @pytest.mark.parametrize(
@@ -86,16 +121,19 @@ def test_direction_marks(paper: float, ours: float | None, mark: str) -> None:
 
 
 def test_paper_table_shows_both_deltas_and_the_mark() -> None:
-    results = [result("ablate_mixup", "full", 50.0), result("ablate_mixup", "no_mixup", 47.25)]
+    results = [result("ablate_mixup", "full", top1, seed=seed) for seed, top1 in enumerate([50.0, 51.0, 52.0])]
+    results += [result("ablate_mixup", "no_mixup", top1, seed=seed) for seed, top1 in enumerate([47.25, 48.0, 49.5])]
     text = paper_table(compare(results, read_paper()))
-    assert "| no mixup | ablate_mixup/no_mixup | 78.70 | -3.10 | 47.25 | -2.75 | ✓ |" in text
+    # differences -2.75, -3, -2.5: mean -2.75, 95% half-width t(2) 4.303 x 0.25 / sqrt(3) = 0.62
+    expected = "| no mixup | ablate_mixup/no_mixup (mean of 3) | 78.70 | -3.10 | 48.25 | -2.75 [-3.37, -2.13] | 3 | ✓ |"
+    assert expected in text
 
 
 def test_a_variant_not_run_yet_shows_no_delta_and_no_mark() -> None:
     results = [result("ablate_mixup", "full", 50.0), result("ablate_mixup", "no_mixup", None)]
     (comparison,) = compare(results, read_paper())
     assert comparison.our_delta is None and comparison.mark == "-"
-    assert "| no mixup | ablate_mixup/no_mixup | 78.70 | -3.10 | - | - | - |" in paper_table([comparison])
+    assert "| no mixup | ablate_mixup/no_mixup | 78.70 | -3.10 | - | - | 0 | - |" in paper_table([comparison])
 
 
 def test_plot_shows_the_marks_and_both_bars() -> None:
@@ -104,7 +142,7 @@ def test_plot_shows_the_marks_and_both_bars() -> None:
     figure = paper_figure(compare(results, read_paper()))
     (ax,) = figure.axes
     texts = [text.get_text() for text in ax.texts]
-    assert texts.count(AGREE) == 1 and texts.count(DISAGREE) == 2
+    assert texts.count(NO_VERDICT) == 3  # one seed each: no verdict
     assert " -77.5 " in texts and " +0.50 " in texts  # the paper's failed run is labelled, though cut at the edge
     assert ax.get_xlim()[0] > -77.5
     assert [label.get_text().split("\n")[1] for label in ax.get_yticklabels()] == [
@@ -119,9 +157,9 @@ def test_report_holds_the_paper_section_and_plot(experiment, tmp_path: Path) -> 
     out = write_report([path], tmp_path / "report", False, echo=False)
     markdown = (out / MARKDOWN).read_text()
     assert "## The paper beside ours" in markdown and "### Table 8: ablation" in markdown
-    assert "| no mixup | ablate_mixup/no_mixup | 78.70 | -3.10 | 52.00 | +2.00 | ✗ |" in markdown
-    assert "| with EMA of the weights | ablate_mixup/ema | 81.90 | +0.10 | - | - | - |" in markdown
-    assert "Same direction in 0 of 1 rows with both deltas." in markdown
+    assert "| no mixup | ablate_mixup/no_mixup | 78.70 | -3.10 | 52.00 | +2.00 | 1 | n = 1 |" in markdown
+    assert "| with EMA of the weights | ablate_mixup/ema | 81.90 | +0.10 | - | - | 0 | - |" in markdown
+    assert "Verdicts: n = 1: 1." in markdown
     assert f"![the paper's deltas beside ours]({PAPER})" in markdown
     assert_png(out / PAPER)
 
@@ -137,7 +175,7 @@ def test_no_paper_and_another_paper_file(experiment, tmp_path: Path, capsys: pyt
     mine.write_text("mine:\n  title: My table\n  experiments: [ablate_mixup]\n  reference: {variant: full, value: 10, row: base}\n"
                     "  rows:\n    - {variant: no_mixup, value: 12, row: mine}\n")
     assert cli(["report", str(path), "--out", str(tmp_path / "mine"), "--paper", str(mine)]) == 0
-    assert "| mine | ablate_mixup/no_mixup | 12.00 | +2.00 | 49.00 | -1.00 | ✗ |" in (tmp_path / "mine" / MARKDOWN).read_text()
+    assert "| mine | ablate_mixup/no_mixup | 12.00 | +2.00 | 49.00 | -1.00 | 1 | n = 1 |" in (tmp_path / "mine" / MARKDOWN).read_text()
     assert "paper beside ours, My table" in capsys.readouterr().out
     mine.write_text("mine:\n  rows:\n    - {variant: no_mixup}\n")
     with pytest.raises(ConfigError, match="mine.yaml: mine: malformed entry"):

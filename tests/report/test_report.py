@@ -16,6 +16,7 @@ from PIL import Image
 
 from research.cli import main as cli
 from research.config import ConfigError, load_runs
+from research.launch.run_check import config_record
 from research.report import collect, write_report
 from research.report.plots import delta_label
 from research.report.table import table
@@ -58,7 +59,7 @@ def write_run(
         )
     records += extra_records
     (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"name": "x", "git": {"commit": COMMIT, "dirty": False}}))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({**recorded_config(run_dir), "git": {"commit": COMMIT, "dirty": False}}))
     (run_dir / "last.pt").write_bytes(b"")
     if status is not None:
         summary = {
@@ -71,6 +72,19 @@ def write_run(
             "wall_time_s": 12.0,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary))
+
+
+def recorded_config(run_dir: Path) -> dict[str, Any]:
+    """The ``config.yaml`` a run writes: that of the run ``<root>/<experiment>.yaml`` (the ``experiment``
+    fixture's file) makes in ``run_dir`` = ``<root>/<output dir>/<experiment>[/<variant>]``."""
+    for experiment_dir in (run_dir, run_dir.parent):
+        file = experiment_dir.parent.parent / f"{experiment_dir.name}.yaml"
+        if file.is_file():
+            runs = load_runs(file, [f"output_dir={experiment_dir.parent}"], check_files=False)
+            match = [run for run in runs if run.run_dir == run_dir]
+            if match:
+                return config_record(match[0])
+    raise AssertionError(f"no experiment file makes {run_dir}")
 
 
 @pytest.fixture
@@ -165,10 +179,10 @@ def test_changes_vs_baseline_label_named_variants(experiment, tmp_path: Path) ->
     results = {r.variant: r for r in collect(load_runs(path, check_files=False))}
     assert results["full,seed=0"].is_baseline and results["full,seed=0"].changes == {"seed": 0, "aug.hflip": 0.5}
     assert results["no_flip,seed=0"].changes == {"aug.hflip": 0.0}  # what it changes from the baseline
-    assert delta_label(results["no_flip,seed=0"]) == "no_flip,seed=0\naug.hflip=0 (not started)"
-    assert delta_label(results["full,seed=1"]) == "full,seed=1 (not started)"
+    assert delta_label(results["no_flip,seed=0"]) == "no_flip\naug.hflip=0 (not started)"  # a bar per variant: its seeds pooled
+    assert delta_label(results["full,seed=1"]) == "full (not started)"
     grid_only = collect(load_runs(experiment("ablate_seed", ablation={"grid": {"seed": [0, 1]}}), check_files=False))
-    assert delta_label(grid_only[1]) == "seed=1 (not started)"
+    assert delta_label(grid_only[1]) == "ablate_seed (not started)"  # seeds only: one variant
 
 
 # --- the report dir -----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def test_training_run_writes_an_offline_wandb_run_with_group_name_config_and_his
 
     run_dir = wandb_env / "runs" / "ablate_hflip" / "hflip=0.5"
     (run,) = read_runs(run_dir, count=1)
-    assert (run.project, run.group, run.name, run.job_type) == ("deit-tests", "ablate_hflip", "ablate_hflip/hflip=0.5", "train")
+    assert (run.project, run.group, run.name, run.job_type) == ("deit-tests", "ablate_hflip", "ablate_hflip/hflip=0.5", "hflip=0.5")
     assert {"hflip", "label-smoothing", "stochastic-depth", "baseline"} <= set(run.tags)
     assert run.config["optim.lr"] == 5e-4 and run.config["aug.hflip"] == 0.5 and run.config["model.name"] == "deit_nano_patch4_32"
     assert run.config["n_parameters"] > 0
@@ -41,3 +41,30 @@ def test_training_run_writes_an_offline_wandb_run_with_group_name_config_and_his
     assert len(top1) == 2 and all(0.0 <= value <= 100.0 for _, value in top1)
     assert run.summary["status"] == "done" and run.summary["epochs_done"] == 2
     assert run.summary["best_top1"] == max(value for _, value in top1)
+
+
+def test_seeded_runs_carry_variant_seed_tags_and_the_files_header_as_notes(wandb_env: Path) -> None:
+    experiment = {
+        "output_dir": str(wandb_env / "runs"),
+        "model": {"name": "deit_nano_patch4_32", "img_size": 32},
+        "data": {"name": "synthetic", "size": 16, "num_classes": 4},
+        "aug": {"name": "none", "simple_crop": True},
+        "logger": {"name": "wandb", "project": "deit-tests"},
+        "loader": {"batch_size": 8, "workers": 0},
+        "train": {"epochs": 1, "progress": False},
+        "ablation": {"baseline": "full", "variants": {"full": {}, "no_flip": {"aug.hflip": 0.0}}},
+    }
+    path = wandb_env / "ablate_flip.yaml"
+    header = "# Ablation: what does flipping bring?\n# Paper: none; a test.\n"
+    path.write_text(header + yaml.safe_dump(experiment))
+    assert main(["train", str(path), "--only", "no_flip", "--seeds", "2"]) == 0
+
+    runs = {}
+    for seed in (0, 1):
+        (run,) = read_runs(wandb_env / "runs" / "ablate_flip" / "no_flip" / f"seed{seed}", count=1)
+        runs[seed] = run
+    for seed, run in runs.items():
+        assert (run.group, run.job_type, run.name) == ("ablate_flip", "no_flip", f"ablate_flip/no_flip/seed{seed}")
+        assert run.config["variant"] == "no_flip" and run.config["seed"] == seed and run.config["is_baseline"] is False
+        assert {"ablate:no_flip", f"seed:{seed}"} <= set(run.tags) and "baseline" not in run.tags
+        assert run.notes == "Ablation: what does flipping bring?\nPaper: none; a test."

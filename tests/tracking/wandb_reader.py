@@ -103,6 +103,7 @@ class OfflineRun:
     group: str = ""
     name: str = ""
     job_type: str = ""
+    notes: str = ""
     tags: tuple[str, ...] = ()
     config: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)  # one dict per log() call
@@ -138,6 +139,7 @@ def read_run(path: str | Path) -> OfflineRun:
             out.run_id, out.project, out.entity = run.run_id, run.project, run.entity
             out.group, out.name, out.job_type = run.run_group, run.display_name, run.job_type
             out.tags = tuple(run.tags)
+            out.notes = run.notes
             out.started = run.start_time.seconds + run.start_time.nanos / 1e9
             for item in run.config.update:
                 out.config[_key(item)] = json.loads(item.value_json)
