@@ -100,9 +100,10 @@ def test_the_state_layout_is_torchs() -> None:
     assert words.tolist() == np.random.RandomState(77).get_state()[1].tolist()  # numpy's MT seeding of 77
     written = seeding.torch_cpu_state(seeding.stream_key(9, "init"))
     assert written.numel() == state.size
-    assert written[seeding._TORCH_MT_OFFSET:].numpy().view(np.uint64)[1:5].tolist() == seeding.key_words(
-        seeding.stream_key(9, "init")
-    ).tolist()
+    assert (
+        written[seeding._TORCH_MT_OFFSET :].numpy().view(np.uint64)[1:5].tolist()
+        == seeding.key_words(seeding.stream_key(9, "init")).tolist()
+    )
 
 
 @pytest.mark.parametrize(
