@@ -10,9 +10,9 @@ import argparse
 import copy
 import json
 import math
-from types import SimpleNamespace
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -20,12 +20,11 @@ import torch
 from timm.scheduler import CosineLRScheduler, create_scheduler
 from timm.utils import ModelEma
 
-from research.data import build_train_sampler
-
 from research.config import load_run
+from research.data import build_train_sampler
+from research.engine.fit import Loop, fit
 from research.launch.data import build_data
 from research.launch.dist import DistEnv
-from research.engine.fit import Loop, fit
 from research.launch.train import build_model, build_state, train
 
 EPOCHS, STEPS, BATCH, LR = 4, 6, 8, 2e-3 * 8 / 512  # 48 images; the lr scaled by batch / 512
