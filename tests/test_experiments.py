@@ -225,7 +225,7 @@ def global_batch(run: Run) -> int:
 @pytest.mark.parametrize("size", ["tiny", "small", "base"])
 def test_imagenet_recipe_is_table_9(size: str) -> None:
     cfg = runs_of(EXPERIMENTS / f"deit_{size}_imagenet.yaml")[0].cfg
-    assert cfg.model == {"name": f"deit_{size}_patch16_224", "img_size": 224, "drop_path_rate": 0.1}
+    assert cfg.model == {"name": f"deit_{size}_patch16_224", "img_size": 224, "drop_path_rate": 0.1, "cls_token_init": "timm"}
     assert global_batch(runs_of(EXPERIMENTS / f"deit_{size}_imagenet.yaml")[0]) == 1024
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.scale_lr, cfg.optim.weight_decay) == ("adamw", 5e-4, True, 0.05)
     assert (cfg.sched.name, cfg.sched.warmup_epochs, cfg.sched.warmup_lr, cfg.sched.min_lr) == ("cosine", 5, 1e-6, 1e-5)

@@ -19,8 +19,9 @@ PACKAGE = REPO / "research"
 
 THIRD_PARTY_FOR_COMPONENTS = {"torch", "torchvision", "timm", "einops", "numpy", "PIL"}
 COMPONENTS = ("models", "teachers", "losses", "data")
-#: What components share with the engine: the registries, and the one safe way to read a checkpoint file.
-SHARED_WITH_COMPONENTS = ("research.registry", "research.safe_load")
+#: What components share with the engine: the registries, the one safe way to read a checkpoint file, and
+#: the run's random streams.
+SHARED_WITH_COMPONENTS = ("research.registry", "research.safe_load", "research.seeding")
 NOT_FOR_THE_ENGINE = (
     "research.models", "research.teachers", "research.losses", "research.data", "research.launch", "research.config",
 )  # fmt: skip

@@ -40,6 +40,7 @@ EXECUTION = (
     "seeds",  # how many seeds the launch made; each run's own is `seed`
     "git",
     "versions",
+    "schedules",  # the lr schedules a grown run trained with (research/launch/train.py)
     "teacher.from_experiment",  # the file that named the teacher; teacher.checkpoint is compared
     "finetune.from_experiment",
     "train.resume",
@@ -98,5 +99,5 @@ def execution_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict[
     return {
         key: (saved.get(key), new.get(key))
         for key in sorted(set(saved) | set(new))
-        if covered(key, EXECUTION) and not covered(key, ("git", "versions", "run_name")) and saved.get(key) != new.get(key)
+        if covered(key, EXECUTION) and not covered(key, ("git", "versions", "run_name", "schedules")) and saved.get(key) != new.get(key)
     }

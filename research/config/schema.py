@@ -40,6 +40,9 @@ class LoaderCfg:
     # On one process, repeated augmentation puts an image's copies in the same batch. false: sample
     # each image once per epoch there, as the reference does (its RASampler only runs distributed).
     repeated_aug_single_process: bool = True
+    # Seed each epoch's order with the epoch alone, as the reference's RASampler does (its data order
+    # ignores --seed); false: from the run's seed and the epoch (research/seeding.py)
+    sampler_seed_epoch_only: bool = False
     # keep a fixed, seeded subset of this many images (null: all of them)
     limit_train: Annotated[Optional[int], Range(ge=1, hint="a number of images; null = all")] = None
     limit_val: Annotated[Optional[int], Range(ge=1, hint="a number of images; null = all")] = None
@@ -104,6 +107,12 @@ class TrainCfg:
     # the first update, as timm's ModelEma in the reference does
     ema_copy_first: bool = False
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 only on GPU)
+    # Keep the teacher's weights in fp32 under the run's autocast, as the reference does; false casts
+    # them (BatchNorm included) to the autocast dtype once, so no step casts them again
+    teacher_fp32: bool = False
+    # Build the student as the reference does: on the global generators seeded with seed + rank, after
+    # the data and before the teacher; false: on its own "init" stream, whatever else the run builds
+    reference_init: bool = False
     # torch.compile the step's device work: the batch's mixing, the student's forward and the loss
     # with the teacher's forward, and their backward (CPU and CUDA; research/engine/fit.py)
     compile: bool = False

@@ -5,6 +5,10 @@ an epoch, each augmented differently; DeiT reports it as one of the key ingredie
 reference ``RASampler`` spreads the copies of one image over different GPUs and keeps the epoch at
 ``len(dataset)`` images, but rounds the per-epoch count down to a multiple of 256, which yields zero
 samples below 256 images. :class:`RepeatedAugSampler` keeps the idea without the rounding.
+
+The epoch's permutation comes from the run's ``("data", epoch)`` stream (:mod:`research.seeding`):
+the data order depends on the seed and the epoch alone. The reference seeds it with the epoch alone,
+ignoring ``--seed`` (``seed_epoch_only``, ``loader.sampler_seed: epoch_only``).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from collections.abc import Iterator, Sized
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler, Sampler
+from torch.utils.data import Sampler
+
+from research import seeding
 
 __all__ = ["RepeatedAugSampler", "ShardSampler", "build_eval_sampler", "build_train_sampler"]
 
@@ -48,7 +54,7 @@ class RepeatedAugSampler(Sampler[int]):
     about ``n`` samples in total (about ``n / repeats`` distinct images, a different subset each epoch),
     and the copies of one image go to different ranks whenever ``num_replicas >= repeats``. On one
     process the copies sit next to each other in a batch, which is repeated augmentation proper.
-    ``repeats=1`` yields exactly what ``torch.utils.data.DistributedSampler`` yields.
+    ``repeats=1`` is ``torch.utils.data.DistributedSampler``'s algorithm, on this sampler's generator.
 
     Args:
         data: The dataset or its length.
@@ -56,7 +62,9 @@ class RepeatedAugSampler(Sampler[int]):
         rank: This process's rank; default: the process group's rank, or 0.
         repeats: Copies of each image (>= 1).
         shuffle: Shuffle per epoch; if False the order is ``0, 0, 0, 1, 1, 1, ...``.
-        seed: Combined with the epoch (``seed + epoch``), identical on all ranks.
+        seed: The run's seed: each epoch's permutation is its ``("data", epoch)`` stream, identical on all ranks.
+        seed_epoch_only: Seed the permutation with the epoch alone, as the reference's ``RASampler``
+            (``torch.Generator().manual_seed(epoch)``): the data order then ignores ``seed``.
     """
 
     def __init__(
@@ -68,6 +76,7 @@ class RepeatedAugSampler(Sampler[int]):
         repeats: int = 3,
         shuffle: bool = True,
         seed: int = 0,
+        seed_epoch_only: bool = False,
     ) -> None:
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -76,6 +85,7 @@ class RepeatedAugSampler(Sampler[int]):
         self.repeats = repeats
         self.shuffle = shuffle
         self.seed = seed
+        self.seed_epoch_only = seed_epoch_only
         self.epoch = 0
         self.num_samples = math.ceil(self.dataset_len / self.num_replicas)  # per rank
         self.total_size = self.num_samples * self.num_replicas
@@ -86,8 +96,10 @@ class RepeatedAugSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
-            generator = torch.Generator()
-            generator.manual_seed(self.seed + self.epoch)  # same convention as DistributedSampler
+            if self.seed_epoch_only:
+                generator = torch.Generator().manual_seed(self.epoch)
+            else:
+                generator = seeding.generator(self.seed, "data", self.epoch)
             order = torch.randperm(self.dataset_len, generator=generator)
         else:
             order = torch.arange(self.dataset_len)
@@ -126,16 +138,17 @@ class ShardSampler(Sampler[int]):
 
 
 def build_train_sampler(
-    dataset: Sized, *, repeats: int, num_replicas: int, rank: int, seed: int
-) -> RepeatedAugSampler | DistributedSampler:
-    """The training sampler for ``Recipe.repeats``: repeated augmentation if > 1, else a shuffling
-    ``DistributedSampler`` (no process group needed when ``num_replicas``/``rank`` are given).
+    dataset: Sized, *, repeats: int, num_replicas: int, rank: int, seed: int, seed_epoch_only: bool = False
+) -> RepeatedAugSampler:
+    """The training sampler for ``Recipe.repeats``: repeated augmentation if > 1, else each image once
+    per epoch, shuffled and sharded as ``DistributedSampler`` does (no process group needed when
+    ``num_replicas``/``rank`` are given).
 
-    Both need ``set_epoch(epoch)`` before each epoch, or every epoch repeats the same order.
+    It needs ``set_epoch(epoch)`` before each epoch, or every epoch repeats the same order.
     """
-    if repeats > 1:
-        return RepeatedAugSampler(dataset, num_replicas=num_replicas, rank=rank, repeats=repeats, seed=seed)
-    return DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+    return RepeatedAugSampler(
+        dataset, num_replicas=num_replicas, rank=rank, repeats=repeats, seed=seed, seed_epoch_only=seed_epoch_only
+    )
 
 
 def build_eval_sampler(dataset: Sized, *, num_replicas: int, rank: int) -> ShardSampler:

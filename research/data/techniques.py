@@ -25,7 +25,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, Optional, TypeVar
 
-import torch
 from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
 from timm.data.random_erasing import RandomErasing as TimmRandomErasing
 from timm.data.transforms import RandomResizedCropAndInterpolation, str_to_pil_interp

@@ -22,19 +22,18 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from research import seeding
 from research.engine.evaluate import autocast, evaluate
 from research.engine.run_dir import RunDir
 from research.engine.state import TrainState, unwrap
@@ -302,11 +301,8 @@ def _batches(loop: Loop, batches: Iterable[Any]) -> Iterable[Any]:
 
 
 def seed_step(seed: int, rank: int, step: int) -> None:
-    """Seed torch (every device), numpy and ``random`` for one step of one rank."""
-    value = (seed * 1_000_003 + rank) * 1_000_000_007 + step
-    torch.manual_seed(value % 2**63)
-    np.random.seed(value % 2**32)
-    random.seed(value)
+    """Put torch (every device), numpy and ``random`` on the ``("step", rank, step)`` stream of ``seed``."""
+    seeding.seed_globals(seed, "step", rank, step)
 
 
 def train_step(

@@ -76,7 +76,9 @@ class TrainState:
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         unwrap(self.model).load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
+        # The scheduler is not restored: it is a function of the config and the counters, built for
+        # this life's train.epochs. A grown run's epochs after the resume so train at the lr a fresh run
+        # of the new length has there (README, "train.epochs may grow"), not at the old schedule's min_lr.
         if self.scaler.is_enabled() and saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
         if self.ema is not None and saved.get("ema") is not None:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from research import seeding
 from research.config import ConfigError, ExperimentCfg
 from research.config.components import SECTIONS, build_component
 from research.data import InMemoryImageDataset, PlaceSeeded, build_eval_sampler, build_train_sampler, placed
@@ -32,14 +33,15 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
     train_set = build_component(SECTIONS["data"], cfg.data, split="train", transform=recipe.train_transform)
     val_set = build_component(SECTIONS["data"], cfg.data, split="val", transform=recipe.eval_transform)
     num_classes = len(train_set.classes)
-    train_set = _limit(train_set, cfg.loader.limit_train, cfg.seed)
-    val_set = _limit(val_set, cfg.loader.limit_val, cfg.seed)
+    train_set = _limit(train_set, cfg.loader.limit_train, seeding.generator(cfg.seed, "subset", 0))
+    val_set = _limit(val_set, cfg.loader.limit_val, seeding.generator(cfg.seed, "subset", 1))
     batch = cfg.loader.batch_size
     # The reference samples each image once per epoch on one process (RASampler only when distributed)
     single = env.world_size == 1 and not cfg.loader.repeated_aug_single_process
     sampler = build_train_sampler(
-        train_set, repeats=1 if single else recipe.repeats, num_replicas=env.world_size, rank=env.rank, seed=cfg.seed
-    )
+        train_set, repeats=1 if single else recipe.repeats, num_replicas=env.world_size, rank=env.rank, seed=cfg.seed,
+        seed_epoch_only=cfg.loader.sampler_seed_epoch_only,
+    )  # fmt: skip
     steps = len(sampler) // batch
     if steps == 0:
         raise ConfigError(
@@ -52,10 +54,10 @@ def build_data(cfg: ExperimentCfg, env: DistEnv) -> RunData:
 
     def train_batches(epoch: int, skip_steps: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
         sampler.set_epoch(epoch)
-        # The epoch's random draws (each image's, or the crops of the batch path) are seeded from
-        # (seed, epoch, rank) and the place in the epoch: an epoch's augmentations are the same whether
-        # the run was resumed before it, or inside it, or not, and with any number of loader workers.
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch * 7 + env.rank)
+        # The epoch's random draws (each image's, or the crops of the batch path) come from streams of
+        # (seed, epoch, rank) and the place in the epoch (research/seeding.py): an epoch's augmentations
+        # are the same whether the run was resumed before it, or inside it, or not, with any number of workers.
+        generator = seeding.generator(cfg.seed, "batch", epoch, env.rank)
         if in_memory is not None:
             pixels, targets, positions = in_memory[0]
             indices = [positions[i] for i in sampler][: steps * batch]
@@ -122,12 +124,12 @@ def _in_memory(
     return arrays[0], arrays[1]
 
 
-def _limit(dataset: Dataset, limit: int | None, seed: int) -> Dataset:
-    """A fixed, seeded subset of ``limit`` items (keeps ``.classes``)."""
+def _limit(dataset: Dataset, limit: int | None, generator: torch.Generator) -> Dataset:
+    """A fixed subset of ``limit`` items, drawn from ``generator`` (keeps ``.classes``)."""
     size = len(dataset)  # type: ignore[arg-type]
     if limit is None or limit >= size:
         return dataset
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed)).tolist()
+    order = torch.randperm(size, generator=generator).tolist()
     subset = Subset(dataset, sorted(order[:limit]))
     subset.classes = dataset.classes  # type: ignore[attr-defined]
     return subset

@@ -14,9 +14,8 @@ import torch
 
 from research.config import Run
 from research.launch.lock import run_dir_lock
-from research.launch.run_check import DONE_ACTION, REPLACE, Verdict, plan, prepare
 from research.launch.preflight import preflight
-from research.launch.run_check import DONE_ACTION, plan, prepare
+from research.launch.run_check import DONE_ACTION, REPLACE, Verdict, plan, prepare
 
 log = logging.getLogger(__name__)
 

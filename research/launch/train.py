@@ -26,6 +26,7 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from research import seeding
 from research.config import ConfigError, ExperimentCfg, Run
 from research.config.components import SECTIONS, build_component
 from research.engine.checkpoint import CheckpointError
@@ -33,7 +34,7 @@ from research.engine.checkpoint import load as load_checkpoint
 from research.engine.evaluate import AUTOCAST_DTYPES, evaluate
 from research.engine.fit import Loop, RunStopped, fit
 from research.engine.lookahead import ScheduledLookahead
-from research.engine.run_dir import RunDir, start_life
+from research.engine.run_dir import RunDir, note_life, read_lives, start_life
 from research.engine.state import TrainState, unwrap
 from research.launch import provenance
 from research.launch.data import RunData, build_data
@@ -70,7 +71,7 @@ def _train(
     cfg = run.cfg
     if cfg.train.threads:  # on a small CPU, loader workers and compute threads compete for the same cores
         torch.set_num_threads(cfg.train.threads)
-    _seed_everything(cfg.seed + env.rank)
+    _seed_globals(cfg, env)
     record = resolved_config(run)
     run_dir = RunDir(run.run_dir, config=record, is_main=env.is_main)
     life = 0
@@ -80,8 +81,13 @@ def _train(
         life = start_life(run.run_dir, job_id=_slurm_job_id(), git=record["git"], **notes)
         run_dir.remove_leftovers()  # under the lock: temporary files of saves a kill cut short
     data = _build_data(run, env, run_dir, stop)
-    teacher = build_teacher(cfg, data.num_classes, env)
-    model = build_model(cfg, data.num_classes, env)
+    if cfg.train.reference_init:  # the reference's order: the student's init follows what was drawn before
+        model = build_model(cfg, data.num_classes, env)
+        teacher = build_teacher(cfg, data.num_classes, env)
+    else:  # every variant starts from the same student, whatever teacher it builds (research/seeding.py)
+        teacher = build_teacher(cfg, data.num_classes, env)
+        with seeding.fork(cfg.seed, "init"):
+            model = build_model(cfg, data.num_classes, env)
     objective = build_component(
         SECTIONS["loss"],
         cfg.loss,
@@ -90,6 +96,8 @@ def _train(
     )
     state = build_state(cfg, model, data, env)
     resumed = _resume(cfg, state, run_dir)
+    if env.is_main:
+        _note_schedule(run_dir, life, from_epoch=state.epoch, epochs=cfg.train.epochs)
     tracker = build_tracker(run, record, data, model, env, life)
     loop = Loop(
         state, data.loop_data, objective, tracker, run_dir, cfg.train, env.device,
@@ -176,6 +184,21 @@ def _life_notes(verdict: Verdict | None) -> dict[str, Any]:
     return notes
 
 
+def _note_schedule(run_dir: RunDir, life: int, *, from_epoch: int, epochs: int) -> None:
+    """Record the lr schedule this life trains with (``schedule`` in ``lives.jsonl``); once a grown
+    ``train.epochs`` changed it, ``config.yaml`` lists every schedule that ran (``schedules``: from which
+    epoch, for how many epochs in all), since its ``train.epochs`` alone names only the last one."""
+    note_life(run_dir.path, life, schedule={"from_epoch": from_epoch, "epochs": epochs})
+    schedules: list[dict[str, int]] = []
+    for entry in read_lives(run_dir.path):
+        ran = entry.get("schedule")
+        if ran and (not schedules or schedules[-1]["epochs"] != ran["epochs"]):
+            schedules.append(dict(ran))
+    if len(schedules) > 1:
+        run_dir.config = {**run_dir.config, "schedules": schedules}
+        run_dir.write_config()
+
+
 def resolved_config(run: Run) -> dict[str, Any]:
     """The run's config as saved in ``config.yaml`` and sent to W&B, with code provenance."""
     return {**config_record(run), "git": provenance.git_info(), "versions": provenance.versions()}
@@ -213,8 +236,8 @@ def build_teacher(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Modu
         return None
     teacher = build_component(SECTIONS["teacher"], cfg.teacher, num_classes=num_classes)
     # The teacher runs as the student: channels-last when the run is, its weights in the run's
-    # autocast dtype (no per-step casts), in inference mode (Teacher.forward).
-    dtype = AUTOCAST_DTYPES.get(cfg.train.precision)
+    # autocast dtype (no per-step casts; train.teacher_fp32 keeps them fp32), in inference mode (Teacher.forward).
+    dtype = None if cfg.train.teacher_fp32 else AUTOCAST_DTYPES.get(cfg.train.precision)
     return teacher.to(env.device).for_run(channels_last=cfg.train.channels_last, dtype=dtype)
 
 
@@ -331,10 +354,14 @@ def _slurm_job_state() -> str | None:
     return "CANCELLED" if state[1] in ("COMPLETING", "CANCELLED") else state[1]
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+def _seed_globals(cfg: ExperimentCfg, env: DistEnv) -> None:
+    """The global generators at start: the ``("process", rank)`` stream, or the reference's seed + rank."""
+    if cfg.train.reference_init:  # DeiT's main.py: torch.manual_seed(seed + rank), np.random.seed(seed + rank)
+        random.seed(cfg.seed + env.rank)
+        np.random.seed((cfg.seed + env.rank) % 2**32)
+        torch.manual_seed(cfg.seed + env.rank)
+    else:
+        seeding.seed_globals(cfg.seed, "process", env.rank)
 
 
 def _log_teacher(loop: Loop, teacher: nn.Module) -> None:

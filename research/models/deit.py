@@ -18,7 +18,7 @@ from timm.layers import LayerNorm, get_device_dtype, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
-from research.models.params import DropPathRate, EvalHead, ImgSize
+from research.models.params import ClsTokenInit, DropPathRate, EvalHead, ImgSize
 from research.registry import MODELS, ModelInfo
 
 __all__ = ["DeiT", "DistilledDeiT", "EVAL_HEADS"]
@@ -56,6 +56,25 @@ class DeiT(VisionTransformer):
     #: Whether the model has a distillation token and returns two logit tensors in training.
     distilled: bool = False
 
+    def __init__(self, *, cls_token_init: str = "timm", **kwargs: Any) -> None:
+        if cls_token_init not in get_args(ClsTokenInit):
+            raise ValueError(f"cls_token_init is one of {', '.join(get_args(ClsTokenInit))}; got {cls_token_init!r}")
+        super().__init__(**kwargs)  # timm's __init__ runs init_weights before the attribute below exists
+        self.cls_token_init = cls_token_init
+        if kwargs.get("weight_init") != "skip":
+            self._init_cls_token()
+
+    def init_weights(self, mode: str = "", needs_reset: bool = True) -> None:
+        """timm's ViT initialisation, the class token as :attr:`cls_token_init` says."""
+        super().init_weights(mode=mode, needs_reset=needs_reset)
+        self._init_cls_token()
+
+    def _init_cls_token(self) -> None:
+        # timm >= 0.9 draws the class token from N(0, 1e-6); the reference's timm 0.3.2 from a
+        # truncated normal of std 0.02 (docs/EXPERIMENTS.md, divergence table)
+        if getattr(self, "cls_token_init", "timm") == "reference":
+            trunc_normal_(self.cls_token, std=0.02)
+
 
 class DistilledDeiT(DeiT):
     """DeiT with a distillation token (paper Sec. 4, Fig. 2).
@@ -84,8 +103,13 @@ class DistilledDeiT(DeiT):
     def __init__(self, *, eval_head: str = "both", **kwargs: Any) -> None:
         unsupported = {
             key: kwargs[key]
-            for key, default in (("global_pool", "token"), ("class_token", True), ("no_embed_class", False),
-                                 ("reg_tokens", 0), ("dynamic_img_size", False))
+            for key, default in (
+                ("global_pool", "token"),
+                ("class_token", True),
+                ("no_embed_class", False),
+                ("reg_tokens", 0),
+                ("dynamic_img_size", False),
+            )
             if kwargs.get(key, default) != default
         }
         if unsupported:
@@ -104,9 +128,7 @@ class DistilledDeiT(DeiT):
         self.dist_token = nn.Parameter(torch.empty(1, 1, self.embed_dim, **dd))
         # One position embedding per token, both prefix tokens included: DeiT concatenates
         # [cls, dist, patches] and then adds pos_embed (timm's no_embed_class=False layout).
-        self.pos_embed = nn.Parameter(
-            torch.empty(1, self.num_prefix_tokens + self.patch_embed.num_patches, self.embed_dim, **dd)
-        )
+        self.pos_embed = nn.Parameter(torch.empty(1, self.num_prefix_tokens + self.patch_embed.num_patches, self.embed_dim, **dd))
         self.head_dist = self._linear_head(self.num_classes, dd)
 
         self.weight_init_mode = "reset" if weight_init == "skip" else weight_init
@@ -196,7 +218,9 @@ class DistilledDeiT(DeiT):
         return self.forward_head(self.forward_features(x, **kwargs))
 
 
-def _deit_args(variant: str, patch_size: int, num_classes: int, img_size: int, drop_path_rate: float) -> dict[str, Any]:
+def _deit_args(
+    variant: str, patch_size: int, num_classes: int, img_size: int, drop_path_rate: float, cls_token_init: str
+) -> dict[str, Any]:
     """Constructor arguments of a :class:`DeiT` / :class:`DistilledDeiT` of the given variant."""
     if img_size <= 0 or img_size % patch_size:
         raise ValueError(
@@ -210,130 +234,218 @@ def _deit_args(variant: str, patch_size: int, num_classes: int, img_size: int, d
         patch_size=patch_size,
         num_classes=num_classes,
         drop_path_rate=drop_path_rate,
+        cls_token_init=cls_token_init,
         **_VARIANTS[variant],
         **_COMMON,
     )
 
 
 def _register(name: str, *, distilled: bool, patch_size: int, img_size: int) -> Callable[[Callable], Callable]:
-    return MODELS.register(
-        name, ModelInfo(distilled=distilled, family="deit", patch_size=patch_size, default_img_size=img_size)
-    )
+    return MODELS.register(name, ModelInfo(distilled=distilled, family="deit", patch_size=patch_size, default_img_size=img_size))
 
 
 # --- ImageNet models of the paper, under timm's names (drop_path_rate 0.1: paper Table 9) ------------------
 
 
 @_register("deit_tiny_patch16_224", distilled=False, patch_size=16, img_size=224)
-def deit_tiny_patch16_224(*, num_classes: int = 1000, img_size: ImgSize = 224, drop_path_rate: DropPathRate = 0.1) -> DeiT:
+def deit_tiny_patch16_224(
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 224,
+    drop_path_rate: DropPathRate = 0.1,
+    cls_token_init: ClsTokenInit = "timm",
+) -> DeiT:
     """DeiT-Ti (5M parameters, Table 1)."""
-    return DeiT(**_deit_args("tiny", 16, num_classes, img_size, drop_path_rate))
+    return DeiT(**_deit_args("tiny", 16, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_small_patch16_224", distilled=False, patch_size=16, img_size=224)
-def deit_small_patch16_224(*, num_classes: int = 1000, img_size: ImgSize = 224, drop_path_rate: DropPathRate = 0.1) -> DeiT:
+def deit_small_patch16_224(
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 224,
+    drop_path_rate: DropPathRate = 0.1,
+    cls_token_init: ClsTokenInit = "timm",
+) -> DeiT:
     """DeiT-S (22M parameters, Table 1)."""
-    return DeiT(**_deit_args("small", 16, num_classes, img_size, drop_path_rate))
+    return DeiT(**_deit_args("small", 16, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_base_patch16_224", distilled=False, patch_size=16, img_size=224)
-def deit_base_patch16_224(*, num_classes: int = 1000, img_size: ImgSize = 224, drop_path_rate: DropPathRate = 0.1) -> DeiT:
+def deit_base_patch16_224(
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 224,
+    drop_path_rate: DropPathRate = 0.1,
+    cls_token_init: ClsTokenInit = "timm",
+) -> DeiT:
     """DeiT-B (86M parameters, Table 1): ViT-B's architecture."""
-    return DeiT(**_deit_args("base", 16, num_classes, img_size, drop_path_rate))
+    return DeiT(**_deit_args("base", 16, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_base_patch16_384", distilled=False, patch_size=16, img_size=384)
-def deit_base_patch16_384(*, num_classes: int = 1000, img_size: ImgSize = 384, drop_path_rate: DropPathRate = 0.1) -> DeiT:
+def deit_base_patch16_384(
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 384,
+    drop_path_rate: DropPathRate = 0.1,
+    cls_token_init: ClsTokenInit = "timm",
+) -> DeiT:
     """DeiT-B↑384: DeiT-B fine-tuned at 384x384 (Sec. 6, "Fine-tuning at different resolution")."""
-    return DeiT(**_deit_args("base", 16, num_classes, img_size, drop_path_rate))
+    return DeiT(**_deit_args("base", 16, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_tiny_distilled_patch16_224", distilled=True, patch_size=16, img_size=224)
 def deit_tiny_distilled_patch16_224(
-    *, num_classes: int = 1000, img_size: ImgSize = 224, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 224,
+    drop_path_rate: DropPathRate = 0.1,
+    eval_head: EvalHead = "both",
+    cls_token_init: ClsTokenInit = "timm",
 ) -> DistilledDeiT:
     """DeiT-Ti⚗: DeiT-Ti with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("tiny", 16, num_classes, img_size, drop_path_rate))
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("tiny", 16, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_small_distilled_patch16_224", distilled=True, patch_size=16, img_size=224)
 def deit_small_distilled_patch16_224(
-    *, num_classes: int = 1000, img_size: ImgSize = 224, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 224,
+    drop_path_rate: DropPathRate = 0.1,
+    eval_head: EvalHead = "both",
+    cls_token_init: ClsTokenInit = "timm",
 ) -> DistilledDeiT:
     """DeiT-S⚗: DeiT-S with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("small", 16, num_classes, img_size, drop_path_rate))
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("small", 16, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_base_distilled_patch16_224", distilled=True, patch_size=16, img_size=224)
 def deit_base_distilled_patch16_224(
-    *, num_classes: int = 1000, img_size: ImgSize = 224, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 224,
+    drop_path_rate: DropPathRate = 0.1,
+    eval_head: EvalHead = "both",
+    cls_token_init: ClsTokenInit = "timm",
 ) -> DistilledDeiT:
     """DeiT-B⚗: DeiT-B with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("base", 16, num_classes, img_size, drop_path_rate))
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("base", 16, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_base_distilled_patch16_384", distilled=True, patch_size=16, img_size=384)
 def deit_base_distilled_patch16_384(
-    *, num_classes: int = 1000, img_size: ImgSize = 384, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 384,
+    drop_path_rate: DropPathRate = 0.1,
+    eval_head: EvalHead = "both",
+    cls_token_init: ClsTokenInit = "timm",
 ) -> DistilledDeiT:
     """DeiT-B⚗↑384: DeiT-B⚗ fine-tuned at 384x384."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("base", 16, num_classes, img_size, drop_path_rate))
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("base", 16, num_classes, img_size, drop_path_rate, cls_token_init))
+
 
 # --- 32x32 inputs (CIFAR size; ours, not in the paper) -----------------------------------------------------
 # 4x4 patches give an 8x8 grid of 64 tokens, where 16x16 patches would leave 4.
 
 
 @_register("deit_tiny_patch4_32", distilled=False, patch_size=4, img_size=32)
-def deit_tiny_patch4_32(*, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1) -> DeiT:
+def deit_tiny_patch4_32(
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 32,
+    drop_path_rate: DropPathRate = 0.1,
+    cls_token_init: ClsTokenInit = "timm",
+) -> DeiT:
     """DeiT-Ti's transformer (width 192, depth 12, 3 heads) on 4x4 patches."""
-    return DeiT(**_deit_args("tiny", 4, num_classes, img_size, drop_path_rate))
+    return DeiT(**_deit_args("tiny", 4, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_tiny_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
 def deit_tiny_distilled_patch4_32(
-    *, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 32,
+    drop_path_rate: DropPathRate = 0.1,
+    eval_head: EvalHead = "both",
+    cls_token_init: ClsTokenInit = "timm",
 ) -> DistilledDeiT:
     """:func:`deit_tiny_patch4_32` with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("tiny", 4, num_classes, img_size, drop_path_rate))
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("tiny", 4, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_mini_patch4_32", distilled=False, patch_size=4, img_size=32)
-def deit_mini_patch4_32(*, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1) -> DeiT:
+def deit_mini_patch4_32(
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 32,
+    drop_path_rate: DropPathRate = 0.1,
+    cls_token_init: ClsTokenInit = "timm",
+) -> DeiT:
     """Half DeiT-Ti's depth: width 192, depth 6, 3 heads, 4x4 patches."""
-    return DeiT(**_deit_args("mini", 4, num_classes, img_size, drop_path_rate))
+    return DeiT(**_deit_args("mini", 4, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_mini_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
 def deit_mini_distilled_patch4_32(
-    *, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 32,
+    drop_path_rate: DropPathRate = 0.1,
+    eval_head: EvalHead = "both",
+    cls_token_init: ClsTokenInit = "timm",
 ) -> DistilledDeiT:
     """:func:`deit_mini_patch4_32` with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("mini", 4, num_classes, img_size, drop_path_rate))
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("mini", 4, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_micro_patch4_32", distilled=False, patch_size=4, img_size=32)
-def deit_micro_patch4_32(*, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1) -> DeiT:
+def deit_micro_patch4_32(
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 32,
+    drop_path_rate: DropPathRate = 0.1,
+    cls_token_init: ClsTokenInit = "timm",
+) -> DeiT:
     """Width 128, depth 6, 4 heads, 4x4 patches."""
-    return DeiT(**_deit_args("micro", 4, num_classes, img_size, drop_path_rate))
+    return DeiT(**_deit_args("micro", 4, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_micro_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
 def deit_micro_distilled_patch4_32(
-    *, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 32,
+    drop_path_rate: DropPathRate = 0.1,
+    eval_head: EvalHead = "both",
+    cls_token_init: ClsTokenInit = "timm",
 ) -> DistilledDeiT:
     """:func:`deit_micro_patch4_32` with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("micro", 4, num_classes, img_size, drop_path_rate))
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("micro", 4, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_nano_patch4_32", distilled=False, patch_size=4, img_size=32)
-def deit_nano_patch4_32(*, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1) -> DeiT:
+def deit_nano_patch4_32(
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 32,
+    drop_path_rate: DropPathRate = 0.1,
+    cls_token_init: ClsTokenInit = "timm",
+) -> DeiT:
     """Width 64, depth 2, 2 heads, 4x4 patches: for tests and smoke runs."""
-    return DeiT(**_deit_args("nano", 4, num_classes, img_size, drop_path_rate))
+    return DeiT(**_deit_args("nano", 4, num_classes, img_size, drop_path_rate, cls_token_init))
 
 
 @_register("deit_nano_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
 def deit_nano_distilled_patch4_32(
-    *, num_classes: int = 1000, img_size: ImgSize = 32, drop_path_rate: DropPathRate = 0.1, eval_head: EvalHead = "both"
+    *,
+    num_classes: int = 1000,
+    img_size: ImgSize = 32,
+    drop_path_rate: DropPathRate = 0.1,
+    eval_head: EvalHead = "both",
+    cls_token_init: ClsTokenInit = "timm",
 ) -> DistilledDeiT:
     """:func:`deit_nano_patch4_32` with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("nano", 4, num_classes, img_size, drop_path_rate))
+    return DistilledDeiT(eval_head=eval_head, **_deit_args("nano", 4, num_classes, img_size, drop_path_rate, cls_token_init))

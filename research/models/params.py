@@ -13,3 +13,6 @@ ImgSize = Annotated[int, Range(ge=1, hint="the input side in pixels")]
 DropPathRate = Annotated[float, Range(ge=0, lt=1, hint="a probability")]
 #: What a distilled model returns in eval mode (:data:`research.models.deit.EVAL_HEADS`).
 EvalHead = Literal["both", "class", "distillation"]
+#: How a DeiT's class token starts: timm's N(0, 1e-6) (timm >= 0.9), or the reference's truncated
+#: normal of std 0.02 (facebookresearch/deit on timm 0.3.2).
+ClsTokenInit = Literal["timm", "reference"]

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from research import seeding
 from research.data import RepeatedAugSampler, ShardSampler, build_eval_sampler, build_train_sampler
 from research.registry import AUGMENTATIONS, DATASETS
 
@@ -68,15 +69,32 @@ def test_deterministic_per_epoch_and_seed_and_epochs_differ():
     assert len(set.union(*subsets)) > 150  # different images are repeated each epoch
 
 
-def test_repeats_one_equals_distributed_sampler():
+def test_repeats_one_is_distributed_samplers_algorithm_on_the_data_stream():
+    """repeats=1 shards and pads as DistributedSampler does, its permutation drawn from the ("data", epoch) stream."""
     for world in (1, 2, 4):
         for rank in range(world):
             ours = RepeatedAugSampler(10, num_replicas=world, rank=rank, repeats=1, seed=5)
-            theirs = DistributedSampler(range(10), num_replicas=world, rank=rank, shuffle=True, seed=5)
+            theirs = DistributedSampler(range(10), num_replicas=world, rank=rank, shuffle=False)
             for epoch in (0, 1):
                 ours.set_epoch(epoch)
-                theirs.set_epoch(epoch)
-                assert list(ours) == list(theirs)
+                order = torch.randperm(10, generator=seeding.generator(5, "data", epoch)).tolist()
+                assert list(ours) == [order[i] for i in theirs]
+
+
+def test_sampler_seed_epoch_only_is_the_references_order():
+    """loader.sampler_seed_epoch_only: the permutation of torch.Generator().manual_seed(epoch), whatever the seed."""
+    for seed in (0, 7):
+        sampler = RepeatedAugSampler(12, num_replicas=1, rank=0, repeats=1, seed=seed, seed_epoch_only=True)
+        sampler.set_epoch(3)
+        assert list(sampler) == torch.randperm(12, generator=torch.Generator().manual_seed(3)).tolist()
+    default = RepeatedAugSampler(12, num_replicas=1, rank=0, repeats=1, seed=0)
+    default.set_epoch(3)
+    assert list(default) != list(sampler)
+
+
+def test_seed_and_epoch_do_not_trade_places():
+    """The old convention seeded with seed + epoch: (seed 0, epoch 1) was (seed 1, epoch 0)."""
+    assert _epoch(100, 2, seed=0, epoch=1) != _epoch(100, 2, seed=1, epoch=0)
 
 
 def test_no_shuffle_and_tiny_datasets():
@@ -97,7 +115,7 @@ def test_build_train_sampler():
     data = list(range(10))
     assert isinstance(build_train_sampler(data, repeats=3, num_replicas=2, rank=1, seed=0), RepeatedAugSampler)
     plain = build_train_sampler(data, repeats=1, num_replicas=2, rank=1, seed=0)
-    assert isinstance(plain, DistributedSampler) and len(plain) == 5
+    assert plain.repeats == 1 and len(plain) == 5
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])

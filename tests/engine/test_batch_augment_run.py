@@ -10,6 +10,7 @@ import torch
 import yaml
 from PIL import Image
 
+from research import seeding
 from research.config import ConfigError, load_run
 from research.config.components import SECTIONS, build_component
 from research.data.batch_augment import InMemoryBatches
@@ -68,7 +69,7 @@ def test_limited_splits_map_items_to_rows_of_the_full_array(experiment) -> None:
     assert data.train_size == 20 and data.val_size == 6
     # The batches must be the subset's rows, as the per-image eval transform reads them.
     val_set = build_component(SECTIONS["data"], run.cfg.data, split="val", transform=data.recipe.eval_transform)
-    order = torch.randperm(len(val_set), generator=torch.Generator().manual_seed(run.cfg.seed)).tolist()
+    order = torch.randperm(len(val_set), generator=seeding.generator(run.cfg.seed, "subset", 1)).tolist()  # 1: val
     rows = sorted(order[:6])
     images, targets = zip(*data.loop_data.val_loader)
     torch.testing.assert_close(torch.cat(images), torch.stack([val_set[i][0] for i in rows]), atol=1e-5, rtol=0)

@@ -1,23 +1,31 @@
-"""With every switch of docs/EXPERIMENTS.md's divergence table at the reference's value, a short run
-follows the reference code's learning-rate, sampler and EMA trajectories (facebookresearch/deit)."""
+"""With every switch of docs/EXPERIMENTS.md's divergence table at the reference's value, runs follow
+the reference code's algorithms (facebookresearch/deit, main.py / samplers.py / engine.py), run here
+beside ours: the lr of every epoch of a 300-epoch run against timm's ``create_scheduler`` called with
+DeiT's arguments, the repeated-augmentation batches of 8 ranks against DeiT's ``RASampler``, and the
+EMA against timm's ``ModelEma`` updated after every step as DeiT's ``train_one_epoch`` does."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
-from timm.scheduler import CosineLRScheduler
+from timm.scheduler import CosineLRScheduler, create_scheduler
 from timm.utils import ModelEma
 
 from research.config import load_run
+from research.data import build_train_sampler
+from research.engine.fit import Loop, fit
 from research.launch.data import build_data
 from research.launch.dist import DistEnv
-from research.launch.train import train
+from research.launch.train import build_model, build_state, train
 
 EPOCHS, STEPS, BATCH, LR = 4, 6, 8, 2e-3 * 8 / 512  # 48 images; the lr scaled by batch / 512
 REFERENCE = {
@@ -139,3 +147,111 @@ def test_our_defaults_differ_from_the_reference_where_the_table_says(experiment)
 
     (group,) = [g for g in log["groups"] if any(p is log["dist_token"] for p in g["params"])]
     assert group["weight_decay"] == 0.0
+
+
+# --- DeiT's algorithms, as facebookresearch/deit has them ----------------------------------------
+
+#: DeiT's main.py scheduler arguments (its argparse defaults: cosine, 300 epochs, 5 warm-up epochs from
+#: 1e-6, min lr 1e-5, decay epochs 30 (unused by cosine), cooldown 10, no lr noise, seed 0)
+DEIT_ARGS = argparse.Namespace(
+    sched="cosine", epochs=300, lr_noise=None, lr_noise_pct=0.67, lr_noise_std=1.0, warmup_lr=1e-6, min_lr=1e-5,
+    decay_epochs=30, warmup_epochs=5, cooldown_epochs=10, patience_epochs=10, decay_rate=0.1, seed=0,
+)  # fmt: skip
+
+
+def deit_epoch_lrs(lr: float) -> list[float]:
+    """DeiT's main.py: ``lr_scheduler, _ = create_scheduler(args, optimizer)``, then for each epoch
+    ``train_one_epoch`` (which trains, and logs, at the optimizer's lr) and ``lr_scheduler.step(epoch)``."""
+    optimizer = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=lr)
+    lr_scheduler, _ = create_scheduler(DEIT_ARGS, optimizer)
+    lrs = []
+    for epoch in range(DEIT_ARGS.epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        lr_scheduler.step(epoch)
+    return lrs
+
+
+class DeitRASampler:
+    """DeiT's samplers.py ``RASampler``: the epoch's permutation from ``manual_seed(epoch)``, each index
+    repeated ``num_repeats`` times, padded, rank r taking every R-th from r, cut to
+    floor(n // 256 * 256 / R) per rank."""
+
+    def __init__(self, n: int, num_replicas: int, rank: int, num_repeats: int = 3) -> None:
+        self.n, self.num_replicas, self.rank, self.num_repeats, self.epoch = n, num_replicas, rank, num_repeats, 0
+        self.num_samples = int(math.ceil(n * num_repeats / num_replicas))
+        self.total_size = self.num_samples * num_replicas
+        self.num_selected_samples = int(math.floor(n // 256 * 256 / num_replicas))
+
+    def __iter__(self):
+        g = torch.Generator()
+        g.manual_seed(self.epoch)
+        indices = torch.randperm(self.n, generator=g)
+        indices = torch.repeat_interleave(indices, repeats=self.num_repeats, dim=0).tolist()
+        padding_size = self.total_size - len(indices)
+        if padding_size > 0:
+            indices += indices[:padding_size]
+        indices = indices[self.rank : self.total_size : self.num_replicas]
+        return iter(indices[: self.num_selected_samples])
+
+
+class _Records:
+    """The run dir's records, kept in memory: 300 checkpoints on disk would cost minutes, not lrs."""
+
+    def __init__(self) -> None:
+        self.metrics: list[dict[str, Any]] = []
+        self.last = "memory"
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        self.metrics.append(dict(record))
+
+    def save(self, state: Any, *, best: bool = False) -> None:
+        pass
+
+
+class _NoTracker:
+    def log(self, metrics: Any, *, step: int) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_every_epoch_of_a_300_epoch_run_trains_at_deits_lr(experiment) -> None:
+    """The engine's fit (its scheduler built by build_state, stepped by the loop; one step per epoch), its
+    lr read from each epoch's record, against DeiT's main.py loop."""
+    keys = {
+        "sched": {"name": "cosine", "step_on": "epoch", "warmup_epochs": 5, "warmup_lr": 1e-6, "min_lr": 1e-5},
+        "data": {"name": "synthetic", "size": 2, "num_classes": 2},
+        "loader": {"batch_size": 2, "workers": 0},
+        "optim": {"lr": 5e-4, "scale_lr": False},  # DeiT's 5e-4 per 512 images at a global batch of 512
+        "train": {"epochs": 300, "eval_every_epochs": 300, "log_every_steps": 1000, "progress": False},
+    }
+    cfg = load_run(experiment("deit_300", model={"name": "deit_nano_patch4_32", "img_size": 32}, **keys)).cfg
+    data = build_data(cfg, DistEnv())
+    model = build_model(cfg, data.num_classes, DistEnv())
+    state = build_state(cfg, model, data, DistEnv())
+    records = _Records()
+
+    def objective(images: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> Any:
+        return SimpleNamespace(loss=outputs.float().logsumexp(1).mean() * 0, logs={})  # no update: only the lr matters
+
+    fit(Loop(state, data.loop_data, objective, _NoTracker(), records, cfg.train, torch.device("cpu")))
+    ours = [m["train/lr"] for m in records.metrics]
+    reference = deit_epoch_lrs(lr=5e-4 * 512 / 512)  # DeiT's linear scaling (lr x batch x world / 512) at 512
+    assert len(ours) == 300
+    assert ours == pytest.approx(reference, rel=1e-12, abs=0)
+    assert ours[0] == ours[1] == 1e-6 and max(ours) == ours[6]  # warm-up held per epoch; the peak at epoch 6
+    assert 1e-5 < ours[-1] < 1.01e-5  # near cosine's floor, min_lr, at the last epoch (lr(298) of 300)
+
+
+@pytest.mark.parametrize("n", [2048, 1000])
+def test_repeated_augmentation_on_8_ranks_is_deits_rasampler(n: int) -> None:
+    """Every rank's indices of each epoch, with the reference's epoch-only seed: identical where DeiT's
+    per-rank count (rounded down to 256 / R) is ours, and a prefix of ours where it rounds down."""
+    for epoch in range(3):
+        for rank in range(8):
+            ours = build_train_sampler(range(n), repeats=3, num_replicas=8, rank=rank, seed=123, seed_epoch_only=True)
+            theirs = DeitRASampler(n, num_replicas=8, rank=rank)
+            ours.set_epoch(epoch)
+            theirs.epoch = epoch
+            mine, reference = list(ours), list(theirs)
+            assert mine[: len(reference)] == reference
+            assert len(reference) == (len(mine) if n % 256 == 0 else n // 256 * 256 // 8)

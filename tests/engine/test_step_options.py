@@ -78,3 +78,25 @@ def test_a_compiled_student_trains_and_evaluates_on_the_cpu(experiment) -> None:
     run = load_run(experiment(train={"epochs": 1, "compile": True, "precision": "bf16", "progress": False}))
     summary = train(run)
     assert summary["status"] == "done" and summary["last_top1"] is not None
+
+
+@pytest.mark.parametrize(("teacher_fp32", "dtype"), [(False, torch.bfloat16), (True, torch.float32)])
+def test_teacher_fp32_keeps_the_teachers_weights_in_fp32(experiment, tmp_path, teacher_fp32, dtype) -> None:
+    """train.teacher_fp32: the reference's fp32 teacher under autocast; by default its weights (BatchNorm too) are cast."""
+    from research.launch.train import build_teacher
+
+    path = tmp_path / "teacher.pt"
+    torch.save({"model": MODELS.build("resnet10_cifar", num_classes=4).state_dict()}, path)
+    run = load_run(
+        experiment(
+            model={"name": "deit_nano_distilled_patch4_32", "img_size": 32},
+            loss={"name": "hard"},
+            teacher={"name": "resnet10_cifar", "checkpoint": str(path), "img_size": 32},
+            train={"precision": "bf16", "teacher_fp32": teacher_fp32, "progress": False},
+        )
+    )
+    teacher = build_teacher(run.cfg, 4, DistEnv())
+    norms = [m for m in teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {p.dtype for p in teacher.parameters()} == {dtype} and norms[0].running_var.dtype == dtype
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert teacher(torch.randn(2, 3, 32, 32)).dtype == torch.float32

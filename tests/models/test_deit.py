@@ -50,6 +50,7 @@ def test_metadata_and_builder_signature(name):
 
     params = MODELS.signature(name).parameters
     expected = {"num_classes": (int, 1000), "img_size": (int, img_size), "drop_path_rate": (float, 0.1)}
+    expected["cls_token_init"] = (typing.Literal["timm", "reference"], "timm")  # model.cls_token_init
     if distilled:
         expected["eval_head"] = (typing.Literal[EVAL_HEADS], "both")  # checked against at load time
     hints = typing.get_type_hints(MODELS.get(name))
