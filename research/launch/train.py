@@ -41,6 +41,7 @@ from research.launch.data import RunData, build_data
 from research.launch.dist import DistEnv, init_distributed
 from research.launch.lock import run_dir_lock
 from research.launch.preflight import preflight
+from research.launch.preview import log_preview
 from research.launch.run_check import Verdict, check, config_record
 from research.launch.stop import StopRequest, stop_on_signals
 from research.launch.teacher_check import teacher_note
@@ -109,6 +110,8 @@ def _train(
     try:
         if teacher is not None and not resumed:
             _log_teacher(loop, teacher)
+        if env.is_main and not resumed:  # what this variant's recipe does to the images, once per run
+            log_preview(tracker, data.loop_data, seed=cfg.seed, rank=env.rank, caption=run.name)
         _log_start(run, data, model, state, resumed, env)
         last = fit(loop)
         summary = _summary(state, cfg, last, "done")

@@ -162,6 +162,14 @@ class GuardedTracker:
         if not self.failed and not self._closed:
             self._call("summary", lambda: self.inner.summary(values))
 
+    def images(self, key: str, grid: Any, *, step: int, caption: str = "") -> bool:
+        """Forward an image grid to a tracker that takes images (an optional method: W&B's); returns
+        whether it was logged."""
+        if self.failed or self._closed or not callable(getattr(self.inner, "images", None)):
+            return False
+        self._call("images", lambda: self.inner.images(key, grid, step=step, caption=caption))  # type: ignore[attr-defined]
+        return not self.failed
+
     def close(self) -> None:
         if self._closed:
             return

@@ -94,6 +94,14 @@ class WandbTracker:
     def summary(self, values: Mapping[str, Any]) -> None:
         self.run.summary.update(dict(values))
 
+    def images(self, key: str, grid: Any, *, step: int, caption: str = "") -> bool:
+        """Log an ``(H, W, 3)`` uint8 image (a grid of training images) at ``step``."""
+        import wandb
+
+        self._define_step_metric({key: None})
+        self.run.log({key: wandb.Image(grid, caption=caption or None), STEP_METRIC: int(step)})
+        return True
+
     def close(self) -> None:
         if self.run is not None:
             self.run.finish()
