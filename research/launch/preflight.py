@@ -24,19 +24,23 @@ from research.registry import model_img_size
 __all__ = ["preflight"]
 
 
-def preflight(runs: Sequence[Run], *, device: torch.device, world_size: int) -> None:
+def preflight(runs: Sequence[Run], *, device: torch.device, world_size: int, check_data: bool = True) -> None:
     """Raise ConfigError (or DataError) for the first run of ``runs`` that cannot train here.
 
     Args:
         runs: the runs about to train (not those already finished).
         device: the device they will train on.
         world_size: the processes each run trains with.
+        check_data: whether the data must be readable from here (False where a job is submitted: its
+            nodes may mount data the submitting machine does not; the job checks it on its node).
     """
     for run in runs:
         cfg = run.cfg
         if cfg.train.precision == "fp16" and device.type != "cuda":
-            raise ConfigError(f"{run.name}: train.precision=fp16 needs a GPU and this machine has none; use bf16 or fp32")
-        check_ready(cfg.data)
+            where = "this machine has none" if check_data else "its SLURM job asks for none (slurm.gpus_per_node=0)"
+            raise ConfigError(f"{run.name}: train.precision=fp16 needs a GPU and {where}; use bf16 or fp32")
+        if check_data:
+            check_ready(cfg.data)
         _check_batch_fits(run, world_size)
         _check_teacher_classes(run)
 

@@ -124,6 +124,7 @@ def launch(runs: Sequence[Run], *, force: bool = False, dry_run: bool = False, s
     output_dirs = {Path(run.cfg.output_dir) for run in with_prerequisites(runs)}
     with _submission_lock(output_dirs, enabled=not dry_run):
         verdicts = plan(runs, force=force)
+        _preflight_jobs([verdict.run for verdict in verdicts if verdict.action != DONE_ACTION])
         active = {} if dry_run else active_jobs(verdicts)
         if not dry_run:
             check_replaceable(verdicts)  # a run being trained now is refused before anything is submitted
@@ -151,6 +152,21 @@ def launch(runs: Sequence[Run], *, force: bool = False, dry_run: bool = False, s
             for group in _arrays([row for row in rows if not row.sbatch]):
                 _submit(group, dry_run=True, snapshot=False)
     return rows
+
+
+def _preflight_jobs(runs: Sequence[Run]) -> None:
+    """What each job's own node would refuse (fp16 without a GPU, a batch larger than each process's
+    share of a dataset of known size, a teacher of another class count), before anything is written or
+    queued; the data itself is checked by the job on its node, which may mount what this machine does not."""
+    import torch
+
+    from research.launch.preflight import preflight
+
+    for run in runs:
+        slurm = run.cfg.slurm
+        device = torch.device("cuda" if slurm.gpus_per_node else "cpu")
+        world_size = slurm.nodes * (slurm.gpus_per_node or slurm.tasks_per_node or 1)
+        preflight([run], device=device, world_size=world_size, check_data=False)
 
 
 def _check_client() -> None:

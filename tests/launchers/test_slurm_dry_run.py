@@ -18,7 +18,7 @@ from research.config import load_runs
 
 TINY: dict[str, Any] = {
     "model": {"name": "deit_nano_patch4_32", "img_size": 32},
-    "data": {"name": "synthetic", "size": 16, "num_classes": 4},
+    "data": {"name": "synthetic", "size": 128, "num_classes": 4},  # a batch of 8 on each of 2 x 4 GPUs
     "aug": {"name": "none", "simple_crop": True},
     "logger": {"name": "none"},
     "loader": {"batch_size": 8, "workers": 0},
@@ -282,3 +282,28 @@ def test_every_value_stays_on_its_sbatch_line_of_the_batch_script(write, tmp_pat
     assert not any(line.startswith("#SBATCH") for line in lines[3 + len(header) :]), script
     assert "#SBATCH --time=1" in header and "#SBATCH --mem=1MB" in header and "#SBATCH --signal=USR2@90" in header
     assert "#SBATCH --comment='a b; touch /tmp/x #'" in header and "#SBATCH --hold" in header
+
+
+@pytest.mark.parametrize(
+    ("slurm", "override", "shown"),
+    [
+        ({"partition": "cpu"}, "train.precision=fp16", "train.precision=fp16 needs a GPU and its SLURM job asks for none"),
+        ({"partition": "gpu", "gpus_per_node": 4}, "loader.batch_size=8", "larger than the 4 training images each of the 4 processes gets"),
+        ({"partition": "gpu", "gpus_per_node": 1, "nodes": 2}, "loader.batch_size=16", "larger than the 8 training images each of the 2 processes gets"),
+    ],
+    ids=["fp16-without-gpu", "batch-per-gpu", "batch-per-node"],
+)
+def test_what_the_job_would_refuse_on_its_node_is_refused_before_submission(write, tmp_path: Path, capsys, slurm, override, shown) -> None:
+    path = write("preflight", slurm=slurm, data={"name": "synthetic", "size": 16, "num_classes": 4})
+    assert launcher.main([str(path), override, "--dry-run"]) == 2
+    captured = capsys.readouterr()
+    (line,) = captured.err.strip().splitlines()
+    assert shown in line and captured.out == "", line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_data_the_submitting_machine_does_not_mount_is_left_to_the_job(write, tmp_path: Path, capsys) -> None:
+    """The cluster's nodes may mount /datasets where the login node does not: no data check at submission."""
+    path = write("elsewhere", slurm={"partition": "gpu", "gpus_per_node": 1}, data={"name": "imagefolder", "root": str(tmp_path / "not-here")})
+    assert launcher.main([str(path), "--dry-run"]) == 0
+    assert "would submit" in capsys.readouterr().out
