@@ -109,6 +109,7 @@ def experiment(path: Path, batch: int, workdir: Path, optimizer: str) -> dict[st
     config.pop("slurm", None)
     config["loader"] = {**config.get("loader", {}), "batch_size": batch}
     config["train"] = {**config.get("train", {}), "epochs": 1, "progress": False}
+    config["sched"] = {**config.get("sched", {}), "warmup_epochs": 0}  # one epoch: a longer warm-up is refused
     if optimizer != "recipe":
         config["optim"] = {**config.get("optim", {}), "implementation": optimizer}
     teacher = config.get("teacher")
