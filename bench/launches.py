@@ -138,7 +138,7 @@ def count_step(loop: Loop) -> LaunchCounter:
     optimizer.register_step_post_hook(lambda *_: counter.phase.pop() and None)
     mix = loop.data.mix
     if mix is not None:
-        loop.data.mix = _within(counter, "mixup", mix)  # type: ignore[misc]
+        loop.data.mix = _CountedMix(counter, mix)  # type: ignore[assignment]
     batches = iter(loop.data.train_batches(0, 0))
     with whole_batches():  # as on a device: the CPU's eager shortcut runs ops on subsets
         train_step(loop, *next(batches))  # makes the optimizer's state, the op tables and constants
@@ -155,6 +155,19 @@ def _within(counter: LaunchCounter, phase: str, fn: Callable[..., Any]) -> Calla
             return fn(*args)
 
     return run
+
+
+class _CountedMix:
+    """The loop's mixup/CutMix, its host draw and its tensor apply both counted as the mixup phase."""
+
+    def __init__(self, counter: LaunchCounter, inner: Any) -> None:
+        self.counter, self.inner = counter, inner
+
+    def draw(self, *args: Any) -> Any:
+        return _within(self.counter, "mixup", self.inner.draw)(*args)
+
+    def apply(self, *args: Any) -> Any:
+        return _within(self.counter, "mixup", self.inner.apply)(*args)
 
 
 def compiled_augmentation(loop: Loop, inductor: bool) -> dict[str, int]:
