@@ -21,6 +21,7 @@ def test_report_logs_a_report_run_to_the_ablations_group(wandb_env: Path) -> Non
         "data": {"name": "synthetic", "size": 16, "num_classes": 4},
         "aug": {"name": "cifar"},
         "logger": {"name": "wandb", "project": "deit-tests"},
+        "sched": {"warmup_epochs": 0},
         "train": {"epochs": 1},
         "ablation": {"baseline": "full", "variants": {"full": {}, "no_mixup": {"aug.mixup": 0.0}}},
     }
