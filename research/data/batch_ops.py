@@ -66,8 +66,7 @@ class BatchRandAugment:
         else:
             weights = P.constant(self.weights, device, torch.float64).expand(count, -1)
             op = torch.multinomial(weights, self.num_layers, replacement=False, generator=generator)
-        params = self.policy.draw_layers(op, torch.ones(shape, dtype=torch.bool, device=device), size, generator)
-        return {**params, "op": op}
+        return self.policy.draw_layers(op, None, size, generator)
 
     def apply(self, images: Tensor, params: Params) -> Tensor:
         return self.policy.apply(images, params)
