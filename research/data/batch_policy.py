@@ -229,18 +229,22 @@ def _layer_params(sets: Tensor, flags: Tensor, arg: Tensor, size: tuple[int, int
 
 
 def apply_layers(images: Tensor, params: Params, resample: int | tuple[int, ...], fill: tuple[int, int, int]) -> Tensor:
+    pick: int | Tensor = resample if isinstance(resample, int) else torch.where(params["bicubic"], P.BICUBIC, P.BILINEAR)
+    # Where every layer's resample reads, made once for all layers (B, L, ...): a layer only gathers and sums.
+    taps = P.affine_taps(params["matrix"], (images.shape[2], images.shape[3]), pick, images.dtype)
     for layer in range(params["matrix"].shape[1]):
-        images = _layer(images, {key: value[:, layer] for key, value in params.items() if value.ndim > 1}, resample, fill)
+        p = {key: value[:, layer] for key, value in params.items() if value.ndim > 1}
+        layer_pick = pick if isinstance(pick, int) else pick[:, layer]
+        images = _layer(images, p, tuple(t[:, layer] for t in taps), layer_pick, fill)  # type: ignore[arg-type]
     return images
 
 
-def _layer(images: Tensor, p: Params, resample: int | tuple[int, ...], fill: tuple[int, int, int]) -> Tensor:
+def _layer(images: Tensor, p: Params, taps: tuple[Tensor, Tensor, Tensor], pick: int | Tensor, fill: tuple[int, int, int]) -> Tensor:
     """One layer: one resample, one blend, one lookup table, each the identity for the images whose op is elsewhere."""
-    pick: int | Tensor = resample if isinstance(resample, int) else torch.where(p["bicubic"], P.BICUBIC, P.BILINEAR)
     identity = P.constant((1.0, 0.0, 0.0, 0.0, 1.0, 0.0), images.device, torch.float64)
     images = _where_changed(
         images, lambda: (p["matrix"] != identity).any(1),
-        lambda x, i: P.affine(x, p["matrix"][i], pick if isinstance(pick, int) else pick[i], fill),
+        lambda x, i: P.affine_sample(x, tuple(t[i] for t in taps), pick if isinstance(pick, int) else pick[i], fill),  # type: ignore[arg-type]
     )  # fmt: skip
     images = _where_changed(
         images, lambda: p["factor"] != 1, lambda x, i: P.blend_degenerate(x, p["factor"][i], *p["degenerate"][i].unbind(1))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["affine", "blend", "blend_degenerate", "brightness", "color", "contrast", "grayscale", "pixel_table", "point_ops", "resized_crop"]
+__all__ = ["affine", "affine_sample", "affine_taps", "blend", "blend_degenerate", "brightness", "color", "contrast", "grayscale", "pixel_table", "point_ops", "resized_crop"]
 
 NEAREST, BILINEAR, BICUBIC = 0, 2, 3  # PIL's resample codes
 
@@ -164,30 +164,45 @@ def affine(images: Tensor, matrix: Tensor, resample: int | Tensor, fill: tuple[i
             BICUBIC per image (timm's random interpolation).
         fill: The colour of the pixels whose source lies outside the image.
     """
-    b, c, h, w = images.shape
-    grid = _centres(h, w, images.device)  # (H*W, 2): pixel centres (x, y), in double as Geometry.c
-    m = matrix.to(torch.float64).view(b, 2, 3)  # rows (a, b, c) and (d, e, f)
-    coords = torch.addcmul(torch.addcmul(m[:, None, :, 2], m[:, None, :, 0], grid[:, :1]), m[:, None, :, 1], grid[:, 1:])  # (B, HW, 2)
-    size = constant((float(w), float(h)), images.device, torch.float64)
-    inside = ((coords >= 0) & (coords < size)).all(-1)  # (B, HW)
+    return affine_sample(images, affine_taps(matrix, tuple(images.shape[2:]), resample, images.dtype), resample, fill)  # type: ignore[arg-type]
+
+
+def affine_taps(matrix: Tensor, size: tuple[int, int], resample: int | Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Where :func:`affine` reads, for matrices ``(..., 6)`` (any leading shape: several layers' at once)
+    of ``(H, W)`` images: tap indices ``(..., HW, 16)``, weights ``(..., HW, 2, 4)`` (along x, along y)
+    and whether the source is inside ``(..., HW)``; ``resample`` a code, or a tensor of the leading shape."""
+    h, w = size
+    device = matrix.device
+    grid = _centres(h, w, device)  # (H*W, 2): pixel centres (x, y), in double as Geometry.c
+    m = matrix.to(torch.float64).unflatten(-1, (2, 3))[..., None, :, :]  # (..., 1, 2, 3): rows (a, b, c), (d, e, f)
+    coords = torch.addcmul(torch.addcmul(m[..., 2], m[..., 0], grid[:, :1]), m[..., 1], grid[:, 1:])  # (..., HW, 2)
+    size_xy = constant((float(w), float(h)), device, torch.float64)
+    inside = ((coords >= 0) & (coords < size_xy)).all(-1)  # (..., HW)
     shifted = coords - 0.5
     base = shifted.floor()
-    d = (shifted - base)[..., None]  # (B, HW, 2, 1): fraction past the tap left of / above
+    d = (shifted - base)[..., None]  # (..., HW, 2, 1): fraction past the tap left of / above
     if isinstance(resample, Tensor):  # per image: the weight polynomials of its filter
-        coefficients = constant(_CUBIC + _LINEAR, images.device, torch.float64).view(2, 4, 4)[(resample != BICUBIC).long()]
-        power = [coefficients[:, None, None, k] for k in range(4)]  # (B, 1, 1, 4) each
+        coefficients = constant(_CUBIC + _LINEAR, device, torch.float64).view(2, 4, 4)[(resample != BICUBIC).long()]
+        power = [coefficients[..., None, None, k, :] for k in range(4)]  # (..., 1, 1, 4) each
     else:
         if resample == NEAREST:  # the nearest tap is a linear one with weights 0 and 1
             d = (d >= 0.5).double()
         table = _CUBIC if resample == BICUBIC else _LINEAR
-        power = [constant(table[4 * k : 4 * k + 4], images.device, torch.float64) for k in range(4)]
+        power = [constant(table[4 * k : 4 * k + 4], device, torch.float64) for k in range(4)]
     # In double, then rounded once: Horner's rule in float32 would move a weight by more than Pillow's.
-    weights = torch.addcmul(power[0], torch.addcmul(power[1], torch.addcmul(power[2], power[3], d), d), d).to(images.dtype)
-    limit = constant((w - 1, h - 1), images.device, torch.long)[:, None]  # (2, 1)
-    zero = constant((0,), images.device, torch.long)
-    taps = torch.clamp(base.long()[..., None] + constant((-1, 0, 1, 2), images.device, torch.long), zero, limit)  # (B, HW, 2, 4)
-    index = taps[:, :, 1, :, None] * w + taps[:, :, 0, None, :]  # (B, HW, 4 rows, 4 columns)
-    values = images.reshape(b, c, h * w).gather(2, index.view(b, 1, -1).expand(b, c, -1)).view(b, c, h * w, 16)
+    weights = torch.addcmul(power[0], torch.addcmul(power[1], torch.addcmul(power[2], power[3], d), d), d).to(dtype)
+    limit = constant((w - 1, h - 1), device, torch.long)[:, None]  # (2, 1)
+    zero = constant((0,), device, torch.long)
+    taps = torch.clamp(base.long()[..., None] + constant((-1, 0, 1, 2), device, torch.long), zero, limit)  # (..., HW, 2, 4)
+    index = (taps[..., 1, :, None] * w + taps[..., 0, None, :]).flatten(-2)  # (..., HW, 16): 4 rows of 4 columns
+    return index, weights, inside
+
+
+def affine_sample(images: Tensor, taps: tuple[Tensor, Tensor, Tensor], resample: int | Tensor, fill: tuple[int, int, int]) -> Tensor:
+    """:func:`affine` from :func:`affine_taps`' ``(B, ...)`` taps: one gather, the weighted sums, Geometry.c's rounding."""
+    b, c, h, w = images.shape
+    index, weights, inside = taps
+    values = images.reshape(b, c, h * w).gather(2, index.reshape(b, 1, -1).expand(b, c, -1)).view(b, c, h * w, 16)
     # Along x, then y, as Geometry.c: a flat neighbourhood reads back its exact level more often.
     rows = (values.view(b, c, h * w, 4, 4) * weights[:, None, :, 0, None, :]).sum(-1)  # (B, 3, HW, 4)
     out = (rows * weights[:, None, :, 1, :]).sum(-1)  # (B, 3, HW)
