@@ -150,16 +150,17 @@ class BatchAugment:
         if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise ValueError(f"expected (B, H, W, 3) uint8 pixels, got {pixels.dtype} {tuple(pixels.shape)}")
         p = self.padding
-        steps = torch.arange(self.size, device=pixels.device)
+        steps = pil_ops.constant(tuple(range(self.size)), pixels.device, torch.long)
+        backwards = pil_ops.constant(tuple(range(self.size - 1, -1, -1)), pixels.device, torch.long)
         rows = params.top[:, None] + steps  # (B, size), in the padded image
         # A mirrored crop reads its columns right to left: crop and flip are one gather.
-        cols = params.left[:, None] + torch.where(params.flip[:, None], self.size - 1 - steps, steps)  # (B, size)
+        cols = params.left[:, None] + torch.where(params.flip[:, None], backwards, steps)  # (B, size)
         if self.padding_mode == "reflect":  # read the padding from the image itself: no padded copy
             source = pixels
             rows, cols = _reflect(rows - p, pixels.shape[1]), _reflect(cols - p, pixels.shape[2])
         else:
             source = torch.nn.functional.pad(pixels, (0, 0, p, p, p, p)) if p else pixels  # (B, H+2p, W+2p, 3)
-        batch = torch.arange(len(pixels), device=pixels.device)[:, None, None]
+        batch = pil_ops.constant(tuple(range(len(pixels))), pixels.device, torch.long)[:, None, None]
         crops = source[batch, rows[:, :, None], cols[:, None, :]]  # (B, size, size, 3)
         return crops.permute(0, 3, 1, 2).float()  # (B, 3, size, size)
 

@@ -59,7 +59,7 @@ def grayscale(images: Tensor) -> Tensor:
     In float: every product and sum is an integer below 2**24, so float32 holds it exactly.
     """
     weights = constant((19595.0, 38470.0, 7471.0), images.device, images.dtype).view(1, 3, 1, 1)
-    return ((images * weights).sum(1, keepdim=True) + 0x8000).mul_(1 / 65536).floor_()
+    return torch.div((images * weights).sum(1, keepdim=True) + 0x8000, 65536, rounding_mode="floor")
 
 
 def color(images: Tensor, factor: Tensor) -> Tensor:
@@ -98,7 +98,10 @@ def blend_degenerate(images: Tensor, factor: Tensor, grey: Tensor | None, mean: 
         if grey is not None:
             degenerate = torch.where(column(grey), luma, 0.0)
         if mean is not None:
-            level = torch.floor(luma.mean(dim=(1, 2, 3), dtype=torch.float64) + 0.5).to(images.dtype)  # (B,)
+            # floor(mean + 0.5) = (sum + n / 2) // n: the sums of integer levels are exact in float below 2**24
+            # levels (a 256 x 256 image), and so is the rest: no rounding in between.
+            count = luma[0].numel()
+            level = torch.div(luma.sum(dim=(1, 2, 3)) + count / 2, count, rounding_mode="floor")  # (B,)
             degenerate = torch.where(column(mean), column(level), degenerate)
     if smooth is not None:
         degenerate = torch.where(column(smooth), _smoothed(images), degenerate)
