@@ -185,14 +185,16 @@ class Policy:
         arg = torch.addcmul(col("offset"), slope, value).clamp(col("low"), col("high"))  # (B, L)
         applied = torch.where(on, op, len(self._ops))  # the last row: the identity
         sets = table[applied, len(_DRAW) :]  # (B, L, len(_SETS))
-        lut = luts[(sets[..., _SETS.index("lut")] + arg.clamp(0.0, _LEVELS - 1)).long()]  # (B, L, 256)
-        params = {**_layer_params(sets, flag_table[applied], arg, size, lut), "op": op, "on": on, "arg": arg}
+        # Which row of the point tables: a (B, L) index, small enough to draw for a whole epoch; the layers read the rows.
+        lut = (sets[..., _SETS.index("lut")] + arg.clamp(0.0, _LEVELS - 1)).long()
+        params = {**_layer_params(sets, flag_table[applied], arg, size), "lut": lut, "op": op, "on": on, "arg": arg}
         if isinstance(self.resample, tuple):  # timm's random.choice of (BILINEAR, BICUBIC) per call, per image here
             params["bicubic"] = u[..., 2] >= 0.5
         return params
 
     def apply(self, images: Tensor, params: Params) -> Tensor:
-        return apply_layers(images, params, self.resample, self.fill)
+        luts = self.tables((images.shape[2], images.shape[3]), images.device)[2]
+        return apply_layers(images, {**params, "table": luts[params["lut"]]}, self.resample, self.fill)  # (B, L, 256)
 
 
 @functools.lru_cache(maxsize=1)
@@ -210,9 +212,9 @@ def _point_tables() -> Tensor:
     return torch.cat(blocks)
 
 
-def _layer_params(sets: Tensor, flags: Tensor, arg: Tensor, size: tuple[int, int], table: Tensor) -> Params:
+def _layer_params(sets: Tensor, flags: Tensor, arg: Tensor, size: tuple[int, int]) -> Params:
     """What each image's op sets, ``(B, L, ...)``, from its ``sets`` and ``flags`` rows (the last
-    table row's for the identity) and its argument; ``table`` is its point op's lookup table."""
+    table row's for the identity) and its argument; its point op's lookup table is apart."""
     flag = lambda name: flags[..., _FLAGS.index(name)]  # noqa: E731
     trig = _rounded_trig(arg * sets[..., 0])  # (B, L, 2): cos and sin of the rotation; 1 and 0 for every other op
     rotation = (trig[..., None] * P.constant(_rotation_rows(size), arg.device, torch.float64).view(2, 6)).sum(-2)
@@ -222,7 +224,6 @@ def _layer_params(sets: Tensor, flags: Tensor, arg: Tensor, size: tuple[int, int
         "matrix": torch.addcmul(rotation + translation, sets[..., 1:7], arg[..., None]),  # (B, L, 6)
         "factor": torch.addcmul(sets[..., 7], arg, sets[..., 8]).float(),  # 1, the argument, or 1 - the argument
         "degenerate": flags[..., :3],  # (B, L, 3): grey, mean, smooth
-        "table": table,  # (B, L, 256)
         "auto_contrast": flag("auto_contrast"),
         "equalize": flag("equalize"),
     }
@@ -339,7 +340,7 @@ def _single(name: str) -> Callable[..., Tensor]:
             arg if block == 2 else torch.full_like(arg, 256.0),
             arg if block == 3 else torch.zeros_like(arg),
         )  # (B, 1, 256)
-        params = _layer_params(sets_rows, flag_rows, arg, size, table)
+        params = {**_layer_params(sets_rows, flag_rows, arg, size), "table": table}
         if isinstance(resample, Tensor):
             params["bicubic"] = (resample == P.BICUBIC)[:, None]
         return apply_layers(images, params, (P.BILINEAR, P.BICUBIC) if isinstance(resample, Tensor) else resample, fill)
