@@ -4,8 +4,8 @@ Each op here is built from the very objects timm's per-image path uses (its ``Ra
 ``AutoAugment`` ops, probabilities, magnitudes and hparams; torchvision's ``ColorJitter`` ranges;
 timm's ``RandomErasing`` settings), so both paths read one configuration, and runs in two steps:
 
-- ``draw(count, size, generator, device) -> params``: every random number of a batch, as tensors on
-  the device (a few launches, whatever the batch size), following timm's draws in distribution
+- ``draw(count, size, generator, device) -> params``: every random number of a batch (or of an
+  epoch's images at once), as tensors on the device, following timm's draws in distribution
   (tests/data/test_batch_ops.py: chi-square and Kolmogorov-Smirnov tests against timm's own);
 - ``apply(images, params) -> images``: a pure function of the ``(B, 3, H, W)`` pixels and those
   tensors, with no generator, no host sync and no Python branch on a tensor's value, so that
@@ -44,6 +44,11 @@ class BatchOp(Protocol):
     def draw(self, count: int, size: tuple[int, int], generator: torch.Generator, device: torch.device) -> Params: ...
 
     def apply(self, images: Tensor, params: Params) -> Tensor: ...
+
+
+# A technique may also have ``noise(count, size, generator, device) -> Params``: draws too large to
+# keep for an epoch (per-pixel noise), drawn per batch and merged into its params (BatchRecipe.add_noise).
+
 
 class BatchRandAugment:
     """timm's ``RandAugment``: each image picks ``num_layers`` ops (uniformly with replacement, or by
@@ -181,11 +186,16 @@ class BatchRandomErasing:
         # random.randint(0, side - h): the top-left corner, then the end; an empty range where nothing is erased
         start = (P.constant((height + 1.0, width + 1.0), device, torch.float64) - sides).mul_(u[..., 20:22]).floor_()
         params = {"start": start, "end": torch.where(live, start + sides, start)}  # (B, K, 2) each: rows, columns
-        if self.mode == "pixel":  # one noise image: overlapping boxes read other pixels of it, as fresh noise would be
-            params["fill"] = torch.randn((count, 3, height, width), generator=generator, device=device)
-        elif self.mode == "rand":
+        if self.mode == "rand":
             params["fill"] = torch.randn((count, k, 3), generator=generator, device=device)
         return params
+
+    def noise(self, count: int, size: tuple[int, int], generator: torch.Generator, device: torch.device) -> Params:
+        """Pixel mode's noise, per batch (an epoch's would not fit): one image of it per image, whose
+        pixels the boxes read (overlapping boxes read other pixels of it, as fresh noise would be)."""
+        if self.mode != "pixel":
+            return {}
+        return {"fill": torch.randn((count, 3, *size), generator=generator, device=device)}
 
     def apply(self, images: Tensor, params: Params) -> Tensor:
         _, _, height, width = images.shape
@@ -202,4 +212,5 @@ class BatchRandomErasing:
         return torch.where(erased, fill, images)
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        return self.apply(images, self.draw(len(images), tuple(images.shape[2:]), generator, images.device))
+        count, size = len(images), tuple(images.shape[2:])
+        return self.apply(images, self.draw(count, size, generator, images.device) | self.noise(count, size, generator, images.device))
