@@ -128,19 +128,19 @@ def point_ops(images: Tensor, table: Tensor, stretch: Tensor, flatten: Tensor) -
     pixels = images.reshape(b, c, h * w).long()
     counts = torch.zeros(b, c, 256, dtype=torch.long, device=images.device)
     counts.scatter_add_(2, pixels, constant((1,), images.device, torch.long).expand(b, c, h * w))  # (B, 3, 256)
-    index = constant(tuple(range(256)), images.device, torch.long)
-    present = counts > 0
-    low = torch.where(present, index, 256).amin(2, keepdim=True)  # (B, 3, 1): darkest and brightest level
-    high = torch.where(present, index, -1).amax(2, keepdim=True)
+    below = counts.cumsum(2)  # (B, 3, 256): pixels at or below each level
+    low = (below == 0).sum(2, keepdim=True)  # (B, 3, 1): darkest level, the number of empty levels under it
+    high = (below < h * w).sum(2, keepdim=True)  # brightest level
     # ImageOps.autocontrast (cutoff 0): lut[v] = int(v * scale + offset), truncated, in double.
-    stretched = column(stretch) & (high > low)
-    scale = torch.where(stretched, 255.0 / (high - low).clamp(min=1).double(), 1.0)
-    lut = torch.sub(lut * scale, torch.where(stretched, low * scale, 0.0)).trunc_().clamp_(0, 255)  # (B, 3, 256)
+    span = high - low
+    stretched = column(stretch) & (span > 0)
+    scale = torch.where(stretched, torch.div(constant((255.0,), images.device, torch.float64), span), 1.0)
+    lut = torch.sub(lut * scale, low * stretched * scale).trunc_().clamp_(0, 255)  # (B, 3, 256)
     # ImageOps.equalize: the histogram flattened with an integer step; a channel with one level, or
-    # fewer than 255 pixels outside its top level, is left as is.
-    per_level = (h * w - counts.gather(2, high)) // 255  # (B, 3, 1)
-    flat = ((per_level // 2 + counts.cumsum(2) - counts) // per_level.clamp(min=1)).clamp_(max=255)
-    lut = torch.where(column(flatten) & (per_level > 0), flat.double(), lut)
+    # fewer than 255 pixels outside its top level, is left as is (a step of 0, as an image not equalized).
+    step = torch.div(h * w - counts.gather(2, high), 255, rounding_mode="floor") * column(flatten)  # (B, 3, 1)
+    flat = torch.div(below - counts + step // 2, step.clamp(min=1), rounding_mode="floor").clamp_(max=255)
+    lut = torch.where(step > 0, flat.double(), lut)
     return lut.to(images.dtype).gather(2, pixels).view(b, c, h, w)
 
 
