@@ -193,7 +193,7 @@ class BatchAugment:
         """``(B, 3, H, W)`` float pixel values in [0, 255] -> normalised, as ``ToTensor`` then ``Normalize``."""
         scale = pil_ops.constant(self._folded[0], images.device, torch.float32).view(1, 3, 1, 1)
         shift = pil_ops.constant(self._folded[1], images.device, torch.float32).view(1, 3, 1, 1)
-        return (images * scale + shift).contiguous()
+        return torch.addcmul(shift, images, scale)
 
     def __repr__(self) -> str:
         flip = ", alternate_flip=True" if self.alternate_flip else ""

@@ -148,10 +148,20 @@ def _smoothed(images: Tensor) -> Tensor:
     """ImageFilter.SMOOTH, its border pixels unfiltered: the degenerate image of ImageEnhance.Sharpness."""
     # Integer weights: the sums are exact even where convolutions run in TF32; Filter.c rounds.
     kernel = constant(_SMOOTH, images.device, images.dtype).view(1, 1, 3, 3).expand(3, 1, 3, 3)
-    inner = F.conv2d(images, kernel, groups=3).mul_(1 / 13).add_(0.5).floor_()  # (B, 3, H-2, W-2)
-    smooth = images.clone()
-    smooth[:, :, 1:-1, 1:-1] = inner
-    return smooth
+    smooth = F.conv2d(images, kernel, padding=1, groups=3).mul_(1 / 13).add_(0.5).floor_()  # (B, 3, H, W)
+    return torch.where(_interior(images.shape[2], images.shape[3], images.device), smooth, images)
+
+
+def _interior(height: int, width: int, device: torch.device) -> Tensor:
+    """``(H, W)``: True off the image's border, made once per size and device (a constant when compiled)."""
+    return _make_interior(height, width, device) if torch.compiler.is_compiling() else _cached_interior(height, width, device)
+
+
+def _make_interior(height: int, width: int, device: torch.device) -> Tensor:
+    return torch.tensor([[0 < y < height - 1 and 0 < x < width - 1 for x in range(width)] for y in range(height)], device=device)
+
+
+_cached_interior = functools.lru_cache(maxsize=16)(_make_interior)
 
 
 def affine(images: Tensor, matrix: Tensor, resample: int | Tensor, fill: tuple[int, int, int]) -> Tensor:
@@ -180,7 +190,7 @@ def affine_taps(matrix: Tensor, size: tuple[int, int], resample: int | Tensor, d
     m = matrix.to(torch.float64).unflatten(-1, (2, 3))[..., None, :, :]  # (..., 1, 2, 3): rows (a, b, c), (d, e, f)
     coords = torch.addcmul(torch.addcmul(m[..., 2], m[..., 0], grid[:, :1]), m[..., 1], grid[:, 1:])  # (..., HW, 2)
     size_xy = constant((float(w), float(h)), device, torch.float64)
-    inside = ((coords >= 0) & (coords < size_xy)).all(-1)  # (..., HW)
+    inside = (torch.floor_divide(coords, size_xy) == 0).all(-1)  # (..., HW): 0 <= x < width, 0 <= y < height
     shifted = coords - 0.5
     base = shifted.floor()
     d = (shifted - base)[..., None]  # (..., HW, 2, 1): fraction past the tap left of / above
@@ -194,10 +204,10 @@ def affine_taps(matrix: Tensor, size: tuple[int, int], resample: int | Tensor, d
         power = [constant(table[4 * k : 4 * k + 4], device, torch.float64) for k in range(4)]
     # In double, then rounded once: Horner's rule in float32 would move a weight by more than Pillow's.
     weights = torch.addcmul(power[0], torch.addcmul(power[1], torch.addcmul(power[2], power[3], d), d), d).to(dtype)
-    limit = constant((w - 1, h - 1), device, torch.long)[:, None]  # (2, 1)
-    zero = constant((0,), device, torch.long)
-    taps = torch.clamp(base.long()[..., None] + constant((-1, 0, 1, 2), device, torch.long), zero, limit)  # (..., HW, 2, 4)
-    index = (taps[..., 1, :, None] * w + taps[..., 0, None, :]).flatten(-2)  # (..., HW, 16): 4 rows of 4 columns
+    limit = constant((w - 1.0, h - 1.0), device, torch.float64)[:, None]  # (2, 1)
+    zero = constant((0.0,), device, torch.float64)
+    taps = torch.clamp(base[..., None] + constant((-1.0, 0.0, 1.0, 2.0), device, torch.float64), zero, limit)  # (..., HW, 2, 4)
+    index = torch.addcmul(taps[..., 0, None, :], taps[..., 1, :, None], constant((float(w),), device, torch.float64)).flatten(-2).long()  # (..., HW, 16): 4 rows of 4
     return index, weights, inside
 
 
