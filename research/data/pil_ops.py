@@ -95,14 +95,15 @@ def blend_degenerate(images: Tensor, factor: Tensor, grey: Tensor | None, mean: 
     degenerate: Tensor | float = 0.0
     if grey is not None or mean is not None:
         luma = grayscale(images)  # (B, 1, H, W)
-        if grey is not None:
-            degenerate = torch.where(column(grey), luma, 0.0)
+        # Black is a flat image too: the mean grey level where ``mean``, else level 0 (no branch, no extra launch).
+        # floor(mean + 0.5) = (sum + n / 2) // n: the sums of integer levels are exact in float below 2**24
+        # levels (a 256 x 256 image), and so is the rest: no rounding in between.
+        count = luma[0].numel()
+        flat = 0.0
         if mean is not None:
-            # floor(mean + 0.5) = (sum + n / 2) // n: the sums of integer levels are exact in float below 2**24
-            # levels (a 256 x 256 image), and so is the rest: no rounding in between.
-            count = luma[0].numel()
-            level = torch.div(luma.sum(dim=(1, 2, 3)) + count / 2, count, rounding_mode="floor")  # (B,)
-            degenerate = torch.where(column(mean), column(level), degenerate)
+            total = torch.addcmul(constant((count / 2,), images.device, images.dtype), luma.sum(dim=(1, 2, 3)), mean)
+            flat = column(torch.div(total, count, rounding_mode="floor"))  # (B, 1, 1, 1)
+        degenerate = torch.where(column(grey), luma, flat) if grey is not None else flat
     if smooth is not None:
         degenerate = torch.where(column(smooth), _smoothed(images), degenerate)
     return blend(degenerate, images, factor)
@@ -126,8 +127,9 @@ def point_ops(images: Tensor, table: Tensor, stretch: Tensor, flatten: Tensor) -
     column = lambda values: values[:, None, None]  # noqa: E731  (B,) -> (B, 1, 1)
     lut = table[:, None]  # (B, 1, 256)
     pixels = images.reshape(b, c, h * w).long()
-    counts = torch.zeros(b, c, 256, dtype=torch.long, device=images.device)
-    counts.scatter_add_(2, pixels, constant((1,), images.device, torch.long).expand(b, c, h * w))  # (B, 3, 256)
+    # Counts in float: integers below 2**24 (a 4096 x 4096 image), exact in any order of addition.
+    counts = torch.zeros(b, c, 256, dtype=torch.float32, device=images.device)
+    counts.scatter_add_(2, pixels, constant((1.0,), images.device, torch.float32).expand(b, c, h * w))  # (B, 3, 256)
     below = counts.cumsum(2)  # (B, 3, 256): pixels at or below each level
     low = (below == 0).sum(2, keepdim=True)  # (B, 3, 1): darkest level, the number of empty levels under it
     high = (below < h * w).sum(2, keepdim=True)  # brightest level
@@ -135,13 +137,14 @@ def point_ops(images: Tensor, table: Tensor, stretch: Tensor, flatten: Tensor) -
     span = high - low
     stretched = column(stretch) & (span > 0)
     scale = torch.where(stretched, torch.div(constant((255.0,), images.device, torch.float64), span), 1.0)
-    lut = torch.sub(lut * scale, low * stretched * scale).trunc_().clamp_(0, 255)  # (B, 3, 256)
+    lut = torch.sub(lut * scale, low * stretched * scale).trunc_().clamp_(0, 255).to(images.dtype)  # (B, 3, 256)
     # ImageOps.equalize: the histogram flattened with an integer step; a channel with one level, or
-    # fewer than 255 pixels outside its top level, is left as is (a step of 0, as an image not equalized).
+    # fewer than 255 pixels outside its top level, is left as is (a step of 0, as an image not equalized,
+    # whose division by 0 the where drops). Integers in float, exact.
     step = torch.div(h * w - counts.gather(2, high), 255, rounding_mode="floor") * column(flatten)  # (B, 3, 1)
-    flat = torch.div(below - counts + step // 2, step.clamp(min=1), rounding_mode="floor").clamp_(max=255)
-    lut = torch.where(step > 0, flat.double(), lut)
-    return lut.to(images.dtype).gather(2, pixels).view(b, c, h, w)
+    flat = torch.div(below - counts + torch.div(step, 2, rounding_mode="floor"), step, rounding_mode="floor").clamp_(max=255)
+    lut = torch.where(step > 0, flat, lut)
+    return lut.gather(2, pixels).view(b, c, h, w)
 
 
 def _smoothed(images: Tensor) -> Tensor:
