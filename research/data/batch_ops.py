@@ -212,5 +212,5 @@ class BatchRandomErasing:
         return torch.where(erased, fill, images)
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        count, size = len(images), tuple(images.shape[2:])
-        return self.apply(images, self.draw(count, size, generator, images.device) | self.noise(count, size, generator, images.device))
+        count, size, device = len(images), (images.shape[2], images.shape[3]), images.device
+        return self.apply(images, self.draw(count, size, generator, device) | self.noise(count, size, generator, device))
