@@ -299,6 +299,9 @@ class BatchRecipe:
 
         draws = recipe.draw(params[window], generator)  # outside the compiled region
         images = recipe.transform(pixels, draws)  # (B, H, W, 3) uint8 -> (B, 3, size, size) float32
+
+    :class:`InMemoryBatches` draws an epoch's images at once instead (``draw(params, generator,
+    noise=False)``), and gives each batch its slice with its own noise (:meth:`add_noise`).
     """
 
     def __init__(self, geometry: BatchAugment, pixel_ops: Sequence[BatchOp] = (), tensor_ops: Sequence[BatchOp] = ()) -> None:
