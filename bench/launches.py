@@ -11,7 +11,9 @@ The step is the engine's own (``research.engine.fit.train_step`` on the ``Loop``
 ``research.launch.train.train`` builds), for an experiment (default: the GPU student recipe) on
 synthetic images with a randomly initialised teacher. Phases:
 
-- ``augmentation``: the batch's draws and transform (``loader.batch_augment``), one batch of the epoch;
+- ``augmentation``: the batch's share of the epoch's draws (slices: none), its per-pixel noise and its
+  transform (``loader.batch_augment``), one batch of the epoch; the epoch's draws, made once when the
+  epoch starts, are counted apart (``epoch draws``: the crops on the host, the ops' on the device);
 - ``mixup``: timm's Mixup / CutMix in the step;
 - ``teacher``, ``student forward``: the modules' forwards (hooks);
 - ``backward``: ops the autograd engine runs;
@@ -126,9 +128,10 @@ def build(path: Path, batch: int, workdir: Path, optimizer: str) -> Loop:
     return loop_of(load_run(file), torch.device("cpu"))
 
 
-def count_step(loop: Loop) -> LaunchCounter:
-    """Launches of the loop's second training step, by phase (the first one warms up)."""
-    counter = LaunchCounter()
+def count_step(loop: Loop) -> tuple[LaunchCounter, LaunchCounter]:
+    """Launches of the loop's second training step, by phase (the first one warms up), and of the
+    epoch's draws (made once, when its batches are made)."""
+    counter, epoch = LaunchCounter(), LaunchCounter()
     counter.hook(loop.state.model, "student forward")
     teacher = getattr(loop.objective, "teacher", None)
     if isinstance(teacher, torch.nn.Module):
@@ -139,14 +142,16 @@ def count_step(loop: Loop) -> LaunchCounter:
     mix = loop.data.mix
     if mix is not None:
         loop.data.mix = _CountedMix(counter, mix)  # type: ignore[assignment]
-    batches = iter(loop.data.train_batches(0, 0))
+    loop.data.train_batches(0, 0)  # the op tables and constants, made once
+    with epoch:
+        batches = iter(loop.data.train_batches(0, 0))
     with whole_batches():  # as on a device: the CPU's eager shortcut runs ops on subsets
         train_step(loop, *next(batches))  # makes the optimizer's state, the op tables and constants
         with counter:
             with counter.within("augmentation"):
                 images, targets = next(batches)
             train_step(loop, images, targets)
-    return counter
+    return counter, epoch
 
 
 def _within(counter: LaunchCounter, phase: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -189,9 +194,10 @@ def compiled_augmentation(loop: Loop, inductor: bool) -> dict[str, int]:
 def measure(path: Path, batch: int, compiled: bool, optimizer: str = "fused", inductor: bool = False) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         loop = build(path, batch, Path(tmp), optimizer)
-        counter = count_step(loop)
+        counter, epoch = count_step(loop)
         row: dict[str, Any] = {"batch": batch, **{phase: counter.counts[phase] for phase in PHASES}}
         row["total"] = sum(counter.counts.values())
+        row["epoch_draws"] = sum(epoch.counts.values())
         row["top_augmentation_ops"] = dict(counter.ops["augmentation"].most_common(8))
         if compiled or inductor:
             row["compiled_augmentation"] = compiled_augmentation(loop, inductor)
@@ -222,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [measure(args.experiment.resolve(), batch, args.compiled, args.optimizer, args.inductor) for batch in args.batch]
     print(markdown(rows))
     for row in rows:
+        print(f"batch {row['batch']}: the epoch's draws, once per epoch: {row['epoch_draws']} launches")
         if "compiled_augmentation" in row:
             print(f"batch {row['batch']}: augmentation transform under torch._dynamo: {row['compiled_augmentation']}")
     record = {

@@ -10,10 +10,12 @@ serves an epoch's batches that way.
 :class:`BatchRecipe` runs a whole recipe that way: the crop and flip (and cutout) of a geometry
 (:class:`BatchAugment`, or :class:`BatchResizedCrop` for timm's RandomResizedCrop), then the ops of
 :mod:`research.data.batch_ops` (RandAugment / AutoAugment, color jitter on the integer pixels; random
-erasing after normalising), each image drawing its own parameters. The crops are drawn for the whole
-epoch when the epoch starts; the other ops draw from a generator seeded per batch, so a resumed epoch
-repeats every draw. A batch is drawn first (:meth:`BatchRecipe.draw`), then transformed by a pure
-function of its pixels and draws (:meth:`BatchRecipe.transform`), which ``torch.compile`` traces whole.
+erasing after normalising), each image drawing its own parameters. :class:`InMemoryBatches` draws
+them all when the epoch starts (the crops on the host, the ops' parameters on the device in one go)
+and cuts them into batches; only per-pixel noise is drawn per batch, from a generator seeded per
+batch, so a resumed epoch repeats every draw. A batch is drawn first (:meth:`BatchRecipe.draw`),
+then transformed by a pure function of its pixels and draws (:meth:`BatchRecipe.transform`), which
+``torch.compile`` traces whole.
 
 The result is the per-image pipeline's in distribution: torchvision's ``RandomCrop(size, padding=p,
 padding_mode=m)`` (zero or reflect padding, offsets uniform in ``[0, H + 2p - size]``),
@@ -67,6 +69,10 @@ class BatchDraws:
 
     geometry: BatchAugmentParams
     ops: tuple[Params, ...] = ()
+
+    def __getitem__(self, window: slice) -> BatchDraws:
+        """The draws of the images in ``window`` (views: an epoch's draws, cut into batches at no cost)."""
+        return BatchDraws(self.geometry[window], tuple({k: v[window] for k, v in params.items()} for params in self.ops))
 
 
 class BatchAugment:
@@ -138,9 +144,12 @@ class BatchAugment:
         """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, size, size)`` float32, with ``params``' crops."""
         return self.cut(self.normalise_planar(self.geometry(pixels, params)), params)
 
-    def draw(self, params: BatchAugmentParams, generator: torch.Generator | None = None) -> BatchDraws:
+    def draw(self, params: BatchAugmentParams, generator: torch.Generator | None = None, *, noise: bool = True) -> BatchDraws:
         """The batch's draws: its crops, flips and cutout squares are all there is."""
         return BatchDraws(params)
+
+    def add_noise(self, draws: BatchDraws, generator: torch.Generator) -> BatchDraws:
+        return draws
 
     def transform(self, pixels: Tensor, draws: BatchDraws) -> Tensor:
         return self.apply(pixels, draws.geometry)
@@ -150,16 +159,17 @@ class BatchAugment:
         if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise ValueError(f"expected (B, H, W, 3) uint8 pixels, got {pixels.dtype} {tuple(pixels.shape)}")
         p = self.padding
-        steps = torch.arange(self.size, device=pixels.device)
+        steps = pil_ops.constant(tuple(range(self.size)), pixels.device, torch.long)
+        backwards = pil_ops.constant(tuple(range(self.size - 1, -1, -1)), pixels.device, torch.long)
         rows = params.top[:, None] + steps  # (B, size), in the padded image
         # A mirrored crop reads its columns right to left: crop and flip are one gather.
-        cols = params.left[:, None] + torch.where(params.flip[:, None], self.size - 1 - steps, steps)  # (B, size)
+        cols = params.left[:, None] + torch.where(params.flip[:, None], backwards, steps)  # (B, size)
         if self.padding_mode == "reflect":  # read the padding from the image itself: no padded copy
             source = pixels
             rows, cols = _reflect(rows - p, pixels.shape[1]), _reflect(cols - p, pixels.shape[2])
         else:
             source = torch.nn.functional.pad(pixels, (0, 0, p, p, p, p)) if p else pixels  # (B, H+2p, W+2p, 3)
-        batch = torch.arange(len(pixels), device=pixels.device)[:, None, None]
+        batch = pil_ops.constant(tuple(range(len(pixels))), pixels.device, torch.long)[:, None, None]
         crops = source[batch, rows[:, :, None], cols[:, None, :]]  # (B, size, size, 3)
         return crops.permute(0, 3, 1, 2).float()  # (B, 3, size, size)
 
@@ -183,7 +193,7 @@ class BatchAugment:
         """``(B, 3, H, W)`` float pixel values in [0, 255] -> normalised, as ``ToTensor`` then ``Normalize``."""
         scale = pil_ops.constant(self._folded[0], images.device, torch.float32).view(1, 3, 1, 1)
         shift = pil_ops.constant(self._folded[1], images.device, torch.float32).view(1, 3, 1, 1)
-        return (images * scale + shift).contiguous()
+        return torch.addcmul(shift, images, scale)
 
     def __repr__(self) -> str:
         flip = ", alternate_flip=True" if self.alternate_flip else ""
@@ -289,6 +299,9 @@ class BatchRecipe:
 
         draws = recipe.draw(params[window], generator)  # outside the compiled region
         images = recipe.transform(pixels, draws)  # (B, H, W, 3) uint8 -> (B, 3, size, size) float32
+
+    :class:`InMemoryBatches` draws an epoch's images at once instead (``draw(params, generator,
+    noise=False)``), and gives each batch its slice with its own noise (:meth:`add_noise`).
     """
 
     def __init__(self, geometry: BatchAugment, pixel_ops: Sequence[BatchOp] = (), tensor_ops: Sequence[BatchOp] = ()) -> None:
@@ -301,15 +314,26 @@ class BatchRecipe:
     def sample(self, count: int, height: int, width: int, generator: torch.Generator | None = None) -> BatchAugmentParams:
         return self.geometry.sample(count, height, width, generator)
 
-    def draw(self, params: BatchAugmentParams, generator: torch.Generator | None = None) -> BatchDraws:
-        """The ops' draws for the batch whose crops are ``params`` (on its device), from ``generator``
-        (a generator on that device; None: one seeded from the global RNG)."""
+    def draw(self, params: BatchAugmentParams, generator: torch.Generator | None = None, *, noise: bool = True) -> BatchDraws:
+        """The ops' draws for the images whose crops are ``params`` (on their device), from ``generator``
+        (a generator on that device; None: one seeded from the global RNG). ``noise=False`` leaves out
+        the per-pixel noise, for draws made once for an epoch's images (:meth:`add_noise` adds it per batch)."""
         device = params.top.device
         if generator is None and (self.pixel_ops or self.tensor_ops):
             generator = torch.Generator(device).manual_seed(int(torch.randint(0, 2**62, ())))
         size = (self.geometry.size, self.geometry.size)
         ops = tuple(op.draw(len(params.top), size, generator, device) for op in (*self.pixel_ops, *self.tensor_ops))  # type: ignore[arg-type]
-        return BatchDraws(params, ops)
+        draws = BatchDraws(params, ops)
+        return self.add_noise(draws, generator) if noise else draws  # type: ignore[arg-type]
+
+    def add_noise(self, draws: BatchDraws, generator: torch.Generator) -> BatchDraws:
+        """``draws`` with each op's per-pixel noise for its images (ops with a ``noise`` method: pixel-mode erasing)."""
+        count, size, device = len(draws.geometry.top), (self.geometry.size, self.geometry.size), draws.geometry.top.device
+        ops = tuple(
+            {**params, **op.noise(count, size, generator, device)} if hasattr(op, "noise") else params
+            for op, params in zip((*self.pixel_ops, *self.tensor_ops), draws.ops)
+        )  # fmt: skip
+        return BatchDraws(draws.geometry, ops)
 
     def transform(self, pixels: Tensor, draws: BatchDraws) -> Tensor:
         """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, size, size)`` float32: a pure function of its arguments."""
@@ -379,9 +403,11 @@ class InMemoryBatches:
             last one dropped if short and ``drop_last``.
         transform: What each batch goes through.
         train: Random crop, flip and cutout (True) or normalisation only (False, for evaluation).
-        generator: Source of the random draws (a CPU generator). Crops, flips and cutout squares are
-            all drawn when the object is made, and each batch's other ops draw from a generator seeded
-            from it then, so the batches from ``skip_batches`` on are the same as those of a full pass.
+        generator: Source of the random draws (a CPU generator). Every draw of the epoch's images
+            (crops, flips, cutout squares, the ops' parameters) is made when the object is made, the
+            ops' on the device in one go; only per-pixel noise is drawn per batch, from a generator
+            seeded from it then. So the batches from ``skip_batches`` on are those of a full pass, and
+            a batch's draws are slices of the epoch's: no launch.
         skip_batches: Leading batches to leave out (a mid-epoch resume).
         epoch, flip_seed: The epoch and the run's seed, for a transform with ``alternate_flip``.
     """
@@ -417,6 +443,10 @@ class InMemoryBatches:
         batches = -(-count // batch_size)
         self.seeds = torch.randint(0, 2**62, (batches,), generator=generator).tolist() if train else []
         self.device_params = None if self.params is None else self.params.to(device)
+        self.draws = None
+        if self.device_params is not None:  # the epoch's draws, from a generator on the device
+            epoch_generator = torch.Generator(device).manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
+            self.draws = transform.draw(self.device_params, epoch_generator, noise=False)
         self.device_indices = self.indices.to(device)
         self.start = skip_batches * batch_size
 
@@ -436,11 +466,11 @@ class InMemoryBatches:
     def drawn(self) -> Iterator[tuple[Tensor, BatchDraws, Tensor]]:
         """Training batches before their transform: ``(uint8 pixels, draws, targets)``, for a step that
         runs ``transform.transform(pixels, draws)`` itself (inside a compiled region)."""
-        if self.device_params is None:
+        if self.draws is None:
             raise ValueError("evaluation batches draw nothing: iterate them")
         for (pixels, targets), begin in zip(self._windows(), range(self.start, len(self.indices), self.batch_size)):
             generator = torch.Generator(pixels.device).manual_seed(self.seeds[begin // self.batch_size])
-            yield pixels, self.transform.draw(self.device_params[begin : begin + len(pixels)], generator), targets
+            yield pixels, self.transform.add_noise(self.draws[begin : begin + len(pixels)], generator), targets
 
     def _windows(self) -> Iterator[tuple[Tensor, Tensor]]:
         for begin in range(self.start, len(self.indices), self.batch_size):

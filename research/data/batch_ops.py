@@ -4,8 +4,8 @@ Each op here is built from the very objects timm's per-image path uses (its ``Ra
 ``AutoAugment`` ops, probabilities, magnitudes and hparams; torchvision's ``ColorJitter`` ranges;
 timm's ``RandomErasing`` settings), so both paths read one configuration, and runs in two steps:
 
-- ``draw(count, size, generator, device) -> params``: every random number of a batch, as tensors on
-  the device (a few launches, whatever the batch size), following timm's draws in distribution
+- ``draw(count, size, generator, device) -> params``: every random number of a batch (or of an
+  epoch's images at once), as tensors on the device, following timm's draws in distribution
   (tests/data/test_batch_ops.py: chi-square and Kolmogorov-Smirnov tests against timm's own);
 - ``apply(images, params) -> images``: a pure function of the ``(B, 3, H, W)`` pixels and those
   tensors, with no generator, no host sync and no Python branch on a tensor's value, so that
@@ -45,6 +45,11 @@ class BatchOp(Protocol):
 
     def apply(self, images: Tensor, params: Params) -> Tensor: ...
 
+
+# A technique may also have ``noise(count, size, generator, device) -> Params``: draws too large to
+# keep for an epoch (per-pixel noise), drawn per batch and merged into its params (BatchRecipe.add_noise).
+
+
 class BatchRandAugment:
     """timm's ``RandAugment``: each image picks ``num_layers`` ops (uniformly with replacement, or by
     the weights without replacement, as timm's ``np.random.choice``), each applied with its probability."""
@@ -66,8 +71,7 @@ class BatchRandAugment:
         else:
             weights = P.constant(self.weights, device, torch.float64).expand(count, -1)
             op = torch.multinomial(weights, self.num_layers, replacement=False, generator=generator)
-        params = self.policy.draw_layers(op, torch.ones(shape, dtype=torch.bool, device=device), size, generator)
-        return {**params, "op": op}
+        return self.policy.draw_layers(op, None, size, generator)
 
     def apply(self, images: Tensor, params: Params) -> Tensor:
         return self.policy.apply(images, params)
@@ -161,41 +165,52 @@ class BatchRandomErasing:
     def draw(self, count: int, size: tuple[int, int], generator: torch.Generator, device: torch.device) -> Params:
         height, width = size
         k = self.max_count
-        u = torch.rand(count, k, 23, generator=generator, device=device, dtype=torch.float64)  # area, aspect x10; top, left; erase
-        boxes = torch.full((count, 1), self.min_count, device=device)
+        # Per box: 10 attempts at (area, log aspect), then (top, left); per image: erase or not. One call.
+        u = torch.rand(count, k, 23, generator=generator, device=device, dtype=torch.float64)
+        boxes: int | Tensor = self.min_count
         if self.max_count > self.min_count:
-            boxes = torch.randint(self.min_count, self.max_count + 1, (count, 1), generator=generator, device=device)
-        target = (u[..., :10] * (self.max_area - self.min_area) + self.min_area) * (height * width) / boxes[..., None]
-        aspect = torch.exp(u[..., 10:20] * (self.log_aspect[1] - self.log_aspect[0]) + self.log_aspect[0])
-        h, w = torch.round(torch.sqrt(target * aspect)).long(), torch.round(torch.sqrt(target / aspect)).long()
-        fits = (w < width) & (h < height)  # (B, K, 10)
-        first = fits.long().argmax(2, keepdim=True)  # the first attempt that fits
-        h, w = h.gather(2, first).squeeze(2), w.gather(2, first).squeeze(2)  # (B, K)
-        live = (u[:, :1, 22] <= self.probability) & (torch.arange(k, device=device) < boxes) & fits.any(2)
-        params = {
-            "top": torch.floor(u[..., 20] * (height - h + 1)).long(),  # random.randint(0, height - h)
-            "left": torch.floor(u[..., 21] * (width - w + 1)).long(),
-            "height": h, "width": w, "live": live,
-        }  # fmt: skip
-        if self.mode == "pixel":  # one noise image: overlapping boxes read other pixels of it, as fresh noise would be
-            params["fill"] = torch.randn((count, 3, height, width), generator=generator, device=device)
-        elif self.mode == "rand":
+            boxes = torch.randint(self.min_count, self.max_count + 1, (count, 1, 1, 1), generator=generator, device=device)
+        per_box = height * width / (boxes if isinstance(boxes, int) else 1)
+        low = P.constant((self.min_area * per_box, self.log_aspect[0]), device, torch.float64)
+        span = P.constant(((self.max_area - self.min_area) * per_box, self.log_aspect[1] - self.log_aspect[0]), device, torch.float64)
+        attempt = torch.addcmul(low, u[..., :20].view(count, k, 10, 2), span)  # (B, K, 10, 2): target area, log aspect
+        target = attempt[..., :1] if isinstance(boxes, int) else attempt[..., :1] / boxes  # (B, K, 10, 1): area per box
+        # (h, w) = round(sqrt(target * aspect)), round(sqrt(target / aspect)), as timm's
+        sides = (target * attempt[..., 1:].mul(P.constant((1.0, -1.0), device, torch.float64)).exp_()).sqrt_().round_()
+        fits = (sides < P.constant((float(height), float(width)), device, torch.float64)).all(-1)  # (B, K, 10)
+        first = fits.byte().argmax(2)[..., None, None].expand(count, k, 1, 2)  # the first attempt that fits
+        sides = sides.gather(2, first).squeeze(2)  # (B, K, 2): height, width
+        live = fits.any(2, keepdim=True) & (u[:, :1, 22:] <= self.probability)  # (B, K, 1)
+        if isinstance(boxes, Tensor):
+            live = live & (P.constant(tuple(range(k)), device, torch.long)[:, None] < boxes.view(count, 1, 1))
+        # random.randint(0, side - h): the top-left corner, then the end; an empty range where nothing is erased
+        start = (P.constant((height + 1.0, width + 1.0), device, torch.float64) - sides).mul_(u[..., 20:22]).floor_()
+        params = {"start": start, "end": torch.where(live, start + sides, start)}  # (B, K, 2) each: rows, columns
+        if self.mode == "rand":
             params["fill"] = torch.randn((count, k, 3), generator=generator, device=device)
         return params
 
+    def noise(self, count: int, size: tuple[int, int], generator: torch.Generator, device: torch.device) -> Params:
+        """Pixel mode's noise, per batch (an epoch's would not fit): one image of it per image, whose
+        pixels the boxes read (overlapping boxes read other pixels of it, as fresh noise would be)."""
+        if self.mode != "pixel":
+            return {}
+        return {"fill": torch.randn((count, 3, *size), generator=generator, device=device)}
+
     def apply(self, images: Tensor, params: Params) -> Tensor:
         _, _, height, width = images.shape
-        rows = torch.arange(height, device=images.device) - params["top"][..., None]  # (B, K, H)
-        cols = torch.arange(width, device=images.device) - params["left"][..., None]  # (B, K, W)
-        in_rows = (rows >= 0) & (rows < params["height"][..., None])
-        in_cols = (cols >= 0) & (cols < params["width"][..., None])
-        boxes = in_rows[..., :, None] & in_cols[..., None, :] & params["live"][..., None, None]  # (B, K, H, W)
+        side = max(height, width)
+        steps = P.constant(tuple(float(i) for i in range(side)), images.device, torch.float64)  # rows and columns
+        inside = (steps >= params["start"][..., None]) & (steps < params["end"][..., None])  # (B, K, 2, side)
+        boxes = inside[..., 0, :height, None] & inside[..., 1, None, :width]  # (B, K, H, W)
         if self.mode == "rand":  # each box its own colour: later boxes over earlier ones
             for k in range(boxes.shape[1]):
                 images = torch.where(boxes[:, k, None], params["fill"][:, k, :, None, None].to(images.dtype), images)
             return images
         fill = params["fill"].to(images.dtype) if self.mode == "pixel" else 0.0
-        return torch.where(boxes.any(1, keepdim=True), fill, images)
+        erased = boxes.any(1, keepdim=True) if boxes.shape[1] > 1 else boxes
+        return torch.where(erased, fill, images)
 
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
-        return self.apply(images, self.draw(len(images), tuple(images.shape[2:]), generator, images.device))
+        count, size, device = len(images), (images.shape[2], images.shape[3]), images.device
+        return self.apply(images, self.draw(count, size, generator, device) | self.noise(count, size, generator, device))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["affine", "blend", "blend_degenerate", "brightness", "color", "contrast", "grayscale", "pixel_table", "point_ops", "resized_crop"]
+__all__ = ["affine", "affine_sample", "affine_taps", "blend", "blend_degenerate", "brightness", "color", "contrast", "grayscale", "pixel_table", "point_ops", "resized_crop"]
 
 NEAREST, BILINEAR, BICUBIC = 0, 2, 3  # PIL's resample codes
 
@@ -59,7 +59,7 @@ def grayscale(images: Tensor) -> Tensor:
     In float: every product and sum is an integer below 2**24, so float32 holds it exactly.
     """
     weights = constant((19595.0, 38470.0, 7471.0), images.device, images.dtype).view(1, 3, 1, 1)
-    return ((images * weights).sum(1, keepdim=True) + 0x8000).mul_(1 / 65536).floor_()
+    return torch.div((images * weights).sum(1, keepdim=True) + 0x8000, 65536, rounding_mode="floor")
 
 
 def color(images: Tensor, factor: Tensor) -> Tensor:
@@ -95,11 +95,15 @@ def blend_degenerate(images: Tensor, factor: Tensor, grey: Tensor | None, mean: 
     degenerate: Tensor | float = 0.0
     if grey is not None or mean is not None:
         luma = grayscale(images)  # (B, 1, H, W)
-        if grey is not None:
-            degenerate = torch.where(column(grey), luma, 0.0)
+        # Black is a flat image too: the mean grey level where ``mean``, else level 0 (no branch, no extra launch).
+        # floor(mean + 0.5) = (sum + n / 2) // n: the sums of integer levels are exact in float below 2**24
+        # levels (a 256 x 256 image), and so is the rest: no rounding in between.
+        count = luma[0].numel()
+        flat = 0.0
         if mean is not None:
-            level = torch.floor(luma.mean(dim=(1, 2, 3), dtype=torch.float64) + 0.5).to(images.dtype)  # (B,)
-            degenerate = torch.where(column(mean), column(level), degenerate)
+            total = torch.addcmul(constant((count / 2,), images.device, images.dtype), luma.sum(dim=(1, 2, 3)), mean)
+            flat = column(torch.div(total, count, rounding_mode="floor"))  # (B, 1, 1, 1)
+        degenerate = torch.where(column(grey), luma, flat) if grey is not None else flat
     if smooth is not None:
         degenerate = torch.where(column(smooth), _smoothed(images), degenerate)
     return blend(degenerate, images, factor)
@@ -123,32 +127,48 @@ def point_ops(images: Tensor, table: Tensor, stretch: Tensor, flatten: Tensor) -
     column = lambda values: values[:, None, None]  # noqa: E731  (B,) -> (B, 1, 1)
     lut = table[:, None]  # (B, 1, 256)
     pixels = images.reshape(b, c, h * w).long()
-    counts = torch.zeros(b, c, 256, dtype=torch.long, device=images.device)
-    counts.scatter_add_(2, pixels, constant((1,), images.device, torch.long).expand(b, c, h * w))  # (B, 3, 256)
-    index = constant(tuple(range(256)), images.device, torch.long)
-    present = counts > 0
-    low = torch.where(present, index, 256).amin(2, keepdim=True)  # (B, 3, 1): darkest and brightest level
-    high = torch.where(present, index, -1).amax(2, keepdim=True)
+    # Counts in float: integers below 2**24 (a 4096 x 4096 image), exact in any order of addition.
+    counts = torch.zeros(b, c, 256, dtype=torch.float32, device=images.device)
+    counts.scatter_add_(2, pixels, constant((1.0,), images.device, torch.float32).expand(b, c, h * w))  # (B, 3, 256)
+    below = counts.cumsum(2)  # (B, 3, 256): pixels at or below each level
+    # The darkest and brightest levels: how many running sums are below 1/2 (empty levels under the
+    # darkest), and below every pixel less 1/2 (levels under the brightest). One search, (B, 3, 2)
+    # (its values contiguous: it would copy them itself, out of sight of a launch count).
+    halves = constant((0.5, h * w - 0.5), images.device, torch.float32).expand(b, c, 2).contiguous()
+    bounds = torch.searchsorted(below, halves)
+    low, high = bounds[..., :1], bounds[..., 1:]  # (B, 3, 1) each
     # ImageOps.autocontrast (cutoff 0): lut[v] = int(v * scale + offset), truncated, in double.
-    stretched = column(stretch) & (high > low)
-    scale = torch.where(stretched, 255.0 / (high - low).clamp(min=1).double(), 1.0)
-    lut = torch.sub(lut * scale, torch.where(stretched, low * scale, 0.0)).trunc_().clamp_(0, 255)  # (B, 3, 256)
+    span = high - low
+    stretched = column(stretch) & (span > 0)
+    scale = torch.where(stretched, torch.div(constant((255.0,), images.device, torch.float64), span), 1.0)
+    lut = torch.sub(lut * scale, low * stretched * scale).trunc_().clamp_(0, 255).to(images.dtype)  # (B, 3, 256)
     # ImageOps.equalize: the histogram flattened with an integer step; a channel with one level, or
-    # fewer than 255 pixels outside its top level, is left as is.
-    per_level = (h * w - counts.gather(2, high)) // 255  # (B, 3, 1)
-    flat = ((per_level // 2 + counts.cumsum(2) - counts) // per_level.clamp(min=1)).clamp_(max=255)
-    lut = torch.where(column(flatten) & (per_level > 0), flat.double(), lut)
-    return lut.to(images.dtype).gather(2, pixels).view(b, c, h, w)
+    # fewer than 255 pixels outside its top level, is left as is (a step of 0, as an image not equalized,
+    # whose division by 0 the where drops). Integers in float, exact.
+    step = torch.div(h * w - counts.gather(2, high), 255, rounding_mode="floor") * column(flatten)  # (B, 3, 1)
+    flat = torch.div(below - counts + torch.div(step, 2, rounding_mode="floor"), step, rounding_mode="floor").clamp_(max=255)
+    lut = torch.where(step > 0, flat, lut)
+    return lut.gather(2, pixels).view(b, c, h, w)
 
 
 def _smoothed(images: Tensor) -> Tensor:
     """ImageFilter.SMOOTH, its border pixels unfiltered: the degenerate image of ImageEnhance.Sharpness."""
     # Integer weights: the sums are exact even where convolutions run in TF32; Filter.c rounds.
     kernel = constant(_SMOOTH, images.device, images.dtype).view(1, 1, 3, 3).expand(3, 1, 3, 3)
-    inner = F.conv2d(images, kernel, groups=3).mul_(1 / 13).add_(0.5).floor_()  # (B, 3, H-2, W-2)
-    smooth = images.clone()
-    smooth[:, :, 1:-1, 1:-1] = inner
-    return smooth
+    smooth = F.conv2d(images, kernel, padding=1, groups=3).mul_(1 / 13).add_(0.5).floor_()  # (B, 3, H, W)
+    return torch.where(_interior(images.shape[2], images.shape[3], images.device), smooth, images)
+
+
+def _interior(height: int, width: int, device: torch.device) -> Tensor:
+    """``(H, W)``: True off the image's border, made once per size and device (a constant when compiled)."""
+    return _make_interior(height, width, device) if torch.compiler.is_compiling() else _cached_interior(height, width, device)
+
+
+def _make_interior(height: int, width: int, device: torch.device) -> Tensor:
+    return torch.tensor([[0 < y < height - 1 and 0 < x < width - 1 for x in range(width)] for y in range(height)], device=device)
+
+
+_cached_interior = functools.lru_cache(maxsize=16)(_make_interior)
 
 
 def affine(images: Tensor, matrix: Tensor, resample: int | Tensor, fill: tuple[int, int, int]) -> Tensor:
@@ -164,30 +184,45 @@ def affine(images: Tensor, matrix: Tensor, resample: int | Tensor, fill: tuple[i
             BICUBIC per image (timm's random interpolation).
         fill: The colour of the pixels whose source lies outside the image.
     """
-    b, c, h, w = images.shape
-    grid = _centres(h, w, images.device)  # (H*W, 2): pixel centres (x, y), in double as Geometry.c
-    m = matrix.to(torch.float64).view(b, 2, 3)  # rows (a, b, c) and (d, e, f)
-    coords = torch.addcmul(torch.addcmul(m[:, None, :, 2], m[:, None, :, 0], grid[:, :1]), m[:, None, :, 1], grid[:, 1:])  # (B, HW, 2)
-    size = constant((float(w), float(h)), images.device, torch.float64)
-    inside = ((coords >= 0) & (coords < size)).all(-1)  # (B, HW)
+    return affine_sample(images, affine_taps(matrix, tuple(images.shape[2:]), resample, images.dtype), resample, fill)  # type: ignore[arg-type]
+
+
+def affine_taps(matrix: Tensor, size: tuple[int, int], resample: int | Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Where :func:`affine` reads, for matrices ``(..., 6)`` (any leading shape: several layers' at once)
+    of ``(H, W)`` images: tap indices ``(..., HW, 16)``, weights ``(..., HW, 2, 4)`` (along x, along y)
+    and whether the source is inside ``(..., HW)``; ``resample`` a code, or a tensor of the leading shape."""
+    h, w = size
+    device = matrix.device
+    grid = _centres(h, w, device)  # (H*W, 2): pixel centres (x, y), in double as Geometry.c
+    m = matrix.to(torch.float64).unflatten(-1, (2, 3))[..., None, :, :]  # (..., 1, 2, 3): rows (a, b, c), (d, e, f)
+    coords = torch.addcmul(torch.addcmul(m[..., 2], m[..., 0], grid[:, :1]), m[..., 1], grid[:, 1:])  # (..., HW, 2)
+    size_xy = constant((float(w), float(h)), device, torch.float64)
+    inside = (torch.floor_divide(coords, size_xy) == 0).all(-1)  # (..., HW): 0 <= x < width, 0 <= y < height
     shifted = coords - 0.5
     base = shifted.floor()
-    d = (shifted - base)[..., None]  # (B, HW, 2, 1): fraction past the tap left of / above
+    d = (shifted - base)[..., None]  # (..., HW, 2, 1): fraction past the tap left of / above
     if isinstance(resample, Tensor):  # per image: the weight polynomials of its filter
-        coefficients = constant(_CUBIC + _LINEAR, images.device, torch.float64).view(2, 4, 4)[(resample != BICUBIC).long()]
-        power = [coefficients[:, None, None, k] for k in range(4)]  # (B, 1, 1, 4) each
+        coefficients = constant(_CUBIC + _LINEAR, device, torch.float64).view(2, 4, 4)[(resample != BICUBIC).long()]
+        power = [coefficients[..., None, None, k, :] for k in range(4)]  # (..., 1, 1, 4) each
     else:
         if resample == NEAREST:  # the nearest tap is a linear one with weights 0 and 1
             d = (d >= 0.5).double()
         table = _CUBIC if resample == BICUBIC else _LINEAR
-        power = [constant(table[4 * k : 4 * k + 4], images.device, torch.float64) for k in range(4)]
+        power = [constant(table[4 * k : 4 * k + 4], device, torch.float64) for k in range(4)]
     # In double, then rounded once: Horner's rule in float32 would move a weight by more than Pillow's.
-    weights = torch.addcmul(power[0], torch.addcmul(power[1], torch.addcmul(power[2], power[3], d), d), d).to(images.dtype)
-    limit = constant((w - 1, h - 1), images.device, torch.long)[:, None]  # (2, 1)
-    zero = constant((0,), images.device, torch.long)
-    taps = torch.clamp(base.long()[..., None] + constant((-1, 0, 1, 2), images.device, torch.long), zero, limit)  # (B, HW, 2, 4)
-    index = taps[:, :, 1, :, None] * w + taps[:, :, 0, None, :]  # (B, HW, 4 rows, 4 columns)
-    values = images.reshape(b, c, h * w).gather(2, index.view(b, 1, -1).expand(b, c, -1)).view(b, c, h * w, 16)
+    weights = torch.addcmul(power[0], torch.addcmul(power[1], torch.addcmul(power[2], power[3], d), d), d).to(dtype)
+    limit = constant((w - 1.0, h - 1.0), device, torch.float64)[:, None]  # (2, 1)
+    zero = constant((0.0,), device, torch.float64)
+    taps = torch.clamp(base[..., None] + constant((-1.0, 0.0, 1.0, 2.0), device, torch.float64), zero, limit)  # (..., HW, 2, 4)
+    index = torch.addcmul(taps[..., 0, None, :], taps[..., 1, :, None], constant((float(w),), device, torch.float64)).flatten(-2).long()  # (..., HW, 16): 4 rows of 4
+    return index, weights, inside
+
+
+def affine_sample(images: Tensor, taps: tuple[Tensor, Tensor, Tensor], resample: int | Tensor, fill: tuple[int, int, int]) -> Tensor:
+    """:func:`affine` from :func:`affine_taps`' ``(B, ...)`` taps: one gather, the weighted sums, Geometry.c's rounding."""
+    b, c, h, w = images.shape
+    index, weights, inside = taps
+    values = images.reshape(b, c, h * w).gather(2, index.reshape(b, 1, -1).expand(b, c, -1)).view(b, c, h * w, 16)
     # Along x, then y, as Geometry.c: a flat neighbourhood reads back its exact level more often.
     rows = (values.view(b, c, h * w, 4, 4) * weights[:, None, :, 0, None, :]).sum(-1)  # (B, 3, HW, 4)
     out = (rows * weights[:, None, :, 1, :]).sum(-1)  # (B, 3, HW)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from launches import PHASES, LaunchCounter
 
+from research.data.batch_augment import InMemoryBatches
 from research.data.batch_ops import whole_batches
 from research.registry import AUGMENTATIONS
 
@@ -48,6 +49,34 @@ def test_augmentation_launches_do_not_grow_with_the_batch() -> None:
     assert 50 < large < 2428 // 4  # RandAugment applies what each image drew, not every op (issue 26: 2,428)
 
 
+def _epoch_launches(batch: int, images: int) -> tuple[int, int]:
+    """Launches of one batch of an in-memory epoch (its slice of the epoch's draws, its noise, its
+    transform: what a training step runs), and of the epoch's draws, made once when the epoch starts."""
+    transform = AUGMENTATIONS.build("cifar", img_size=32, **GPU_RECIPE_AUG).batch_transform
+    pixels = torch.randint(0, 256, (images, 32, 32, 3), dtype=torch.uint8)
+
+    def epoch() -> InMemoryBatches:
+        order = list(range(images))
+        return InMemoryBatches(pixels, order, order, batch, transform, train=True, generator=torch.Generator().manual_seed(0))
+
+    step, drawing = LaunchCounter(), LaunchCounter()
+    with whole_batches():  # as on a device: every op on the whole batch
+        next(iter(epoch()))  # the op tables and constants, made once
+        with drawing:
+            batches = iter(epoch())
+        with step:
+            next(batches)
+    return step.counts["other"], drawing.counts["other"]
+
+
+def test_a_step_augments_in_at_most_150_launches_whatever_the_batch_and_epoch() -> None:
+    """Issue 26's goal for the GPU student recipe's augmentation (a count, not a timing: it is exact)."""
+    step, epoch = _epoch_launches(4, 8)
+    assert 0 < step <= 150  # 2,428 in issue 26, 311 with the draws per batch
+    assert (step, epoch) == _epoch_launches(16, 48)  # neither grows with the batch or the epoch
+    assert 0 < epoch <= 70  # the ops' parameters of every image of the epoch, at once
+
+
 @pytest.mark.slow
 def test_the_script_counts_every_phase_of_the_gpu_student_step(tmp_path: Path) -> None:
     out = tmp_path / "launches.json"
@@ -64,3 +93,5 @@ def test_the_script_counts_every_phase_of_the_gpu_student_step(tmp_path: Path) -
         assert small[phase] > 0, phase
     assert small["augmentation"] == large["augmentation"]
     assert small["total"] == sum(small[phase] for phase in PHASES)
+    assert small["augmentation"] <= 150 and small["total"] <= 1000  # issue 26's goals
+    assert small["epoch_draws"] == large["epoch_draws"] > 0
