@@ -41,6 +41,7 @@ def augmented_grid(data: TrainData, *, seed: int, rank: int, count: int = 16) ->
 
 def log_preview(tracker: Any, data: TrainData, *, seed: int, rank: int, caption: str) -> bool:
     """Log the grid to a tracker that takes images (W&B: ``images``); returns whether it was logged."""
-    if not callable(getattr(tracker, "images", None)):
-        return False
+    inner = getattr(tracker, "inner", tracker)  # a GuardedTracker forwards to what it guards
+    if not callable(getattr(tracker, "images", None)) or not callable(getattr(inner, "images", None)):
+        return False  # no image to make for a tracker that takes none (jsonl, none)
     return bool(tracker.images(PREVIEW_KEY, augmented_grid(data, seed=seed, rank=rank), step=0, caption=caption))
