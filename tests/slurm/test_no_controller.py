@@ -43,6 +43,7 @@ def test_no_controller_is_one_line_and_leaves_nothing(
         yaml.safe_dump({
             "name": "quick", "output_dir": str(tmp_path / "runs"), "model": {"name": "deit_nano_patch4_32", "img_size": 32},
             "data": {"name": "synthetic", "size": 16, "num_classes": 4}, "logger": {"name": "none"},
+            "loader": {"batch_size": 8},  # a job that could train: the pre-flight check passes, sbatch fails
         })  # fmt: skip
     )
 
@@ -63,6 +64,7 @@ def test_a_slurm_conf_that_names_no_file_is_one_line_at_once(tmp_path: Path, mon
         yaml.safe_dump({
             "name": "quick", "output_dir": str(tmp_path / "runs"), "model": {"name": "deit_nano_patch4_32", "img_size": 32},
             "data": {"name": "synthetic", "size": 16, "num_classes": 4}, "logger": {"name": "none"},
+            "loader": {"batch_size": 8},  # a job that could train: the pre-flight check passes, sbatch fails
         })  # fmt: skip
     )
 
