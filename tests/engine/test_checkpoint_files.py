@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from run_dirs import write_config
+from tmpfs import tmpfs
 
 from research.cli import main
 from research.config import load_run
@@ -152,15 +153,8 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_checkpoint(tmp_path: Path, mo
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB tmpfs (needs root, as the fault-injection CI job has)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode:
-        pytest.fail(f"cannot mount a tmpfs here (the fault-injection tests run as root): {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.mark.slow
@@ -224,15 +218,8 @@ def test_eval_names_both_models_and_the_first_keys_that_differ(experiment, capsy
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A real 4 MiB tmpfs: room for two checkpoints of the tiny run, not three (needs root)."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode:
-        pytest.fail(f"cannot mount a tmpfs here (the fault-injection tests run as root): {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "small", "4m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def _one_line(capsys) -> str:

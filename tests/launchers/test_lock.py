@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tmpfs import tmpfs
 
 from research.cli import main
 from research.launch.lock import HELD_ENV, RunDirBusy, holder, run_dir_lock
@@ -76,17 +77,10 @@ def test_processes_started_under_the_lock_share_it(tmp_path: Path) -> None:
 def read_only_disk(tmp_path: Path) -> Iterator[Path]:
     """A real tmpfs holding ``runs/tiny`` (an empty run dir), remounted read-only (needs root, as the
     fault-injection CI job has; root writes through a chmod, not through a read-only mount)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode:
-        pytest.fail(f"cannot mount a tmpfs here (the fault-injection tests run as root): {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "disk", "1m") as mount:
         (mount / "runs" / "tiny").mkdir(parents=True)
         subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 @pytest.mark.parametrize("where", ["the run dir", "its parent"])
