@@ -68,7 +68,7 @@ class JsonlTracker:
 
 @LOGGERS.register("jsonl")
 def build_jsonl(*, run: RunInfo) -> Tracker:
-    """Log to ``<run_dir>/log.jsonl`` and ``<run_dir>/summary.json`` (no account, no network).
+    """Log to ``<run_dir>/log.jsonl`` and ``<run_dir>/log_summary.json`` (no account, no network).
 
     Args:
         run: injected by the engine.
