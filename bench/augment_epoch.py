@@ -26,13 +26,10 @@ from typing import Any
 
 import torch
 
-import research
 from research.config import load_run
 from research.engine.fit import Loop, train_step
 from research.launch.train import train
 from research.registry import MODELS
-
-research.load_builtins()  # the registries' built-in components
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = {"per_image": ["loader.batch_augment=false"], "batched": ["loader.batch_augment=true"]}

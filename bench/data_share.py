@@ -28,11 +28,8 @@ from typing import Any
 import torch
 from speed.loops import loop_of  # the Loop that train() builds, stopped before fit
 
-import research
 from research.config import load_run
 from research.engine.fit import Loop, train_step
-
-research.load_builtins()  # the registries' built-in components
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -55,13 +55,10 @@ from speed.settings import Settings, parse_args
 from speed.steps import measure_steps
 from speed.timing import load_average, progress
 
-import research
 from research.config import load_run
 from research.launch.cost import Throughput, record_throughput
 from research.launch.provenance import git_info
 from research.registry import MODELS
-
-research.load_builtins()  # the registries' built-in components
 
 
 def run(settings: Settings) -> dict[str, Any]:

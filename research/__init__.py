@@ -1,9 +1,10 @@
 """Data-efficient image transformers: DeiT, its teachers, losses and augmentation recipes.
 
 :func:`load_builtins` registers every built-in component, then the components of installed plugins
-(entry-point group ``research.plugins``). The config loader calls it before it reads a name, and so
-does every entry point (the command line, a SLURM job); importing ``research`` alone imports neither
-torch nor timm, so ``research --help`` starts at once.
+(entry-point group ``research.plugins``). Every registry lookup calls it on first use, so
+``from research.registry import MODELS; MODELS.build("deit_tiny_patch16_224", num_classes=10)`` works in
+a fresh interpreter; importing ``research`` alone imports neither torch nor timm, so ``research --help``
+starts at once.
 """
 
 from research.plugins import load_builtins

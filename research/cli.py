@@ -187,11 +187,9 @@ def add_train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def _list(args: argparse.Namespace) -> int:
-    from research import load_builtins
     from research.config.components import SECTIONS
     from research.registry import REGISTRIES
 
-    load_builtins()
     kinds = [args.kind] if args.kind else list(REGISTRIES)
     for kind in kinds:
         if kind not in REGISTRIES:

@@ -13,7 +13,6 @@ and, through the code snapshot, inside a SLURM job.
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import os
 import sys
 from collections.abc import Iterable
@@ -33,20 +32,29 @@ _builtins_loaded = False
 def load_builtins() -> None:
     """Register the built-in components, then those of the installed plugins' entry points; once.
 
-    Not done on ``import research``: the built-ins import torch and timm (seconds), which a command
-    that only parses its arguments (``--help``) does not need.
+    Every registry lookup calls it (research.registry), so nobody needs to; not done on
+    ``import research``: the built-ins import torch and timm (seconds), which a command that only
+    parses its arguments (``--help``) does not need.
     """
     global _builtins_loaded
     if _builtins_loaded:
         return
-    for module in BUILTINS:
-        importlib.import_module(module)
-    load_entry_point_plugins()
+    # Marked loaded first: the modules imported here register through research.registry, and a lookup
+    # they make while importing must see what is registered so far, not start loading again.
     _builtins_loaded = True
+    try:
+        for module in BUILTINS:
+            importlib.import_module(module)
+        load_entry_point_plugins()
+    except BaseException:
+        _builtins_loaded = False  # the next lookup raises again, rather than seeing half the registry
+        raise
 
 
 def load_entry_point_plugins() -> list[str]:
     """Import every ``research.plugins`` entry point of the installed distributions, once each."""
+    import importlib.metadata  # 20 ms: not on ``import research``
+
     loaded = []
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
@@ -62,7 +70,8 @@ def load_entry_point_plugins() -> list[str]:
 
 def import_plugins(modules: Iterable[str], *, where: str = "plugins") -> None:
     """Import the modules an experiment lists under ``plugins:`` (importing twice is a no-op), after
-    the built-ins (:func:`load_builtins`): the config loader calls this before it reads any name."""
+    the built-ins (:func:`load_builtins`), so that a plugin reusing a built-in name is the one refused,
+    here, naming its module: the config loader calls this before it reads any name."""
     load_builtins()
     launch_folder = os.getcwd()
     if not any(entry in ("", ".", launch_folder) for entry in sys.path):

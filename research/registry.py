@@ -16,6 +16,11 @@ live beside it and the loader knows no kind.
 Numeric parameters declare their bounds beside them with :class:`Range` in the annotation
 (``drop_path_rate: Annotated[float, Range(ge=0, lt=1)] = 0.1``); the config loader checks them, with
 the types, when an experiment loads, so a plugin's builder gets the same checks as the built-ins.
+
+Every lookup (``get``, ``build``, ``info``, ``names``, ``in``, ``len``, iteration) first loads the
+built-in components and the installed plugins' entry points, once (:func:`research.plugins.load_builtins`),
+so ``from research.registry import MODELS; MODELS.build(...)`` works in a fresh interpreter, while
+``import research.registry`` itself stays light (no torch, no timm). Registering never loads.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import inspect
 import math
 import typing
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+from research.plugins import load_builtins
 
 T = TypeVar("T")
 Builder = Callable[..., Any]
@@ -223,17 +229,22 @@ class Registry(Generic[T, InfoT]):
 
         return decorator
 
+    def _entries(self) -> dict[str, Builder]:
+        """The builders, once the built-ins and the installed plugins have registered theirs."""
+        load_builtins()
+        return self._builders
+
     def get(self, name: str) -> Builder:
         """The builder registered under ``name``; unknown names raise with suggestions."""
         try:
-            return self._builders[name]
+            return self._entries()[name]
         except (KeyError, TypeError):
             raise RegistryError(self.unknown_message(name)) from None
 
     def unknown_message(self, name: object) -> str:
-        close = difflib.get_close_matches(str(name), self._builders, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(str(name), self._entries(), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        known = ", ".join(sorted(self._builders)) or "(none)"
+        known = ", ".join(sorted(self._entries())) or "(none)"
         return f"unknown {self.kind} {name!r}.{hint} Registered {self.plural}: {known}"
 
     def build(self, name: str, /, **kwargs: Any) -> T:
@@ -244,10 +255,6 @@ class Registry(Generic[T, InfoT]):
         """The typed info record of ``name``; unknown names raise with suggestions."""
         self.get(name)
         return self._info[name]
-
-    def metadata(self, name: str) -> Mapping[str, Any]:
-        """The info record as a read-only mapping (for callers older than :meth:`info`)."""
-        return MappingProxyType(asdict(self.info(name)))
 
     def add_check(self, check: Check) -> Check:
         """Decorator: run ``check`` on every run whose config picks an entry of this registry."""
@@ -264,16 +271,16 @@ class Registry(Generic[T, InfoT]):
         return inspect.signature(self.get(name))
 
     def names(self) -> list[str]:
-        return sorted(self._builders)
+        return sorted(self._entries())
 
     def __contains__(self, name: object) -> bool:
-        return name in self._builders
+        return name in self._entries()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._builders)
+        return len(self._entries())
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {len(self)} entries)"

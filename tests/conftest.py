@@ -12,10 +12,7 @@ import torch
 from faults.ledger import LEDGER, Ledger
 from tiny import TINY, deep_update, write_yaml
 
-import research
 from research.registry import REGISTRIES
-
-research.load_builtins()  # the built-ins, as every entry point registers them
 
 ExperimentWriter = Callable[..., Path]
 
@@ -43,7 +40,7 @@ def experiment(tmp_path: Path) -> ExperimentWriter:
 def restore_registries(tmp_path: Path) -> Iterator[None]:
     """Undo whatever a test (or a plugin it imports) registers in the global registries, and forget
     the modules it imported from ``tmp_path``, so later tests see the built-ins only."""
-    saved = {kind: (dict(r._builders), dict(r._info), list(r._checks)) for kind, r in REGISTRIES.items()}
+    saved = {kind: (dict(r._entries()), dict(r._info), list(r._checks)) for kind, r in REGISTRIES.items()}  # built-ins loaded
     yield
     for kind, registry in REGISTRIES.items():
         builders, info, checks = saved[kind]

@@ -1,14 +1,17 @@
-"""Registries: registration, building, lookup errors, and the built-ins ``import research`` registers."""
+"""Registries: registration, building, lookup errors, and the built-ins every lookup loads on first use."""
 
 from __future__ import annotations
 
 import inspect
+import sys
 import typing
+from collections.abc import Iterator
 from dataclasses import FrozenInstanceError, dataclass
+from pathlib import Path
 
 import pytest
 
-import research  # noqa: F401  (registers the built-ins)
+from research import plugins
 from research.config.components import SECTIONS
 from research.registry import (
     AUGMENTATIONS,
@@ -48,7 +51,6 @@ def test_decorator_registers_and_returns_the_function(things: Registry) -> None:
     assert things.names() == ["square"]
     assert things.get("square") is square
     assert things.info("square") == ThingInfo(flavour="math")
-    assert things.metadata("square") == {"flavour": "math"}
     assert list(things) == ["square"] and len(things) == 1
 
 
@@ -66,8 +68,6 @@ def test_names_are_sorted_and_info_is_read_only(things: Registry) -> None:
     for name in ("b", "c", "a"):
         things.register(name, ThingInfo(flavour=name))(lambda: None)
     assert things.names() == ["a", "b", "c"]
-    with pytest.raises(TypeError):
-        things.metadata("a")["flavour"] = "changed"  # type: ignore[index]
     with pytest.raises(FrozenInstanceError):
         things.info("a").flavour = "changed"  # type: ignore[misc]
 
@@ -131,7 +131,7 @@ def test_unknown_name_is_a_key_error_listing_close_names(things: Registry) -> No
     hint = message.split("Did you mean", 1)[1].split("?", 1)[0]
     assert "'deit_tiny'" in hint and "resnet50" not in hint
     assert "resnet50" in message  # the full list follows
-    for lookup in (things.get, things.metadata, things.signature):
+    for lookup in (things.get, things.info, things.signature):
         with pytest.raises(RegistryError):
             lookup("nope")
 
@@ -170,7 +170,7 @@ def test_global_registries_are_importable_and_listed() -> None:
     ],
     ids=lambda value: getattr(value, "plural", None),
 )
-def test_import_research_registers_the_built_ins(registry: Registry, names: list[str]) -> None:
+def test_a_lookup_registers_the_built_ins(registry: Registry, names: list[str]) -> None:
     for name in names:
         assert name in registry, f"{name} not registered in {registry!r}"
 
@@ -199,3 +199,37 @@ def test_built_in_builders_follow_the_contract(key: str) -> None:
             assert param.kind is inspect.Parameter.KEYWORD_ONLY, f"{key} {name!r}: {param.name} is not keyword-only"
             assert param.name in hints, f"{key} {name!r}: {param.name} has no annotation"
         assert set(spec.injected) <= set(params), f"{key} {name!r} does not accept {spec.injected}"
+
+
+@pytest.fixture
+def unloaded(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """Registries as in a fresh interpreter, whose built-ins are the modules a test writes in the
+    returned folder (the real ones are imported first: importing them again registers nothing)."""
+    plugins.load_builtins()
+    monkeypatch.setattr(plugins, "_builtins_loaded", False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in [name for name, module in sys.modules.items() if str(getattr(module, "__file__", "")).startswith(str(tmp_path))]:
+        del sys.modules[name]
+
+
+def test_a_lookup_while_the_built_ins_load_does_not_load_them_again(unloaded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A built-in module registers through research.registry and may look an entry up as it imports:
+    that lookup sees what is registered so far; the entry points are loaded once, after the modules."""
+    (unloaded / "early_builtin.py").write_text("from research.registry import LOSSES\nSEEN = 'hard' in LOSSES\n")
+    loads = []
+    monkeypatch.setattr(plugins, "BUILTINS", ("early_builtin",))
+    monkeypatch.setattr(plugins, "load_entry_point_plugins", lambda: loads.append(1))
+    assert "hard" in LOSSES and len(MODELS) > 0
+    assert sys.modules["early_builtin"].SEEN is True  # registered by the real built-ins, imported already
+    assert loads == [1]
+    assert "hard" in LOSSES and loads == [1]  # once
+
+
+def test_a_built_in_that_fails_to_import_fails_every_lookup(unloaded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a half-filled registry after the first error: the next lookup tries again and fails again."""
+    (unloaded / "broken_builtin.py").write_text("raise ImportError('no module named fancy_dependency')\n")
+    monkeypatch.setattr(plugins, "BUILTINS", ("broken_builtin",))
+    for _ in range(2):
+        with pytest.raises(ImportError, match="fancy_dependency"):
+            MODELS.names()
