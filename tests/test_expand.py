@@ -117,6 +117,42 @@ def test_bad_key_in_a_variant_names_the_variant(tmp_path: Path, experiment) -> N
     assert "abl.yaml (variant fast)" in message and "optim.lrr" in message
 
 
+STUDIES_MIXUP = {"studies": ["aug.mixup", "optim"], "variants": {"full": {}, "lr": {"optim.lr": 1e-3}}, "grid": {"aug.mixup": [0, 0.8]}}
+
+
+def test_studies_cover_the_keys_of_the_variants_and_the_grid(experiment) -> None:
+    runs = load_runs(experiment("abl", aug={"name": "cifar"}, ablation=STUDIES_MIXUP))
+    assert len(runs) == 4 and runs[0].cfg.ablation.studies == ["aug.mixup", "optim"]  # optim covers optim.lr
+
+
+@pytest.mark.parametrize(
+    ("ablation", "message"),
+    [
+        (
+            {**STUDIES_MIXUP, "studies": ["aug.mixup"]},
+            r"abl\.yaml: ablation\.variants\.lr sets optim\.lr, which ablation\.studies \[aug\.mixup\] does not list; "
+            "add it to ablation.studies or take it out of the variant",
+        ),
+        ({**STUDIES_MIXUP, "studies": ["optim"]}, r"ablation\.grid sets aug\.mixup, which ablation\.studies \[optim\] does not list"),
+        ({**STUDIES_MIXUP, "studies": ["aug.mix", "optim"]}, r"ablation\.grid sets aug\.mixup"),  # a prefix of a name is no parent
+        ({**STUDIES_MIXUP, "studies": ["aug.mixup", "optim", "train.ema"]}, r"ablation\.studies lists train\.ema, which no variant or grid key sets"),
+    ],
+    ids=["variant", "grid", "not-a-parent", "unused"],
+)
+def test_a_key_outside_the_studies_or_a_study_without_a_key_is_refused(experiment, ablation, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_runs(experiment("abl", aug={"name": "cifar"}, ablation=ablation))
+
+
+def test_expand_refuses_a_wrong_studies_list_in_one_line(experiment, capsys) -> None:
+    from research.cli import main
+
+    path = experiment("abl", ablation={"studies": ["aug.cutmix"], "variants": {"full": {}, "no_mixup": {"aug.mixup": 0.0}}})
+    assert main(["expand", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ablation.variants.no_mixup sets aug.mixup" in err[0], err
+
+
 def test_no_ablation_is_one_run_named_after_the_experiment(experiment) -> None:
     assert variant_overrides({}, "x.yaml") == [("", {})]
     (run,) = load_runs(experiment("single"))

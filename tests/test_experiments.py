@@ -1,6 +1,6 @@
 """The shipped experiment files: every one loads and validates; every ablation also runs on the CIFAR-10
-recipe; an ablation's baseline is exactly its recipe, and its other variants change only the technique
-they study. Files are loaded with ``check_files=False``, as ``research expand`` does, so no ImageNet
+recipe; an ablation's baseline is exactly its recipe, and its other variants change only the keys its
+``ablation.studies`` lists. Files are loaded with ``check_files=False``, as ``research expand`` does, so no ImageNet
 copy and no teacher checkpoint are needed.
 """
 
@@ -24,24 +24,6 @@ ABLATIONS = sorted(EXPERIMENTS.glob("ablate_*.yaml"))
 #: The CIFAR-10 recipe each ablation also runs on (``_base_=`` is relative to the ablation file).
 CIFAR_BASE = {"ablate_distillation": "base/cifar10_distilled.yaml"}
 DEFAULT_CIFAR_BASE = "base/cifar10.yaml"
-
-#: The keys each ablation studies; its variants may change nothing else. A dotted key also covers the
-#: keys below it (``teacher`` covers ``teacher.name``; the section is null when there is no teacher).
-_AUGMENTATION_KEYS = {
-    "ablate_mixup": ("aug.mixup",),
-    "ablate_cutmix": ("aug.cutmix",),
-    "ablate_randaugment": ("aug.rand_augment",),
-    "ablate_autoaugment": ("aug.rand_augment", "aug.auto_augment"),
-    "ablate_random_erasing": ("aug.random_erasing",),
-    "ablate_repeated_aug": ("aug.repeated_aug",),
-    "ablate_stochastic_depth": ("model.drop_path_rate",),
-    "ablate_ema": ("train.ema",),
-}
-TECHNIQUE_KEYS: dict[str, tuple[str, ...]] = {
-    **_AUGMENTATION_KEYS,
-    "ablate_all": tuple(sorted({key for keys in _AUGMENTATION_KEYS.values() for key in keys})),
-    "ablate_distillation": ("loss", "teacher", "model.eval_head"),
-}
 
 VARIANT_COUNTS = {"ablate_mixup": 2, "ablate_ema": 2, "ablate_all": 10, "ablate_distillation": 6}
 
@@ -118,8 +100,15 @@ def test_every_file_expands_and_validates(path: Path) -> None:
     assert (len(runs) > 1) == path.stem.startswith("ablate_"), "only ablate_*.yaml files make several runs"
 
 
-def test_every_ablation_has_its_technique_keys_listed_here() -> None:
-    assert {path.stem for path in ABLATIONS} == set(TECHNIQUE_KEYS)
+def studies(path: Path) -> tuple[str, ...]:
+    """The keys an ablation studies, as its file says (``ablation.studies``). A dotted key also covers
+    the keys below it (``teacher`` covers ``teacher.name``; the section is null when there is no teacher)."""
+    return tuple(runs_of(path)[0].cfg.ablation.studies)
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=_id)
+def test_every_ablation_says_what_it_studies(path: Path) -> None:
+    assert studies(path), f"{_id(path)}: list the keys its variants change in ablation.studies"
 
 
 # --- ablations, on ImageNet (their own _base_) and on CIFAR-10 ---------------------------------------
@@ -155,7 +144,7 @@ def test_ablation_baseline_is_the_full_recipe(path: Path, which: str | None) -> 
 def test_variants_change_only_their_technique(path: Path, which: str | None) -> None:
     runs = runs_of(path, chosen_base(path, which))
     baseline = baseline_of(runs)
-    allowed = TECHNIQUE_KEYS[path.stem]
+    allowed = studies(path)
     for run in runs:
         if run is baseline:
             continue

@@ -4,7 +4,8 @@
 of values. With both, every named variant is crossed with every grid point. Grid points are named
 after their values with the key's last part (``mixup=0``, or the full key when two grid keys end the
 same way), so names are stable and readable: the run ``ablate_mixup/mixup=0`` lives in
-``<output_dir>/ablate_mixup/mixup=0``.
+``<output_dir>/ablate_mixup/mixup=0``. ``ablation.studies`` names the keys the variants change, and
+nothing else may change: a variant that sets another key is refused.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from research.config.errors import ConfigError
-from research.config.sources import as_override_tree
+from research.config.sources import as_override_tree, flatten
 
 _SEED_PART = re.compile(r"(^|,)seed=[^,]*")
 
@@ -59,6 +60,8 @@ def variant_overrides(ablation: Mapping[str, Any], where: str) -> list[tuple[str
     """``[(variant name, nested overrides), ...]`` in file order; ``[("", {})]`` for a single run."""
     variants = ablation.get("variants") or {}
     named = [(str(name), _variant_tree(name, overrides, where)) for name, overrides in variants.items()] or [("", {})]
+    if ablation.get("studies"):
+        _check_studies(ablation["studies"], named, ablation.get("grid") or {}, where)
     runs = []
     for (name, overrides), (point, values) in itertools.product(named, _grid_points(ablation.get("grid") or {}, where)):
         full = ",".join(part for part in (name, point) if part)  # one folder name: research.config.checks
@@ -85,6 +88,26 @@ def _variant_tree(name: str, overrides: Any, where: str) -> dict[str, Any]:
     if isinstance(overrides, Sequence) and not all(isinstance(item, str) for item in overrides):
         raise ConfigError(f"{where}: ablation.variants.{name}: a list of overrides holds 'key=value' strings, got {overrides!r}")
     return as_override_tree(overrides or {})
+
+
+def _check_studies(studies: Sequence[str], named: Sequence[tuple[str, Mapping[str, Any]]], grid: Mapping[str, Any], where: str) -> None:
+    """Every key a variant or the grid sets lies in (or below) a key of ``ablation.studies``, and every
+    studied key is set by a variant or the grid: the list says what the ablation changes, truly."""
+    sets = [(f"ablation.variants.{name}", key) for name, tree in named for key in flatten(tree)]
+    sets += [("ablation.grid", str(key)) for key in grid]
+
+    def covered(key: str, by: Sequence[str]) -> bool:
+        return any(key == study or key.startswith(f"{study}.") for study in by)
+
+    for place, key in sets:
+        if not covered(key, studies):
+            raise ConfigError(
+                f"{where}: {place} sets {key}, which ablation.studies [{', '.join(studies)}] does not list; "
+                "add it to ablation.studies or take it out of the variant"
+            )
+    unused = [study for study in studies if not any(covered(key, [study]) for _, key in sets)]
+    if unused:
+        raise ConfigError(f"{where}: ablation.studies lists {', '.join(unused)}, which no variant or grid key sets; remove it")
 
 
 def baseline_name(baseline: str | None, names: Sequence[str]) -> str | None:
