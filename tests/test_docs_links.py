@@ -1,5 +1,5 @@
 """Every file the documentation points at exists: Markdown links and repository paths named in
-README.md, docs/*.md and setup.cfg (whose comment once cited a docs/RECIPES.md that did not exist)."""
+README.md, CONTRIBUTING.md, docs/*.md and setup.cfg (whose comment once cited a docs/RECIPES.md that did not exist)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DOCS = [REPO / "README.md", REPO / "setup.cfg", *sorted((REPO / "docs").glob("*.md"))]
+DOCS = [REPO / "README.md", REPO / "CONTRIBUTING.md", REPO / "setup.cfg", *sorted((REPO / "docs").glob("*.md"))]
 
 # [text](target): the target, without an #anchor; web links and in-page anchors are not files.
 LINK = re.compile(r"\]\(([^)\s]+)\)")
