@@ -32,22 +32,19 @@ _builtins_loaded = False
 def load_builtins() -> None:
     """Register the built-in components, then those of the installed plugins' entry points; once.
 
-    Every registry lookup calls it (research.registry), so nobody needs to; not done on
-    ``import research``: the built-ins import torch and timm (seconds), which a command that only
-    parses its arguments (``--help``) does not need.
+    Every registry lookup calls it; not ``import research``: the built-ins import torch and timm
+    (seconds), which a command that only parses its arguments (``--help``) does not need.
     """
     global _builtins_loaded
     if _builtins_loaded:
         return
-    # Marked loaded first: the modules imported here register through research.registry, and a lookup
-    # they make while importing must see what is registered so far, not start loading again.
-    _builtins_loaded = True
+    _builtins_loaded = True  # first: a lookup made by a module imported here sees what is registered so far
     try:
         for module in BUILTINS:
             importlib.import_module(module)
         load_entry_point_plugins()
     except BaseException:
-        _builtins_loaded = False  # the next lookup raises again, rather than seeing half the registry
+        _builtins_loaded = False  # the next lookup fails again, rather than see half the registry
         raise
 
 

@@ -17,10 +17,9 @@ Numeric parameters declare their bounds beside them with :class:`Range` in the a
 (``drop_path_rate: Annotated[float, Range(ge=0, lt=1)] = 0.1``); the config loader checks them, with
 the types, when an experiment loads, so a plugin's builder gets the same checks as the built-ins.
 
-Every lookup (``get``, ``build``, ``info``, ``names``, ``in``, ``len``, iteration) first loads the
-built-in components and the installed plugins' entry points, once (:func:`research.plugins.load_builtins`),
-so ``from research.registry import MODELS; MODELS.build(...)`` works in a fresh interpreter, while
-``import research.registry`` itself stays light (no torch, no timm). Registering never loads.
+Every lookup (``get``, ``build``, ``info``, ``names``, ``in``, ``len``, iteration) first loads the built-ins and
+the plugins' entry points, once (:func:`research.plugins.load_builtins`): ``MODELS.build(...)`` works in a fresh
+notebook, while importing this module or registering loads nothing (no torch, no timm).
 """
 
 from __future__ import annotations
@@ -236,16 +235,13 @@ class Registry(Generic[T, InfoT]):
 
     def get(self, name: str) -> Builder:
         """The builder registered under ``name``; unknown names raise with suggestions."""
-        try:
-            return self._entries()[name]
-        except (KeyError, TypeError):
-            raise RegistryError(self.unknown_message(name)) from None
-
-    def unknown_message(self, name: object) -> str:
-        close = difflib.get_close_matches(str(name), self._entries(), n=3, cutoff=0.5)
+        entries = self._entries()
+        if isinstance(name, str) and name in entries:
+            return entries[name]
+        close = difflib.get_close_matches(str(name), entries, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        known = ", ".join(sorted(self._entries())) or "(none)"
-        return f"unknown {self.kind} {name!r}.{hint} Registered {self.plural}: {known}"
+        known = ", ".join(sorted(entries)) or "(none)"
+        raise RegistryError(f"unknown {self.kind} {name!r}.{hint} Registered {self.plural}: {known}")
 
     def build(self, name: str, /, **kwargs: Any) -> T:
         """Call the builder registered under ``name`` with ``kwargs``."""

@@ -91,22 +91,15 @@ def _variant_tree(name: str, overrides: Any, where: str) -> dict[str, Any]:
 
 
 def _check_studies(studies: Sequence[str], named: Sequence[tuple[str, Mapping[str, Any]]], grid: Mapping[str, Any], where: str) -> None:
-    """Every key a variant or the grid sets lies in (or below) a key of ``ablation.studies``, and every
-    studied key is set by a variant or the grid: the list says what the ablation changes, truly."""
-    sets = [(f"ablation.variants.{name}", key) for name, tree in named for key in flatten(tree)]
-    sets += [("ablation.grid", str(key)) for key in grid]
-
-    def covered(key: str, by: Sequence[str]) -> bool:
-        return any(key == study or key.startswith(f"{study}.") for study in by)
-
+    """Every key a variant or the grid sets is (or lies below) a studied key, and every studied key is set."""
+    sets = [(f"ablation.variants.{name}", key) for name, tree in named for key in flatten(tree)] + [("ablation.grid", str(k)) for k in grid]
     for place, key in sets:
-        if not covered(key, studies):
+        if not any(key == study or key.startswith(f"{study}.") for study in studies):
             raise ConfigError(
                 f"{where}: {place} sets {key}, which ablation.studies [{', '.join(studies)}] does not list; "
                 "add it to ablation.studies or take it out of the variant"
             )
-    unused = [study for study in studies if not any(covered(key, [study]) for _, key in sets)]
-    if unused:
+    if unused := [study for study in studies if not any(key == study or key.startswith(f"{study}.") for _, key in sets)]:
         raise ConfigError(f"{where}: ablation.studies lists {', '.join(unused)}, which no variant or grid key sets; remove it")
 
 

@@ -177,9 +177,7 @@ class AblationCfg:
     baseline: Optional[str] = None  # the variant deltas are measured against; default: the first
     variants: Dict[str, Any] = field(default_factory=dict)  # name -> {dotted.key: value}
     grid: Dict[str, Any] = field(default_factory=dict)  # dotted.key -> [values]
-    # The dotted keys the ablation studies (a key covers those below it: `loss` covers `loss.name`): the
-    # keys its variants and grid set must be among them, and each must be set by one (none listed: unchecked)
-    studies: List[str] = field(default_factory=list)
+    studies: List[str] = field(default_factory=list)  # the dotted keys variants and grid may set (`loss`: `loss.*`)
 
 
 def _component(name: Any) -> Any:
