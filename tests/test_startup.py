@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -123,15 +123,17 @@ def test_importing_and_registering_load_nothing_heavy() -> None:
 
 
 def test_help_starts_in_under_a_fifth_of_a_second() -> None:
-    """``research --help`` in under 0.2 s (the issue's bound), measured robustly on a loaded machine:
-    the median of 7 runs, each less the median start of a bare interpreter measured between them, so
-    the bound is on what the package adds, not on the machine's load."""
+    """``research --help`` in under 0.2 s (the issue's bound), measured so that a loaded machine does not
+    fail it: the CPU time of the process (user + system, which other processes' load barely moves,
+    unlike the wall time), median of 7 runs, less the median of a bare interpreter's start between them."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    help_times, bare_times = [], []
+    help_times: list[float] = []
+    bare_times: list[float] = []
     for _ in range(7):
         for script, times in (("from research.cli import main; main(['--help'])", help_times), ("pass", bare_times)):
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=REPO, env=env, timeout=60)
-            times.append(time.perf_counter() - start)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            subprocess.run([sys.executable, "-c", script], capture_output=True, cwd=REPO, env=env, timeout=60, check=True)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            times.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     added = statistics.median(help_times) - statistics.median(bare_times)
-    assert added < 0.2, f"research --help takes {added:.3f} s beyond the interpreter's start"
+    assert added < 0.2, f"research --help takes {added:.3f} s of CPU beyond the interpreter's start"
