@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import research.data  # noqa: F401  (registers the datasets and recipes)
-
 CLASSES = ("cat", "dog", "frog")
 
 

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import torch
 
-import research.models  # noqa: F401  (registers the models)
 from research.config import load_run
 from research.data.batch_augment import InMemoryBatches
 from research.launch.train import train

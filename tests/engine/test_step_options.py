@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import research.models  # noqa: F401  (registers the models)
 from research.config import ConfigError, load_run
 from research.launch.data import build_data
 from research.launch.dist import DistEnv

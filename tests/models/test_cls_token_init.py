@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import research.models  # noqa: F401  (registers the models)
 from research.registry import MODELS
 
 

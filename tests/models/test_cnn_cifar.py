@@ -9,7 +9,6 @@ import timm
 import torch
 from torch import nn
 
-import research.models.cnn_cifar  # noqa: F401  (registers the CNNs)
 from research.registry import MODELS, ModelInfo
 
 CIFAR_CNNS = ["resnet10_cifar", "resnet18_cifar"]

@@ -8,7 +8,6 @@ import timm
 import torch
 from timm.layers import DropPath
 
-import research.models  # noqa: F401  (registers the models)
 from research.models import EVAL_HEADS, DeiT, DistilledDeiT
 from research.registry import MODELS, ModelInfo
 

@@ -4,7 +4,6 @@ import pytest
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-import research.models  # noqa: F401  (registers the models)
 from research.models import load_for_finetune
 from research.registry import MODELS
 

@@ -11,7 +11,6 @@ import timm
 import torch
 from torch import nn
 
-import research.models.cnn_cifar  # noqa: F401  (registers the CIFAR CNNs the teachers build)
 from research.losses import build_base_criterion
 from research.registry import LOSSES, MODELS, TEACHERS
 from research.teachers import (

@@ -9,7 +9,6 @@ import pytest
 import torch
 from wandb_reader import read_runs
 
-import research  # noqa: F401  (registers the built-ins)
 from research.cli import main
 from research.registry import MODELS
 
