@@ -12,6 +12,7 @@ leaves the transforms alone (it mixes batches in the loop, or repeats images in 
 from __future__ import annotations
 
 import random
+import types
 import typing
 from collections.abc import Iterator
 from dataclasses import fields
@@ -62,7 +63,7 @@ def candidates(kind: type[Technique]) -> Iterator[dict[str, Any]]:
     hints = typing.get_type_hints(kind, include_extras=True)
     for field in fields(kind):
         hint = hints[field.name]
-        while typing.get_origin(hint) in (typing.Annotated, typing.Union):
+        while typing.get_origin(hint) in (typing.Annotated, typing.Union, types.UnionType):  # Optional, X | None
             hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
         if typing.get_origin(hint) is typing.Literal:
             values: list[Any] = list(typing.get_args(hint))
