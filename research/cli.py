@@ -1,4 +1,4 @@
-"""The ``research`` command: list, expand, train, eval, report.
+"""The ``research`` command: list, expand, train, submit, eval, report.
 
 Every command takes an experiment file and ``dotted.key=value`` overrides. Bad input prints one line
 on stderr and exits with status 2; ``--debug`` shows the traceback instead.
@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # the shell's status for SIGINT
@@ -102,7 +103,7 @@ def _is_bad_input(exc: BaseException) -> bool:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="research", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Command)
 
     def command(name: str, func: object, help_text: str, config: bool = True) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -111,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
         if config:
             sub.add_argument("config", type=Path, help="experiment YAML file")
             sub.add_argument(
-                "overrides", nargs="*", help="dotted.key=value overrides (optim.lr=1e-3), section={...} replacements, ~key deletions"
+                "overrides",
+                nargs="*",
+                help="dotted.key=value overrides (optim.lr=1e-3), section={...} replacements, ~key deletions",
             )
         return sub
 
@@ -121,7 +124,9 @@ def _parser() -> argparse.ArgumentParser:
     cost_options(sub)
     seeds_option(sub)
     sub = command(
-        "throughput", _throughput, "measure the training and evaluation images/s of an experiment's runs here; add them to your throughput table"
+        "throughput",
+        _throughput,
+        "measure the training and evaluation images/s of an experiment's runs here; add them to your throughput table",
     )
     sub.add_argument("--device", required=True, help="this machine's device name in the table: the GPU type (h200) or cpu-...")
     sub.add_argument(
@@ -130,29 +135,58 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sub.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="measure only these variants")
     sub.add_argument("--steps", type=int, default=20, help="timed steps per measurement (after 5 warm-up steps)")
-    add_train_options(command("train", _train, "train every run of an experiment here (finished runs are skipped)"))
+    sub = command("train", _train, "train every run of an experiment here (finished runs are skipped)")
+    run_options(sub)
+    sub.add_argument("--nproc", type=int, default=1, help="DDP processes per run (default 1; gloo on CPU)")
+    sub = command(
+        "submit", _submit, "submit every run of an experiment through its launcher backend (resources.backend, default SLURM); "
+        "finished runs are skipped, queued ones left alone",
+    )  # fmt: skip
+    run_options(sub)
+    sub.add_argument("--dry-run", action="store_true", help="print the jobs and their parameters and cost; submit nothing")
+    sub.add_argument("--no-snapshot", action="store_true", help="run the live working tree instead of a code snapshot")
+    sub.add_argument("--backend", default=None, metavar="NAME", help="the launcher backend (the key resources.backend)")
+    cost_options(sub)  # what the --dry-run's cost estimate assumes
     command("eval", _eval, "evaluate a checkpoint: research eval CONFIG checkpoint=PATH [overrides]")
     sub = command("report", _report, "tables and plots of experiments' runs", config=False)
     sub.add_argument(
-        "configs", nargs="+",
+        "configs",
+        nargs="+",
         help="experiment YAML files or folders of run dirs (runs/ablate_mixup), then dotted.key=value / ~key overrides applied to each file",
     )
     sub.add_argument("--out", type=Path, default=None, help="report dir (default: reports/<first experiment>)")
     sub.add_argument("--wandb", action="store_true", help="also read runs from the W&B API (online)")
-    sub.add_argument(
-        "--only", nargs="+", default=[], metavar="VARIANT", help="report only these variants and the baseline"
-    )
+    sub.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="report only these variants and the baseline")
     paper = sub.add_mutually_exclusive_group()
     paper.add_argument("--paper", type=Path, default=None, help="the paper's figures (default: research/report/paper.yaml)")
     paper.add_argument("--no-paper", action="store_true", help="leave out the paper beside ours")
     return parser
 
 
+class _Command(argparse.ArgumentParser):
+    """A command's parser: options may come between the overrides (``exp.yaml --dry-run slurm.partition=gpu``)."""
+
+    _inner = False  # parse_known_intermixed_args calls parse_known_args twice
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:  # type: ignore[override]
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def cost_options(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--throughput-table``, shared by ``research expand`` and ``launchers/slurm.py``."""
-    parser.add_argument("--device", default=None, help="price the runs on this device (default: slurm.gpu_type), e.g. h200")
+    """``--device`` and ``--throughput-table``, shared by ``research expand`` and ``research submit``."""
+    parser.add_argument("--device", default=None, help="price the runs on this device (default: resources.gpu_type), e.g. h200")
     parser.add_argument(
-        "--throughput-table", type=Path, default=None,
+        "--throughput-table",
+        type=Path,
+        default=None,
         help="your throughput CSV, read before the package's (default: $RESEARCH_THROUGHPUT_TABLE or ~/.cache/research/throughput.csv)",
     )
 
@@ -163,8 +197,14 @@ def seeds_option(parser: argparse.ArgumentParser) -> None:
 
 
 def with_seeds(overrides: Sequence[str], args: argparse.Namespace) -> list[str]:
-    """The command line's overrides, with ``--seeds N`` as the override ``seeds=N`` (checked like any key)."""
-    return [*overrides, *([f"seeds={args.seeds}"] if args.seeds is not None else [])]
+    """The command line's overrides, with ``--seeds N`` as the override ``seeds=N`` and ``--backend NAME``
+    as ``resources.backend=NAME`` (checked like any key)."""
+    backend = getattr(args, "backend", None)
+    return [
+        *overrides,
+        *([f"seeds={args.seeds}"] if args.seeds is not None else []),
+        *([f"resources.backend={backend}"] if backend is not None else []),
+    ]
 
 
 def print_cost(runs: Sequence[object], args: argparse.Namespace) -> None:
@@ -172,18 +212,30 @@ def print_cost(runs: Sequence[object], args: argparse.Namespace) -> None:
     from research.launch.cost import estimate_runs, format_estimates
 
     estimates = estimate_runs(
-        runs, device=args.device, table=args.throughput_table, config=args.config, overrides=args.overrides  # type: ignore[arg-type]
+        runs,
+        device=args.device,
+        table=args.throughput_table,
+        config=args.config,
+        overrides=args.overrides,  # type: ignore[arg-type]
     )
     print("\n" + format_estimates(estimates, table=args.throughput_table))
 
 
-def add_train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``research train``, which ``launchers/local.py`` is another name for."""
-    parser.add_argument("--force", action="store_true", help="train finished runs again (the old run dir is kept aside)")
-    parser.add_argument("--nproc", type=int, default=1, help="DDP processes per run (default 1; gloo on CPU)")
+def run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``research train`` and ``research submit`` (``launchers/local.py``, ``launchers/slurm.py``)."""
+    parser.add_argument("--force", action="store_true", help="run finished runs again (the old run dir is kept aside)")
     parser.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="run only these variants (default: all)")
     seeds_option(parser)
-    return parser
+
+
+def _selected_runs(args: argparse.Namespace, *, check_files: bool = True) -> list[Any]:
+    """The runs of :func:`run_options`' command line. ``--only a b key=value ~key``: variant names hold
+    no '=' and no leading '~', so what follows them may still be overrides."""
+    from research.config import load_runs
+
+    only = [item for item in args.only if not _is_override(item)]
+    overrides = [*args.overrides, *(item for item in args.only if _is_override(item))]
+    return load_runs(args.config, with_seeds(overrides, args), check_files=check_files, only=only)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -252,14 +304,34 @@ def _throughput(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from research.config import load_runs
     from research.launch.local import run_locally
 
     _check_count("--nproc", args.nproc)
-    # `--only a b key=value ~key`: variant names hold no '=' and no leading '~', so what follows them may still be overrides
-    only = [item for item in args.only if not _is_override(item)]
-    overrides = [*args.overrides, *(item for item in args.only if _is_override(item))]
-    run_locally(load_runs(args.config, with_seeds(overrides, args), only=only), force=args.force, nproc=args.nproc)
+    run_locally(_selected_runs(args), force=args.force, nproc=args.nproc)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from research.config.expand import format_value
+    from research.console import text_table
+    from research.launch.submit import launch
+
+    runs = _selected_runs(args, check_files=not args.dry_run)
+    rows = launch(runs, force=args.force, dry_run=args.dry_run, snapshot=not args.no_snapshot)
+    table = [
+        [row.run.name, row.action, row.job_id or "-", ",".join(row.depends_on) or "-", str(row.run.run_dir), row.run.name,
+         " ".join(f"{k}={format_value(v)}" for k, v in row.run.changes.items()) or "-"]
+        for row in rows
+    ]  # fmt: skip
+    print(text_table(["variant", "action", "job id", "after", "run dir", "W&B run", "changes vs baseline"], table))
+    for header in dict.fromkeys(row.sbatch for row in rows if row.sbatch):
+        names = ", ".join(row.run.name for row in rows if row.sbatch == header)
+        actions = {row.action for row in rows if row.sbatch == header} - {"would submit"}
+        # finished runs are not submitted: their header is what --force would submit them with
+        note = f" ({', '.join(sorted(actions))}: submitted only with --force)" if actions else ""
+        print(f"\nsbatch parameters for {names}{note}:\n{header}")
+    if args.dry_run:
+        print_cost([row.run for row in rows if row.action == "would submit"], args)
     return 0
 
 
@@ -298,7 +370,13 @@ def _report(args: argparse.Namespace) -> int:
     configs = [Path(item) for item in args.configs if not _is_override(item)]
     paper = False if args.no_paper else args.paper or True
     out = write_report(
-        configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only, paper=paper, status=shown_status,
+        configs,
+        out_dir=args.out,
+        use_wandb=args.wandb,
+        overrides=overrides,
+        only=args.only,
+        paper=paper,
+        status=shown_status,
         inference=inference_rate,
     )
     print(f"report written to {out}")

@@ -34,6 +34,7 @@ Builder = Callable[..., Any]
 
 __all__ = [
     "AUGMENTATIONS",
+    "BACKENDS",
     "DATASETS",
     "LOGGERS",
     "LOSSES",
@@ -285,6 +286,8 @@ LOSSES: Registry[Any, LossInfo] = Registry("loss", LossInfo, "losses")
 AUGMENTATIONS: Registry[Any, Info] = Registry("augmentation recipe", Info)
 DATASETS: Registry[Any, Info] = Registry("dataset", Info)
 LOGGERS: Registry[Any, Info] = Registry("logger", Info)
+#: Launcher backends (research.launch.backends.Backend); ``resources.backend`` picks one.
+BACKENDS: Registry[Any, Info] = Registry("launcher backend", Info)
 
 #: Registries by the plural used on the command line (``research list models``).
 REGISTRIES: dict[str, Registry[Any, Any]] = {
@@ -294,6 +297,7 @@ REGISTRIES: dict[str, Registry[Any, Any]] = {
     "augmentations": AUGMENTATIONS,
     "datasets": DATASETS,
     "loggers": LOGGERS,
+    "backends": BACKENDS,
 }
 
 

@@ -12,6 +12,7 @@ import research  # noqa: F401  (registers the built-ins)
 from research.config.components import SECTIONS
 from research.registry import (
     AUGMENTATIONS,
+    BACKENDS,
     DATASETS,
     LOGGERS,
     LOSSES,
@@ -155,6 +156,7 @@ def test_global_registries_are_importable_and_listed() -> None:
         "augmentations": AUGMENTATIONS,
         "datasets": DATASETS,
         "loggers": LOGGERS,
+        "backends": BACKENDS,
     }
 
 

@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from research.config import sources
 from research.config.checks import (
     check_optimizer_betas,
+    check_resources,
     check_run_dir,
     check_slurm,
     check_timm_names,
@@ -321,6 +322,7 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
             f"{layered.where('train.compile_mode')}: train.compile_mode {raw['train']['compile_mode']!r} is not one of "
             f"{', '.join(COMPILE_MODES)}"
         )
+    check_resources(raw["resources"], layered.where)
     check_slurm(raw["slurm"], layered.where)
 
 
