@@ -23,8 +23,9 @@ EXIT_INTERRUPTED = 130  # the shell's status for SIGINT
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """``research COMMAND ...``; ``prog`` names the command in error lines (``launchers/local.py``)."""
+    renamed = {argv[0]: prog} if prog and argv else {}  # launchers/slurm.py is `research submit`: its usage says so
     with quiet_broken_pipe():
-        args = _parser().parse_args(argv)
+        args = _parser(renamed).parse_args(argv)
     return run_with_errors(lambda: args.command(args), prog=prog or f"research {args.name}", debug=args.debug)
 
 
@@ -100,13 +101,15 @@ def _is_bad_input(exc: BaseException) -> bool:
     return isinstance(exc, (ConfigError, RegistryError, PluginError, DataError, CheckpointError, FileNotFoundError))
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(progs: dict[str, str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="research", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Command)
 
     def command(name: str, func: object, help_text: str, config: bool = True) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(
+            name, help=help_text, description=help_text, **({"prog": progs[name]} if progs and name in progs else {})
+        )
         sub.set_defaults(command=func, name=name)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         if config:
