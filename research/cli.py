@@ -101,23 +101,19 @@ def _is_bad_input(exc: BaseException) -> bool:
     return isinstance(exc, (ConfigError, RegistryError, PluginError, DataError, CheckpointError, FileNotFoundError))
 
 
-def _parser(progs: dict[str, str] | None = None) -> argparse.ArgumentParser:
+def _parser(progs: dict[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="research", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
     commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Command)
 
     def command(name: str, func: object, help_text: str, config: bool = True) -> argparse.ArgumentParser:
-        sub = commands.add_parser(
-            name, help=help_text, description=help_text, **({"prog": progs[name]} if progs and name in progs else {})
-        )
+        sub = commands.add_parser(name, help=help_text, description=help_text, prog=progs.get(name))
         sub.set_defaults(command=func, name=name)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         if config:
             sub.add_argument("config", type=Path, help="experiment YAML file")
             sub.add_argument(
-                "overrides",
-                nargs="*",
-                help="dotted.key=value overrides (optim.lr=1e-3), section={...} replacements, ~key deletions",
+                "overrides", nargs="*", help="dotted.key=value overrides (optim.lr=1e-3), section={...} replacements, ~key deletions"
             )
         return sub
 
@@ -127,9 +123,7 @@ def _parser(progs: dict[str, str] | None = None) -> argparse.ArgumentParser:
     cost_options(sub)
     seeds_option(sub)
     sub = command(
-        "throughput",
-        _throughput,
-        "measure the training and evaluation images/s of an experiment's runs here; add them to your throughput table",
+        "throughput", _throughput, "measure the training and evaluation images/s of an experiment's runs here; add them to your throughput table"
     )
     sub.add_argument("--device", required=True, help="this machine's device name in the table: the GPU type (h200) or cpu-...")
     sub.add_argument(
@@ -141,25 +135,23 @@ def _parser(progs: dict[str, str] | None = None) -> argparse.ArgumentParser:
     sub = command("train", _train, "train every run of an experiment here (finished runs are skipped)")
     run_options(sub)
     sub.add_argument("--nproc", type=int, default=1, help="DDP processes per run (default 1; gloo on CPU)")
-    sub = command(
-        "submit", _submit, "submit every run of an experiment through its launcher backend (resources.backend, default SLURM); "
-        "finished runs are skipped, queued ones left alone",
-    )  # fmt: skip
+    sub = command("submit", _submit, "submit the runs of an experiment not finished or queued yet through its launcher backend (SLURM)")
     run_options(sub)
-    sub.add_argument("--dry-run", action="store_true", help="print the jobs and their parameters and cost; submit nothing")
+    sub.add_argument("--dry-run", action="store_true", help="print the jobs, their parameters and cost; submit nothing")
     sub.add_argument("--no-snapshot", action="store_true", help="run the live working tree instead of a code snapshot")
     sub.add_argument("--backend", default=None, metavar="NAME", help="the launcher backend (the key resources.backend)")
     cost_options(sub)  # what the --dry-run's cost estimate assumes
     command("eval", _eval, "evaluate a checkpoint: research eval CONFIG checkpoint=PATH [overrides]")
     sub = command("report", _report, "tables and plots of experiments' runs", config=False)
     sub.add_argument(
-        "configs",
-        nargs="+",
+        "configs", nargs="+",
         help="experiment YAML files or folders of run dirs (runs/ablate_mixup), then dotted.key=value / ~key overrides applied to each file",
     )
     sub.add_argument("--out", type=Path, default=None, help="report dir (default: reports/<first experiment>)")
     sub.add_argument("--wandb", action="store_true", help="also read runs from the W&B API (online)")
-    sub.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="report only these variants and the baseline")
+    sub.add_argument(
+        "--only", nargs="+", default=[], metavar="VARIANT", help="report only these variants and the baseline"
+    )
     paper = sub.add_mutually_exclusive_group()
     paper.add_argument("--paper", type=Path, default=None, help="the paper's figures (default: research/report/paper.yaml)")
     paper.add_argument("--no-paper", action="store_true", help="leave out the paper beside ours")
@@ -171,9 +163,7 @@ class _Command(argparse.ArgumentParser):
 
     _inner = False  # parse_known_intermixed_args calls parse_known_args twice
 
-    def parse_known_args(
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:  # type: ignore[override]
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:  # type: ignore[override]
         if self._inner:
             return super().parse_known_args(args, namespace)
         self._inner = True
@@ -187,9 +177,7 @@ def cost_options(parser: argparse.ArgumentParser) -> None:
     """``--device`` and ``--throughput-table``, shared by ``research expand`` and ``research submit``."""
     parser.add_argument("--device", default=None, help="price the runs on this device (default: resources.gpu_type), e.g. h200")
     parser.add_argument(
-        "--throughput-table",
-        type=Path,
-        default=None,
+        "--throughput-table", type=Path, default=None,
         help="your throughput CSV, read before the package's (default: $RESEARCH_THROUGHPUT_TABLE or ~/.cache/research/throughput.csv)",
     )
 
@@ -203,11 +191,8 @@ def with_seeds(overrides: Sequence[str], args: argparse.Namespace) -> list[str]:
     """The command line's overrides, with ``--seeds N`` as the override ``seeds=N`` and ``--backend NAME``
     as ``resources.backend=NAME`` (checked like any key)."""
     backend = getattr(args, "backend", None)
-    return [
-        *overrides,
-        *([f"seeds={args.seeds}"] if args.seeds is not None else []),
-        *([f"resources.backend={backend}"] if backend is not None else []),
-    ]
+    options = [f"seeds={args.seeds}"] if args.seeds is not None else []
+    return [*overrides, *options, *([f"resources.backend={backend}"] if backend is not None else [])]
 
 
 def print_cost(runs: Sequence[object], args: argparse.Namespace) -> None:
@@ -215,11 +200,7 @@ def print_cost(runs: Sequence[object], args: argparse.Namespace) -> None:
     from research.launch.cost import estimate_runs, format_estimates
 
     estimates = estimate_runs(
-        runs,
-        device=args.device,
-        table=args.throughput_table,
-        config=args.config,
-        overrides=args.overrides,  # type: ignore[arg-type]
+        runs, device=args.device, table=args.throughput_table, config=args.config, overrides=args.overrides  # type: ignore[arg-type]
     )
     print("\n" + format_estimates(estimates, table=args.throughput_table))
 
@@ -232,10 +213,10 @@ def run_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _selected_runs(args: argparse.Namespace, *, check_files: bool = True) -> list[Any]:
-    """The runs of :func:`run_options`' command line. ``--only a b key=value ~key``: variant names hold
-    no '=' and no leading '~', so what follows them may still be overrides."""
+    """The runs of a :func:`run_options` command line."""
     from research.config import load_runs
 
+    # `--only a b key=value ~key`: variant names hold no '=' and no leading '~', so what follows them may still be overrides
     only = [item for item in args.only if not _is_override(item)]
     overrides = [*args.overrides, *(item for item in args.only if _is_override(item))]
     return load_runs(args.config, with_seeds(overrides, args), check_files=check_files, only=only)
@@ -319,8 +300,7 @@ def _submit(args: argparse.Namespace) -> int:
     from research.console import text_table
     from research.launch.submit import launch
 
-    runs = _selected_runs(args, check_files=not args.dry_run)
-    rows = launch(runs, force=args.force, dry_run=args.dry_run, snapshot=not args.no_snapshot)
+    rows = launch(_selected_runs(args, check_files=not args.dry_run), force=args.force, dry_run=args.dry_run, snapshot=not args.no_snapshot)
     table = [
         [row.run.name, row.action, row.job_id or "-", ",".join(row.depends_on) or "-", str(row.run.run_dir), row.run.name,
          " ".join(f"{k}={format_value(v)}" for k, v in row.run.changes.items()) or "-"]
@@ -373,13 +353,7 @@ def _report(args: argparse.Namespace) -> int:
     configs = [Path(item) for item in args.configs if not _is_override(item)]
     paper = False if args.no_paper else args.paper or True
     out = write_report(
-        configs,
-        out_dir=args.out,
-        use_wandb=args.wandb,
-        overrides=overrides,
-        only=args.only,
-        paper=paper,
-        status=shown_status,
+        configs, out_dir=args.out, use_wandb=args.wandb, overrides=overrides, only=args.only, paper=paper, status=shown_status,
         inference=inference_rate,
     )
     print(f"report written to {out}")

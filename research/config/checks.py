@@ -199,12 +199,29 @@ def _did_you_mean(name: str, known: list[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else " (timm.optim.list_optimizers() lists them)"
 
 
-def check_resources(resources: Mapping[str, Any], where: Callable[[str], str]) -> None:
-    """The ``resources:`` a backend asks for: a registered backend, a time of at least a minute, at
-    least 1 MB of memory, and a GPU type without control characters (it reaches a batch script)."""
+def check_resources(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """The ``resources:`` and ``slurm:`` values a job gets: a registered backend, a time of at least a
+    minute, at least 1 MB of memory, sbatch option names in ``slurm.extra``, and no control character
+    anywhere (a line break in an ``#SBATCH`` line ends it: what follows runs as shell, and the lines
+    after it are ignored)."""
+    resources, slurm = raw["resources"], raw["slurm"]
     if resources["backend"] not in BACKENDS:
         raise ConfigError(f"{where('resources.backend')}: resources.backend: {BACKENDS.unknown_message(resources['backend'])}")
-    _refuse_control_characters([("resources.gpu_type", resources["gpu_type"])], where)
+    texts = [(f"slurm.{key}", slurm[key]) for key in ("partition", "account", "qos", "constraint")]
+    texts += [("resources.gpu_type", resources["gpu_type"])] + [("slurm.setup", line) for line in slurm["setup"]]
+    for option, value in slurm["extra"].items():
+        if not _SBATCH_OPTION.fullmatch(str(option)):
+            raise ConfigError(
+                f"{where(f'slurm.extra.{option}')}: slurm.extra: {str(option)!r} is not an sbatch option name "
+                "(letters, digits, - and _, as in sbatch --help: reservation, mail-type, ...)"
+            )
+        texts.append((f"slurm.extra.{option}", value))
+    for key, value in texts:
+        if value is not None and (char := control_character(str(value))) is not None:
+            raise ConfigError(
+                f"{where(key)}: {key}={str(value)!r} holds the control character {char}, which would break the job's "
+                "batch script: remove it"
+            )
     try:
         minutes = slurm_minutes(resources["time"])
     except ValueError:
@@ -220,31 +237,6 @@ def check_resources(resources: Mapping[str, Any], where: Callable[[str], str]) -
             f"{where('resources.mem_gb')}: resources.mem_gb={resources['mem_gb']} is less than 1 MB, and sbatch reads --mem=0 as "
             "all of a node's memory: give at least 0.001 (1 MB), or leave it unset for the cluster's default"
         )
-
-
-def check_slurm(slurm: Mapping[str, Any], where: Callable[[str], str]) -> None:
-    """The ``slurm:`` values the job's batch script gets: sbatch option names in ``extra``, and no
-    control character anywhere (a line break in an ``#SBATCH`` line ends it: what follows runs as
-    shell, and the lines after it are ignored)."""
-    texts = [(f"slurm.{key}", slurm[key]) for key in ("partition", "account", "qos", "constraint")]
-    texts += [("slurm.setup", line) for line in slurm["setup"]]
-    for option, value in slurm["extra"].items():
-        if not _SBATCH_OPTION.fullmatch(str(option)):
-            raise ConfigError(
-                f"{where(f'slurm.extra.{option}')}: slurm.extra: {str(option)!r} is not an sbatch option name "
-                "(letters, digits, - and _, as in sbatch --help: reservation, mail-type, ...)"
-            )
-        texts.append((f"slurm.extra.{option}", value))
-    _refuse_control_characters(texts, where)
-
-
-def _refuse_control_characters(texts: list[tuple[str, Any]], where: Callable[[str], str]) -> None:
-    for key, value in texts:
-        if value is not None and (char := control_character(str(value))) is not None:
-            raise ConfigError(
-                f"{where(key)}: {key}={str(value)!r} holds the control character {char}, which would break the job's "
-                "batch script: remove it"
-            )
 
 
 def slurm_minutes(text: str) -> int:

@@ -124,8 +124,8 @@ def _preflight_jobs(runs: Sequence[Run]) -> None:
 def active_jobs(verdicts: Sequence[Verdict]) -> dict[Path, tuple[str, str]]:
     """``{run dir: (job id, state)}`` of runs whose recorded job is still queued or running. A run to
     be replaced (--force, and ``research train --force``) while its job is alive is refused: the job
-    would write into the new run, or die at its start. A state squeue cannot tell is refused too
-    (:func:`job_state`)."""
+    would write into the new run, or die at its start. A state the backend cannot tell is refused too
+    (research.launch.backends.Backend.job_state)."""
     active = {}
     for verdict in verdicts:
         recorded = recorded_job(verdict.run.run_dir) if verdict.action != DONE_ACTION else None  # finished: no job to ask about
@@ -139,9 +139,7 @@ def active_jobs(verdicts: Sequence[Verdict]) -> dict[Path, tuple[str, str]]:
     ]
     if busy:
         jobs = " ".join(active[v.run.run_dir][0] for v in verdicts if v.action == REPLACE and v.run.run_dir in active)
-        raise ConfigError(
-            f"cannot replace runs whose job is still alive: {', '.join(busy)}; cancel them first (SLURM: scancel {jobs})"
-        )
+        raise ConfigError(f"cannot replace runs whose job is still alive: {', '.join(busy)}; scancel {jobs} first")
     return active
 
 
@@ -188,8 +186,8 @@ def _arrays(rows: list[Row]) -> Iterator[list[Row]]:
     """Rows that can share one job array: same experiment, resources and dependencies."""
 
     def key(row: Row) -> str:
-        backend = row.run.cfg.resources.backend
-        return json.dumps([row.run.experiment, backend, backend_of(row.run).options(row.run), row.depends_on], sort_keys=True)
+        run = row.run
+        return json.dumps([run.experiment, run.cfg.resources.backend, backend_of(run).options(run), row.depends_on], sort_keys=True)
 
     for _, group in itertools.groupby(sorted(rows, key=key), key=key):
         yield list(group)

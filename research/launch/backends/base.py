@@ -1,8 +1,8 @@
 """What the submission pipeline (research.launch.submit) needs from a launcher backend.
 
 The pipeline plans the runs, checks their run dirs, takes the locks, snapshots the code and records
-each job; a backend only turns a run's ``resources:`` (and its own section) into its options,
-submits a group of runs, says whether a recorded job is still alive, and who the job is on its node.
+each job; a backend turns a run's ``resources:`` (and its own section) into its options, submits a
+group of runs, says whether a recorded job is still alive, and, on a job's node, which job it is.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from research.registry import BACKENDS
 
 @dataclass(frozen=True)
 class Group:
-    """Runs submitted together as one array: equal options, the same experiment and dependencies."""
+    """Runs submitted together as one array: the same experiment, options and dependencies."""
 
     runs: Sequence[Run]
     options: dict[str, Any]  # Backend.options of every run of the group
-    depends_on: tuple[str, ...]  # job ids that must finish first (teachers), "<run name>" in a dry run
+    depends_on: tuple[str, ...]  # job ids to finish first (teachers); "<run name>" in a dry run
     folder: Path  # the backend's files for the experiment (logs, scripts): the owner's only
     launch_dir: Path  # relative paths in the configs are relative to it
     env: dict[str, str] = field(default_factory=dict)  # variables the jobs get: the code's git provenance
@@ -50,16 +50,16 @@ class Backend(ABC):
         """Submit ``group``; the job id of each run, in order."""
 
     def job_state(self, job_id: str) -> str | None:
-        """The state of a recorded job while it is queued or running; None once it has gone. Raise a
-        ConfigError when that cannot be told (a job taken for gone would be submitted twice)."""
+        """A recorded job's state while it is queued or running, None once it has gone; a ConfigError
+        when the scheduler cannot tell (a job taken for gone would be submitted twice)."""
         return None
 
     def current_job(self) -> str | None:
-        """The job id of this process, on a job's node (None elsewhere): its lock and lives name it."""
+        """On a job's node, its job id (its lock and ``lives.jsonl`` name it); None elsewhere."""
         return None
 
     def stop_state(self) -> str | None:
-        """How the scheduler ended this job when it stops it (``CANCELLED``, ``REQUEUED``...), for its summary."""
+        """How the scheduler ends this job as it stops (``CANCELLED``, ``REQUEUED``, ...), for its summary."""
         return None
 
 

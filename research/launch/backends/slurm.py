@@ -8,6 +8,9 @@ last finished step (unless the signal landed inside an optimizer update or durin
 validation, in which case the last saved checkpoint stands), and returns the same job for
 requeueing (within ``slurm.max_requeues``). The requeued job resumes from ``<run dir>/last.pt``,
 mid-epoch included.
+
+No SLURM client here, a controller that does not answer and a job sbatch refuses are ConfigErrors:
+the fix is on this machine or in the experiment's ``slurm:`` section, in one line with exit status 2.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
 import submitit
 
@@ -43,18 +47,6 @@ SQUEUE_TIMEOUT_S = 30
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD", "RESIZING"}
 
 
-class SlurmUnavailable(ConfigError):
-    """No SLURM client on this machine."""
-
-
-class SubmissionRefused(ConfigError):
-    """sbatch refused a job; the message holds sbatch's own words and the variants concerned.
-
-    A :class:`ConfigError`: the fix is in the experiment's ``slurm:`` section (partition, account,
-    time, ...), so the launcher reports it in one line with exit status 2, like other bad input.
-    """
-
-
 def executor_parameters(cfg: ExperimentCfg, job_name: str) -> dict[str, Any]:
     """submitit ``SlurmExecutor`` parameters (sbatch's vocabulary) for a run's ``resources:`` and ``slurm:``."""
     slurm, res = cfg.slurm, cfg.resources
@@ -65,9 +57,7 @@ def executor_parameters(cfg: ExperimentCfg, job_name: str) -> dict[str, Any]:
             "leave tasks_per_node unset on GPU nodes"
         )
     if res.gpu_type and not gpus:
-        raise ConfigError(
-            f"resources.gpu_type={res.gpu_type} asks for GPUs of that type: set resources.gpus_per_node (1 or more)"
-        )
+        raise ConfigError(f"resources.gpu_type={res.gpu_type} asks for GPUs of that type: set resources.gpus_per_node (1 or more)")
     params: dict[str, Any] = {
         "job_name": job_name,
         "time": slurm_minutes(res.time),
@@ -96,12 +86,12 @@ class SlurmBackend(Backend):
     def check_client(self) -> None:
         """sbatch is here, and ``SLURM_CONF``, when set, names a file (else sbatch retries for a minute)."""
         if shutil.which("sbatch") is None:
-            raise SlurmUnavailable(
+            raise ConfigError(
                 "no SLURM here (sbatch not found): use --dry-run to see the jobs, or launchers/local.py to run them on this machine"
             )
         conf = os.environ.get("SLURM_CONF")
         if conf and not Path(conf).is_file():
-            raise SlurmUnavailable(
+            raise ConfigError(
                 f"SLURM_CONF={conf} is not a file: point SLURM_CONF at your cluster's slurm.conf (python tests/slurm/cluster.py "
                 "start prints the local test cluster's) or unset it, or use --dry-run to see the jobs without submitting"
             )
@@ -113,9 +103,8 @@ class SlurmBackend(Backend):
         """The ``#SBATCH`` lines submitit would write (works without SLURM)."""
         from submitit.slurm.slurm import _make_sbatch_string
 
-        text = _make_sbatch_string(
-            command="<python -m submitit.core._submit>", folder=group.folder / "%j", map_count=len(group.runs), **_sbatch(group)
-        )
+        command = "<python -m submitit.core._submit>"
+        text = _make_sbatch_string(command=command, folder=group.folder / "%j", map_count=len(group.runs), **_sbatch(group))
         return "\n".join(line for line in text.splitlines() if line.startswith("#SBATCH"))
 
     def submit(self, group: Group) -> list[str]:
@@ -123,11 +112,11 @@ class SlurmBackend(Backend):
         executor = submitit.SlurmExecutor(folder=group.folder / "%j", max_num_timeout=group.options["max_requeues"])
         executor.update_parameters(**_sbatch(group))
         muted = io.StringIO()  # submitit prints sbatch's stderr before raising with the same text
-        # sbatch passes our environment on to the job, which runs with the umask of SLURM_UMASK (else
-        # sbatch's own, the owner-only one of the submission).
+        # sbatch passes our environment on to the job (for the submission only: launch may be called from
+        # a library), which runs with the umask of SLURM_UMASK (else sbatch's own: the submission's 077).
         variables = {**group.env, "SLURM_UMASK": f"{group.umask:04o}"}
         try:
-            with _environ(variables), contextlib.redirect_stderr(muted), executor.batch():
+            with mock.patch.dict(os.environ, variables), contextlib.redirect_stderr(muted), executor.batch():
                 jobs = [executor.submit(TrainJob(run, str(group.launch_dir))) for run in group.runs]
         except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as exc:
             raise _refusal(exc, group.runs) from None
@@ -138,7 +127,7 @@ class SlurmBackend(Backend):
 
         A controller that does not answer (down, overloaded, no configuration) leaves the state unknown,
         and unknown is not "no job": a launcher that took it so would submit the run a second time or
-        move aside the dir of a job still queued. Raises :class:`SlurmUnavailable` then.
+        move aside the dir of a job still queued. Raises a ConfigError then.
         """
         command = ["squeue", "--noheader", "--format=%T", "--jobs", job_id]
         unknown = f"cannot tell whether SLURM job {job_id} is still queued or running"
@@ -146,20 +135,16 @@ class SlurmBackend(Backend):
         try:
             result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=SQUEUE_TIMEOUT_S)
         except FileNotFoundError:
-            raise SlurmUnavailable(
-                f"{unknown}: squeue is not installed here; {fix}, or scancel {job_id} on the cluster"
-            ) from None
+            raise ConfigError(f"{unknown}: squeue is not installed here; {fix}, or scancel {job_id} on the cluster") from None
         except subprocess.TimeoutExpired:
-            raise SlurmUnavailable(
-                f"{unknown}: the SLURM controller did not answer squeue within {SQUEUE_TIMEOUT_S} s; {fix}"
-            ) from None
+            raise ConfigError(f"{unknown}: the SLURM controller did not answer squeue within {SQUEUE_TIMEOUT_S} s; {fix}") from None
         if result.returncode == 0:
             states = result.stdout.split()
             return states[0] if states and states[0] in ACTIVE_STATES else None
         said = result.stderr.strip().splitlines()
         if said and "Invalid job id" in said[-1]:  # the controller no longer knows the job: it left the queue
             return None
-        raise SlurmUnavailable(f"{unknown}: squeue failed ({said[-1] if said else f'exit {result.returncode}'}); {fix}")
+        raise ConfigError(f"{unknown}: squeue failed ({said[-1] if said else f'exit {result.returncode}'}); {fix}")
 
     def current_job(self) -> str | None:
         """``123_4`` for task 4 of array job 123 (as squeue and slurm_job.json name it), else the job id."""
@@ -210,28 +195,13 @@ def _refusal(exc: Exception, runs: Sequence[Run]) -> ConfigError:
     detail = (detail.decode() if isinstance(detail, bytes) else str(detail)).strip()
     if any(symptom in detail for symptom in _NO_CONTROLLER):
         said = next((line for line in detail.splitlines() if any(s in line for s in _NO_CONTROLLER)), detail)
-        return SlurmUnavailable(
+        return ConfigError(
             f"sbatch cannot reach a SLURM controller ({said.strip()}): set SLURM_CONF to your cluster's "
             "slurm.conf, start the cluster (python tests/slurm/cluster.py start prints the SLURM_CONF of the "
             "local test cluster), or use --dry-run to see the jobs without submitting"
         )
     names = ", ".join(run.name for run in runs)
-    return SubmissionRefused(f"sbatch refused the job for {names}: {'; '.join(detail.splitlines())}")
-
-
-@contextlib.contextmanager
-def _environ(variables: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the submission only (``launch`` may be called from a library)."""
-    saved = {key: os.environ.get(key) for key in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    return ConfigError(f"sbatch refused the job for {names}: {'; '.join(detail.splitlines())}")
 
 
 class TrainJob(submitit.helpers.Checkpointable):
