@@ -118,7 +118,7 @@ def _parser(progs: dict[str, str]) -> argparse.ArgumentParser:
         return sub
 
     sub = command("list", _list, "list registered components", config=False)
-    sub.add_argument("kind", nargs="?", help="models, teachers, losses, augmentations, datasets or loggers")
+    sub.add_argument("kind", nargs="?", help="models, teachers, losses, augmentations, datasets, loggers or backends")
     sub = command("expand", _expand, "show the runs an experiment makes and their cost estimate, without running anything")
     cost_options(sub)
     seeds_option(sub)
