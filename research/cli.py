@@ -1,4 +1,4 @@
-"""The ``research`` command: list, expand, train, eval, report.
+"""The ``research`` command: list, expand, train, submit, eval, report.
 
 Every command takes an experiment file and ``dotted.key=value`` overrides. Bad input prints one line
 on stderr and exits with status 2; ``--debug`` shows the traceback instead.
@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # the shell's status for SIGINT
@@ -22,8 +23,9 @@ EXIT_INTERRUPTED = 130  # the shell's status for SIGINT
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
     """``research COMMAND ...``; ``prog`` names the command in error lines (``launchers/local.py``)."""
+    renamed = {argv[0]: prog} if prog and argv else {}  # launchers/slurm.py is `research submit`: its usage says so
     with quiet_broken_pipe():
-        args = _parser().parse_args(argv)
+        args = _parser(renamed).parse_args(argv)
     return run_with_errors(lambda: args.command(args), prog=prog or f"research {args.name}", debug=args.debug)
 
 
@@ -99,13 +101,13 @@ def _is_bad_input(exc: BaseException) -> bool:
     return isinstance(exc, (ConfigError, RegistryError, PluginError, DataError, CheckpointError, FileNotFoundError))
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(progs: dict[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="research", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks for bad input")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", parser_class=_Command)
 
     def command(name: str, func: object, help_text: str, config: bool = True) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub = commands.add_parser(name, help=help_text, description=help_text, prog=progs.get(name))
         sub.set_defaults(command=func, name=name)
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
         if config:
@@ -116,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     sub = command("list", _list, "list registered components", config=False)
-    sub.add_argument("kind", nargs="?", help="models, teachers, losses, augmentations, datasets or loggers")
+    sub.add_argument("kind", nargs="?", help="models, teachers, losses, augmentations, datasets, loggers or backends")
     sub = command("expand", _expand, "show the runs an experiment makes and their cost estimate, without running anything")
     cost_options(sub)
     seeds_option(sub)
@@ -130,7 +132,15 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     sub.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="measure only these variants")
     sub.add_argument("--steps", type=int, default=20, help="timed steps per measurement (after 5 warm-up steps)")
-    add_train_options(command("train", _train, "train every run of an experiment here (finished runs are skipped)"))
+    sub = command("train", _train, "train every run of an experiment here (finished runs are skipped)")
+    run_options(sub)
+    sub.add_argument("--nproc", type=int, default=1, help="DDP processes per run (default 1; gloo on CPU)")
+    sub = command("submit", _submit, "submit the runs of an experiment not finished or queued yet through its launcher backend (SLURM)")
+    run_options(sub)
+    sub.add_argument("--dry-run", action="store_true", help="print the jobs, their parameters and cost; submit nothing")
+    sub.add_argument("--no-snapshot", action="store_true", help="run the live working tree instead of a code snapshot")
+    sub.add_argument("--backend", default=None, metavar="NAME", help="the launcher backend (the key resources.backend)")
+    cost_options(sub)  # what the --dry-run's cost estimate assumes
     command("eval", _eval, "evaluate a checkpoint: research eval CONFIG checkpoint=PATH [overrides]")
     sub = command("report", _report, "tables and plots of experiments' runs", config=False)
     sub.add_argument(
@@ -148,9 +158,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Command(argparse.ArgumentParser):
+    """A command's parser: options may come between the overrides (``exp.yaml --dry-run slurm.partition=gpu``)."""
+
+    _inner = False  # parse_known_intermixed_args calls parse_known_args twice
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:  # type: ignore[override]
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def cost_options(parser: argparse.ArgumentParser) -> None:
-    """``--device`` and ``--throughput-table``, shared by ``research expand`` and ``launchers/slurm.py``."""
-    parser.add_argument("--device", default=None, help="price the runs on this device (default: slurm.gpu_type), e.g. h200")
+    """``--device`` and ``--throughput-table``, shared by ``research expand`` and ``research submit``."""
+    parser.add_argument("--device", default=None, help="price the runs on this device (default: resources.gpu_type), e.g. h200")
     parser.add_argument(
         "--throughput-table", type=Path, default=None,
         help="your throughput CSV, read before the package's (default: $RESEARCH_THROUGHPUT_TABLE or ~/.cache/research/throughput.csv)",
@@ -163,8 +188,11 @@ def seeds_option(parser: argparse.ArgumentParser) -> None:
 
 
 def with_seeds(overrides: Sequence[str], args: argparse.Namespace) -> list[str]:
-    """The command line's overrides, with ``--seeds N`` as the override ``seeds=N`` (checked like any key)."""
-    return [*overrides, *([f"seeds={args.seeds}"] if args.seeds is not None else [])]
+    """The command line's overrides, with ``--seeds N`` as the override ``seeds=N`` and ``--backend NAME``
+    as ``resources.backend=NAME`` (checked like any key)."""
+    backend = getattr(args, "backend", None)
+    options = [f"seeds={args.seeds}"] if args.seeds is not None else []
+    return [*overrides, *options, *([f"resources.backend={backend}"] if backend is not None else [])]
 
 
 def print_cost(runs: Sequence[object], args: argparse.Namespace) -> None:
@@ -177,13 +205,21 @@ def print_cost(runs: Sequence[object], args: argparse.Namespace) -> None:
     print("\n" + format_estimates(estimates, table=args.throughput_table))
 
 
-def add_train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The options of ``research train``, which ``launchers/local.py`` is another name for."""
-    parser.add_argument("--force", action="store_true", help="train finished runs again (the old run dir is kept aside)")
-    parser.add_argument("--nproc", type=int, default=1, help="DDP processes per run (default 1; gloo on CPU)")
+def run_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``research train`` and ``research submit`` (``launchers/local.py``, ``launchers/slurm.py``)."""
+    parser.add_argument("--force", action="store_true", help="run finished runs again (the old run dir is kept aside)")
     parser.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="run only these variants (default: all)")
     seeds_option(parser)
-    return parser
+
+
+def _selected_runs(args: argparse.Namespace, *, check_files: bool = True) -> list[Any]:
+    """The runs of a :func:`run_options` command line."""
+    from research.config import load_runs
+
+    # `--only a b key=value ~key`: variant names hold no '=' and no leading '~', so what follows them may still be overrides
+    only = [item for item in args.only if not _is_override(item)]
+    overrides = [*args.overrides, *(item for item in args.only if _is_override(item))]
+    return load_runs(args.config, with_seeds(overrides, args), check_files=check_files, only=only)
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -250,14 +286,33 @@ def _throughput(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from research.config import load_runs
     from research.launch.local import run_locally
 
     _check_count("--nproc", args.nproc)
-    # `--only a b key=value ~key`: variant names hold no '=' and no leading '~', so what follows them may still be overrides
-    only = [item for item in args.only if not _is_override(item)]
-    overrides = [*args.overrides, *(item for item in args.only if _is_override(item))]
-    run_locally(load_runs(args.config, with_seeds(overrides, args), only=only), force=args.force, nproc=args.nproc)
+    run_locally(_selected_runs(args), force=args.force, nproc=args.nproc)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from research.config.expand import format_value
+    from research.console import text_table
+    from research.launch.submit import launch
+
+    rows = launch(_selected_runs(args, check_files=not args.dry_run), force=args.force, dry_run=args.dry_run, snapshot=not args.no_snapshot)
+    table = [
+        [row.run.name, row.action, row.job_id or "-", ",".join(row.depends_on) or "-", str(row.run.run_dir), row.run.name,
+         " ".join(f"{k}={format_value(v)}" for k, v in row.run.changes.items()) or "-"]
+        for row in rows
+    ]  # fmt: skip
+    print(text_table(["variant", "action", "job id", "after", "run dir", "W&B run", "changes vs baseline"], table))
+    for header in dict.fromkeys(row.sbatch for row in rows if row.sbatch):
+        names = ", ".join(row.run.name for row in rows if row.sbatch == header)
+        actions = {row.action for row in rows if row.sbatch == header} - {"would submit"}
+        # finished runs are not submitted: their header is what --force would submit them with
+        note = f" ({', '.join(sorted(actions))}: submitted only with --force)" if actions else ""
+        print(f"\nsbatch parameters for {names}{note}:\n{header}")
+    if args.dry_run:
+        print_cost([row.run for row in rows if row.action == "would submit"], args)
     return 0
 
 

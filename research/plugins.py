@@ -25,7 +25,9 @@ class PluginError(ImportError):
 
 
 # The subpackages whose import registers the built-in components (each __init__ imports its modules).
-BUILTINS = ("research.data", "research.losses", "research.models", "research.teachers", "research.tracking")
+BUILTINS = (
+    "research.data", "research.losses", "research.models", "research.teachers", "research.tracking", "research.launch.backends"
+)
 _builtins_loaded = False
 
 

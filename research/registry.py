@@ -39,6 +39,7 @@ Builder = Callable[..., Any]
 
 __all__ = [
     "AUGMENTATIONS",
+    "BACKENDS",
     "DATASETS",
     "LOGGERS",
     "LOSSES",
@@ -288,6 +289,8 @@ LOSSES: Registry[Any, LossInfo] = Registry("loss", LossInfo, "losses")
 AUGMENTATIONS: Registry[Any, Info] = Registry("augmentation recipe", Info)
 DATASETS: Registry[Any, Info] = Registry("dataset", Info)
 LOGGERS: Registry[Any, Info] = Registry("logger", Info)
+#: Launcher backends (research.launch.backends.Backend); ``resources.backend`` picks one.
+BACKENDS: Registry[Any, Info] = Registry("launcher backend", Info)
 
 #: Registries by the plural used on the command line (``research list models``).
 REGISTRIES: dict[str, Registry[Any, Any]] = {
@@ -297,6 +300,7 @@ REGISTRIES: dict[str, Registry[Any, Any]] = {
     "augmentations": AUGMENTATIONS,
     "datasets": DATASETS,
     "loggers": LOGGERS,
+    "backends": BACKENDS,
 }
 
 

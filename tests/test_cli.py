@@ -78,7 +78,7 @@ def test_expand_prints_the_runs(capsys, tmp_path: Path, experiment) -> None:
     assert str(tmp_path / "runs" / "ablate_x" / "mixup=0.8") in lines[3]
     assert "not started" in lines[2]
     assert lines[4] == "2 runs"
-    assert lines[-1].startswith("cost estimate: no target device: set slurm.gpu_type or pass --device")
+    assert lines[-1].startswith("cost estimate: no target device: set resources.gpu_type or pass --device")
 
 
 def test_expand_shows_what_each_variant_changes_from_the_baseline(capsys, experiment) -> None:
@@ -110,7 +110,7 @@ BAD_OVERRIDES = {
     "distillation without a distilled model": (["loss.name=hard"], "deit_nano_distilled_patch4_32"),
     "distillation without a teacher": (["loss.name=hard", "model.name=deit_nano_distilled_patch4_32"], "teacher"),
     "odd batch with mixup": (["loader.batch_size=63", "aug.mixup=0.8"], "63"),
-    "slurm time": (["slurm.time=soon"], "slurm.time"),
+    "slurm time": (["resources.time=soon"], "resources.time"),
     "missing base": (["_base_=nowhere.yaml"], "nowhere.yaml"),
 }
 

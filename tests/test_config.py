@@ -148,19 +148,41 @@ def test_overrides_are_typed_from_the_schema_and_the_builders(experiment, teache
 
 
 def test_overrides_parse_yaml_values(experiment) -> None:
-    cfg = load_run(experiment("tiny"), ["train.ema=true", "optim.betas=[0.9,0.95]", "slurm.time=90", "seed=7"]).cfg
+    cfg = load_run(experiment("tiny"), ["train.ema=true", "optim.betas=[0.9,0.95]", "resources.time=90", "seed=7"]).cfg
     assert cfg.train.ema is True
     assert cfg.optim.betas == [0.9, 0.95]
-    assert cfg.slurm.time == "90"  # a string field: the int becomes a string
+    assert cfg.resources.time == "90"  # a string field: the int becomes a string
     assert cfg.seed == 7
 
 
 def test_slurm_time_is_not_read_as_a_base_60_number(yaml_file, experiment) -> None:
     """YAML 1.1 reads ``4:00:00`` as 14400; SLURM would read that as 14400 minutes (10 days)."""
-    path = yaml_file("exp.yaml", f"_base_: {experiment('tiny').name}\nslurm:\n  time: 4:00:00\n")
-    assert load_run(path).cfg.slurm.time == "4:00:00"
-    assert load_run(path, ["slurm.time=1:30:00"]).cfg.slurm.time == "1:30:00"
-    assert load_run(path, ["slurm.time=90"]).cfg.slurm.time == "90"
+    path = yaml_file("exp.yaml", f"_base_: {experiment('tiny').name}\nresources:\n  time: 4:00:00\n")
+    assert load_run(path).cfg.resources.time == "4:00:00"
+    assert load_run(path, ["resources.time=1:30:00"]).cfg.resources.time == "1:30:00"
+    assert load_run(path, ["resources.time=90"]).cfg.resources.time == "90"
+
+
+def test_the_old_slurm_resource_keys_still_load_as_resources(yaml_file, experiment, caplog) -> None:
+    """Files, variants and command lines written before ``resources:`` keep working, with a warning."""
+    text = f"_base_: {experiment('tiny').name}\nslurm:\n  time: 4:00:00\n  gpus_per_node: 2\n  partition: gpu\n"
+    path = yaml_file("old.yaml", text + "ablation:\n  variants:\n    a: {}\n    b: {slurm.nodes: 3}\n")
+    a, b = load_runs(path, ["slurm.mem_gb=4"])
+    assert (a.cfg.resources.time, a.cfg.resources.gpus_per_node, a.cfg.resources.mem_gb, a.cfg.slurm.partition) == ("4:00:00", 2, 4, "gpu")
+    assert (a.cfg.resources.nodes, b.cfg.resources.nodes) == (1, 3)
+    assert "old.yaml: slurm.time is now resources.time" in caplog.text
+    assert "command line: slurm.mem_gb is now resources.mem_gb" in caplog.text
+    assert load_runs(path, ["~slurm.time"])[0].cfg.resources.time == "24:00:00"  # deleted: the default again
+    with pytest.raises(ConfigError, match=r"resources.time='0': SLURM reads a time of 0 as no limit"):
+        load_runs(path, ["slurm.time=0"])
+
+
+def test_a_file_that_sets_a_key_under_both_names_is_refused(yaml_file, experiment) -> None:
+    path = yaml_file("both.yaml", f"_base_: {experiment('tiny').name}\nslurm: {{time: '1:00:00'}}\nresources: {{time: '2:00:00'}}\n")
+    with pytest.raises(ConfigError, match=r"both.yaml: sets both slurm.time and resources.time: .* keep resources.time only"):
+        load_run(path)
+    with pytest.raises(ConfigError, match="command line: sets both slurm.nodes and resources.nodes"):
+        load_run(experiment("tiny"), ["slurm.nodes=2", "resources.nodes=2"])
 
 
 def test_floats_without_a_dot_are_floats_in_files_and_overrides(experiment) -> None:
@@ -262,7 +284,7 @@ COMMAND_LINE_ERRORS = {
     ),
     "distillation needs a teacher": (["loss.name=hard", "model.name=deit_nano_distilled_patch4_32"], ["teacher"]),
     "odd batch with mixup": (["loader.batch_size=63", "aug.mixup=0.8"], ["loader.batch_size", "63", "even"]),
-    "slurm time": (["slurm.time=1:2:3:4"], ["slurm.time", "'1:2:3:4'"]),
+    "slurm time": (["resources.time=1:2:3:4"], ["resources.time", "'1:2:3:4'"]),
     "teacher checkpoint missing": (
         ["model.name=deit_nano_distilled_patch4_32", "loss.name=hard", "teacher.name=resnet10_cifar",
          "teacher.checkpoint=/does/not/exist.pt"],
@@ -296,7 +318,7 @@ FILE_ERRORS = {
     "injected parameter": ({"model": {"num_classes": 10}}, ["model.num_classes", "comes from the dataset"]),
     "distillation needs a distilled model": ({"loss": {"name": "hard"}}, ["deit_nano_distilled_patch4_32"]),
     "odd batch with mixup": ({"loader": {"batch_size": 63}, "aug": {"mixup": 0.8}}, ["loader.batch_size", "63"]),
-    "slurm time": ({"slurm": {"time": "soon"}}, ["slurm.time", "'soon'"]),
+    "slurm time": ({"slurm": {"time": "soon"}}, ["resources.time", "'soon'"]),
     "no model": ({"model": None}, ["model.name is missing", "deit_tiny_patch16_224"]),
 }
 

@@ -232,7 +232,7 @@ def test_train_refuses_before_writing(workdir: Path, field: tuple[str, Any], dat
 
 def test_every_field_and_parameter_is_fuzzed() -> None:
     keys = {key for key, _ in SCHEMA}
-    assert {"optim.lr", "train.epochs", "seed", "output_dir", "slurm.gpus_per_node", "loader.limit_train"} <= keys
+    assert {"optim.lr", "train.epochs", "seed", "output_dir", "resources.gpus_per_node", "loader.limit_train"} <= keys
     assert {("loss", "alpha"), ("aug", "mixup"), ("model", "drop_path_rate"), ("data", "size")} <= set(PARAMETERS)
     assert sum(CASES.values()) >= 1000
 

@@ -75,9 +75,9 @@ def test_expand_refuses_a_bad_value(capsys, tmp_path: Path, experiment, override
 
 def test_every_bad_value_is_reported_at_once(experiment) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_run(experiment("tiny"), ["optim.lr=-1", "train.epochs=0", "slurm.nodes=0"])
+        load_run(experiment("tiny"), ["optim.lr=-1", "train.epochs=0", "resources.nodes=0"])
     message = str(caught.value)
-    assert "optim.lr=-1" in message and "train.epochs=0" in message and "slurm.nodes=0" in message
+    assert "optim.lr=-1" in message and "train.epochs=0" in message and "resources.nodes=0" in message
     assert message.count("; ") == 2 and "\n" not in message
 
 
@@ -102,10 +102,10 @@ def test_a_name_too_long_for_a_folder_is_refused(capsys, tmp_path: Path, experim
 
 def test_slurm_dry_run_refuses_negative_gpus(capsys, tmp_path: Path, experiment, monkeypatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch here
-    status = load_script("launchers/slurm.py").main([str(experiment("tiny")), "slurm.gpus_per_node=-1", "--dry-run"])
+    status = load_script("launchers/slurm.py").main([str(experiment("tiny")), "resources.gpus_per_node=-1", "--dry-run"])
     out, err = capsys.readouterr()
     assert status == EXIT_BAD_INPUT and "#SBATCH" not in out
-    assert err.strip() == "launchers/slurm.py: error: command line: slurm.gpus_per_node=-1: must be >= 0 (0 = a CPU-only job)"
+    assert err.strip() == "launchers/slurm.py: error: command line: resources.gpus_per_node=-1: must be >= 0 (0 = a CPU-only job)"
 
 
 def test_a_plugin_builder_gets_its_bounds_checked(experiment, restore_registries) -> None:

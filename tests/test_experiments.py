@@ -208,7 +208,7 @@ def load_fresh(name: str) -> Run:
 
 
 def global_batch(run: Run) -> int:
-    return run.cfg.loader.batch_size * run.cfg.slurm.gpus_per_node * run.cfg.slurm.nodes
+    return run.cfg.loader.batch_size * run.cfg.resources.gpus_per_node * run.cfg.resources.nodes
 
 
 @pytest.mark.parametrize("size", ["tiny", "small", "base"])

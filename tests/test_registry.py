@@ -15,6 +15,7 @@ from research import plugins
 from research.config.components import SECTIONS
 from research.registry import (
     AUGMENTATIONS,
+    BACKENDS,
     DATASETS,
     LOGGERS,
     LOSSES,
@@ -155,6 +156,7 @@ def test_global_registries_are_importable_and_listed() -> None:
         "augmentations": AUGMENTATIONS,
         "datasets": DATASETS,
         "loggers": LOGGERS,
+        "backends": BACKENDS,
     }
 
 

@@ -5,7 +5,7 @@ Every number of the schema carries its bounds in its annotation (:class:`researc
 :class:`ConfigError`, showing the value as the file or the command line gave it. The run's folder is
 checked here too: each name on its path (the experiment's, the variant's) must be one folder name, so
 that the run dir lies inside the experiment's dir, and nothing on its path may be a file. So are the
-``slurm:`` values that reach the job's batch script, the names timm looks up only when training
+``resources:`` and ``slurm:`` values that reach the job's batch script, the names timm looks up only when training
 starts (``optim.name``, ``sched.name``), and the values timm would take without a word but not use
 as written (``optim.betas``, a warm-up as long as training).
 """
@@ -24,7 +24,7 @@ from typing import Any
 
 from research.config.errors import ConfigError
 from research.config.schema import SCHEDULERS, ExperimentCfg
-from research.registry import Range, constraints
+from research.registry import BACKENDS, Range, constraints
 
 #: The longest experiment or variant name: a folder name (255 bytes on most file systems) with room
 #: for the suffix ``--force`` adds when it keeps the old run aside (``.replaced-YYYYmmdd-HHMMSS``).
@@ -199,12 +199,16 @@ def _did_you_mean(name: str, known: list[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else " (timm.optim.list_optimizers() lists them)"
 
 
-def check_slurm(slurm: Mapping[str, Any], where: Callable[[str], str]) -> None:
-    """The ``slurm:`` values the job's batch script gets: a SLURM time of at least a minute, at least
-    1 MB of memory, sbatch option names in ``extra``, and no control character anywhere (a line break
-    in an ``#SBATCH`` line ends it: what follows runs as shell, and the lines after it are ignored)."""
-    texts = [(f"slurm.{key}", slurm[key]) for key in ("partition", "account", "qos", "time", "gpu_type", "constraint")]
-    texts += [("slurm.setup", line) for line in slurm["setup"]]
+def check_resources(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """The ``resources:`` and ``slurm:`` values a job gets: a registered backend, a time of at least a
+    minute, at least 1 MB of memory, sbatch option names in ``slurm.extra``, and no control character
+    anywhere (a line break in an ``#SBATCH`` line ends it: what follows runs as shell, and the lines
+    after it are ignored)."""
+    resources, slurm = raw["resources"], raw["slurm"]
+    if resources["backend"] not in BACKENDS:
+        raise ConfigError(f"{where('resources.backend')}: resources.backend: {BACKENDS.unknown_message(resources['backend'])}")
+    texts = [(f"slurm.{key}", slurm[key]) for key in ("partition", "account", "qos", "constraint")]
+    texts += [("resources.gpu_type", resources["gpu_type"])] + [("slurm.setup", line) for line in slurm["setup"]]
     for option, value in slurm["extra"].items():
         if not _SBATCH_OPTION.fullmatch(str(option)):
             raise ConfigError(
@@ -219,19 +223,19 @@ def check_slurm(slurm: Mapping[str, Any], where: Callable[[str], str]) -> None:
                 "batch script: remove it"
             )
     try:
-        minutes = slurm_minutes(slurm["time"])
+        minutes = slurm_minutes(resources["time"])
     except ValueError:
         raise ConfigError(
-            f"{where('slurm.time')}: slurm.time {slurm['time']!r} is not a SLURM time (minutes, HH:MM:SS or D-HH:MM:SS)"
+            f"{where('resources.time')}: resources.time {resources['time']!r} is not a SLURM time (minutes, HH:MM:SS or D-HH:MM:SS)"
         ) from None
     if minutes == 0:
         raise ConfigError(
-            f"{where('slurm.time')}: slurm.time={slurm['time']!r}: SLURM reads a time of 0 as no limit; give at least 1 minute"
+            f"{where('resources.time')}: resources.time={resources['time']!r}: SLURM reads a time of 0 as no limit; give at least 1 minute"
         )
-    if slurm["mem_gb"] is not None and int(slurm["mem_gb"] * 1024) < 1:
+    if resources["mem_gb"] is not None and int(resources["mem_gb"] * 1024) < 1:
         raise ConfigError(
-            f"{where('slurm.mem_gb')}: slurm.mem_gb={slurm['mem_gb']} is less than 1 MB, and sbatch reads --mem=0 as all "
-            "of a node's memory: give at least 0.001 (1 MB), or leave it unset for the cluster's default"
+            f"{where('resources.mem_gb')}: resources.mem_gb={resources['mem_gb']} is less than 1 MB, and sbatch reads --mem=0 as "
+            "all of a node's memory: give at least 0.001 (1 MB), or leave it unset for the cluster's default"
         )
 
 

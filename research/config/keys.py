@@ -10,16 +10,34 @@ Two rules read these lists:
   (``teacher.from_experiment``, ``finetune.from_experiment``), so a partition, an output dir, a
   logger or the data's location given for a student reaches its teacher: both read the same data.
 
-A key is named by its dotted path; a section name (``slurm``) covers every key under it.
+A key is named by its dotted path; a section name (``resources``) covers every key under it.
+
+Keys that moved keep working under their old name (:data:`RENAMED`): each experiment file, variant and
+command line has them moved to their new place before the layers merge, with a warning.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from research.config.errors import ConfigError
+from research.config.schema import BACKEND_SECTIONS
+
+log = logging.getLogger(__name__)
+
 #: Where and how a run runs: command-line overrides of these reach linked teacher and fine-tune runs.
-PLACEMENT = ("output_dir", "slurm", "logger")
+#: Every launcher backend's own section is one (research.config.schema.BACKEND_SECTIONS).
+PLACEMENT = ("output_dir", "logger", "resources", *BACKEND_SECTIONS)
+
+#: Old name -> new name. The resources of a run were SLURM's until other launcher backends came.
+RENAMED = {
+    f"slurm.{key}": f"resources.{key}"
+    for key in ("time", "nodes", "gpus_per_node", "gpu_type", "tasks_per_node", "cpus_per_task", "mem_gb")
+}
 
 #: Where the data is: a teacher and its student read the same data, wherever the command line puts it.
 #: Not execution keys: another archive or root may hold other images.
@@ -101,3 +119,26 @@ def execution_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> dict[
         for key in sorted(set(saved) | set(new))
         if covered(key, EXECUTION) and not covered(key, ("git", "versions", "run_name", "schedules")) and saved.get(key) != new.get(key)
     }
+
+
+def move_renamed(tree: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``tree`` (one file's keys, a variant's, the command line's; nested) with each old key of
+    :data:`RENAMED` moved to its new name, with a warning; a tree that sets both names is refused."""
+    moved = copy.deepcopy(dict(tree))
+    for old, new in RENAMED.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section, target = moved.get(old_section), moved.setdefault(new_section, {})
+        if not isinstance(section, dict) or old_key not in section or not isinstance(target, dict):
+            continue  # a section of the wrong type is the schema's to report
+        if new_key in target:
+            raise ConfigError(f"{source}: sets both {old} and {new}: {old} is the old name of {new}; keep {new} only")
+        target[new_key] = section.pop(old_key)
+        renamed_key(old, source)
+    return {key: value for key, value in moved.items() if value != {} or key in tree}
+
+
+@functools.cache
+def renamed_key(old: str, source: str) -> str:
+    """The new name of ``old``, saying once per source that it was renamed."""
+    log.warning("%s: %s is now %s; the old name still works, rename it", source, old, RENAMED[old])
+    return RENAMED[old]

@@ -22,8 +22,8 @@ from omegaconf.errors import OmegaConfBaseException
 from research.config import sources
 from research.config.checks import (
     check_optimizer_betas,
+    check_resources,
     check_run_dir,
-    check_slurm,
     check_timm_names,
     check_values,
     check_warmup,
@@ -321,7 +321,7 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
             f"{layered.where('train.compile_mode')}: train.compile_mode {raw['train']['compile_mode']!r} is not one of "
             f"{', '.join(COMPILE_MODES)}"
         )
-    check_slurm(raw["slurm"], layered.where)
+    check_resources(raw, layered.where)
 
 
 def _check_components(raw: dict[str, Any], layered: Layered, check_files: bool) -> None:

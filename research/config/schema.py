@@ -11,7 +11,7 @@ checks every one when an experiment loads (:mod:`research.config.checks`), befor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Dict, List, Optional
 
 from research.registry import Range
@@ -148,21 +148,33 @@ class FinetuneCfg:
 
 
 @dataclass
-class SlurmCfg:
-    """Resources of one run on a SLURM cluster; nothing here is site-specific by default."""
+class ResourcesCfg:
+    """What one run needs, whatever runs it: each launcher backend maps this to its own options
+    (research/launch/backends/); ``backend`` picks one of research.registry.BACKENDS."""
 
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
+    backend: str = "slurm"
     time: str = "24:00:00"  # D-HH:MM:SS, HH:MM:SS or minutes
     nodes: Annotated[int, COUNT] = 1
     gpus_per_node: Annotated[int, Range(ge=0, hint="0 = a CPU-only job")] = 0
-    # The GPU type, as the cluster's gres names it (h200, a100, ...): requested as
-    # --gpus-per-node=<type>:<n>, and the device whose throughput prices the run (research/launch/cost.py)
+    # The GPU type, as the cluster names it (h200, a100, ...): asked of the backend, and the device
+    # whose throughput prices the run (research/launch/cost.py)
     gpu_type: Optional[str] = None
     tasks_per_node: Annotated[Optional[int], COUNT] = None  # default: gpus_per_node, or 1 on a CPU-only cluster
     cpus_per_task: Annotated[int, COUNT] = 10
     mem_gb: Annotated[Optional[float], POSITIVE] = None
+
+    def processes(self) -> int:
+        """The run's processes (its DDP world size): one per GPU, or ``tasks_per_node`` (default 1) per node on CPUs."""
+        return self.nodes * (self.gpus_per_node or self.tasks_per_node or 1)
+
+
+@dataclass
+class SlurmCfg:
+    """SLURM's own options for one run (its resources are ``resources:``); nothing site-specific by default."""
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
     constraint: Optional[str] = None
     extra: Dict[str, Any] = field(default_factory=dict)  # more sbatch parameters, as submitit passes them
     setup: List[str] = field(default_factory=list)  # shell lines run before the job (module load ...)
@@ -208,10 +220,15 @@ class ExperimentCfg:
     sched: SchedCfg = field(default_factory=SchedCfg)
     train: TrainCfg = field(default_factory=TrainCfg)
     finetune: FinetuneCfg = field(default_factory=FinetuneCfg)
-    slurm: SlurmCfg = field(default_factory=SlurmCfg)
+    resources: ResourcesCfg = field(default_factory=ResourcesCfg)
+    # A launcher backend's own options, one section each (marked, so research/config/keys.py counts them
+    # as where a run runs, not what it trains)
+    slurm: SlurmCfg = field(default_factory=SlurmCfg, metadata={"backend": True})
     ablation: AblationCfg = field(default_factory=AblationCfg)
 
 
+#: The sections of launcher backends' own options (``slurm``).
+BACKEND_SECTIONS = tuple(f.name for f in fields(ExperimentCfg) if f.metadata.get("backend"))
 JOB_TYPES = ("train", "teacher", "finetune", "eval")
 STEP_ON = ("epoch", "step")
 # timm's create_scheduler_v2 names, less plateau (it steps on a validation metric the engine does not pass)

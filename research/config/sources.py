@@ -20,6 +20,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from research.config.errors import ConfigError
+from research.config.keys import RENAMED, move_renamed, renamed_key
 
 BASE_KEY = "_base_"
 COMMAND_LINE = "command line"
@@ -151,6 +152,7 @@ def load_layers(path: Path, base_override: str | None = None, _stack: tuple[Path
     if any(key.rpartition(".")[2] == BASE_KEY for key in flatten(raw)):
         raise ConfigError(f"{path}: {BASE_KEY} is only allowed at the top of a file")
     refuse_missing_marker(raw, _display(path))
+    raw = move_renamed(raw, _display(path))
     try:
         own = OmegaConf.create(raw)
     except Exception as exc:  # keys OmegaConf cannot hold (non-string keys, ...)
@@ -243,6 +245,7 @@ def refuse_missing_marker(tree: Mapping[str, Any], source: str) -> None:
 
 def apply_overrides(layered: Layered, tree: Mapping[str, Any], source: str = COMMAND_LINE) -> Layered:
     refuse_missing_marker(tree, source)
+    tree = move_renamed(tree, source)
     return merge(layered, OmegaConf.create(dict(tree)), dict.fromkeys(flatten(tree), source))
 
 
@@ -272,7 +275,8 @@ def parse_command_line(overrides: Iterable[str]) -> CommandLine:
         if item.startswith("~"):
             if sep or not key[1:].strip():
                 raise ConfigError(f"override {item!r}: ~dotted.key deletes a key and takes no value (for example ~data.archive)")
-            delete.append(key[1:].strip())
+            name = key[1:].strip()
+            delete.append(renamed_key(name, COMMAND_LINE) if name in RENAMED else name)
         elif sep and key.strip() != BASE_KEY and isinstance(mapping := _yaml_value(value), dict):
             replace[key.strip()] = mapping
         else:

@@ -18,7 +18,7 @@ teacher's one check of the val set are not counted. A run whose key has no row g
 "unknown", with the command that measures it (``research throughput``). A row without an eval rate
 makes the estimate a lower bound, printed with ``>=``.
 
-The target device is ``slurm.gpu_type`` (which also asks SLURM for that GPU type), or the
+The target device is ``resources.gpu_type`` (which also asks the cluster for that GPU type), or the
 ``--device`` option of ``research expand`` and ``launchers/slurm.py --dry-run``.
 """
 
@@ -76,7 +76,7 @@ class Throughput:
         img_size: the input side in pixels.
         batch_size: images per device per step (``loader.batch_size``).
         precision: ``fp32``, ``bf16`` or ``fp16``.
-        device: the device's name, as ``slurm.gpu_type`` or ``--device`` spell it (``h200``; ``cpu-...``).
+        device: the device's name, as ``resources.gpu_type`` or ``--device`` spell it (``h200``; ``cpu-...``).
         teacher: the teacher whose forward pass the train rate includes (``teacher.name``), or ``""``.
         scope: ``step`` (the optimisation step on data already on the device: no data path) or
             ``epoch`` (whole training epochs, the data path included).
@@ -277,8 +277,7 @@ def _count_files(folder: Path) -> int:
 
 def device_count(cfg: ExperimentCfg) -> int:
     """Processes of a run: one per GPU, or ``tasks_per_node`` (default 1) per node on CPUs."""
-    per_node = cfg.slurm.gpus_per_node or cfg.slurm.tasks_per_node or 1
-    return cfg.slurm.nodes * per_node
+    return cfg.resources.processes()
 
 
 def evaluation_views(cfg: ExperimentCfg) -> int:
@@ -301,20 +300,22 @@ def run_key(cfg: ExperimentCfg, device: str) -> tuple[Any, ...]:
 
 
 def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = None, measure_command: str = "") -> Estimate:
-    """The cost of ``run`` on ``device`` (default ``slurm.gpu_type``) from ``table``.
+    """The cost of ``run`` on ``device`` (default ``resources.gpu_type``) from ``table``.
 
     Args:
         run: a validated run.
         table: the throughput rows (:func:`read_tables`), the first of a key used.
-        device: the target device's name; default the run's ``slurm.gpu_type``.
+        device: the target device's name; default the run's ``resources.gpu_type``.
         measure_command: the command that measures this run's row, with ``{device}`` to fill in.
     """
     cfg = run.cfg
-    target = device or cfg.slurm.gpu_type
+    target = device or cfg.resources.gpu_type
     devices = device_count(cfg)
     if not target:
         names = ", ".join(sorted({row.device for row in table})) or "none"
-        return Estimate(run, None, devices, reason=f"no target device: set slurm.gpu_type or pass --device (the table has: {names})")
+        return Estimate(
+            run, None, devices, reason=f"no target device: set resources.gpu_type or pass --device (the table has: {names})"
+        )
     command = measure_command.format(device=shlex.quote(target))
     sizes = dataset_sizes(cfg)
     if isinstance(sizes, str):
@@ -334,9 +335,9 @@ def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = 
 
 def inference_rate(run: Run, table: str | Path | None = None) -> float | None:
     """The inference images/s (``eval_img_s``: no gradients, the eval batch) that ``research throughput``
-    measured for ``run``'s row on its ``slurm.gpu_type``; None when not measured. ``research report``
+    measured for ``run``'s row on its ``resources.gpu_type``; None when not measured. ``research report``
     puts it beside the paper's Table 5 throughput, which is inference too."""
-    target = run.cfg.slurm.gpu_type
+    target = run.cfg.resources.gpu_type
     if not target:
         return None
     key = run_key(run.cfg, target)

@@ -50,11 +50,11 @@ def run_locally(runs: Sequence[Run], *, force: bool = False, nproc: int = 1) -> 
 
 
 def _refuse_live_jobs(verdicts: Sequence[Verdict]) -> None:
-    """A run to replace (--force) whose SLURM job is still queued or running is refused, as
-    launchers/slurm.py --force refuses it: moved aside under it, the job would die when it starts."""
+    """A run to replace (--force) whose job is still queued or running is refused, as
+    research submit --force refuses it: moved aside under it, the job would die when it starts."""
     replaced = [verdict for verdict in verdicts if verdict.action == REPLACE]
     if replaced:
-        from research.launch.slurm import active_jobs  # asks squeue only about a run dir that records a job
+        from research.launch.submit import active_jobs  # asks the backend only about a run dir that records a job
 
         active_jobs(replaced)
 

@@ -37,7 +37,7 @@ def preflight(runs: Sequence[Run], *, device: torch.device, world_size: int, che
     for run in runs:
         cfg = run.cfg
         if cfg.train.precision == "fp16" and device.type != "cuda":
-            where = "this machine has none" if check_data else "its SLURM job asks for none (slurm.gpus_per_node=0)"
+            where = "this machine has none" if check_data else "its job asks for none (resources.gpus_per_node=0)"
             raise ConfigError(f"{run.name}: train.precision=fp16 needs a GPU and {where}; use bf16 or fp32")
         if check_data:
             check_ready(cfg.data)
@@ -54,7 +54,9 @@ def _check_batch_fits(run: Run, world_size: int) -> None:
     repeats = build_component(SECTIONS["aug"], cfg.aug, img_size=model_img_size(cfg.model)).repeats
     single = world_size == 1 and not cfg.loader.repeated_aug_single_process
     # the sampler's own length: repeated augmentation and padding to equal shares included
-    sampler = build_train_sampler(range(sizes[0]), repeats=1 if single else repeats, num_replicas=world_size, rank=0, seed=cfg.seed)
+    sampler = build_train_sampler(
+        range(sizes[0]), repeats=1 if single else repeats, num_replicas=world_size, rank=0, seed=cfg.seed
+    )
     if len(sampler) < cfg.loader.batch_size:
         raise ConfigError(
             f"{run.name}: loader.batch_size={cfg.loader.batch_size} is larger than the {len(sampler)} training images each "

@@ -7,7 +7,7 @@ shell's status for the signal (130, 143). A second Ctrl-C stops at once, as Pyth
 
 Under SLURM, ``scancel`` and a preemption send SIGTERM to every task (submitit only logs it): the
 same path saves the run and stops it within a step, instead of training on until SIGKILL. The
-requeue after SIGUSR2 (:mod:`research.launch.job`) ignores SIGTERM on purpose; a handler someone
+requeue after SIGUSR2 (:mod:`research.launch.backends.slurm`) ignores SIGTERM on purpose; a handler someone
 else installed meanwhile is left in place when the block ends.
 """
 

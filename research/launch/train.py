@@ -9,10 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-import os
 import random
-import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -37,6 +34,7 @@ from research.engine.lookahead import ScheduledLookahead
 from research.engine.run_dir import RunDir, note_life, read_lives, start_life
 from research.engine.state import TrainState, unwrap
 from research.launch import provenance
+from research.launch.backends import backend_of
 from research.launch.data import RunData, build_data
 from research.launch.dist import DistEnv, init_distributed
 from research.launch.lock import run_dir_lock
@@ -79,7 +77,7 @@ def _train(
     if env.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
         run_dir.write_config()
-        life = start_life(run.run_dir, job_id=_slurm_job_id(), git=record["git"], **notes)
+        life = start_life(run.run_dir, job_id=backend_of(run).current_job(), git=record["git"], **notes)
         run_dir.remove_leftovers()  # under the lock: temporary files of saves a kill cut short
     data = _build_data(run, env, run_dir, stop)
     if cfg.train.reference_init:  # the reference's order: the student's init follows what was drawn before
@@ -119,7 +117,7 @@ def _train(
         tracker.summary(summary)
         return summary
     except RunStopped:
-        run_dir.write_summary({**_summary(state, cfg, {}, "stopped"), **_stopped(stop)}, ending=True)
+        run_dir.write_summary({**_summary(state, cfg, {}, "stopped"), **_stopped(run, stop)}, ending=True)
         raise
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
@@ -140,7 +138,7 @@ def _one_writer(run: Run, env: DistEnv) -> Iterator[dict[str, Any]]:
     if env.is_main:
         try:
             verdict = check(run, launching=False)  # what to replace, its launcher replaced
-            stack.enter_context(run_dir_lock(run.run_dir, job_id=_slurm_job_id()))
+            stack.enter_context(run_dir_lock(run.run_dir, job_id=backend_of(run).current_job()))
             notes = {**_life_notes(verdict), **teacher_note(run)}
         except (ConfigError, CheckpointError) as exc:
             stack.close()
@@ -162,16 +160,16 @@ def _build_data(run: Run, env: DistEnv, run_dir: RunDir, stop: StopRequest) -> R
         with stop.at_once("preparing the data"):
             return build_data(run.cfg, env)
     except RunStopped:
-        summary = {"status": "stopped", "epochs_done": None, "epochs": run.cfg.train.epochs, **_stopped(stop)}
+        summary = {"status": "stopped", "epochs_done": None, "epochs": run.cfg.train.epochs, **_stopped(run, stop)}
         run_dir.write_summary(summary, ending=True)
         raise
 
 
-def _stopped(stop: StopRequest) -> dict[str, Any]:
+def _stopped(run: Run, stop: StopRequest) -> dict[str, Any]:
     """How a stopped life ended, for its summary: ``status`` cancelled (scancel) or stopped, and by what."""
-    slurm_state = _slurm_job_state()
-    status = "cancelled" if slurm_state == "CANCELLED" else "stopped"
-    return {"status": status, "stopped_by": stop.name, "slurm_state": slurm_state}
+    job_state = backend_of(run).stop_state()
+    status = "cancelled" if job_state == "CANCELLED" else "stopped"
+    return {"status": status, "stopped_by": stop.name, "slurm_state": job_state}
 
 
 def _life_notes(verdict: Verdict | None) -> dict[str, Any]:
@@ -327,34 +325,6 @@ def _resume(cfg: ExperimentCfg, state: TrainState, run_dir: RunDir) -> bool:
     state.load_state_dict(saved)
     run_dir.truncate_metrics(state.epoch)
     return True
-
-
-def _slurm_job_id() -> str | None:
-    """``123_4`` for task 4 of array job 123 (as squeue and slurm_job.json name it), else the job id."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
-
-
-def _slurm_job_state() -> str | None:
-    """This SLURM job's state as the controller sees it while the job stops (None outside SLURM).
-
-    ``scancel`` and ``scontrol requeue`` both show COMPLETING while the job's processes stop; a
-    requeue has already counted a restart, which tells the two apart: CANCELLED for a job that will
-    not come back, REQUEUED for one that will, else the controller's word (TIMEOUT, PREEMPTED, ...).
-    """
-    job_id = os.environ.get("SLURM_JOB_ID")
-    if not job_id:
-        return None
-    try:
-        result = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    state, restarts = re.search(r"JobState=(\S+)", result.stdout), re.search(r"Restarts=(\d+)", result.stdout)
-    if state is None:
-        return None
-    if restarts and int(restarts[1]) > int(os.environ.get("SLURM_RESTART_COUNT") or 0):
-        return "REQUEUED"
-    return "CANCELLED" if state[1] in ("COMPLETING", "CANCELLED") else state[1]
 
 
 def _seed_globals(cfg: ExperimentCfg, env: DistEnv) -> None:

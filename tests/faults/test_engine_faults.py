@@ -15,7 +15,7 @@ from research.config import load_run
 from research.engine import checkpoint
 from research.engine.fit import StepMeter
 from research.engine.run_dir import read_lives, read_metrics
-from research.launch.job import TrainJob
+from research.launch.backends.slurm import TrainJob
 from research.launch.teacher_check import KEY
 from research.launch.train import train
 from research.teachers.checkpoint import teacher_digest

@@ -111,7 +111,7 @@ def test_a_run_without_its_measurement_is_unknown_with_the_command_to_measure_it
 def test_no_target_device_says_how_to_name_one(tmp_path: Path) -> None:
     (run,) = load_runs(experiment(tmp_path, slurm={"gpus_per_node": 1}), check_files=False)
     estimate = estimate_run(run, [Throughput.from_mapping(ROW)])
-    assert not estimate.known and "set slurm.gpu_type or pass --device (the table has: testgpu)" in estimate.reason
+    assert not estimate.known and "set resources.gpu_type or pass --device (the table has: testgpu)" in estimate.reason
     assert format_estimates([estimate]) == f"cost estimate: {estimate.reason}"
     assert estimate_run(run, [Throughput.from_mapping(ROW)], device="TestGPU").wall_s == pytest.approx(40.0)  # 1 GPU
 
@@ -178,7 +178,7 @@ def test_gpu_type_without_gpus_is_refused(tmp_path: Path, capsys: pytest.Capture
     launcher = load_script("launchers/slurm.py")
     path = experiment(tmp_path, slurm={"gpu_type": "h200"})
     assert launcher.main([str(path), "--dry-run"]) == 2
-    assert "slurm.gpu_type=h200 asks for GPUs of that type: set slurm.gpus_per_node" in capsys.readouterr().err
+    assert "resources.gpu_type=h200 asks for GPUs of that type: set resources.gpus_per_node" in capsys.readouterr().err
 
 
 def test_research_throughput_measures_and_records_a_step_row(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

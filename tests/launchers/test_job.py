@@ -10,7 +10,7 @@ import submitit
 
 from research.config import load_run
 from research.engine.run_dir import start_life
-from research.launch.job import TrainJob
+from research.launch.backends.slurm import TrainJob
 
 
 @pytest.fixture

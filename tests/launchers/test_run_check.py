@@ -160,7 +160,7 @@ def test_the_data_location_given_for_a_student_reaches_its_teacher(experiment, t
 def test_the_readme_slurm_overrides_reach_the_teacher_job(teacher_and_student, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # no SLURM here: --dry-run only
     _, student = teacher_and_student
-    overrides = ["slurm.partition=debug", "slurm.gpus_per_node=0", "slurm.cpus_per_task=2", "slurm.mem_gb=4"]
+    overrides = ["slurm.partition=debug", "resources.gpus_per_node=0", "resources.cpus_per_task=2", "resources.mem_gb=4"]
     assert slurm_launcher.main([str(student), *overrides, "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert out.count("#SBATCH --partition=debug") == 2 and "--gpus-per-node" not in out  # teacher and student

@@ -214,7 +214,7 @@ def test_tasks_per_node_other_than_gpus_per_node_is_refused(write, capsys, tasks
     path = write("clash", slurm={"gpus_per_node": 4, "tasks_per_node": tasks})
     assert launcher.main([str(path), "--dry-run"]) == 2
     error = capsys.readouterr().err
-    assert f"slurm.tasks_per_node={tasks}" in error and "slurm.gpus_per_node=4" in error
+    assert f"resources.tasks_per_node={tasks}" in error and "resources.gpus_per_node=4" in error
     assert "leave tasks_per_node unset" in error
 
 
@@ -252,9 +252,9 @@ def test_values_that_would_break_the_batch_script_are_refused(write, tmp_path: P
     ("override", "shown"),
     [
         ('output_dir="runs\\n#SBATCH --time=365-0"', "output_dir 'runs\\n#SBATCH --time=365-0' holds the control character \\n"),
-        ("slurm.time=0", "SLURM reads a time of 0 as no limit"),
-        ("slurm.time=00:00:00", "SLURM reads a time of 0 as no limit"),
-        ("slurm.mem_gb=0.0005", "is less than 1 MB, and sbatch reads --mem=0 as all of a node's memory"),
+        ("resources.time=0", "SLURM reads a time of 0 as no limit"),
+        ("resources.time=00:00:00", "SLURM reads a time of 0 as no limit"),
+        ("resources.mem_gb=0.0005", "is less than 1 MB, and sbatch reads --mem=0 as all of a node's memory"),
     ],
 )
 def test_values_slurm_would_read_as_no_limit_or_another_line_are_refused(write, tmp_path: Path, capsys, override, shown) -> None:
@@ -270,11 +270,11 @@ def test_every_value_stays_on_its_sbatch_line_of_the_batch_script(write, tmp_pat
     before the first command (sbatch reads none after it), with the smallest memory and time allowed."""
     from submitit.slurm.slurm import _make_sbatch_string
 
-    from research.launch.slurm import executor_parameters
+    from research.launch.backends.slurm import executor_parameters
 
     slurm = {"time": "1", "mem_gb": 0.001, "extra": {"comment": "a b; touch /tmp/x #", "hold": True}, "setup": ["echo ok"]}
     (run,) = load_runs(write("script", slurm=slurm))
-    params = executor_parameters(run.cfg.slurm, run.experiment)
+    params = executor_parameters(run.cfg, run.experiment)
     script = _make_sbatch_string(command="python -m submitit.core._submit x", folder=tmp_path / "%j", **params)
     lines = script.splitlines()
     header = lines[3 : lines.index("", 3)]  # after "#!/bin/bash", "" and "# Parameters"
@@ -287,7 +287,7 @@ def test_every_value_stays_on_its_sbatch_line_of_the_batch_script(write, tmp_pat
 @pytest.mark.parametrize(
     ("slurm", "override", "shown"),
     [
-        ({"partition": "cpu"}, "train.precision=fp16", "train.precision=fp16 needs a GPU and its SLURM job asks for none"),
+        ({"partition": "cpu"}, "train.precision=fp16", "train.precision=fp16 needs a GPU and its job asks for none"),
         ({"partition": "gpu", "gpus_per_node": 4}, "loader.batch_size=8", "larger than the 4 training images each of the 4 processes gets"),
         ({"partition": "gpu", "gpus_per_node": 1, "nodes": 2}, "loader.batch_size=16", "larger than the 8 training images each of the 2 processes gets"),
     ],

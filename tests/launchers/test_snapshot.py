@@ -16,7 +16,7 @@ import pytest
 import yaml
 from scripts import load_script
 
-from research.launch import slurm
+from research.launch import submit
 
 from .test_slurm_dry_run import TINY  # the same tiny run the dry-run tests submit
 
@@ -107,7 +107,7 @@ def checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "tracked.py").write_text("# tracked\n")
     for command in (["init", "-q"], ["add", "tracked.py"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
         subprocess.run(["git", "-C", str(root), *command], check=True)
-    monkeypatch.setattr(slurm, "code_root", lambda: root)
+    monkeypatch.setattr(submit, "code_root", lambda: root)
     monkeypatch.chdir(root)
     return root
 
@@ -135,8 +135,8 @@ def test_snapshot_holds_the_untracked_experiment_and_plugin_of_the_launch_folder
 
 def test_each_launch_gets_its_own_snapshot_dir(tmp_path: Path, checkout: Path) -> None:
     """Two launchers in the same second used to share (and crash on) one snapshot name."""
-    with slurm._snapshot(tmp_path / "exp", {}, enabled=True, created=[]):
-        with slurm._snapshot(tmp_path / "exp", {}, enabled=True, created=[]):
+    with submit._snapshot(tmp_path / "exp", {}, enabled=True, created=[]):
+        with submit._snapshot(tmp_path / "exp", {}, enabled=True, created=[]):
             pass
     assert len(list((tmp_path / "exp" / ".code").iterdir())) == 2
 
@@ -145,9 +145,9 @@ def test_each_launch_gets_its_own_snapshot_dir(tmp_path: Path, checkout: Path) -
 def test_the_job_imports_the_plugin_from_its_snapshot_and_runs_in_the_launch_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """In the job (research.launch.job._run_from): cwd becomes the launch folder, whose plugin may have
+    """In the job (research.launch.backends.slurm._run_from): cwd becomes the launch folder, whose plugin may have
     been edited since; the job imports the copy submitted in its snapshot."""
-    from research.launch.job import _run_from
+    from research.launch.backends.slurm import _run_from
     from research.registry import MODELS
 
     package, model = f"mylab_{uuid.uuid4().hex[:8]}", f"lab_net_{uuid.uuid4().hex[:8]}"

@@ -28,7 +28,7 @@ from test_launcher import JOB_TIMEOUT_S, TINY, job_of, launch, squeue, wait_unti
 
 from research.engine import checkpoint
 from research.engine.run_dir import read_lives, read_summary
-from research.launch import slurm
+from research.launch.backends import slurm
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

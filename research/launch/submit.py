@@ -1,7 +1,7 @@
-"""Submitting an experiment's runs to SLURM through submitit.
+"""Submitting an experiment's runs through a launcher backend (``resources.backend``: SLURM by default).
 
 Every run that is not finished becomes one task of a job array (runs with equal resources share an
-array). A run whose teacher (or fine-tuning source) comes from another experiment waits for that
+array); the backend (research.launch.backends) turns it into its own submission. A run whose teacher (or fine-tuning source) comes from another experiment waits for that
 experiment's job (``afterok``). Each submitted job id is recorded in its run dir, so a relaunch skips
 runs that are finished or still queued/running, and resubmits the rest, which resume from their
 checkpoints (a run dir trained with another config stops the launcher before it submits anything).
@@ -12,9 +12,9 @@ runs what was submitted.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
-import io
 import itertools
 import json
 import logging
@@ -27,16 +27,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import submitit
 import yaml
 
-from research.config import ConfigError, Run, slurm_minutes
-from research.config.schema import SlurmCfg
+from research.config import ConfigError, Run
 from research.engine.run_dir import CONFIG
 from research.launch import provenance
-from research.launch.job import TrainJob
+from research.launch.backends import Group, backend_of
 from research.launch.run_check import (
     DONE_ACTION,
     REPLACE,
@@ -48,26 +46,11 @@ from research.launch.run_check import (
     set_aside,
     with_prerequisites,
 )
+from research.registry import BACKENDS
 
 log = logging.getLogger(__name__)
 
-JOB_FILE = "slurm_job.json"
-# Seconds squeue may take: a controller that answers at all answers within seconds, and one that
-# does not leaves a job's state unknown (see job_state).
-SQUEUE_TIMEOUT_S = 30
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUE_HOLD", "RESIZING"}
-
-
-class SlurmUnavailable(ConfigError):
-    """No SLURM client on this machine."""
-
-
-class SubmissionRefused(ConfigError):
-    """sbatch refused a job; the message holds sbatch's own words and the variants concerned.
-
-    A :class:`ConfigError`: the fix is in the experiment's ``slurm:`` section (partition, account,
-    time, ...), so the launcher reports it in one line with exit status 2, like other bad input.
-    """
+JOB_FILE = "slurm_job.json"  # the last job submitted for a run, and its backend (named when SLURM was the only one)
 
 
 @dataclass
@@ -81,46 +64,17 @@ class Row:
     sbatch: str = ""  # the sbatch header, for --dry-run
 
 
-def executor_parameters(slurm: SlurmCfg, job_name: str) -> dict[str, Any]:
-    """submitit ``SlurmExecutor`` parameters (sbatch's vocabulary) for a run's ``slurm:`` section."""
-    gpus = slurm.gpus_per_node
-    if gpus and slurm.tasks_per_node not in (None, gpus):
-        raise ConfigError(
-            f"slurm.tasks_per_node={slurm.tasks_per_node} but slurm.gpus_per_node={gpus}: DDP runs one task per GPU; "
-            "leave tasks_per_node unset on GPU nodes"
-        )
-    if slurm.gpu_type and not gpus:
-        raise ConfigError(f"slurm.gpu_type={slurm.gpu_type} asks for GPUs of that type: set slurm.gpus_per_node (1 or more)")
-    params: dict[str, Any] = {
-        "job_name": job_name,
-        "time": slurm_minutes(slurm.time),
-        "nodes": slurm.nodes,
-        "ntasks_per_node": gpus or slurm.tasks_per_node or 1,
-        "cpus_per_task": slurm.cpus_per_task,
-        "array_parallelism": slurm.array_parallelism,
-        "partition": slurm.partition,
-        "account": slurm.account,
-        "qos": slurm.qos,
-        "constraint": slurm.constraint,
-        # sbatch --gpus-per-node=h200:1 asks for that GPU type
-        "gpus_per_node": (f"{slurm.gpu_type}:{gpus}" if slurm.gpu_type else gpus) or None,
-        "mem": f"{int(slurm.mem_gb * 1024)}MB" if slurm.mem_gb else None,
-        "setup": list(slurm.setup) or None,
-        # a student whose teacher failed is cancelled rather than left pending forever; slurm.extra can say otherwise
-        "additional_parameters": {"kill_on_invalid_dep": "yes", **slurm.extra},
-    }
-    return {key: value for key, value in params.items() if value is not None}
-
-
 def launch(runs: Sequence[Run], *, force: bool = False, dry_run: bool = False, snapshot: bool = True) -> list[Row]:
-    """Submit what is not finished (teachers first); returns a row per run, prerequisites included.
+    """Submit what is not finished (teachers first), each run through its ``resources.backend``;
+    returns a row per run, prerequisites included.
 
     Every run is checked against its run dir before anything is submitted (research.launch.run_check).
     Launchers on the same output dirs take turns (a lock file per output dir), so two started at the
     same instant submit each run once.
     """
     if not dry_run:
-        _check_client()
+        for name in sorted({run.cfg.resources.backend for run in with_prerequisites(runs)}):
+            BACKENDS.build(name).check_client()
     output_dirs = {Path(run.cfg.output_dir) for run in with_prerequisites(runs)}
     with _submission_lock(output_dirs, enabled=not dry_run):
         verdicts = plan(runs, force=force)
@@ -163,37 +117,21 @@ def _preflight_jobs(runs: Sequence[Run]) -> None:
     from research.launch.preflight import preflight
 
     for run in runs:
-        slurm = run.cfg.slurm
-        device = torch.device("cuda" if slurm.gpus_per_node else "cpu")
-        world_size = slurm.nodes * (slurm.gpus_per_node or slurm.tasks_per_node or 1)
-        preflight([run], device=device, world_size=world_size, check_data=False)
-
-
-def _check_client() -> None:
-    """sbatch is here, and ``SLURM_CONF``, when set, names a file (else sbatch retries for a minute)."""
-    if shutil.which("sbatch") is None:
-        raise SlurmUnavailable(
-            "no SLURM here (sbatch not found): use --dry-run to see the jobs, or launchers/local.py to run them on this machine"
-        )
-    conf = os.environ.get("SLURM_CONF")
-    if conf and not Path(conf).is_file():
-        raise SlurmUnavailable(
-            f"SLURM_CONF={conf} is not a file: point SLURM_CONF at your cluster's slurm.conf (python tests/slurm/cluster.py "
-            "start prints the local test cluster's) or unset it, or use --dry-run to see the jobs without submitting"
-        )
+        device = torch.device("cuda" if run.cfg.resources.gpus_per_node else "cpu")
+        preflight([run], device=device, world_size=run.cfg.resources.processes(), check_data=False)
 
 
 def active_jobs(verdicts: Sequence[Verdict]) -> dict[Path, tuple[str, str]]:
     """``{run dir: (job id, state)}`` of runs whose recorded job is still queued or running. A run to
     be replaced (--force, and ``research train --force``) while its job is alive is refused: the job
-    would write into the new run, or die at its start. A state squeue cannot tell is refused too
-    (:func:`job_state`)."""
+    would write into the new run, or die at its start. A state the backend cannot tell is refused too
+    (research.launch.backends.Backend.job_state)."""
     active = {}
     for verdict in verdicts:
-        job_id = recorded_job(verdict.run.run_dir) if verdict.action != DONE_ACTION else None  # finished: no job to ask about
-        state = job_state(job_id) if job_id else None
-        if job_id and state in ACTIVE_STATES:
-            active[verdict.run.run_dir] = (job_id, state)
+        recorded = recorded_job(verdict.run.run_dir) if verdict.action != DONE_ACTION else None  # finished: no job to ask about
+        state = BACKENDS.build(recorded[1]).job_state(recorded[0]) if recorded else None
+        if recorded and state is not None:
+            active[verdict.run.run_dir] = (recorded[0], state)
     busy = [
         f"{v.run.name} (job {active[v.run.run_dir][0]}, {active[v.run.run_dir][1]})"
         for v in verdicts
@@ -248,8 +186,8 @@ def _arrays(rows: list[Row]) -> Iterator[list[Row]]:
     """Rows that can share one job array: same experiment, resources and dependencies."""
 
     def key(row: Row) -> str:
-        params = executor_parameters(row.run.cfg.slurm, row.run.experiment)
-        return json.dumps([row.run.experiment, params, row.depends_on, row.run.cfg.slurm.max_requeues], sort_keys=True)
+        run = row.run
+        return json.dumps([run.experiment, run.cfg.resources.backend, backend_of(run).options(run), row.depends_on], sort_keys=True)
 
     for _, group in itertools.groupby(sorted(rows, key=key), key=key):
         yield list(group)
@@ -257,76 +195,43 @@ def _arrays(rows: list[Row]) -> Iterator[list[Row]]:
 
 def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool, replaced: Sequence[Verdict] = ()) -> None:
     """Submit ``rows`` as one job array; the run dirs of ``replaced`` move aside only for a submission
-    that sbatch accepts (a refused one puts them back)."""
+    that the backend accepts (a refused one puts them back)."""
     first = rows[0].run
-    params = executor_parameters(first.cfg.slurm, first.experiment)
-    if rows[0].depends_on:
-        params["dependency"] = "afterok:" + ":".join(rows[0].depends_on)
-    folder = Path(first.cfg.output_dir) / first.experiment / ".slurm"
+    backend = backend_of(first)
+    folder = Path(first.cfg.output_dir) / first.experiment / f".{first.cfg.resources.backend}"
+    group = Group([row.run for row in rows], backend.options(first), rows[0].depends_on, folder, Path.cwd())
     if dry_run:
-        header = _sbatch_header(params, folder, len(rows))
+        header = backend.header(group)
         for row in rows:
             row.sbatch = header
         return
-    launch_dir = os.getcwd()
     # A refused submission leaves nothing behind: no snapshot, no submitit pickles, no empty dirs.
-    with _aside_until_submitted(replaced), _removed_on_error(folder.parent) as created:
+    with _aside_until_submitted(replaced), _removed_on_error(folder) as created:
         created.append(folder)  # its new files only: jobs submitted earlier keep their logs here
         folder.parent.mkdir(parents=True, exist_ok=True)
         with _owner_only() as umask:
             folder.mkdir(exist_ok=True)
-            folder.chmod(0o700)  # also a .slurm made before the launcher made it so
-            executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=first.cfg.slurm.max_requeues)
-            executor.update_parameters(**params)
-            extra = snapshot_extras([row.run for row in rows], launch_dir=Path(launch_dir))
-            # sbatch passes our environment on to the job, which runs from a snapshot without our .git,
-            # and with the umask of SLURM_UMASK (else sbatch's own, the owner-only one of the submission).
-            variables = {**provenance.git_env(), "SLURM_UMASK": f"{umask:04o}"}
-            with _environ(variables), _snapshot(folder.parent, extra, enabled=snapshot, created=created):
-                jobs = _sbatch(executor, rows, launch_dir)
-    for row, job in zip(rows, jobs):
-        row.job_id = job.job_id
-        _record_job(row.run.run_dir, job.job_id)
+            folder.chmod(0o700)  # also a folder made before the launcher made it so
+            extra = snapshot_extras(group.runs, launch_dir=group.launch_dir)
+            # the job runs from a snapshot without our .git: the provenance goes in its environment
+            group = dataclasses.replace(group, env=provenance.git_env(), umask=umask)
+            with _snapshot(folder.parent, extra, enabled=snapshot, created=created):
+                job_ids = backend.submit(group)
+    for row, job_id in zip(rows, job_ids):
+        row.job_id = job_id
+        _record_job(row.run.run_dir, job_id, first.cfg.resources.backend)
         _record_config(row.run)
 
 
-# What sbatch says when no controller answers (no slurm.conf, no DNS SRV record, slurmctld down):
-# the fix is on this machine, not in the experiment's slurm: section.
-_NO_CONTROLLER = (
-    "Unable to contact slurm controller",
-    "Could not establish a configuration source",
-    "s_p_parse_file: unable to read",
-    "Zero Bytes were transmitted or received",
-)
-
-
-def _sbatch(executor: submitit.SlurmExecutor, rows: list[Row], launch_dir: str) -> list[submitit.Job[Any]]:
-    """Submit ``rows`` as one array; sbatch's refusal becomes one line (submitit's copy of it is muted)."""
-    muted = io.StringIO()  # submitit prints sbatch's stderr before raising with the same text
-    try:
-        with contextlib.redirect_stderr(muted), executor.batch():
-            return [executor.submit(TrainJob(row.run, launch_dir)) for row in rows]
-    except (subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as exc:
-        detail = getattr(exc, "stderr", None) or getattr(exc, "output", None) or str(exc)
-        detail = (detail.decode() if isinstance(detail, bytes) else str(detail)).strip()
-        if any(symptom in detail for symptom in _NO_CONTROLLER):
-            said = next((line for line in detail.splitlines() if any(s in line for s in _NO_CONTROLLER)), detail)
-            raise SlurmUnavailable(
-                f"sbatch cannot reach a SLURM controller ({said.strip()}): set SLURM_CONF to your cluster's "
-                "slurm.conf, start the cluster (python tests/slurm/cluster.py start prints the SLURM_CONF of the "
-                "local test cluster), or use --dry-run to see the jobs without submitting"
-            ) from None
-        names = ", ".join(row.run.name for row in rows)
-        raise SubmissionRefused(f"sbatch refused the job for {names}: {'; '.join(detail.splitlines())}") from None
-
-
 @contextlib.contextmanager
-def _removed_on_error(experiment_dir: Path) -> Iterator[list[Path]]:
+def _removed_on_error(folder: Path) -> Iterator[list[Path]]:
     """On an exception, remove what the block made: each path it appends (of a dir that existed
-    before, only the entries made since), and ``experiment_dir`` and its parents that are new and left empty."""
+    before, only the entries made since), and ``folder``'s parents (the experiment's dir, ...) that
+    are new and left empty."""
     created: list[Path] = []
+    experiment_dir = folder.parent
     new_dirs = list(itertools.takewhile(lambda path: not path.exists(), [experiment_dir, *experiment_dir.parents]))
-    before = {path: set(path.iterdir()) for path in (experiment_dir / ".slurm", experiment_dir / ".code") if path.is_dir()}
+    before = {path: set(path.iterdir()) for path in (folder, experiment_dir / ".code") if path.is_dir()}
     try:
         yield created
     except BaseException:
@@ -365,21 +270,6 @@ def _aside_until_submitted(replaced: Sequence[Verdict]) -> Iterator[None]:
         for run_dir, aside in moved:
             put_back(aside, run_dir)
         raise
-
-
-@contextlib.contextmanager
-def _environ(variables: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the submission only (``launch`` may be called from a library)."""
-    saved = {key: os.environ.get(key) for key in variables}
-    os.environ.update(variables)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @contextlib.contextmanager
@@ -458,17 +348,9 @@ def _tracked(root: Path) -> set[str]:
     return set(done.stdout.split("\0")) if done.returncode == 0 else set()
 
 
-def _sbatch_header(params: dict[str, Any], folder: Path, count: int) -> str:
-    """The ``#SBATCH`` lines submitit would write, for ``--dry-run`` (works without SLURM)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
-    text = _make_sbatch_string(command="<python -m submitit.core._submit>", folder=folder / "%j", map_count=count, **params)
-    return "\n".join(line for line in text.splitlines() if line.startswith("#SBATCH"))
-
-
-def _record_job(run_dir: Path, job_id: str) -> None:
+def _record_job(run_dir: Path, job_id: str, backend: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / JOB_FILE).write_text(json.dumps({"job_id": job_id, "submitted": time.time()}) + "\n")
+    (run_dir / JOB_FILE).write_text(json.dumps({"job_id": job_id, "backend": backend, "submitted": time.time()}) + "\n")
 
 
 def _record_config(run: Run) -> None:
@@ -479,31 +361,10 @@ def _record_config(run: Run) -> None:
         file.write_text(yaml.safe_dump(config_record(run), sort_keys=False))
 
 
-def recorded_job(run_dir: Path) -> str | None:
+def recorded_job(run_dir: Path) -> tuple[str, str] | None:
+    """The job id recorded in ``run_dir`` and its backend (``slurm`` for records older than backends)."""
     file = run_dir / JOB_FILE
-    return json.loads(file.read_text())["job_id"] if file.exists() else None
-
-
-def job_state(job_id: str) -> str | None:
-    """The job's state from squeue (None once it has left the queue).
-
-    A controller that does not answer (down, overloaded, no configuration) leaves the state unknown,
-    and unknown is not "no job": a launcher that took it so would submit the run a second time or
-    move aside the dir of a job still queued. Raises :class:`SlurmUnavailable` then.
-    """
-    command = ["squeue", "--noheader", "--format=%T", "--jobs", job_id]
-    unknown = f"cannot tell whether SLURM job {job_id} is still queued or running"
-    fix = "nothing was submitted or moved; check the controller (scontrol ping) and SLURM_CONF, then launch again"
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=SQUEUE_TIMEOUT_S)
-    except FileNotFoundError:
-        raise SlurmUnavailable(f"{unknown}: squeue is not installed here; {fix}, or scancel {job_id} on the cluster") from None
-    except subprocess.TimeoutExpired:
-        raise SlurmUnavailable(f"{unknown}: the SLURM controller did not answer squeue within {SQUEUE_TIMEOUT_S} s; {fix}") from None
-    if result.returncode == 0:
-        states = result.stdout.split()
-        return states[0] if states else None
-    said = result.stderr.strip().splitlines()
-    if said and "Invalid job id" in said[-1]:  # the controller no longer knows the job: it left the queue
+    if not file.exists():
         return None
-    raise SlurmUnavailable(f"{unknown}: squeue failed ({said[-1] if said else f'exit {result.returncode}'}); {fix}")
+    record = json.loads(file.read_text())
+    return record["job_id"], record.get("backend", "slurm")
