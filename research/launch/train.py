@@ -34,18 +34,16 @@ from research.engine.checkpoint import load as load_checkpoint
 from research.engine.evaluate import AUTOCAST_DTYPES, evaluate
 from research.engine.fit import Loop, RunStopped, fit
 from research.engine.lookahead import ScheduledLookahead
-from research.engine.run_dir import RunDir, note_life, read_lives, start_life
+from research.engine.run_dir import (
+    CANCELLED, DONE, FAILED, INTERRUPTED, STOPPED, RunDir, note_life, read_lives, start_life,
+)  # fmt: skip
 from research.engine.state import TrainState, unwrap
-from research.launch import provenance
-from research.launch.data import RunData, build_data
 from research.launch.dist import DistEnv, init_distributed
-from research.launch.lock import run_dir_lock
 from research.launch.preflight import preflight
-from research.launch.preview import log_preview
-from research.launch.run_check import Verdict, check, config_record
+from research.launch.run_check import Verdict, check, resolved_config, run_dir_lock, teacher_note
+from research.launch.run_data import RunData, build_data
+from research.launch.run_tracker import build_tracker, log_preview
 from research.launch.stop import StopRequest, stop_on_signals
-from research.launch.teacher_check import teacher_note
-from research.launch.tracking import build_tracker
 from research.losses import build_base_criterion
 from research.models.finetune import load_for_finetune
 from research.registry import LOSSES, MODELS
@@ -57,7 +55,7 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
     """Train ``run`` to its last epoch, resuming from its run dir; returns the summary.
 
     The run dir must hold this config (or nothing): see :mod:`research.launch.run_check`. Rank 0 holds
-    the run dir's lock throughout (:mod:`research.launch.lock`); SIGTERM and Ctrl-C stop the run after
+    the run dir's lock throughout (the only lock on it); SIGTERM and Ctrl-C stop the run after
     the step in progress, saved (:mod:`research.launch.stop`).
     """
     env = env or init_distributed()
@@ -114,15 +112,15 @@ def _train(
             log_preview(tracker, data.loop_data, seed=cfg.seed, rank=env.rank, caption=run.name)
         _log_start(run, data, model, state, resumed, env)
         last = fit(loop)
-        summary = _summary(state, cfg, last, "done")
+        summary = _summary(state, cfg, last, DONE)
         run_dir.write_summary(summary)
         tracker.summary(summary)
         return summary
     except RunStopped:
-        run_dir.write_summary({**_summary(state, cfg, {}, "stopped"), **_stopped(stop)}, ending=True)
+        run_dir.write_summary({**_summary(state, cfg, {}, STOPPED), **_stopped(stop)}, ending=True)
         raise
     except BaseException as exc:
-        status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+        status = INTERRUPTED if isinstance(exc, (KeyboardInterrupt, SystemExit)) else FAILED
         run_dir.write_summary({**_summary(state, cfg, {}, status), "error": repr(exc)[:500]}, ending=True)
         raise
     finally:
@@ -162,7 +160,7 @@ def _build_data(run: Run, env: DistEnv, run_dir: RunDir, stop: StopRequest) -> R
         with stop.at_once("preparing the data"):
             return build_data(run.cfg, env)
     except RunStopped:
-        summary = {"status": "stopped", "epochs_done": None, "epochs": run.cfg.train.epochs, **_stopped(stop)}
+        summary = {"status": STOPPED, "epochs_done": None, "epochs": run.cfg.train.epochs, **_stopped(stop)}
         run_dir.write_summary(summary, ending=True)
         raise
 
@@ -170,7 +168,7 @@ def _build_data(run: Run, env: DistEnv, run_dir: RunDir, stop: StopRequest) -> R
 def _stopped(stop: StopRequest) -> dict[str, Any]:
     """How a stopped life ended, for its summary: ``status`` cancelled (scancel) or stopped, and by what."""
     slurm_state = _slurm_job_state()
-    status = "cancelled" if slurm_state == "CANCELLED" else "stopped"
+    status = CANCELLED if slurm_state == "CANCELLED" else STOPPED
     return {"status": status, "stopped_by": stop.name, "slurm_state": slurm_state}
 
 
@@ -200,11 +198,6 @@ def _note_schedule(run_dir: RunDir, life: int, *, from_epoch: int, epochs: int) 
     if len(schedules) > 1:
         run_dir.config = {**run_dir.config, "schedules": schedules}
         run_dir.write_config()
-
-
-def resolved_config(run: Run) -> dict[str, Any]:
-    """The run's config as saved in ``config.yaml`` and sent to W&B, with code provenance."""
-    return {**config_record(run), "git": provenance.git_info(), "versions": provenance.versions()}
 
 
 def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module:
@@ -414,5 +407,5 @@ def _summary(state: TrainState, cfg: ExperimentCfg, last: dict[str, Any], status
         "last_top5": last.get("val/top5"),
         "images_per_s": last.get("train/epoch_images_per_s"),
         "wall_time_s": state.wall_time_s,
-        "finished_at": time.time() if status == "done" else None,
+        "finished_at": time.time() if status == DONE else None,
     }

@@ -23,7 +23,7 @@ from timm.utils import ModelEma
 from research.config import load_run
 from research.data import build_train_sampler
 from research.engine.fit import Loop, fit
-from research.launch.data import build_data
+from research.launch.run_data import build_data
 from research.launch.dist import DistEnv
 from research.launch.train import build_model, build_state, train
 
