@@ -41,8 +41,20 @@ from research.config.keys import EXTENSIBLE, execution_changes, training_changes
 from research.config.sources import flatten
 from research.engine.checkpoint import LAST, PREVIOUS, writing
 from research.engine.run_dir import (
-    CANCELLED, CONFIG, DONE, INTERRUPTED, LIVES, LOCK, METRICS, RUNNING, STOPPED, SUMMARY,
-    read_config, read_lives, read_summary, run_status,
+    CANCELLED,
+    CONFIG,
+    DONE,
+    INTERRUPTED,
+    LIVES,
+    LOCK,
+    METRICS,
+    RUNNING,
+    STOPPED,
+    SUMMARY,
+    read_config,
+    read_lives,
+    read_summary,
+    run_status,
 )  # fmt: skip
 from research.files import flock
 from research.launch import provenance

@@ -35,7 +35,15 @@ from research.engine.evaluate import AUTOCAST_DTYPES, evaluate
 from research.engine.fit import Loop, RunStopped, fit
 from research.engine.lookahead import ScheduledLookahead
 from research.engine.run_dir import (
-    CANCELLED, DONE, FAILED, INTERRUPTED, STOPPED, RunDir, note_life, read_lives, start_life,
+    CANCELLED,
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    STOPPED,
+    RunDir,
+    note_life,
+    read_lives,
+    start_life,
 )  # fmt: skip
 from research.engine.state import TrainState, unwrap
 from research.launch.dist import DistEnv, init_distributed

@@ -7,8 +7,8 @@ import torch
 
 import research.models  # noqa: F401  (registers the models)
 from research.config import ConfigError, load_run
-from research.launch.run_data import build_data
 from research.launch.dist import DistEnv
+from research.launch.run_data import build_data
 from research.launch.train import build_model, build_state, optimizer_implementation, train
 from research.registry import MODELS
 from research.teachers import Teacher
