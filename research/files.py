@@ -1,13 +1,10 @@
-"""Files that other processes read while they are written: the one atomic write and the one file lock.
+"""The one atomic write and the one file lock of the package.
 
-Every file of the package that a reader may open at any moment (a checkpoint, ``summary.json``, a
-decoded-image cache, ...) is written by :func:`write_atomic`, with one set of rules:
-
-* the bytes go to a temporary file in the same folder (``.<name>.<8 hex>.tmp``: a rename within one
-  file system is atomic), which is flushed and fsynced before it is renamed over the file, so a crash
-  leaves the old file or the whole new one, never a renamed empty one;
-* the file's mode follows the umask, as any file the user writes (teammates on a shared cluster read it);
-* a failed write (a full disk, a kill's ``KeyboardInterrupt``) removes the temporary file.
+Every file a reader may open at any moment (a checkpoint, ``summary.json``, a decoded-image cache, ...)
+is written by :func:`write_atomic`, with one set of rules: the bytes go to ``.<name>.<8 hex>.tmp`` in
+the same folder (a rename within one file system is atomic), flushed and fsynced before the rename, so
+a crash leaves the old file or the whole new one; the mode follows the umask, as any file the user
+writes (teammates on a shared cluster read it); a failed write removes the temporary file.
 """
 
 from __future__ import annotations
@@ -19,8 +16,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, BinaryIO
-
-__all__ = ["flock", "write_atomic"]
 
 
 def write_atomic(file: Path, content: str | bytes | Callable[[BinaryIO], None]) -> None:

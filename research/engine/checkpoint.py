@@ -75,8 +75,10 @@ def save_atomic(payload: Mapping[str, Any], path: Path, *, previous: Path | None
 
     def save(handle: BinaryIO) -> None:
         torch.save(dict(payload), handle)
-        if previous is not None and path.exists():  # once the new file is written, before it replaces the old
-            _link_atomic(path, previous)
+        if previous is not None and path.exists():  # written, before it replaces the old: link the old in one step
+            link = previous.with_name(f".{previous.name}.{uuid.uuid4().hex[:8]}.tmp")
+            os.link(path, link)
+            os.replace(link, previous)
 
     try:
         write_atomic(path, save)
@@ -139,13 +141,6 @@ def _load_training_state(file: Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"checkpoint {file}: holds no training state (no {', '.join(missing)})")
     return saved
-
-
-def _link_atomic(source: Path, target: Path) -> None:
-    """Make ``target`` another name of ``source``'s file, replacing ``target`` in one step."""
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    os.link(source, tmp)
-    os.replace(tmp, target)
 
 
 def no_space(exc: BaseException | None) -> bool:

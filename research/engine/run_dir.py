@@ -101,10 +101,6 @@ class RunDir:
         kept = [record for record in read_metrics(self.path) if record["epoch"] <= epochs_done]
         _write_atomic(self.path / METRICS, "".join(json.dumps(record) + "\n" for record in kept))
 
-    def write_config(self) -> None:
-        if self.is_main:
-            write_config(self.path, self.config)
-
     def write_summary(self, summary: Mapping[str, Any], *, ending: bool = False) -> None:
         """Write ``summary.json``; ``ending`` (a life that fails or stops): a failed write only warns, as the
         error that ends the life is the one to report (a full disk fails this write too)."""
@@ -155,6 +151,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 def _write_atomic(file: Path, text: str) -> None:
     with checkpoint.writing(file):  # a full disk: one line naming the file
         write_atomic(file, text)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run: any of its files."""
+    return any((Path(run_dir) / name).exists() for name in (CONFIG, checkpoint.LAST, SUMMARY, METRICS, LIVES))
 
 
 def write_config(run_dir: Path, record: Mapping[str, Any]) -> None:

@@ -45,17 +45,15 @@ from research.engine.run_dir import (
     CONFIG,
     DONE,
     INTERRUPTED,
-    LIVES,
     LOCK,
-    METRICS,
     RUNNING,
     STOPPED,
-    SUMMARY,
+    holds_run,
     read_config,
     read_lives,
     read_summary,
     run_status,
-)  # fmt: skip
+)
 from research.files import flock
 from research.launch import provenance
 from research.registry import LOSSES
@@ -64,8 +62,6 @@ from research.teachers.checkpoint import teacher_digest
 log = logging.getLogger(__name__)
 
 NEW, RESUME, DONE_ACTION, REPLACE = "new", "resume", DONE, "replace"
-_RUN_FILES = (CONFIG, LAST, SUMMARY, METRICS, LIVES)  # a run dir holding any of them holds a run
-
 
 TEACHER_KEY = "teacher_sha256"  # the field of a life's line in lives.jsonl
 
@@ -122,10 +118,6 @@ def resolved_config(run: Run) -> dict[str, Any]:
     """The run's config as a life saves it in ``config.yaml`` and sends it to W&B: :func:`config_record`
     with what ran it (:mod:`research.launch.provenance`: the code's git commit, package versions)."""
     return {**config_record(run), "git": provenance.git_info(), "versions": provenance.versions()}
-
-
-def holds_run(run_dir: Path) -> bool:
-    return any((Path(run_dir) / name).exists() for name in _RUN_FILES)
 
 
 def check(run: Run, *, force: bool = False, launching: bool = True) -> Verdict:
@@ -278,11 +270,9 @@ _BUSY_FIX = "wait for it to end, stop it, or give this run another name, variant
 def run_dir_lock(run_dir: Path, *, job_id: str | None = None) -> Iterator[None]:
     """Hold ``run_dir``'s lock inside the block; raise :class:`RunDirBusy` if another process holds it.
 
-    The lock is :func:`research.files.flock` on ``<run dir>/.lock``, which the kernel drops when its
-    holder dies: a lock left by a dead process (``kill -9``, a lost node) is taken over, and logged,
-    as the file still names the old holder (pid, host, SLURM job) as it names the holder for the
-    error a second writer gets.
-    """
+    :func:`research.files.flock` on ``<run dir>/.lock``, which names its holder (pid, host, SLURM job)
+    for the error a second writer gets; a lock a dead holder left (``kill -9``, a lost node) is taken
+    over, and logged."""
     run_dir = Path(run_dir).resolve()
     file = run_dir / LOCK
     with contextlib.ExitStack() as stack:
@@ -347,10 +337,9 @@ def _write(handle: IO[str], record: dict[str, Any] | None) -> None:
 def teacher_note(run: Run) -> dict[str, str]:
     """This life's ``{"teacher_sha256": ...}`` for ``lives.jsonl`` (empty when the run uses no teacher).
 
-    A teacher's path says nothing about its weights: a teacher retrained in place (``--force`` on its
-    experiment, a new file copied over the old) keeps its path, and a half-trained student would go on
-    silently against another teacher. The same weights trained again (a deterministic retrain of a
-    teacher whose ``last.pt`` was deleted) are the same teacher.
+    A teacher retrained in place (``--force`` on its experiment, a new file copied over the old) keeps
+    its path: a half-trained student would go on silently against another teacher. The same weights
+    trained again (a deterministic retrain) are the same teacher.
 
     Raises:
         TeacherChanged: The run resumes from a checkpoint, and its teacher's file is not the one

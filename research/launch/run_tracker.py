@@ -30,7 +30,7 @@ from research.engine.run_dir import note_life, read_lives
 from research.engine.state import unwrap
 from research.launch.dist import DistEnv
 from research.launch.run_data import RunData
-from research.tracking import DEFAULT_PROJECT, RunInfo, flatten_config, life_notes
+from research.tracking import DEFAULT_PROJECT, RunInfo, flatten_config
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,8 @@ def build_tracker(run: Run, record: dict[str, Any], data: RunData, model: nn.Mod
 
 
 def note_tracker(tracker: Any, run: RunInfo) -> None:
-    """Record what ``tracker`` hands back about this life (its W&B run) in its line of ``lives.jsonl``."""
-    if notes := life_notes(tracker):
+    """Record what ``tracker`` hands back about this life (``notes``: its W&B run) in its line of ``lives.jsonl``."""
+    if notes := getattr(getattr(tracker, "inner", tracker), "notes", None):  # a GuardedTracker forwards to ``inner``
         try:  # best effort: the tracker is live; losing it would be worse than losing the stitch to the next life
             note_life(run.run_dir, run.life, **notes)
         except (OSError, DiskFull) as exc:

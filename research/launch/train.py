@@ -44,7 +44,8 @@ from research.engine.run_dir import (
     note_life,
     read_lives,
     start_life,
-)  # fmt: skip
+    write_config,
+)
 from research.engine.state import TrainState, unwrap
 from research.launch.dist import DistEnv, init_distributed
 from research.launch.preflight import preflight
@@ -84,7 +85,7 @@ def _train(
     life = 0
     if env.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        run_dir.write_config()
+        write_config(run.run_dir, record)
         life = start_life(run.run_dir, job_id=_slurm_job_id(), git=record["git"], **notes)
         run_dir.remove_leftovers()  # under the lock: temporary files of saves a kill cut short
     data = _build_data(run, env, run_dir, stop)
@@ -205,7 +206,7 @@ def _note_schedule(run_dir: RunDir, life: int, *, from_epoch: int, epochs: int) 
             schedules.append(dict(ran))
     if len(schedules) > 1:
         run_dir.config = {**run_dir.config, "schedules": schedules}
-        run_dir.write_config()
+        write_config(run_dir.path, run_dir.config)
 
 
 def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module:

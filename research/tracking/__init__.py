@@ -9,7 +9,6 @@ from research.tracking.base import (
     Tracker,
     TrackerWarning,
     flatten_config,
-    life_notes,
 )
 from research.tracking.jsonl import JsonlTracker, build_jsonl
 from research.tracking.null import NullTracker, build_null
@@ -31,6 +30,5 @@ __all__ = [
     "build_wandb",
     "flatten_config",
     "has_api_key",
-    "life_notes",
     "log_report_run",
 ]

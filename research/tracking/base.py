@@ -23,7 +23,6 @@ __all__ = [
     "TrackerWarning",
     "as_number",
     "flatten_config",
-    "life_notes",
     "warn_once_disabled",
 ]
 
@@ -51,9 +50,8 @@ class RunInfo:
         is_rank_zero: only rank 0 of a distributed job logs; other ranks get a no-op tracker.
         life: which start of the run this is (1, then one more per resume or requeue), as recorded in
             the run dir's ``lives.jsonl``.
-        lives: what the run's lives recorded in ``lives.jsonl`` so far (a W&B run continued online keeps
-            the name its first life gave it). A tracker writes no run-dir file of the engine's: what it
-            has to record it hands back (:func:`life_notes`).
+        lives: the run's lives as ``lives.jsonl`` recorded them so far. A tracker writes no file of the
+            engine's there: what a life records it hands back (its ``notes``: :class:`WandbTracker`'s).
         notes: what the run is for, shown with it (W&B notes): the experiment file's header comment.
     """
 
@@ -197,11 +195,6 @@ class GuardedTracker:
     def __repr__(self) -> str:
         state = "failed" if self.failed else "closed" if self._closed else "active"
         return f"GuardedTracker({self.inner!r}, {state})"
-
-
-def life_notes(tracker: Any) -> dict[str, Any]:
-    """What ``tracker`` asks to record in this life's line of ``lives.jsonl`` (its ``notes``; W&B's run id)."""
-    return dict(getattr(getattr(tracker, "inner", tracker), "notes", {}))
 
 
 def warn_once_disabled(name: str, reason: str) -> None:

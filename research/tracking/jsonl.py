@@ -49,9 +49,7 @@ class JsonlTracker:
         self._file.flush()  # a killed job keeps every line written so far
 
     def summary(self, values: Mapping[str, Any]) -> None:
-        merged: dict[str, Any] = {}
-        if self.summary_path.exists():
-            merged = json.loads(self.summary_path.read_text(encoding="utf-8"))
+        merged = json.loads(self.summary_path.read_text(encoding="utf-8")) if self.summary_path.exists() else {}
         merged.update(values)
         write_atomic(self.summary_path, json.dumps(merged, indent=2, default=str) + "\n")
 

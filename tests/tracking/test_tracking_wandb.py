@@ -27,7 +27,6 @@ from research.tracking import (
     RunInfo,
     TrackerWarning,
     WandbTracker,
-    life_notes,
 )
 from research.tracking.wandb_logger import (
     ID_FILE,
@@ -294,7 +293,7 @@ def test_the_tracker_hands_its_life_back_and_writes_no_file_of_the_run_dir(wandb
     monkeypatch.setitem(sys.modules, "wandb", fake)
     run = make_run(wandb_env)
     tracker = LOGGERS.build("wandb", run=run)
-    notes = life_notes(tracker)
+    notes = tracker.inner.notes
     assert notes["wandb_mode"] == "offline" and notes["wandb_name"] == run.name and notes["wandb_resumed"] is False
     assert not (run.run_dir / "lives.jsonl").exists()  # research.launch.run_tracker records it
     tracker.close()
