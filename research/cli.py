@@ -318,7 +318,7 @@ def _submit(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from research.config import ConfigError, load_run
-    from research.launch.evaluate import evaluate_checkpoint
+    from research.launch.eval_checkpoint import evaluate_checkpoint
 
     checkpoints = [o.partition("=")[2] for o in args.overrides if o.startswith("checkpoint=")]
     if len(checkpoints) != 1:

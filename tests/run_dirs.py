@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 
-import yaml
-
 from research.config import Run
+from research.engine import run_dir
 from research.launch.run_check import config_record
 
 
 def write_config(run: Run) -> None:
     """``run``'s ``config.yaml``, as its first start writes it (a run dir is its config)."""
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(config_record(run)))
+    run_dir.write_config(run.run_dir, config_record(run))
 
 
 def mark_finished(run: Run) -> None:

@@ -19,9 +19,9 @@ PACKAGE = REPO / "research"
 
 THIRD_PARTY_FOR_COMPONENTS = {"torch", "torchvision", "timm", "einops", "numpy", "PIL"}
 COMPONENTS = ("models", "teachers", "losses", "data")
-#: What components share with the engine: the registries, the one safe way to read a checkpoint file, and
-#: the run's random streams.
-SHARED_WITH_COMPONENTS = ("research.registry", "research.safe_load", "research.seeding")
+#: What components share with the engine: the registries, the one safe way to read a checkpoint file, the
+#: one atomic write and file lock, and the run's random streams.
+SHARED_WITH_COMPONENTS = ("research.registry", "research.safe_load", "research.files", "research.seeding")
 NOT_FOR_THE_ENGINE = (
     "research.models", "research.teachers", "research.losses", "research.data", "research.launch", "research.config",
 )  # fmt: skip
@@ -107,6 +107,45 @@ def _offenders(folder: str, forbidden: tuple[str, ...]) -> list[str]:
 def test_config_knows_components_only_through_the_registry() -> None:
     offenders = _offenders("config", NOT_FOR_THE_CONFIG)
     assert not offenders, "research/config must reach components through research.registry:\n" + "\n".join(offenders)
+
+
+def test_tracking_writes_no_run_dir_file_and_knows_no_engine() -> None:
+    """A tracker hands back what a life records (its W&B run); the launch pipeline writes it through
+    research.engine.run_dir. An import from tracking/ to engine/ made a cycle (the engine takes a tracker)."""
+    offenders = _offenders("tracking", ("research.engine", "research.launch"))
+    assert not offenders, "research/tracking must not import the engine or launch code:\n" + "\n".join(offenders)
+
+
+def _calls(names: tuple[str, ...]) -> list[str]:
+    return [
+        f"{path.relative_to(REPO)}:{node.lineno}: {ast.unparse(node.func)}"
+        for path in python_files(PACKAGE)
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in names
+    ]
+
+
+def test_one_atomic_write_and_one_file_lock() -> None:
+    """Every atomic write and every flock of the package goes through research.files (one set of fsync and
+    mode rules); a rename elsewhere moves a folder (a run dir set aside, an extraction put in place) or a link."""
+    renames = {"research/files.py", "research/launch/run_check.py", "research/data/datasets.py", "research/engine/checkpoint.py"}
+    writes = [place for place in _calls(("os.replace", "os.rename", "tempfile.mkstemp")) if place.split(":")[0] not in renames]
+    locks = [place for place in _calls(("fcntl.flock",)) if place.split(":")[0] != "research/files.py"]
+    assert not writes + locks, "write with research.files.write_atomic, lock with research.files.flock:\n" + "\n".join(writes + locks)
+
+
+def test_run_statuses_are_written_once() -> None:
+    """A run's statuses are research.engine.run_dir's constants; other modules name them, never spell them."""
+    statuses = {"done", "failed", "running", "not started", "stopped", "cancelled", "interrupted"}
+    places = [
+        f"{path.relative_to(REPO)}:{node.lineno}: {node.value!r}"
+        for folder in ("launch", "report", "engine")
+        for path in python_files(PACKAGE / folder)
+        if path.name != "run_dir.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in statuses
+    ]
+    assert not places, "use research.engine.run_dir's status constants:\n" + "\n".join(places)
 
 
 def test_report_reads_run_dirs_through_the_engine_not_launch_code() -> None:

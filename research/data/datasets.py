@@ -12,7 +12,6 @@ shared data sits at ``../shared/data``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -22,7 +21,7 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -32,6 +31,7 @@ from torchvision.datasets import CIFAR10, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
 from research.data.memory import DataError, InMemoryImageDataset, load_rgb
+from research.files import flock
 from research.registry import DATASETS, Range
 
 __all__ = ["extract_archive_once", "imagefolder", "cifar10_jpeg", "cifar10", "synthetic", "SPLITS"]
@@ -114,26 +114,6 @@ def imagefolder(*, split: str, transform: Transform, root: str = "") -> ImageFol
 # CIFAR-10 as JPEG files in a tar archive
 
 
-@contextlib.contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
-    """An advisory inter-process lock (fcntl); a no-op where fcntl is missing.
-
-    Only an optimisation: concurrent extractions stay correct without it (atomic rename), the lock
-    just stops DDP ranks or parallel jobs from each decompressing the same archive.
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 _MARKER = ".extracted.json"
 
 
@@ -190,7 +170,7 @@ def extract_archive_once(archive: Path, cache_dir: Path, name: str) -> Path:
     if (target / _MARKER).is_file():
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    with _exclusive_lock(cache_dir / f".{target.name}.lock"):
+    with flock(cache_dir / f".{target.name}.lock"):  # one extraction at a time (DDP ranks, parallel jobs)
         if (target / _MARKER).is_file():  # another process finished while we waited for the lock
             return target
         if target.exists():

@@ -10,7 +10,6 @@ PIL) while paying the decode cost only once per process, or once per machine wit
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
+
+from research.files import write_atomic
 
 __all__ = ["DataError", "InMemoryImageDataset", "decode_images", "load_rgb"]
 
@@ -167,17 +168,8 @@ def _load_cache(path: str | os.PathLike[str], expected: int) -> np.ndarray | Non
 
 
 def _save_cache(path: str | os.PathLike[str], pixels: np.ndarray) -> None:
-    """Write via a temporary file and rename: readers see the old file, nothing, or the whole new one."""
-    directory = os.path.dirname(os.path.abspath(path))
+    """Write atomically (research.files): readers see the old file, nothing, or the whole new one."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".decoded-", suffix=".npy.tmp", dir=directory)
+        write_atomic(Path(path), lambda handle: np.save(handle, pixels, allow_pickle=False))
     except OSError as exc:  # read-only cache folder: the dataset still works, only slower to start
         warnings.warn(f"cannot write decoded-image cache {path} ({exc}); continuing without it", stacklevel=3)
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, pixels, allow_pickle=False)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is as shareable as the extraction
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)

@@ -20,11 +20,12 @@ import random
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
 
+from research.files import write_atomic
 from research.safe_load import CheckpointError, UnsafeCheckpointError, safe_load
 
 __all__ = ["BEST", "LAST", "PREVIOUS", "CheckpointError", "DiskFull", "load", "load_latest", "no_space", "save_atomic", "writing"]
@@ -58,9 +59,8 @@ def writing(file: Path) -> Iterator[None]:
 
 
 def save_atomic(payload: Mapping[str, Any], path: Path, *, previous: Path | None = None) -> None:
-    """``torch.save`` into ``path`` so that a reader sees the old file or the new one, never half.
-
-    The file's mode follows the umask, as any file the user writes (teammates on a shared cluster read it).
+    """``torch.save`` into ``path`` so that a reader sees the old file or the new one, never half
+    (:func:`research.files.write_atomic`).
 
     Args:
         payload: What to save (tensors and plain data).
@@ -72,18 +72,17 @@ def save_atomic(payload: Mapping[str, Any], path: Path, *, previous: Path | None
         OSError: Writing failed otherwise; the old file is intact.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+
+    def save(handle: BinaryIO) -> None:
+        torch.save(dict(payload), handle)
+        if previous is not None and path.exists():  # written, before it replaces the old: link the old in one step
+            link = previous.with_name(f".{previous.name}.{uuid.uuid4().hex[:8]}.tmp")
+            os.link(path, link)
+            os.replace(link, previous)
+
     try:
-        # os.open applies the umask to 0o666, as open() does; tempfile.mkstemp would force 0o600
-        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as handle:
-            torch.save(dict(payload), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if previous is not None and path.exists():
-            _link_atomic(path, previous)
-        os.replace(tmp, path)
+        write_atomic(path, save)
     except BaseException as exc:
-        tmp.unlink(missing_ok=True)
         if no_space(exc):
             raise DiskFull(
                 f"cannot write checkpoint {path}: no space left on the device (any previous {path.name} is "
@@ -142,13 +141,6 @@ def _load_training_state(file: Path) -> dict[str, Any]:
     if missing:
         raise CheckpointError(f"checkpoint {file}: holds no training state (no {', '.join(missing)})")
     return saved
-
-
-def _link_atomic(source: Path, target: Path) -> None:
-    """Make ``target`` another name of ``source``'s file, replacing ``target`` in one step."""
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    os.link(source, tmp)
-    os.replace(tmp, target)
 
 
 def no_space(exc: BaseException | None) -> bool:

@@ -1,14 +1,15 @@
-"""The files of one run: checkpoints, ``metrics.jsonl`` (one line per epoch, the source of truth for
-reports), ``summary.json`` (status and final numbers), ``lives.jsonl`` (one line per start of the run:
-a first start, a resume, a SLURM requeue), and where a run stands, read from them alone (no scheduler
-needed). Only the main process writes."""
+"""The files of one run dir, each with its one writer and reader here: checkpoints, ``config.yaml``
+(the config that trained it), ``metrics.jsonl`` (one line per epoch, the source of truth for reports),
+``summary.json`` (status and final numbers), ``lives.jsonl`` (one line per start of the run: a first
+start, a resume, a SLURM requeue), the name of its lock (:mod:`research.launch.run_check` holds it),
+and where a run stands, read from them alone (no scheduler needed). Only the main process writes,
+each file by :func:`research.files.write_atomic`."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
-import os
 import re
 import time
 from collections.abc import Mapping
@@ -19,19 +20,23 @@ import yaml
 
 from research.engine import checkpoint
 from research.engine.state import TrainState
+from research.files import write_atomic
 
 log = logging.getLogger(__name__)
 
+# Where a run stands (run_status), and how a life that did not finish ended (summary.json's status)
 DONE, FAILED, RUNNING, NOT_STARTED = "done", "failed", "running", "not started"
+STOPPED, CANCELLED, INTERRUPTED = "stopped", "cancelled", "interrupted"
 METRICS = "metrics.jsonl"
 LIVES = "lives.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.yaml"
+LOCK = ".lock"
 
-# checkpoint.save_atomic's and _write_atomic's temporary names
+# research.files.write_atomic's temporary names (without the 8 hex digits: an older version's)
 _LEFTOVER = re.compile(
-    rf"\.({'|'.join(re.escape(n) for n in (checkpoint.LAST, checkpoint.PREVIOUS, checkpoint.BEST))})\.[0-9a-f]{{8}}\.tmp"
-    rf"|\.({'|'.join(re.escape(n) for n in (METRICS, LIVES, SUMMARY))})\.tmp"
+    rf"\.({'|'.join(re.escape(n) for n in (checkpoint.LAST, checkpoint.PREVIOUS, checkpoint.BEST, METRICS, LIVES, SUMMARY, CONFIG))})"
+    r"(\.[0-9a-f]{8})?\.tmp"
 )
 
 
@@ -96,10 +101,6 @@ class RunDir:
         kept = [record for record in read_metrics(self.path) if record["epoch"] <= epochs_done]
         _write_atomic(self.path / METRICS, "".join(json.dumps(record) + "\n" for record in kept))
 
-    def write_config(self) -> None:
-        if self.is_main:
-            _write_atomic(self.path / CONFIG, yaml.safe_dump(self.config, sort_keys=False))
-
     def write_summary(self, summary: Mapping[str, Any], *, ending: bool = False) -> None:
         """Write ``summary.json``; ``ending`` (a life that fails or stops): a failed write only warns, as the
         error that ends the life is the one to report (a full disk fails this write too)."""
@@ -148,15 +149,27 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def _write_atomic(file: Path, text: str) -> None:
-    """Write ``text`` to a temporary file and rename it over ``file``; a failed write leaves no temporary file."""
-    tmp = file.with_name(f".{file.name}.tmp")
+    with checkpoint.writing(file):  # a full disk: one line naming the file
+        write_atomic(file, text)
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a run: any of its files."""
+    return any((Path(run_dir) / name).exists() for name in (CONFIG, checkpoint.LAST, SUMMARY, METRICS, LIVES))
+
+
+def write_config(run_dir: Path, record: Mapping[str, Any]) -> None:
+    """Write ``config.yaml``: the record of the config that trains the run (research.launch.run_check.config_record)."""
+    _write_atomic(Path(run_dir) / CONFIG, yaml.safe_dump(dict(record), sort_keys=False))
+
+
+def read_config(run_dir: Path) -> dict[str, Any] | None:
+    """The run dir's ``config.yaml``; None when it is missing or unreadable."""
     try:
-        with checkpoint.writing(file):
-            tmp.write_text(text)
-            os.replace(tmp, file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        saved = yaml.safe_load((Path(run_dir) / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return saved if isinstance(saved, dict) else None
 
 
 def run_status(run_dir: Path) -> str:
@@ -173,13 +186,9 @@ def run_status(run_dir: Path) -> str:
     return NOT_STARTED
 
 
-def is_done(run_dir: Path) -> bool:
-    return run_status(run_dir) == DONE
-
-
 def read_lives(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's lives, oldest first: ``{"life": n, "started": t, "job_id": ...}`` plus what the tracker
-    noted (its W&B run). A line cut short by a job killed mid-write still counts, as ``{"life": n}``."""
+    """The run's lives, oldest first: ``{"life": n, "started": t, "job_id": ...}`` plus what the launch
+    pipeline noted (the tracker's W&B run, the lr schedule, the teacher's digest). A line cut short by a job killed mid-write still counts, as ``{"life": n}``."""
     file = Path(run_dir) / LIVES
     if not file.exists():
         return []

@@ -23,7 +23,6 @@ class DistEnv:
     device: torch.device = torch.device("cpu")
     distributed: bool = False  # in a process group: the model is wrapped in DDP
 
-
     @property
     def is_main(self) -> bool:
         return self.rank == 0

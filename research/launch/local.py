@@ -13,9 +13,8 @@ from collections.abc import Sequence
 import torch
 
 from research.config import Run
-from research.launch.lock import run_dir_lock
 from research.launch.preflight import preflight
-from research.launch.run_check import DONE_ACTION, REPLACE, Verdict, plan, prepare
+from research.launch.run_check import DONE_ACTION, REPLACE, Verdict, check_not_busy, plan, prepare
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +24,7 @@ def run_locally(runs: Sequence[Run], *, force: bool = False, nproc: int = 1) -> 
     requested = {run.run_dir for run in runs}
     verdicts = plan(runs, force=force)
     _refuse_live_jobs(verdicts)
+    check_not_busy(verdicts)  # rank 0 of each run then holds its lock while it trains
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what init_distributed picks
     preflight([v.run for v in verdicts if v.action != DONE_ACTION], device=device, world_size=nproc)
     for moved in prepare(verdicts):
@@ -38,13 +38,12 @@ def run_locally(runs: Sequence[Run], *, force: bool = False, nproc: int = 1) -> 
             else:
                 print(f"{run.name}: already finished in {run.run_dir}; reused (research train {run.source} --force to train it again)")
             continue
-        with run_dir_lock(run.run_dir):  # held by this process for its DDP workers too
-            if nproc > 1:
-                _train_ddp(run, nproc)
-            else:
-                from research.launch.train import train
+        if nproc > 1:
+            _train_ddp(run, nproc)
+        else:
+            from research.launch.train import train
 
-                train(run)
+            train(run)
         trained.append(run)
     return trained
 

@@ -1,4 +1,6 @@
-"""A run dir is its config: every relaunch, resume and skip is checked against the run dir's ``config.yaml``.
+"""Who may write a run dir, and with what: its config, its one writer, its teacher.
+
+A run dir is its config: every relaunch, resume and skip is checked against the run dir's ``config.yaml``.
 
 :func:`check` compares a run's resolved config with the one its run dir was trained with. A key that
 changes training (:mod:`research.config.keys`) and differs makes the run a :class:`RunDirMismatch`:
@@ -9,35 +11,75 @@ the change in ``lives.jsonl``. ``train.epochs`` may grow: a finished run then re
 
 ``--force`` (and ``train.resume: false``) always start clean: the old run dir, whatever it holds, is
 moved aside (:func:`set_aside`), never deleted.
+
+One process writes a run dir at a time: rank 0 of the run holds its lock (:func:`run_dir_lock`) for the
+life of the process. A distilling run resumes under the teacher it trained with, or not at all
+(:func:`teacher_note`). What ``config.yaml`` says is :func:`resolved_config`; the files themselves are
+:mod:`research.engine.run_dir`'s.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import inspect
+import json
+import logging
 import os
+import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import IO, Any
 
 from research.config import ConfigError, Run
 from research.config.components import SECTIONS
 from research.config.expand import format_value
 from research.config.keys import EXTENSIBLE, execution_changes, training_changes
 from research.config.sources import flatten
-from research.engine.run_dir import CONFIG, DONE, LIVES, METRICS, RUNNING, SUMMARY, read_summary, run_status
-from research.launch.lock import LOCK_FILE, RunDirBusy, describe, holder
+from research.engine.checkpoint import LAST, PREVIOUS, writing
+from research.engine.run_dir import (
+    CANCELLED,
+    CONFIG,
+    DONE,
+    INTERRUPTED,
+    LOCK,
+    RUNNING,
+    STOPPED,
+    holds_run,
+    read_config,
+    read_lives,
+    read_summary,
+    run_status,
+)
+from research.files import flock
+from research.launch import provenance
+from research.registry import LOSSES
+from research.teachers.checkpoint import teacher_digest
 
-NEW, RESUME, DONE_ACTION, REPLACE = "new", "resume", "done", "replace"
-_RUN_FILES = (CONFIG, "last.pt", SUMMARY, METRICS, LIVES)  # a run dir holding any of them holds a run
+log = logging.getLogger(__name__)
+
+NEW, RESUME, DONE_ACTION, REPLACE = "new", "resume", DONE, "replace"
+
+TEACHER_KEY = "teacher_sha256"  # the field of a life's line in lives.jsonl
 
 
 class RunDirMismatch(ConfigError):
     """The run dir was trained with another config (bad input: one line, exit 2)."""
+
+
+class RunDirBusy(ConfigError):
+    """Another process trains this run dir (bad input: exit 2, naming the holder)."""
+
+
+class RunDirNotWritable(ConfigError):
+    """The run dir cannot be written (read-only folder or file system): bad input, exit 2."""
+
+
+class TeacherChanged(ConfigError):
+    """The teacher checkpoint is not the one the run trained with so far (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +101,7 @@ def shown_status(run_dir: Path) -> str:
         return "training"
     status = run_status(run_dir)
     summary = read_summary(run_dir)
-    if status == RUNNING and summary is not None and summary.get("status") in ("stopped", "cancelled", "interrupted"):
+    if status == RUNNING and summary is not None and summary.get("status") in (STOPPED, CANCELLED, INTERRUPTED):
         return str(summary["status"])
     return status
 
@@ -72,8 +114,10 @@ def config_record(run: Run) -> dict[str, Any]:
     return {**record, "run_name": run.name, "is_baseline": run.is_baseline}
 
 
-def holds_run(run_dir: Path) -> bool:
-    return any((Path(run_dir) / name).exists() for name in _RUN_FILES)
+def resolved_config(run: Run) -> dict[str, Any]:
+    """The run's config as a life saves it in ``config.yaml`` and sends it to W&B: :func:`config_record`
+    with what ran it (:mod:`research.launch.provenance`: the code's git commit, package versions)."""
+    return {**config_record(run), "git": provenance.git_info(), "versions": provenance.versions()}
 
 
 def check(run: Run, *, force: bool = False, launching: bool = True) -> Verdict:
@@ -87,7 +131,7 @@ def check(run: Run, *, force: bool = False, launching: bool = True) -> Verdict:
         return Verdict(run, NEW)
     if force or (launching and not run.cfg.train.resume):
         return Verdict(run, REPLACE)
-    saved = saved_config(run.run_dir)
+    saved = read_config(run.run_dir)
     if saved is None:
         raise RunDirMismatch(
             f"{run.run_dir}: holds a run but no readable {CONFIG}, so what trained it is unknown; "
@@ -129,15 +173,6 @@ def with_builder_defaults(record: dict[str, Any]) -> dict[str, Any]:
         }
         filled[key] = {**defaults, **section}
     return filled
-
-
-def saved_config(run_dir: Path) -> dict[str, Any] | None:
-    file = Path(run_dir) / CONFIG
-    try:
-        saved = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    return saved if isinstance(saved, dict) else None
 
 
 def with_prerequisites(runs: Iterable[Run]) -> list[Run]:
@@ -192,10 +227,20 @@ def check_replaceable(verdicts: Sequence[Verdict]) -> None:
             _check_not_busy(verdict.run.run_dir)
 
 
-def _check_not_busy(run_dir: Path) -> None:
+def _check_not_busy(run_dir: Path, fix: str = "stop it before replacing the run") -> None:
     busy = holder(run_dir)
     if busy is not None:
-        raise RunDirBusy(f"{run_dir}: another process trains this run ({describe(busy)}); stop it before replacing the run")
+        raise RunDirBusy(f"{run_dir}: another process trains this run ({describe(busy)}); {fix}")
+
+
+def check_not_busy(verdicts: Sequence[Verdict]) -> None:
+    """Raise :class:`RunDirBusy` when a run dir to train is being trained, before anything starts (rank 0
+    of each run then holds its lock: :func:`run_dir_lock`)."""
+    for verdict in verdicts:
+        if verdict.action == REPLACE:
+            _check_not_busy(verdict.run.run_dir)
+        elif verdict.action != DONE_ACTION:
+            _check_not_busy(verdict.run.run_dir, _BUSY_FIX)
 
 
 def set_aside(run_dir: Path) -> Path:
@@ -208,7 +253,7 @@ def set_aside(run_dir: Path) -> Path:
         number += 1
         target = run_dir.with_name(f"{run_dir.name}.replaced-{stamp}-{number}")
     os.replace(run_dir, target)
-    (target / LOCK_FILE).unlink(missing_ok=True)
+    (target / LOCK).unlink(missing_ok=True)
     return target
 
 
@@ -216,3 +261,101 @@ def put_back(aside: Path, run_dir: Path) -> None:
     """Undo :func:`set_aside` (the replacement did not happen), unless something took ``run_dir`` since."""
     if not run_dir.exists():
         os.replace(aside, run_dir)
+
+
+_BUSY_FIX = "wait for it to end, stop it, or give this run another name, variant or output_dir"
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path, *, job_id: str | None = None) -> Iterator[None]:
+    """Hold ``run_dir``'s lock inside the block; raise :class:`RunDirBusy` if another process holds it.
+
+    :func:`research.files.flock` on ``<run dir>/.lock``, which names its holder (pid, host, SLURM job)
+    for the error a second writer gets; a lock a dead holder left (``kill -9``, a lost node) is taken
+    over, and logged."""
+    run_dir = Path(run_dir).resolve()
+    file = run_dir / LOCK
+    with contextlib.ExitStack() as stack:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            handle = stack.enter_context(flock(file, wait=False))
+        except BlockingIOError:
+            raise RunDirBusy(f"{run_dir}: another process trains this run ({describe(_read(file))}); {_BUSY_FIX}") from None
+        except OSError as exc:
+            if not isinstance(exc, PermissionError) and exc.errno != errno.EROFS:
+                raise
+            raise RunDirNotWritable(
+                f"{run_dir}: cannot write the run dir ({exc.strerror}); make it writable (chmod u+w on it and its "
+                "files), or set output_dir to a folder you can write"
+            ) from None
+        previous = _read(file)
+        if previous:  # a holder that ended without releasing: killed (kill -9, node failure)
+            log.warning("%s: took over the lock left by %s, which is no longer running", run_dir, describe(previous))
+        with writing(file):  # a full disk: one line naming the file
+            _write(handle, {"pid": os.getpid(), "host": socket.gethostname(), "job_id": job_id, "since": round(time.time(), 3)})
+        try:
+            yield
+        finally:
+            _write(handle, None)  # released cleanly: the next holder has nothing to take over (truncating needs no space)
+
+
+def holder(run_dir: Path) -> dict[str, Any] | None:
+    """Who holds ``run_dir``'s lock now, or None when nobody does."""
+    file = Path(run_dir) / LOCK
+    if not file.exists():
+        return None
+    try:
+        with flock(file, wait=False, shared=True):
+            return None
+    except BlockingIOError:
+        return _read(file) or {}
+
+
+def describe(record: dict[str, Any] | None) -> str:
+    if not record:
+        return "holder unknown"
+    job = f", SLURM job {record['job_id']}" if record.get("job_id") else ""
+    return f"pid {record.get('pid')} on {record.get('host')}{job}"
+
+
+def _read(file: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(file.read_text() or "null")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write(handle: IO[str], record: dict[str, Any] | None) -> None:
+    # Unbuffered: a write that fails (a full disk) must not fail again when the handle is closed.
+    fd = handle.fileno()
+    os.ftruncate(fd, 0)
+    if record is not None:
+        os.write(fd, json.dumps(record).encode())  # the file is opened for appending: at offset 0 once truncated
+
+
+def teacher_note(run: Run) -> dict[str, str]:
+    """This life's ``{"teacher_sha256": ...}`` for ``lives.jsonl`` (empty when the run uses no teacher).
+
+    A teacher retrained in place (``--force`` on its experiment, a new file copied over the old) keeps
+    its path: a half-trained student would go on silently against another teacher. The same weights
+    trained again (a deterministic retrain) are the same teacher.
+
+    Raises:
+        TeacherChanged: The run resumes from a checkpoint, and its teacher's file is not the one
+            the last life that recorded it trained with.
+    """
+    cfg = run.cfg
+    if cfg.teacher is None or not LOSSES.info(cfg.loss["name"]).needs_teacher:
+        return {}
+    path = cfg.teacher["checkpoint"]
+    digest = teacher_digest(path)
+    recorded = next((life[TEACHER_KEY] for life in reversed(read_lives(run.run_dir)) if TEACHER_KEY in life), None)
+    resumes = cfg.train.resume and any((run.run_dir / name).exists() for name in (LAST, PREVIOUS))
+    if resumes and recorded is not None and recorded != digest:
+        raise TeacherChanged(
+            f"{run.run_dir}: teacher.checkpoint {path} holds other weights than this run trained with (SHA-256 "
+            f"{recorded[:12]}... then, {digest[:12]}... now): restore that teacher checkpoint to resume, "
+            "or train again with --force to start over with the new teacher"
+        )
+    return {TEACHER_KEY: digest}

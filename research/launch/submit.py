@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import itertools
 import json
@@ -29,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import submitit
-import yaml
 
 from research.config import ConfigError, Run
-from research.engine.run_dir import CONFIG
+from research.engine.run_dir import CONFIG, write_config
+from research.files import flock
 from research.launch import provenance
 from research.launch.backends import Group, backend_of
 from research.launch.run_check import (
@@ -165,12 +164,11 @@ def _submission_lock(output_dirs: set[Path], *, enabled: bool) -> Iterator[None]
         for folder in sorted(output_dirs) if enabled else []:  # always in one order: no deadlock
             locks.mkdir(parents=True, exist_ok=True)
             key = hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:20]
-            handle = stack.enter_context(open(locks / f"{key}.lock", "a"))
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                stack.enter_context(flock(locks / f"{key}.lock", wait=False))
             except BlockingIOError:
                 print(f"waiting for another launcher submitting into {folder} ...", file=sys.stderr)
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                stack.enter_context(flock(locks / f"{key}.lock"))
         yield
 
 
@@ -356,9 +354,8 @@ def _record_job(run_dir: Path, job_id: str, backend: str) -> None:
 def _record_config(run: Run) -> None:
     """A queued run's ``config.yaml`` (unless a life already wrote it): a relaunch with another config
     is then refused even before the job starts."""
-    file = run.run_dir / CONFIG
-    if not file.exists():
-        file.write_text(yaml.safe_dump(config_record(run), sort_keys=False))
+    if not (run.run_dir / CONFIG).exists():
+        write_config(run.run_dir, config_record(run))
 
 
 def recorded_job(run_dir: Path) -> tuple[str, str] | None:

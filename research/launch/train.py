@@ -31,19 +31,26 @@ from research.engine.checkpoint import load as load_checkpoint
 from research.engine.evaluate import AUTOCAST_DTYPES, evaluate
 from research.engine.fit import Loop, RunStopped, fit
 from research.engine.lookahead import ScheduledLookahead
-from research.engine.run_dir import RunDir, note_life, read_lives, start_life
+from research.engine.run_dir import (
+    CANCELLED,
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    STOPPED,
+    RunDir,
+    note_life,
+    read_lives,
+    start_life,
+    write_config,
+)
 from research.engine.state import TrainState, unwrap
-from research.launch import provenance
 from research.launch.backends import backend_of
-from research.launch.data import RunData, build_data
 from research.launch.dist import DistEnv, init_distributed
-from research.launch.lock import run_dir_lock
 from research.launch.preflight import preflight
-from research.launch.preview import log_preview
-from research.launch.run_check import Verdict, check, config_record
+from research.launch.run_check import Verdict, check, resolved_config, run_dir_lock, teacher_note
+from research.launch.run_data import RunData, build_data
+from research.launch.run_tracker import build_tracker, log_preview
 from research.launch.stop import StopRequest, stop_on_signals
-from research.launch.teacher_check import teacher_note
-from research.launch.tracking import build_tracker
 from research.losses import build_base_criterion
 from research.models.finetune import load_for_finetune
 from research.registry import LOSSES, MODELS
@@ -55,7 +62,7 @@ def train(run: Run, *, env: DistEnv | None = None, on_loop: Callable[[Loop], Non
     """Train ``run`` to its last epoch, resuming from its run dir; returns the summary.
 
     The run dir must hold this config (or nothing): see :mod:`research.launch.run_check`. Rank 0 holds
-    the run dir's lock throughout (:mod:`research.launch.lock`); SIGTERM and Ctrl-C stop the run after
+    the run dir's lock throughout (the only lock on it); SIGTERM and Ctrl-C stop the run after
     the step in progress, saved (:mod:`research.launch.stop`).
     """
     env = env or init_distributed()
@@ -76,7 +83,7 @@ def _train(
     life = 0
     if env.is_main:
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        run_dir.write_config()
+        write_config(run.run_dir, record)
         life = start_life(run.run_dir, job_id=backend_of(run).current_job(), git=record["git"], **notes)
         run_dir.remove_leftovers()  # under the lock: temporary files of saves a kill cut short
     data = _build_data(run, env, run_dir, stop)
@@ -112,15 +119,15 @@ def _train(
             log_preview(tracker, data.loop_data, seed=cfg.seed, rank=env.rank, caption=run.name)
         _log_start(run, data, model, state, resumed, env)
         last = fit(loop)
-        summary = _summary(state, cfg, last, "done")
+        summary = _summary(state, cfg, last, DONE)
         run_dir.write_summary(summary)
         tracker.summary(summary)
         return summary
     except RunStopped:
-        run_dir.write_summary({**_summary(state, cfg, {}, "stopped"), **_stopped(run, stop)}, ending=True)
+        run_dir.write_summary({**_summary(state, cfg, {}, STOPPED), **_stopped(run, stop)}, ending=True)
         raise
     except BaseException as exc:
-        status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
+        status = INTERRUPTED if isinstance(exc, (KeyboardInterrupt, SystemExit)) else FAILED
         run_dir.write_summary({**_summary(state, cfg, {}, status), "error": repr(exc)[:500]}, ending=True)
         raise
     finally:
@@ -160,7 +167,7 @@ def _build_data(run: Run, env: DistEnv, run_dir: RunDir, stop: StopRequest) -> R
         with stop.at_once("preparing the data"):
             return build_data(run.cfg, env)
     except RunStopped:
-        summary = {"status": "stopped", "epochs_done": None, "epochs": run.cfg.train.epochs, **_stopped(run, stop)}
+        summary = {"status": STOPPED, "epochs_done": None, "epochs": run.cfg.train.epochs, **_stopped(run, stop)}
         run_dir.write_summary(summary, ending=True)
         raise
 
@@ -168,7 +175,7 @@ def _build_data(run: Run, env: DistEnv, run_dir: RunDir, stop: StopRequest) -> R
 def _stopped(run: Run, stop: StopRequest) -> dict[str, Any]:
     """How a stopped life ended, for its summary: ``status`` cancelled (scancel) or stopped, and by what."""
     job_state = backend_of(run).stop_state()
-    status = "cancelled" if job_state == "CANCELLED" else "stopped"
+    status = CANCELLED if job_state == "CANCELLED" else STOPPED
     return {"status": status, "stopped_by": stop.name, "slurm_state": job_state}
 
 
@@ -197,12 +204,7 @@ def _note_schedule(run_dir: RunDir, life: int, *, from_epoch: int, epochs: int) 
             schedules.append(dict(ran))
     if len(schedules) > 1:
         run_dir.config = {**run_dir.config, "schedules": schedules}
-        run_dir.write_config()
-
-
-def resolved_config(run: Run) -> dict[str, Any]:
-    """The run's config as saved in ``config.yaml`` and sent to W&B, with code provenance."""
-    return {**config_record(run), "git": provenance.git_info(), "versions": provenance.versions()}
+        write_config(run_dir.path, run_dir.config)
 
 
 def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module:
@@ -384,5 +386,5 @@ def _summary(state: TrainState, cfg: ExperimentCfg, last: dict[str, Any], status
         "last_top5": last.get("val/top5"),
         "images_per_s": last.get("train/epoch_images_per_s"),
         "wall_time_s": state.wall_time_s,
-        "finished_at": time.time() if status == "done" else None,
+        "finished_at": time.time() if status == DONE else None,
     }

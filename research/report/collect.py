@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from research.config import Run
 from research.config.expand import format_value
-from research.engine.run_dir import CONFIG, DONE, FAILED, NOT_STARTED, RUNNING, read_metrics, read_summary, run_status
+from research.engine.run_dir import DONE, FAILED, NOT_STARTED, RUNNING, read_config, read_metrics, read_summary, run_status
 
 __all__ = [
     "RUN_DIR",
@@ -246,13 +244,7 @@ def with_deltas(results: Sequence[VariantResult]) -> list[VariantResult]:
 
 def read_commit(run_dir: Path) -> str | None:
     """The git commit recorded in the run's ``config.yaml`` (``git.commit``), if the run started."""
-    file = Path(run_dir) / CONFIG
-    if not file.exists():
-        return None
-    try:
-        git = (yaml.safe_load(file.read_text()) or {}).get("git") or {}
-    except yaml.YAMLError:
-        return None
+    git = (read_config(run_dir) or {}).get("git") or {}
     return format_commit(git.get("commit"), git.get("dirty"))
 
 

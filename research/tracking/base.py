@@ -50,6 +50,8 @@ class RunInfo:
         is_rank_zero: only rank 0 of a distributed job logs; other ranks get a no-op tracker.
         life: which start of the run this is (1, then one more per resume or requeue), as recorded in
             the run dir's ``lives.jsonl``.
+        lives: the run's lives as ``lives.jsonl`` recorded them so far. A tracker writes no file of the
+            engine's there: what a life records it hands back (its ``notes``: :class:`WandbTracker`'s).
         notes: what the run is for, shown with it (W&B notes): the experiment file's header comment.
     """
 
@@ -62,6 +64,7 @@ class RunInfo:
     config: Mapping[str, Any] = field(default_factory=dict)
     is_rank_zero: bool = True
     life: int = 1
+    lives: tuple[Mapping[str, Any], ...] = ()
     notes: str = ""
 
 

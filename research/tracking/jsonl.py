@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from research.files import write_atomic
 from research.registry import LOGGERS
 from research.tracking.base import GuardedTracker, RunInfo, Tracker, as_number, warn_once_disabled
 from research.tracking.null import NullTracker
@@ -49,13 +49,9 @@ class JsonlTracker:
         self._file.flush()  # a killed job keeps every line written so far
 
     def summary(self, values: Mapping[str, Any]) -> None:
-        merged: dict[str, Any] = {}
-        if self.summary_path.exists():
-            merged = json.loads(self.summary_path.read_text(encoding="utf-8"))
+        merged = json.loads(self.summary_path.read_text(encoding="utf-8")) if self.summary_path.exists() else {}
         merged.update(values)
-        tmp = self.summary_path.with_name(self.summary_path.name + ".tmp")
-        tmp.write_text(json.dumps(merged, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, self.summary_path)  # never leave a half-written summary behind
+        write_atomic(self.summary_path, json.dumps(merged, indent=2, default=str) + "\n")
 
     def close(self) -> None:
         if self._file is not None:

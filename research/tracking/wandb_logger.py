@@ -6,9 +6,10 @@ choice. Run files go under ``$WANDB_DIR`` if set, else under the run dir. Every 
 from its ``WANDB_*`` environment variable (``WANDB_SILENT``, ``WANDB_CONSOLE``, ...).
 
 Requeued runs (SLURM preemption, node failure) start the tracker again in the same run dir. Each start
-is a *life* (``RunInfo.life``), one line of the run dir's ``lives.jsonl``; the tracker notes its W&B
-run there (``wandb_id``, ``wandb_mode``, ``wandb_name``, ``wandb_resumed``, ``wandb_sync_dir``), which is
-what a report reads to stitch the lives of a run together:
+is a *life* (``RunInfo.life``), one line of the run dir's ``lives.jsonl``; the tracker hands back its W&B
+run (``WandbTracker.notes``: ``wandb_id``, ``wandb_mode``, ``wandb_name``, ``wandb_resumed``,
+``wandb_sync_dir``), which the launch pipeline records there, and which a report reads to stitch the
+lives of a run together (the tracker reads the earlier ones from ``RunInfo.lives``):
 
 * online, the W&B run id kept in ``<run_dir>/wandb_id`` is passed back with ``resume="allow"``, so all
   lives append to one W&B run;
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 from urllib.parse import urlsplit
 
-from research.engine.run_dir import note_life, read_lives
 from research.registry import LOGGERS, CheckContext, Invalid
 from research.tracking.base import (
     DEFAULT_PROJECT,
@@ -79,10 +79,12 @@ class WandbTracker:
 
     Args:
         run: the object ``wandb.init`` returned.
+        notes: what this life of the run is in W&B, for ``lives.jsonl`` (see the module docstring).
     """
 
-    def __init__(self, run: Any) -> None:
+    def __init__(self, run: Any, notes: Mapping[str, Any] | None = None) -> None:
         self.run = run
+        self.notes = dict(notes or {})
         self._defined: set[str] = set()
 
     def log(self, metrics: Mapping[str, float], *, step: int) -> None:
@@ -163,8 +165,8 @@ def has_api_key() -> bool:
 
 def start_wandb_run(
     wandb: Any, run: RunInfo, *, project: str, entity: Optional[str], mode: str
-) -> Any:
-    """Start (or, online, resume) the W&B run for this life of ``run`` and record the life.
+) -> tuple[Any, dict[str, Any]]:
+    """Start (or, online, resume) the W&B run for this life of ``run``.
 
     If the server takes no connection within :data:`PROBE_TIMEOUT_S` (no network), or an online start
     fails (server error), this life falls back to an offline run, with one warning.
@@ -177,7 +179,7 @@ def start_wandb_run(
         mode: ``"online"`` or ``"offline"`` (see :func:`resolve_mode`).
 
     Returns:
-        The live ``wandb`` run.
+        The live ``wandb`` run, and what this life is in W&B (:attr:`WandbTracker.notes`).
     """
     run_dir = Path(run.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -223,9 +225,9 @@ def _proxy(scheme: str) -> str:
 
 def _start_life(
     wandb: Any, run: RunInfo, root: Path, *, project: str, entity: Optional[str], mode: str
-) -> Any:
+) -> tuple[Any, dict[str, Any]]:
     run_dir = Path(run.run_dir)
-    lives, life = read_lives(run_dir), run.life
+    lives, life = run.lives, run.life
     id_file = run_dir / ID_FILE
     online_id = id_file.read_text(encoding="utf-8").strip() if mode == "online" and id_file.exists() else ""
     tags = list(dict.fromkeys(run.tags))
@@ -254,8 +256,11 @@ def _start_life(
         # allow_val_change: a requeued life may legitimately carry an edited config (more epochs)
         kwargs.update(id=online_id or _new_run_id(), resume="allow", allow_val_change=True)
     wb_run = wandb.init(**kwargs)
-    _record_life(run_dir, life, wb_run, mode, name, resumed=bool(online_id))
-    return wb_run
+    if mode == "online":
+        _keep_id(run_dir, wb_run.id)
+    sync_dir = str(getattr(wb_run.settings, "sync_dir", ""))
+    notes = dict(wandb_id=wb_run.id, wandb_mode=mode, wandb_name=name, wandb_resumed=bool(online_id), wandb_sync_dir=sync_dir)
+    return wb_run, notes
 
 
 def _new_run_id() -> str:
@@ -263,16 +268,13 @@ def _new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-def _record_life(run_dir: Path, life: int, wb_run: Any, mode: str, name: str, *, resumed: bool) -> None:
-    # Bookkeeping is best effort: the W&B run is already live, losing it would be worse than losing
-    # the ability to stitch this life to the next one.
+def _keep_id(run_dir: Path, run_id: str) -> None:
+    # Best effort: the W&B run is already live, losing it would be worse than losing the ability to
+    # resume it in the next life.
     try:
-        if mode == "online":
-            (run_dir / ID_FILE).write_text(wb_run.id + "\n", encoding="utf-8")
-        sync_dir = str(getattr(wb_run.settings, "sync_dir", ""))
-        note_life(run_dir, life, wandb_id=wb_run.id, wandb_mode=mode, wandb_name=name, wandb_resumed=resumed, wandb_sync_dir=sync_dir)
+        (run_dir / ID_FILE).write_text(run_id + "\n", encoding="utf-8")
     except OSError as exc:
-        log.warning("W&B: cannot record life %d in %s: %s", life, run_dir, exc)
+        log.warning("W&B: cannot keep the run id in %s: %s", run_dir / ID_FILE, exc)
 
 
 @LOGGERS.add_check
@@ -321,10 +323,10 @@ def build_wandb(
         warn_once_disabled("wandb", f"cannot import wandb ({exc}); {hint}")
         return NullTracker()
     try:
-        wb_run = start_wandb_run(
+        wb_run, notes = start_wandb_run(
             wandb, run, project=project or run.project or DEFAULT_PROJECT, entity=entity, mode=resolved
         )
     except Exception as exc:
         warn_once_disabled("wandb", f"wandb.init failed with {type(exc).__name__}: {exc}")
         return NullTracker()
-    return GuardedTracker(WandbTracker(wb_run), name="wandb")
+    return GuardedTracker(WandbTracker(wb_run, notes), name="wandb")

@@ -172,7 +172,7 @@ def test_cifar10_jpeg_concurrent_extraction(cifar_archive: Path, tmp_path: Path,
     """Parallel jobs or DDP ranks extracting at once; without the lock (e.g. on a filesystem that
     ignores flock) the atomic rename alone must keep the result complete."""
     if not lock:
-        monkeypatch.setattr("research.data.datasets._exclusive_lock", lambda path: contextlib.nullcontext())
+        monkeypatch.setattr("research.data.datasets.flock", lambda path: contextlib.nullcontext())
     cache = tmp_path / "cache"
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(3)

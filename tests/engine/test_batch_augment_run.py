@@ -16,8 +16,8 @@ from research.config.components import SECTIONS, build_component
 from research.data.batch_augment import InMemoryBatches
 from research.engine import checkpoint
 from research.engine.run_dir import read_metrics
-from research.launch.data import build_data
 from research.launch.dist import DistEnv
+from research.launch.run_data import build_data
 from research.launch.train import train
 
 from .conftest import Interrupt, interrupt_at

@@ -23,8 +23,8 @@ from timm.utils import ModelEma
 from research.config import load_run
 from research.data import build_train_sampler
 from research.engine.fit import Loop, fit
-from research.launch.data import build_data
 from research.launch.dist import DistEnv
+from research.launch.run_data import build_data
 from research.launch.train import build_model, build_state, train
 
 EPOCHS, STEPS, BATCH, LR = 4, 6, 8, 2e-3 * 8 / 512  # 48 images; the lr scaled by batch / 512

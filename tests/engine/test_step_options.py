@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from research.config import ConfigError, load_run
-from research.launch.data import build_data
 from research.launch.dist import DistEnv
+from research.launch.run_data import build_data
 from research.launch.train import build_model, build_state, optimizer_implementation, train
 from research.registry import MODELS
 from research.teachers import Teacher

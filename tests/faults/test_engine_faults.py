@@ -16,7 +16,7 @@ from research.engine import checkpoint
 from research.engine.fit import StepMeter
 from research.engine.run_dir import read_lives, read_metrics
 from research.launch.backends.slurm import TrainJob
-from research.launch.teacher_check import KEY
+from research.launch.run_check import TEACHER_KEY
 from research.launch.train import train
 from research.teachers.checkpoint import teacher_digest
 
@@ -100,5 +100,5 @@ def test_a_teacher_retrained_under_a_half_trained_student_stops_its_resume(tmp_p
     status = main(["train", str(student), "train.epochs=2"])
     lives = read_lives(run_dir)
     assert status == 0 and [life["life"] for life in lives] == [1, 2]
-    assert lives[0][KEY] == lives[1][KEY] == teacher_digest(str(teacher_file))
+    assert lives[0][TEACHER_KEY] == lives[1][TEACHER_KEY] == teacher_digest(str(teacher_file))
     ledger.record("teacher retrained under its student", survived=status == 0, identical=None)

@@ -201,7 +201,7 @@ def test_temporary_files_of_saves_a_kill_cut_short_are_removed_at_the_next_start
     wait_for_step(run_dir, STEPS + 6, process)
     os.killpg(process.popen.pid, signal.SIGKILL)
     process.finish()
-    # what kills inside save_atomic and _write_atomic leave (the kill above may or may not have landed in one)
+    # what kills inside research.files.write_atomic leave (the kill above may or may not have landed in one)
     for name in (".last.pt.0badcafe.tmp", ".last.prev.pt.12345678.tmp", ".best.pt.deadbeef.tmp", ".summary.json.tmp"):
         (run_dir / name).write_bytes(b"\0" * 1000)
     (run_dir / "notes.tmp").write_text("not ours: kept")

@@ -1,4 +1,4 @@
-"""One writer per run dir: the lock names its holder, dies with it, and is shared with the holder's children."""
+"""One writer per run dir: the lock names its holder, dies with it, and is taken once (its holder's children are refused too)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,13 @@ import pytest
 from tmpfs import tmpfs
 
 from research.cli import main
-from research.launch.lock import HELD_ENV, RunDirBusy, holder, run_dir_lock
-from research.launch.run_check import set_aside
+from research.launch.run_check import RunDirBusy, holder, run_dir_lock, set_aside
 
-HOLD = "from research.launch.lock import run_dir_lock; import sys, time\nwith run_dir_lock(sys.argv[1], job_id='77'):\n    print('held', flush=True); time.sleep(60)"
+HOLD = "from research.launch.run_check import run_dir_lock; import sys, time\nwith run_dir_lock(sys.argv[1], job_id='77'):\n    print('held', flush=True); time.sleep(60)"
 
 
 def hold_in_another_process(run_dir: Path) -> subprocess.Popen[str]:
-    env = {key: value for key, value in os.environ.items() if key != HELD_ENV}
-    process = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None and process.stdout.readline().strip() == "held"
     return process
 
@@ -58,16 +56,16 @@ def test_the_lock_of_a_killed_holder_is_taken_over_and_logged(tmp_path: Path, ca
     assert caplog.text.count("took over") == 1
 
 
-def test_processes_started_under_the_lock_share_it(tmp_path: Path) -> None:
+def test_the_lock_is_taken_once_and_its_holders_children_are_refused_too(tmp_path: Path) -> None:
+    """One lock per run, taken by the process that trains (rank 0 under --nproc), with no way around it."""
     run_dir = tmp_path / "run"
     with run_dir_lock(run_dir):
-        assert os.environ[HELD_ENV] == str(run_dir.resolve())
         child = subprocess.run(
-            [sys.executable, "-c", "from research.launch.lock import run_dir_lock; import sys\nwith run_dir_lock(sys.argv[1]): print('ok')", str(run_dir)],
+            [sys.executable, "-c", "from research.launch.run_check import run_dir_lock; import sys\nwith run_dir_lock(sys.argv[1]): print('ok')", str(run_dir)],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        assert child.stdout.strip() == "ok", child.stderr
-    assert HELD_ENV not in os.environ
+        assert child.returncode != 0 and child.stdout == "", child.stdout
+        assert f"another process trains this run (pid {os.getpid()} on " in child.stderr
     started = time.monotonic()
     with run_dir_lock(run_dir):
         assert time.monotonic() - started < 5

@@ -14,8 +14,7 @@ from scripts import load_script
 from research.cli import main
 from research.config import load_runs
 from research.engine.run_dir import read_lives, read_metrics, read_summary, run_status
-from research.launch.lock import run_dir_lock
-from research.launch.run_check import DONE_ACTION, NEW, RESUME, plan, shown_status
+from research.launch.run_check import DONE_ACTION, NEW, RESUME, plan, run_dir_lock, shown_status
 
 slurm_launcher = load_script("launchers/slurm.py")
 

@@ -15,8 +15,7 @@ from scipy import stats as scipy_stats
 
 from research.cli import main as cli
 from research.config import Run, load_runs
-from research.launch.lock import run_dir_lock
-from research.launch.run_check import config_record
+from research.launch.run_check import config_record, run_dir_lock
 from research.report.write import CSV, MARKDOWN
 
 from .test_report import table_rows

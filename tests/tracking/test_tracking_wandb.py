@@ -19,6 +19,7 @@ import pytest
 from wandb_reader import WandbFileError, find_run_files, iter_records, read_runs
 
 from research.engine.run_dir import read_lives, start_life
+from research.launch.run_tracker import note_tracker
 from research.registry import LOGGERS
 from research.tracking import (
     GuardedTracker,
@@ -35,9 +36,13 @@ from research.tracking.wandb_logger import (
 )
 
 
-def next_life(run: RunInfo) -> RunInfo:
-    """The run as ``train()`` hands it to the tracker: its next life recorded in the run dir."""
-    return dataclasses.replace(run, life=start_life(run.run_dir))
+def tracked_life(run: RunInfo, **kwargs: Any) -> Any:
+    """The wandb tracker of the run's next life as ``train()`` starts it (research.launch.run_tracker): the
+    life recorded in the run dir, the earlier ones handed to the tracker, what it hands back noted there."""
+    life = dataclasses.replace(run, life=start_life(run.run_dir), lives=tuple(read_lives(run.run_dir)))
+    tracker = LOGGERS.build("wandb", run=life, **kwargs)
+    note_tracker(tracker, life)
+    return tracker
 
 
 def make_run(root: Path, **overrides: Any) -> RunInfo:
@@ -77,7 +82,7 @@ def tiny_training(tracker: Any, *, first_step: int = 0, epochs: int = 2, steps_p
 
 def test_offline_run_round_trip(wandb_env):
     run = make_run(wandb_env)
-    tracker = LOGGERS.build("wandb", run=next_life(run))
+    tracker = tracked_life(run)
     assert isinstance(tracker, GuardedTracker) and isinstance(tracker.inner, WandbTracker)
     tiny_training(tracker)
 
@@ -121,10 +126,10 @@ def test_offline_run_round_trip(wandb_env):
 
 def test_offline_second_life_is_a_new_run_named_life_2(wandb_env):
     run = make_run(wandb_env)
-    tiny_training(LOGGERS.build("wandb", run=next_life(run)), epochs=2)
+    tiny_training(tracked_life(run), epochs=2)
     # requeued: the job restarts from the epoch-1 checkpoint, so steps 3.. are logged again; with a step
     # metric instead of W&B's step=, nothing is dropped (W&B ignores log(step=s) below its last step)
-    tiny_training(LOGGERS.build("wandb", run=next_life(run)), first_step=3, epochs=1)
+    tiny_training(tracked_life(run), first_step=3, epochs=1)
 
     first, second = read_runs(run.run_dir / "wandb", count=2)
     assert first.run_id != second.run_id
@@ -145,7 +150,7 @@ def test_wandb_dir_and_mode_env_are_honoured(wandb_env, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(wandb_dir))
     monkeypatch.setenv("WANDB_MODE", "dryrun")  # W&B's old name for offline
     run = make_run(wandb_env)
-    tiny_training(LOGGERS.build("wandb", run=next_life(run)), epochs=1)
+    tiny_training(tracked_life(run), epochs=1)
     assert read_runs(wandb_dir)[0].name == run.name
     assert not (run.run_dir / "wandb").exists()
     assert len(read_lives(run.run_dir)) == 1  # the resume bookkeeping stays in the run dir
@@ -158,7 +163,7 @@ def test_failing_wandb_log_warns_once_and_training_continues(wandb_env, monkeypa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     run = make_run(wandb_env)
-    tracker = LOGGERS.build("wandb", run=next_life(run))
+    tracker = tracked_life(run)
     monkeypatch.setattr(Run, "log", disk_full)
     with pytest.warns(TrackerWarning) as caught:
         tiny_training(tracker)  # logs, summary and close all go on
@@ -170,7 +175,7 @@ def test_failing_wandb_log_warns_once_and_training_continues(wandb_env, monkeypa
 def test_wandb_not_installed_gives_null_tracker(wandb_env, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # makes `import wandb` raise ImportError
     with pytest.warns(TrackerWarning, match="cannot import wandb"):
-        tracker = LOGGERS.build("wandb", run=next_life(make_run(wandb_env)))
+        tracker = tracked_life(make_run(wandb_env))
     assert isinstance(tracker, NullTracker)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -197,7 +202,7 @@ def test_resolve_mode(wandb_env, monkeypatch):
         resolve_mode("onlin")
     monkeypatch.setenv("WANDB_MODE", "ofline")
     with pytest.raises(ValueError, match="WANDB_MODE='ofline'"):
-        LOGGERS.build("wandb", run=next_life(make_run(wandb_env)))
+        tracked_life(make_run(wandb_env))
 
 
 def test_has_api_key_reads_netrc_entry_for_the_host(wandb_env, monkeypatch):
@@ -243,7 +248,7 @@ def test_online_lives_resume_the_same_run(wandb_env, wandb_server, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
     run = make_run(wandb_env)
     for _ in range(2):
-        tiny_training(LOGGERS.build("wandb", run=next_life(run), entity="team"))
+        tiny_training(tracked_life(run, entity="team"))
 
     first, second = fake.inits
     assert first["mode"] == second["mode"] == "online"
@@ -260,10 +265,10 @@ def test_online_after_offline_lives_keeps_its_life_name(wandb_env, wandb_server,
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
     run = make_run(wandb_env)
-    LOGGERS.build("wandb", run=next_life(run)).close()  # no key yet: offline life 1
+    tracked_life(run).close()  # no key yet: offline life 1
     monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
-    LOGGERS.build("wandb", run=next_life(run)).close()  # online life 2: a new W&B run
-    LOGGERS.build("wandb", run=next_life(run)).close()  # online life 3 continues it, under the same name
+    tracked_life(run).close()  # online life 2: a new W&B run
+    tracked_life(run).close()  # online life 3 continues it, under the same name
     assert [(init["mode"], init["name"], init.get("id")) for init in fake.inits] == [
         ("offline", run.name, None),
         ("online", f"{run.name} (life 2)", fake.inits[1]["id"]),
@@ -278,16 +283,27 @@ def test_life_cut_short_mid_write_still_counts(wandb_env, monkeypatch):
     run = make_run(wandb_env)
     run.run_dir.mkdir(parents=True)
     (run.run_dir / "lives.jsonl").write_text('{"life": 1, "started": 1.0, "wandb_id": "abc", "wa')
-    LOGGERS.build("wandb", run=next_life(run)).close()
+    tracked_life(run).close()
     assert fake.inits[0]["name"] == f"{run.name} (life 2)"
     assert [life["life"] for life in read_lives(run.run_dir)] == [1, 2]
+
+
+def test_the_tracker_hands_its_life_back_and_writes_no_file_of_the_run_dir(wandb_env, monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    run = make_run(wandb_env)
+    tracker = LOGGERS.build("wandb", run=run)
+    notes = tracker.inner.notes
+    assert notes["wandb_mode"] == "offline" and notes["wandb_name"] == run.name and notes["wandb_resumed"] is False
+    assert not (run.run_dir / "lives.jsonl").exists()  # research.launch.run_tracker records it
+    tracker.close()
 
 
 def test_project_parameter_overrides_the_runs_project(wandb_env, monkeypatch):
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    LOGGERS.build("wandb", run=next_life(make_run(wandb_env)), project="other").close()
-    LOGGERS.build("wandb", run=next_life(make_run(wandb_env, project="")), mode="offline").close()
+    tracked_life(make_run(wandb_env), project="other").close()
+    tracked_life(make_run(wandb_env, project=""), mode="offline").close()
     assert [init["project"] for init in fake.inits] == ["other", "deit"]
     assert all(init["mode"] == "offline" for init in fake.inits)  # no key: offline
 
@@ -297,7 +313,7 @@ def test_online_failure_falls_back_to_offline(wandb_env, wandb_server, monkeypat
     monkeypatch.setitem(sys.modules, "wandb", fake)
     monkeypatch.setenv("WANDB_API_KEY", "not-a-real-key")
     run = make_run(wandb_env)
-    tracker = LOGGERS.build("wandb", run=next_life(run))
+    tracker = tracked_life(run)
     assert isinstance(tracker, GuardedTracker)
     assert [init["mode"] for init in fake.inits] == ["online", "offline"]
     assert "online start failed" in caplog.text
@@ -311,7 +327,7 @@ def test_online_with_no_server_logs_offline_within_seconds(wandb_env, refused_ur
     monkeypatch.setenv("WANDB_BASE_URL", refused_url)
     run = make_run(wandb_env)
     started = time.monotonic()
-    tiny_training(LOGGERS.build("wandb", run=next_life(run), mode="online"), epochs=1)
+    tiny_training(tracked_life(run, mode="online"), epochs=1)
     assert time.monotonic() - started < 30  # offline wandb starts in a few seconds; online waited 90
     (life,) = read_lives(run.run_dir)
     assert life["wandb_mode"] == "offline" and not (run.run_dir / ID_FILE).exists()
@@ -337,7 +353,7 @@ def test_wandb_mode_typo_stops_the_run_at_load(wandb_env, monkeypatch, tmp_path,
 def test_online_requested_without_key_logs_offline(wandb_env, monkeypatch, caplog):
     fake = FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    LOGGERS.build("wandb", run=next_life(make_run(wandb_env)), mode="online").close()
+    tracked_life(make_run(wandb_env), mode="online").close()
     assert [init["mode"] for init in fake.inits] == ["offline"]
     assert "no API key" in caplog.text
 
@@ -350,14 +366,14 @@ def test_init_failure_gives_null_tracker(wandb_env, monkeypatch):
     fake.init = init  # type: ignore[method-assign]
     monkeypatch.setitem(sys.modules, "wandb", fake)
     with pytest.warns(TrackerWarning, match="wandb.init failed with RuntimeError: wandb-core did not start"):
-        tracker = LOGGERS.build("wandb", run=next_life(make_run(wandb_env)))
+        tracker = tracked_life(make_run(wandb_env))
     assert isinstance(tracker, NullTracker)
 
 
 def test_reader_handles_records_spanning_blocks_and_detects_corruption(wandb_env):
     # a 100 kB config value is one Record split over FIRST/MIDDLE/LAST chunks in 32 KiB blocks
     run = make_run(wandb_env, config={"notes": "x" * 100_000})
-    tiny_training(LOGGERS.build("wandb", run=next_life(run)), epochs=1)
+    tiny_training(tracked_life(run), epochs=1)
     (got,) = read_runs(run.run_dir / "wandb")
     (path,) = find_run_files(run.run_dir / "wandb")
     assert {1, 2, 3, 4} <= got.chunk_types

@@ -12,8 +12,8 @@ from research.config import Run
 from research.config.components import SECTIONS, build_component
 from research.engine.checkpoint import load
 from research.engine.evaluate import evaluate
-from research.launch.data import build_data
 from research.launch.dist import init_distributed
+from research.launch.run_data import build_data
 from research.safe_load import CheckpointError
 
 _SHOWN_KEYS = 3
