@@ -24,7 +24,7 @@ from typing import Any
 
 from research.config.errors import ConfigError
 from research.config.schema import SCHEDULERS, ExperimentCfg
-from research.registry import BACKENDS, Range, constraints
+from research.registry import BACKENDS, Range, RegistryError, constraints
 
 #: The longest experiment or variant name: a folder name (255 bytes on most file systems) with room
 #: for the suffix ``--force`` adds when it keeps the old run aside (``.replaced-YYYYmmdd-HHMMSS``).
@@ -205,8 +205,10 @@ def check_resources(raw: Mapping[str, Any], where: Callable[[str], str]) -> None
     anywhere (a line break in an ``#SBATCH`` line ends it: what follows runs as shell, and the lines
     after it are ignored)."""
     resources, slurm = raw["resources"], raw["slurm"]
-    if resources["backend"] not in BACKENDS:
-        raise ConfigError(f"{where('resources.backend')}: resources.backend: {BACKENDS.unknown_message(resources['backend'])}")
+    try:
+        BACKENDS.get(resources["backend"])
+    except RegistryError as exc:
+        raise ConfigError(f"{where('resources.backend')}: resources.backend: {exc}") from None
     texts = [(f"slurm.{key}", slurm[key]) for key in ("partition", "account", "qos", "constraint")]
     texts += [("resources.gpu_type", resources["gpu_type"])] + [("slurm.setup", line) for line in slurm["setup"]]
     for option, value in slurm["extra"].items():
