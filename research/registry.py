@@ -30,7 +30,7 @@ import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar, Generic, TypeVar, Union
+from typing import Any, ClassVar, Generic, TypeVar
 
 T = TypeVar("T")
 Builder = Callable[..., Any]
@@ -142,7 +142,7 @@ class OneOf:
         return f"is not one of {listed} ({self.hint})" if self.hint else f"is not one of {listed}"
 
 
-Marker = Union[Range, OneOf]
+Marker = Range | OneOf
 
 
 def constraints(hint: Any) -> tuple[Any, tuple[Marker, ...]]:
@@ -153,20 +153,13 @@ def constraints(hint: Any) -> tuple[Any, tuple[Marker, ...]]:
     if typing.get_origin(hint) is typing.Annotated:
         hint, *extras = typing.get_args(hint)
         markers = tuple(extra for extra in extras if isinstance(extra, (Range, OneOf)))
-    if choices := _literal_choices(hint):
-        return Any, (*markers, OneOf(*choices))
-    return hint, markers
-
-
-def _literal_choices(hint: Any) -> tuple[Any, ...]:
-    """The values a ``Literal[...]`` (or ``Optional[Literal[...]]``, None included) allows; () for other types."""
-    if typing.get_origin(hint) is typing.Literal:
-        return typing.get_args(hint)
     args = typing.get_args(hint)
-    literal = [arg for arg in args if typing.get_origin(arg) is typing.Literal]
-    if len(literal) == 1 and set(args) == {literal[0], type(None)}:
-        return (*typing.get_args(literal[0]), None)
-    return ()
+    literals = [arg for arg in args if typing.get_origin(arg) is typing.Literal]
+    if typing.get_origin(hint) is typing.Literal:
+        return Any, (*markers, OneOf(*args))
+    if len(literals) == 1 and set(args) == {literals[0], type(None)}:
+        return Any, (*markers, OneOf(*typing.get_args(literals[0]), None))
+    return hint, markers
 
 
 def type_hints(fn: Any) -> dict[str, Any]:

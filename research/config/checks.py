@@ -8,7 +8,7 @@ checked here too: each name on its path (the experiment's, the variant's) must b
 that the run dir lies inside the experiment's dir, and nothing on its path may be a file. So are the
 ``slurm:`` values that reach the job's batch script, the optimizer name timm looks up only when
 training starts (``optim.name``), and the values timm would take without a word but not use
-as written (``optim.betas``, a warm-up as long as training).
+as written (``optim.betas``, ``optim.implementation``, a warm-up as long as training).
 """
 
 from __future__ import annotations
@@ -136,40 +136,37 @@ def _nearest_existing(path: Path) -> Path | None:
     return next((folder for folder in (path, *path.parents) if folder.exists() or folder.is_symlink()), None)
 
 
-def check_optimizer_name(optim: Mapping[str, Any], where: Callable[[str], str]) -> None:
-    """``optim.name`` is an optimizer timm builds."""
+def check_optimizer(optim: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """``optim.name`` is an optimizer timm builds (it reads ``lookahead_adamw`` as adamw with Lookahead);
+    ``optim.betas`` two numbers, for an optimizer that takes betas (timm passes them on unread otherwise:
+    SGD ignores them, Adam(W) uses the first two of three); ``optim.implementation`` one the optimizer's
+    class takes (torch's Adam, AdamW and SGD take foreach and fused)."""
     import timm.optim
 
-    name = str(optim["name"])
-    known = [str(opt) for opt in timm.optim.list_optimizers()]  # type: ignore[attr-defined]
-    if name.lower().split("_")[-1] not in known:  # timm reads 'lookahead_adamw' as adamw with Lookahead
-        raise ConfigError(f"{where('optim.name')}: optim.name: timm has no optimizer {name!r}{_did_you_mean(name, known)}")
-
-
-def check_optimizer_betas(optim: Mapping[str, Any], where: Callable[[str], str]) -> None:
-    """``optim.betas`` is two numbers, for an optimizer that takes betas (timm passes them on unread
-    otherwise: SGD ignores them, Adam(W) uses the first two of three)."""
-    betas = optim.get("betas")
-    if betas is None:
-        return
-    if len(betas) != 2:
+    name, betas, choice = str(optim["name"]), optim.get("betas"), optim["implementation"]
+    base, known = name.lower().split("_")[-1], [str(opt) for opt in timm.optim.list_optimizers()]  # type: ignore[attr-defined]
+    if base not in known:
+        close = difflib.get_close_matches(name.lower(), known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (timm.optim.list_optimizers() lists them)"
+        raise ConfigError(f"{where('optim.name')}: optim.name: timm has no optimizer {name!r}{hint}")
+    if betas is not None and len(betas) != 2:
         raise ConfigError(f"{where('optim.betas')}: optim.betas={list(betas)} holds {len(betas)} values; give two, e.g. [0.9, 0.999]")
-    if optimizer_takes(str(optim["name"]), "betas") is False:
+    try:  # the class timm's create_optimizer_v2 builds for this name
+        opt_class: Any = timm.optim.get_optimizer_class(base, bind_defaults=False)  # type: ignore[attr-defined]
+    except (KeyError, ValueError, AssertionError):  # bitsandbytes and APEX optimizers are only found on a GPU
+        return
+    takes = inspect.signature(opt_class).parameters
+    if betas is not None and "betas" not in takes:
         raise ConfigError(
-            f"{where('optim.betas')}: optim.betas: optimizer {optim['name']!r} takes no betas; they are for Adam-like "
+            f"{where('optim.betas')}: optim.betas: optimizer {name!r} takes no betas; they are for Adam-like "
             "optimizers (adamw, adam, nadamw, lamb, lion, adafactor, ...): remove optim.betas or change optim.name"
         )
-
-
-def optimizer_takes(name: str, keyword: str) -> bool | None:
-    """Whether the class timm's ``create_optimizer_v2`` builds for ``name`` takes ``keyword`` (None: unknown name)."""
-    import timm.optim
-
-    try:  # 'lookahead_adamw' is adamw with Lookahead
-        opt_class = timm.optim.get_optimizer_class(name.lower().split("_")[-1], bind_defaults=False)  # type: ignore[attr-defined]
-    except (KeyError, ValueError):
-        return None
-    return keyword in inspect.signature(opt_class).parameters
+    keyword = "foreach" if choice == "for_loop" else choice
+    if choice != "auto" and keyword not in takes:
+        raise ConfigError(
+            f"{where('optim.implementation')}: optim.implementation={choice!r}: optimizer {name!r} ({opt_class.__name__}) "
+            f"has no {keyword} implementation; use auto, or optim.name adamw, adam or sgd"
+        )
 
 
 def check_warmup(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:
@@ -181,11 +178,6 @@ def check_warmup(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:
             f"{where('sched.warmup_epochs')}: sched.warmup_epochs={warmup:g} is not shorter than train.epochs={epochs}{also}: "
             "the run would never leave warm-up; lower sched.warmup_epochs (0 = none)"
         )
-
-
-def _did_you_mean(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name.lower(), known, n=3)
-    return f"; did you mean {', '.join(close)}?" if close else " (timm.optim.list_optimizers() lists them)"
 
 
 def check_slurm(slurm: Mapping[str, Any], where: Callable[[str], str]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from research.config import sources
 from research.config.checks import (
-    check_optimizer_betas,
-    check_optimizer_name,
+    check_optimizer,
     check_run_dir,
     check_slurm,
     check_values,
@@ -282,10 +280,8 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
             f"{layered.where('model.img_size')}: model.img_size={size} is not a multiple of model "
             f"{raw['model']['name']!r}'s patch size {patch}; try {max(1, round(size / patch)) * patch}"
         )
-    check_optimizer_name(raw["optim"], layered.where)
-    check_optimizer_betas(raw["optim"], layered.where)
+    check_optimizer(raw["optim"], layered.where)
     check_warmup(raw, layered.where)
-    _check_optimizer_implementation(raw["optim"], layered.where("optim.implementation"))
     check_slurm(raw["slurm"], layered.where)
 
 
@@ -297,25 +293,6 @@ def _check_components(raw: dict[str, Any], layered: Layered, check_files: bool) 
                 spec.registry.check(CheckContext(raw[key]["name"], raw, check_files))
             except Invalid as exc:
                 raise ConfigError(f"{layered.where(exc.key)}: {exc.message}") from None
-
-
-def _check_optimizer_implementation(optim: dict[str, Any], where: str) -> None:
-    """``optim.implementation`` must be one the optimizer's class takes (torch's Adam, AdamW and SGD take both)."""
-    choice = optim["implementation"]
-    if choice == "auto":
-        return
-    import timm.optim
-
-    try:  # the class timm's create_optimizer_v2 builds for this name
-        opt_class: Any = timm.optim.get_optimizer_class(optim["name"].lower().split("_")[-1], bind_defaults=False)  # type: ignore[attr-defined]
-    except (KeyError, ValueError):
-        return  # an unknown optimizer name is timm's error to report when the optimizer is built
-    keyword = "foreach" if choice == "for_loop" else choice
-    if keyword not in inspect.signature(opt_class).parameters:
-        raise ConfigError(
-            f"{where}: optim.implementation={choice!r}: optimizer {optim['name']!r} ({opt_class.__name__}) has no "
-            f"{keyword} implementation; use auto, or optim.name adamw, adam or sgd"
-        )
 
 
 def with_differences(runs: list[Run], baseline: str | None) -> list[Run]:

@@ -84,13 +84,10 @@ class SchedCfg:
     ``step_on: step`` moves it every optimizer update (smooth warm-up; short runs).
     """
 
-    name: Annotated[
-        str,
-        OneOf(  # timm's create_scheduler_v2 names, less one
-            "cosine", "tanh", "step", "constant", "multistep", "poly", "wsd", "rsqrt",
-            hint="timm's schedules; plateau is not supported: it needs a validation metric at every step",
-        ),
-    ] = "cosine"
+    name: Annotated[str, OneOf(  # timm's create_scheduler_v2 names, less one
+        "cosine", "tanh", "step", "constant", "multistep", "poly", "wsd", "rsqrt",
+        hint="timm's schedules; plateau is not supported: it needs a validation metric at every step",
+    )] = "cosine"
     step_on: Annotated[str, OneOf("epoch", "step")] = "epoch"
     warmup_epochs: Annotated[float, NON_NEGATIVE] = 5.0
     warmup_lr: Annotated[float, NON_NEGATIVE] = 1e-6
