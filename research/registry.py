@@ -263,9 +263,10 @@ class Registry(Generic[T, InfoT]):
     with :meth:`add_check` validate a run's config for the entry it picks, raising :class:`Invalid`.
     """
 
-    def __init__(self, kind: str, info: type[Any] = Info, plural: str | None = None) -> None:
+    def __init__(self, kind: str, info: type[Any] = Info, plural: str | None = None, section: str | None = None) -> None:
         self.kind = kind
         self.plural = plural or f"{kind}s"
+        self.section = section or kind  # the experiment file's section that picks an entry: ``aug: {name: deit}``
         self.info_type: type[InfoT] = info
         self._builders: dict[str, Builder] = {}
         self._info: dict[str, InfoT] = {}
@@ -310,7 +311,7 @@ class Registry(Generic[T, InfoT]):
         choices its annotations declare (a ``ValueError`` lists every one they break)."""
         builder = self.get(name)
         markers = {key: constraints(hint)[1] for key, hint in type_hints(builder).items()}
-        if found := refusals(markers, kwargs):
+        if found := refusals(markers, kwargs, prefix=f"{self.section}."):
             raise ValueError(f"{self.kind} {name!r}: {'; '.join(found.values())}")
         return builder(**kwargs)  # type: ignore[no-any-return]
 
@@ -356,8 +357,8 @@ class Registry(Generic[T, InfoT]):
 MODELS: Registry[Any, ModelInfo] = Registry("model", ModelInfo)
 TEACHERS: Registry[Any, TeacherInfo] = Registry("teacher", TeacherInfo)
 LOSSES: Registry[Any, LossInfo] = Registry("loss", LossInfo, "losses")
-AUGMENTATIONS: Registry[Any, Info] = Registry("augmentation recipe", Info)
-DATASETS: Registry[Any, Info] = Registry("dataset", Info)
+AUGMENTATIONS: Registry[Any, Info] = Registry("augmentation recipe", Info, section="aug")
+DATASETS: Registry[Any, Info] = Registry("dataset", Info, section="data")
 LOGGERS: Registry[Any, Info] = Registry("logger", Info)
 
 #: Registries by the plural used on the command line (``research list models``).

@@ -134,7 +134,7 @@ def test_a_plugin_builder_gets_its_bounds_and_choices_checked(experiment, restor
         "command line: model.norm 'group' is not one of batch, layer (the normalisation)"
     )
     # the same declarations guard the Python API: a notebook's build is refused before the builder runs
-    with pytest.raises(ValueError, match=r"^model 'bounded_test_model': width=4: must be >= 8 \(channels\); norm 'group' is"):
+    with pytest.raises(ValueError, match=r"^model 'bounded_test_model': model\.width=4: must be >= 8 \(channels\); model\.norm 'group' is"):
         MODELS.build("bounded_test_model", num_classes=10, width=4, norm="group")
 
 

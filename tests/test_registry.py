@@ -85,17 +85,19 @@ def test_build_refuses_arguments_out_of_their_declared_bounds_and_choices(things
     assert things.build("mode", rate=0.5, mode="b", size="m") == "b"
     with pytest.raises(ValueError) as caught:
         things.build("mode", rate=1.0, mode="c", size="xl")
-    assert str(caught.value) == "thing 'mode': rate=1.0: must be >= 0 and < 1; mode 'c' is not one of a, b; size 'xl' is not one of s, m, null"
+    assert str(caught.value) == (
+        "thing 'mode': thing.rate=1.0: must be >= 0 and < 1; thing.mode 'c' is not one of a, b; thing.size 'xl' is not one of s, m, null"
+    )
     assert calls == ["b"]  # the refused call never reached the builder
 
 
 @pytest.mark.parametrize(
     ("name", "kwargs", "refused"),
     [
-        ("soft", {"alpha": 2}, "loss 'soft': alpha=2: must be >= 0 and <= 1"),
-        ("soft", {"tau": 0}, "loss 'soft': tau=0: must be > 0"),
-        ("soft", {"kl_reduction": "mean"}, "loss 'soft': kl_reduction 'mean' is not one of numel, batchmean"),
-        ("hard", {"alpha": -0.1}, "loss 'hard': alpha=-0.1: must be >= 0 and <= 1"),
+        ("soft", {"alpha": 2}, "loss 'soft': loss.alpha=2: must be >= 0 and <= 1"),
+        ("soft", {"tau": 0}, "loss 'soft': loss.tau=0: must be > 0"),
+        ("soft", {"kl_reduction": "mean"}, "loss 'soft': loss.kl_reduction 'mean' is not one of numel, batchmean"),
+        ("hard", {"alpha": -0.1}, "loss 'hard': loss.alpha=-0.1: must be >= 0 and <= 1"),
     ],
 )
 def test_a_notebook_build_is_checked_as_a_file_would_be(name: str, kwargs: dict[str, object], refused: str) -> None:

@@ -49,22 +49,28 @@ from research.registry import (
 
 @dataclass(frozen=True)
 class Section:
-    """How one component section maps onto its registry."""
+    """How one component section (``registry.section``: ``model``, ``aug``, ...) maps onto its registry."""
 
-    key: str
     registry: Registry[Any, Any]
     injected: tuple[str, ...]  # passed by the engine at build time, never from YAML
     reserved: tuple[str, ...] = ()  # section keys the loader itself consumes
 
+    @property
+    def key(self) -> str:
+        return self.registry.section
+
 
 SECTIONS: dict[str, Section] = {
-    "model": Section("model", MODELS, ("num_classes",)),
-    # img_size: the resolution the teacher's checkpoint was trained at (research/teachers/checks.py)
-    "teacher": Section("teacher", TEACHERS, ("num_classes",), ("from_experiment", "img_size")),
-    "loss": Section("loss", LOSSES, ("base_criterion", "teacher")),
-    "data": Section("data", DATASETS, ("split", "transform")),
-    "aug": Section("aug", AUGMENTATIONS, ("img_size",)),
-    "logger": Section("logger", LOGGERS, ("run",)),
+    spec.key: spec
+    for spec in (
+        Section(MODELS, ("num_classes",)),
+        # img_size: the resolution the teacher's checkpoint was trained at (research/teachers/checks.py)
+        Section(TEACHERS, ("num_classes",), ("from_experiment", "img_size")),
+        Section(LOSSES, ("base_criterion", "teacher")),
+        Section(DATASETS, ("split", "transform")),
+        Section(AUGMENTATIONS, ("img_size",)),
+        Section(LOGGERS, ("run",)),
+    )
 }
 
 _INJECTED_FROM = {
