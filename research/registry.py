@@ -13,9 +13,12 @@ describing an entry without building it, and optional checks: functions the conf
 every run that picks an entry of the kind (:meth:`Registry.add_check`), so rules about a component
 live beside it and the loader knows no kind.
 
-Numeric parameters declare their bounds beside them with :class:`Range` in the annotation
-(``drop_path_rate: Annotated[float, Range(ge=0, lt=1)] = 0.1``); the config loader checks them, with
-the types, when an experiment loads, so a plugin's builder gets the same checks as the built-ins.
+Parameters declare their bounds and choices beside them, in the annotation: :class:`Range`
+(``drop_path_rate: Annotated[float, Range(ge=0, lt=1)] = 0.1``) and :class:`OneOf`
+(``precision: Annotated[str, OneOf("fp32", "bf16", "fp16")]``; a ``Literal[...]`` means the same).
+:func:`refusals` checks values against them: the config loader when an experiment loads (so a plugin's
+builder gets the same checks as the built-ins), and :meth:`Registry.build` for the keyword arguments
+it is given (so a notebook's ``LOSSES.build("soft", alpha=2, ...)`` is refused as a file would be).
 
 Every lookup (``get``, ``build``, ``info``, ``names``, ``in``, ``len``, iteration) first loads the built-ins and
 the plugins' entry points, once (:func:`research.plugins.load_builtins`): ``MODELS.build(...)`` works in a fresh
@@ -28,9 +31,9 @@ import difflib
 import inspect
 import math
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from research.plugins import load_builtins
 
@@ -52,12 +55,14 @@ __all__ = [
     "Invalid",
     "LossInfo",
     "ModelInfo",
+    "OneOf",
     "Range",
     "Registry",
     "RegistryError",
     "TeacherInfo",
     "constraints",
     "model_img_size",
+    "refusals",
 ]
 
 
@@ -88,6 +93,7 @@ class Range:
     le: float | None = None
     lt: float | None = None
     hint: str = ""
+    SAYS: ClassVar[str] = "{key}={value!r}: {problem}"  # how a refusal reads
 
     def problem(self, value: Any) -> str | None:
         """Why ``value`` is out of bounds, as ``"must be >= 0 (hint)"``; None when it is in bounds."""
@@ -118,12 +124,75 @@ def _number(bound: float) -> str:
     return str(bound) if isinstance(bound, int) else f"{bound:g}"
 
 
-def constraints(hint: Any) -> tuple[Any, tuple[Range, ...]]:
-    """An annotation without its ``Annotated`` wrapper, and the :class:`Range` bounds it held."""
+@dataclass(frozen=True, init=False)
+class OneOf:
+    """The values a setting may take, declared in its annotation: ``Annotated[str, OneOf("epoch", "step")]``.
+
+    A ``Literal["epoch", "step"]`` annotation is read as the same marker (see :func:`constraints`).
+    ``hint`` says what the choices are, for the error; None is refused unless it is one of them.
+    """
+
+    SAYS: ClassVar[str] = "{key} {value!r} {problem}"  # how a refusal reads
+    choices: tuple[Any, ...]
+    hint: str = ""
+
+    def __init__(self, *choices: Any, hint: str = "") -> None:
+        object.__setattr__(self, "choices", choices)
+        object.__setattr__(self, "hint", hint)
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not a choice, as ``"is not one of epoch, step"``; None when it is one."""
+        if value in self.choices:
+            return None
+        listed = ", ".join("null" if choice is None else str(choice) for choice in self.choices)
+        return f"is not one of {listed} ({self.hint})" if self.hint else f"is not one of {listed}"
+
+
+Marker = Range | OneOf
+
+
+def constraints(hint: Any) -> tuple[Any, tuple[Marker, ...]]:
+    """An annotation without its ``Annotated`` wrapper, and the :class:`Range` / :class:`OneOf` markers
+    it held. A ``Literal[...]`` (or ``Optional[Literal[...]]``, None then a choice) is ``Any`` with a
+    :class:`OneOf` of its values, so that OmegaConf, which does not take every ``Literal``, converts nothing."""
+    markers: tuple[Marker, ...] = ()
     if typing.get_origin(hint) is typing.Annotated:
-        base, *extras = typing.get_args(hint)
-        return base, tuple(extra for extra in extras if isinstance(extra, Range))
-    return hint, ()
+        hint, *extras = typing.get_args(hint)
+        markers = tuple(extra for extra in extras if isinstance(extra, (Range, OneOf)))
+    args = typing.get_args(hint)
+    literals = [arg for arg in args if typing.get_origin(arg) is typing.Literal]
+    if typing.get_origin(hint) is typing.Literal:
+        return Any, (*markers, OneOf(*args))
+    if len(literals) == 1 and set(args) == {literals[0], type(None)}:
+        return Any, (*markers, OneOf(*typing.get_args(literals[0]), None))
+    return hint, markers
+
+
+def type_hints(fn: Any) -> dict[str, Any]:
+    """``fn``'s annotations, ``Annotated`` markers kept; {} when one names a type not importable here."""
+    try:
+        return typing.get_type_hints(fn, include_extras=True)
+    except Exception:  # check nothing rather than fail on an annotation only a type checker reads
+        return {}
+
+
+def refusals(
+    markers: Mapping[str, Sequence[Marker]], values: Mapping[str, Any], shown: Mapping[str, Any] | None = None, prefix: str = ""
+) -> dict[str, str]:
+    """Key -> why its value in ``values`` breaks a bound or choice declared for it, for every key that does.
+
+    A refusal reads ``alpha=2: must be >= 0 and <= 1`` (a bound) or ``kl_reduction 'mean' is not one of
+    numel, batchmean`` (a choice), the key with ``prefix`` (``loss.``) and the value as ``shown`` gives it
+    (as the file wrote it), else as in ``values``. Keys without markers, or missing from ``values``, pass.
+    """
+    found = {}
+    for key, value in values.items():
+        for marker in markers.get(key, ()):
+            if (problem := marker.problem(value)) is not None:
+                given = shown.get(key, value) if shown is not None else value
+                found[key] = marker.SAYS.format(key=f"{prefix}{key}", value=given, problem=problem)
+                break
+    return found
 
 
 @dataclass(frozen=True)
@@ -200,9 +269,10 @@ class Registry(Generic[T, InfoT]):
     with :meth:`add_check` validate a run's config for the entry it picks, raising :class:`Invalid`.
     """
 
-    def __init__(self, kind: str, info: type[Any] = Info, plural: str | None = None) -> None:
+    def __init__(self, kind: str, info: type[Any] = Info, plural: str | None = None, section: str | None = None) -> None:
         self.kind = kind
         self.plural = plural or f"{kind}s"
+        self.section = section or kind  # the experiment file's section that picks an entry: ``aug: {name: deit}``
         self.info_type: type[InfoT] = info
         self._builders: dict[str, Builder] = {}
         self._info: dict[str, InfoT] = {}
@@ -245,8 +315,13 @@ class Registry(Generic[T, InfoT]):
         raise RegistryError(f"unknown {self.kind} {name!r}.{hint} Registered {self.plural}: {known}")
 
     def build(self, name: str, /, **kwargs: Any) -> T:
-        """Call the builder registered under ``name`` with ``kwargs``."""
-        return self.get(name)(**kwargs)  # type: ignore[no-any-return]
+        """Call the builder registered under ``name`` with ``kwargs``, once they keep the bounds and
+        choices its annotations declare (a ``ValueError`` lists every one they break)."""
+        builder = self.get(name)
+        markers = {key: constraints(hint)[1] for key, hint in type_hints(builder).items()}
+        if found := refusals(markers, kwargs, prefix=f"{self.section}."):
+            raise ValueError(f"{self.kind} {name!r}: {'; '.join(found.values())}")
+        return builder(**kwargs)  # type: ignore[no-any-return]
 
     def info(self, name: str) -> InfoT:
         """The typed info record of ``name``; unknown names raise with suggestions."""
@@ -286,8 +361,8 @@ class Registry(Generic[T, InfoT]):
 MODELS: Registry[Any, ModelInfo] = Registry("model", ModelInfo)
 TEACHERS: Registry[Any, TeacherInfo] = Registry("teacher", TeacherInfo)
 LOSSES: Registry[Any, LossInfo] = Registry("loss", LossInfo, "losses")
-AUGMENTATIONS: Registry[Any, Info] = Registry("augmentation recipe", Info)
-DATASETS: Registry[Any, Info] = Registry("dataset", Info)
+AUGMENTATIONS: Registry[Any, Info] = Registry("augmentation recipe", Info, section="aug")
+DATASETS: Registry[Any, Info] = Registry("dataset", Info, section="data")
 LOGGERS: Registry[Any, Info] = Registry("logger", Info)
 #: Launcher backends (research.launch.backends.Backend); ``resources.backend`` picks one.
 BACKENDS: Registry[Any, Info] = Registry("launcher backend", Info)

@@ -11,7 +11,7 @@ from scripts import load_script
 
 from research.cli import EXIT_BAD_INPUT, main
 from research.config import ConfigError, load_run
-from research.registry import MODELS, Range
+from research.registry import MODELS, OneOf, Range
 
 DISTILLED = {
     "model": {"name": "deit_nano_distilled_patch4_32"},
@@ -61,11 +61,11 @@ def test_train_refuses_a_bad_value_before_writing(capsys, tmp_path: Path, experi
         ("loss.alpha=2", "loss.alpha=2: must be >= 0 and <= 1"),
         ("loss.alpha=abc", "loss.alpha: Value 'abc' of type 'str' could not be converted to Float"),
         ("aug.mixup=-0.5", "aug.mixup must be >= 0"),  # expand crashed on it
-        ("model.eval_head=best", "model.eval_head='best' is not one of 'both', 'class', 'distillation'"),
+        ("model.eval_head=best", "model.eval_head 'best' is not one of both, class, distillation"),
         ("model.img_size=[1]", "model.img_size: Value '[1]' of type 'ListConfig' could not be converted to Integer"),
         ("optim.name=adamx", "optim.name: timm has no optimizer 'adamx'; did you mean adamax"),  # failed in timm at train
-        ("logger={name: wandb, mode: onlin}", "logger.mode='onlin' is not one of 'online', 'offline', 'disabled', None"),
-        ("sched.name=cosin", "sched.name 'cosin' is not one of timm's schedules: cosine,"),  # timm made no schedule
+        ("logger={name: wandb, mode: onlin}", "logger.mode 'onlin' is not one of online, offline, disabled, null"),
+        ("sched.name=cosin", "sched.name 'cosin' is not one of cosine, tanh,"),  # timm made no schedule
     ],
 )
 def test_expand_refuses_a_bad_value(capsys, tmp_path: Path, experiment, override: str, shown: str) -> None:
@@ -84,6 +84,8 @@ def test_every_bad_value_is_reported_at_once(experiment) -> None:
 def test_the_file_that_set_a_bad_value_is_named(tmp_path: Path, experiment) -> None:
     with pytest.raises(ConfigError, match=r"tiny\.yaml: train\.label_smoothing=1\.5: must be >= 0 and < 1"):
         load_run(experiment("tiny", train={"label_smoothing": 1.5}))
+    with pytest.raises(ConfigError, match=r"tiny\.yaml: train\.label_smoothing=1\.0: must be >= 0 and < 1"):
+        load_run(experiment("tiny", train={"label_smoothing": 1.0}))  # the criterion's builder trusts the bound
 
 
 def test_output_dir_that_is_a_file_is_refused(capsys, tmp_path: Path, experiment) -> None:
@@ -108,15 +110,57 @@ def test_slurm_dry_run_refuses_negative_gpus(capsys, tmp_path: Path, experiment,
     assert err.strip() == "launchers/slurm.py: error: command line: resources.gpus_per_node=-1: must be >= 0 (0 = a CPU-only job)"
 
 
-def test_a_plugin_builder_gets_its_bounds_checked(experiment, restore_registries) -> None:
+def test_a_plugin_builder_gets_its_bounds_and_choices_checked(experiment, restore_registries) -> None:
     @MODELS.register("bounded_test_model")
-    def bounded(*, num_classes: int, img_size: int = 32, width: Annotated[int, Range(ge=8, hint="channels")] = 16) -> Any:
-        raise AssertionError("never built at load time")
+    def bounded(
+        *,
+        num_classes: int,
+        img_size: int = 32,
+        width: Annotated[int, Range(ge=8, hint="channels")] = 16,
+        norm: Annotated[str, OneOf("batch", "layer", hint="the normalisation")] = "batch",
+    ) -> Any:
+        raise AssertionError("never built with a bad value")
 
     path = experiment("tiny", model={"name": "bounded_test_model"})
-    assert load_run(path, ["model.width=8"]).cfg.model["width"] == 8
+    assert load_run(path, ["model.width=8", "model.norm=layer"]).cfg.model == {
+        "name": "bounded_test_model", "img_size": 32, "width": 8, "norm": "layer"
+    }
     with pytest.raises(ConfigError, match=r"model\.width=4: must be >= 8 \(channels\)"):
         load_run(path, ["model.width=4"])
+    with pytest.raises(ConfigError) as caught:
+        load_run(path, ["model.norm=group", "model.width=4"])
+    assert str(caught.value) == (
+        "command line: model.width=4: must be >= 8 (channels); "
+        "command line: model.norm 'group' is not one of batch, layer (the normalisation)"
+    )
+    # the same declarations guard the Python API: a notebook's build is refused before the builder runs
+    with pytest.raises(ValueError, match=r"^model 'bounded_test_model': model\.width=4: must be >= 8 \(channels\); model\.norm 'group' is"):
+        MODELS.build("bounded_test_model", num_classes=10, width=4, norm="group")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "shown"),
+    [
+        (["train.precision=fp64"], "command line: train.precision 'fp64' is not one of fp32, bf16, fp16"),
+        (["job_type=pretrain"], "command line: job_type 'pretrain' is not one of train, teacher, finetune, eval"),
+        (["finetune.interpolation=nearest"], "command line: finetune.interpolation 'nearest' is not one of bicubic, bilinear"),
+        (["loss={name: soft, kl_reduction: mean}"], "command line: loss.kl_reduction 'mean' is not one of numel, batchmean"),
+    ],
+)
+def test_a_value_that_is_not_a_choice_is_refused(experiment, overrides: list[str], shown: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_run(experiment("tiny", **DISTILLED), overrides)
+    assert str(caught.value) == shown
+
+
+def test_every_bad_value_and_choice_is_reported_at_once(experiment) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_run(experiment("tiny"), ["train.precision=fp64", "sched.step_on=batch", "train.epochs=0"])
+    assert str(caught.value).split("; ") == [
+        "command line: sched.step_on 'batch' is not one of epoch, step",
+        "command line: train.epochs=0: must be >= 1",
+        "command line: train.precision 'fp64' is not one of fp32, bf16, fp16",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -140,6 +184,14 @@ def test_range_says_what_is_wrong(bound: Range, value: Any, problem: str) -> Non
 @pytest.mark.parametrize("value", [None, 0, 0.5, [0.1, 0.9]])
 def test_range_lets_good_values_through(value: Any) -> None:
     assert Range(ge=0, lt=1).problem(value) is None
+
+
+def test_one_of_says_what_is_wrong() -> None:
+    assert OneOf("a", "b").problem("a") is None
+    assert OneOf("a", "b").problem("c") == "is not one of a, b"
+    assert OneOf("a", "b").problem(None) == "is not one of a, b"  # None is a choice only when listed
+    assert OneOf("a", None, hint="h").problem(None) is None
+    assert OneOf("a", None, hint="h").problem(1) == "is not one of a, null (h)"
 
 
 @pytest.mark.parametrize(
@@ -230,7 +282,7 @@ def test_a_loss_without_distillation_trains_no_teacher_and_reads_the_class_head(
         (["optim.name=momentum", "optim.betas=[0.9,0.99]"], "optimizer 'momentum' takes no betas"),
         (["sched.warmup_epochs=1", "train.epochs=1"], "command line: sched.warmup_epochs=1 is not shorter than train.epochs=1"),
         (["sched.warmup_epochs=7.5", "train.epochs=3"], "sched.warmup_epochs=7.5 is not shorter than train.epochs=3"),
-        (["sched.name=plateau"], "sched.name 'plateau' is not supported: it needs a validation metric at every step"),
+        (["sched.name=plateau"], "rsqrt (timm's schedules; plateau is not supported: it needs a validation metric at every step)"),
     ],
 )
 def test_values_timm_would_take_but_not_use_are_refused(capsys, tmp_path: Path, experiment, overrides, shown) -> None:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 import typing
 from collections.abc import Iterator
 from dataclasses import FrozenInstanceError, dataclass
 from pathlib import Path
+from typing import Annotated, Literal, Optional
 
 import pytest
+from torch import nn
 
 from research import plugins
 from research.config.components import SECTIONS
@@ -25,8 +28,12 @@ from research.registry import (
     CheckContext,
     Info,
     Invalid,
+    OneOf,
+    Range,
     Registry,
     RegistryError,
+    constraints,
+    refusals,
 )
 
 
@@ -63,6 +70,52 @@ def test_build_passes_keyword_arguments(things: Registry) -> None:
     assert things.build("pair", a=1) == (1, "x")
     assert things.build("pair", a=2, b="y") == (2, "y")
     assert list(things.signature("pair").parameters) == ["a", "b"]
+
+
+def test_build_refuses_arguments_out_of_their_declared_bounds_and_choices(things: Registry) -> None:
+    calls = []
+
+    @things.register("mode")
+    def mode(
+        *,
+        rate: Annotated[float, Range(ge=0, lt=1)] = 0.1,
+        mode: Literal["a", "b"] = "a",
+        size: Annotated[Optional[str], OneOf("s", "m", None)] = None,
+    ) -> str:
+        calls.append(mode)
+        return mode
+
+    assert things.build("mode", rate=0.5, mode="b", size="m") == "b"
+    with pytest.raises(ValueError) as caught:
+        things.build("mode", rate=1.0, mode="c", size="xl")
+    assert str(caught.value) == (
+        "thing 'mode': thing.rate=1.0: must be >= 0 and < 1; thing.mode 'c' is not one of a, b; thing.size 'xl' is not one of s, m, null"
+    )
+    assert calls == ["b"]  # the refused call never reached the builder
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "refused"),
+    [
+        ("soft", {"alpha": 2}, "loss 'soft': loss.alpha=2: must be >= 0 and <= 1"),
+        ("soft", {"tau": 0}, "loss 'soft': loss.tau=0: must be > 0"),
+        ("soft", {"kl_reduction": "mean"}, "loss 'soft': loss.kl_reduction 'mean' is not one of numel, batchmean"),
+        ("hard", {"alpha": -0.1}, "loss 'hard': loss.alpha=-0.1: must be >= 0 and <= 1"),
+    ],
+)
+def test_a_notebook_build_is_checked_as_a_file_would_be(name: str, kwargs: dict[str, object], refused: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(refused)}"):
+        LOSSES.build(name, base_criterion=nn.CrossEntropyLoss(), teacher=nn.Identity(), **kwargs)
+
+
+def test_bounds_and_choices_come_from_the_annotation() -> None:
+    assert constraints(Annotated[int, Range(ge=1), "other"]) == (int, (Range(ge=1),))
+    assert constraints(Literal["x", "y"]) == (typing.Any, (OneOf("x", "y"),))
+    assert constraints(Optional[Literal["x"]]) == (typing.Any, (OneOf("x", None),))
+    assert constraints(Annotated[str, OneOf("x")]) == (str, (OneOf("x"),))
+    assert refusals({"k": (OneOf("x"),)}, {"k": "z", "other": 1}, {"k": "as written"}, prefix="s.") == {
+        "k": "s.k 'as written' is not one of x"
+    }
 
 
 def test_names_are_sorted_and_info_is_read_only(things: Registry) -> None:

@@ -1,13 +1,14 @@
 """Checks of a run's values against what the schema declares, made when an experiment loads.
 
-Every number of the schema carries its bounds in its annotation (:class:`research.registry.Range`);
-:func:`check_values` walks the schema's dataclasses and reports every value out of bounds in one
-:class:`ConfigError`, showing the value as the file or the command line gave it. The run's folder is
+Every number of the schema carries its bounds in its annotation (:class:`research.registry.Range`), every
+setting with a few values its choices (:class:`research.registry.OneOf`); :func:`check_values` walks the
+schema's dataclasses and reports every value out of bounds or choices in one :class:`ConfigError`,
+showing the value as the file or the command line gave it. The run's folder is
 checked here too: each name on its path (the experiment's, the variant's) must be one folder name, so
 that the run dir lies inside the experiment's dir, and nothing on its path may be a file. So are the
-``resources:`` and ``slurm:`` values that reach the job's batch script, the names timm looks up only when training
-starts (``optim.name``, ``sched.name``), and the values timm would take without a word but not use
-as written (``optim.betas``, a warm-up as long as training).
+``resources:`` and ``slurm:`` values that reach the job's batch script, the optimizer name timm looks up only when
+training starts (``optim.name``), and the values timm would take without a word but not use
+as written (``optim.betas``, ``optim.implementation``, a warm-up as long as training).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from research.config.errors import ConfigError
-from research.config.schema import SCHEDULERS, ExperimentCfg
-from research.registry import BACKENDS, Range, RegistryError, constraints
+from research.config.schema import ExperimentCfg
+from research.registry import BACKENDS, Marker, RegistryError, constraints, refusals
 
 #: The longest experiment or variant name: a folder name (255 bytes on most file systems) with room
 #: for the suffix ``--force`` adds when it keeps the old run aside (``.replaced-YYYYmmdd-HHMMSS``).
@@ -59,33 +60,31 @@ def folder_name_problem(name: str) -> str | None:
 
 
 @functools.cache
-def schema_bounds(cls: type = ExperimentCfg, prefix: str = "") -> tuple[tuple[str, Range], ...]:
-    """``(dotted key, bound)`` for every bounded field of the schema, nested sections included."""
+def schema_markers(cls: type = ExperimentCfg, prefix: str = "") -> dict[str, tuple[Marker, ...]]:
+    """Dotted key -> its bounds and choices, for every field of the schema that declares some, nested sections included."""
     hints = typing.get_type_hints(cls, include_extras=True)
-    found: list[tuple[str, Range]] = []
+    found: dict[str, tuple[Marker, ...]] = {}
     for item in dataclasses.fields(cls):
-        hint, bounds = constraints(hints[item.name])
+        hint, markers = constraints(hints[item.name])
         if dataclasses.is_dataclass(hint):
-            found.extend(schema_bounds(hint, f"{prefix}{item.name}."))  # type: ignore[arg-type]
-        found.extend((f"{prefix}{item.name}", bound) for bound in bounds)
-    return tuple(found)
+            found.update(schema_markers(hint, f"{prefix}{item.name}."))  # type: ignore[arg-type]
+        elif markers:
+            found[f"{prefix}{item.name}"] = markers
+    return found
 
 
 def check_values(raw: Mapping[str, Any], where: Callable[[str], str], given: Callable[[str], Any]) -> None:
-    """Raise one :class:`ConfigError` listing every schema value of ``raw`` out of its bounds.
+    """Raise one :class:`ConfigError` listing every schema value of ``raw`` out of its bounds or choices.
 
     Args:
         raw: the run's config, as plain dicts.
         where: the file (or 'command line') that set a dotted key.
         given: a dotted key's value as written there (before any conversion), for the message.
     """
-    problems = [
-        f"{where(key)}: {key}={given(key)!r}: {problem}"
-        for key, bound in schema_bounds()
-        if (problem := bound.problem(_lookup(raw, key)))
-    ]
-    if problems:
-        raise ConfigError("; ".join(problems))
+    markers = schema_markers()
+    found = refusals(markers, {key: _lookup(raw, key) for key in markers}, {key: given(key) for key in markers})
+    if found:
+        raise ConfigError("; ".join(f"{where(key)}: {refusal}" for key, refusal in found.items()))
 
 
 def _lookup(tree: Mapping[str, Any], dotted: str) -> Any:
@@ -137,50 +136,37 @@ def _nearest_existing(path: Path) -> Path | None:
     return next((folder for folder in (path, *path.parents) if folder.exists() or folder.is_symlink()), None)
 
 
-def check_timm_names(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:
-    """``optim.name`` is an optimizer timm builds, ``sched.name`` a schedule it knows (timm's
-    ``create_scheduler_v2`` returns no schedule at all for a name it does not know)."""
+def check_optimizer(optim: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """``optim.name`` is an optimizer timm builds (it reads ``lookahead_adamw`` as adamw with Lookahead);
+    ``optim.betas`` two numbers, for an optimizer that takes betas (timm passes them on unread otherwise:
+    SGD ignores them, Adam(W) uses the first two of three); ``optim.implementation`` one the optimizer's
+    class takes (torch's Adam, AdamW and SGD take foreach and fused)."""
     import timm.optim
 
-    name = str(raw["optim"]["name"])
-    known = [str(opt) for opt in timm.optim.list_optimizers()]  # type: ignore[attr-defined]
-    if name.lower().split("_")[-1] not in known:  # timm reads 'lookahead_adamw' as adamw with Lookahead
-        raise ConfigError(f"{where('optim.name')}: optim.name: timm has no optimizer {name!r}{_did_you_mean(name, known)}")
-    if raw["sched"]["name"] == "plateau":  # timm's PlateauLRScheduler steps on a metric the engine does not pass
-        raise ConfigError(
-            f"{where('sched.name')}: sched.name 'plateau' is not supported: it needs a validation metric at every step "
-            f"(and timm deprecates it); use one of {', '.join(SCHEDULERS)}"
-        )
-    if raw["sched"]["name"] not in SCHEDULERS:
-        raise ConfigError(
-            f"{where('sched.name')}: sched.name {raw['sched']['name']!r} is not one of timm's schedules: {', '.join(SCHEDULERS)}"
-        )
-
-
-def check_optimizer_betas(optim: Mapping[str, Any], where: Callable[[str], str]) -> None:
-    """``optim.betas`` is two numbers, for an optimizer that takes betas (timm passes them on unread
-    otherwise: SGD ignores them, Adam(W) uses the first two of three)."""
-    betas = optim.get("betas")
-    if betas is None:
-        return
-    if len(betas) != 2:
+    name, betas, choice = str(optim["name"]), optim.get("betas"), optim["implementation"]
+    base, known = name.lower().split("_")[-1], [str(opt) for opt in timm.optim.list_optimizers()]  # type: ignore[attr-defined]
+    if base not in known:
+        close = difflib.get_close_matches(name.lower(), known, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else " (timm.optim.list_optimizers() lists them)"
+        raise ConfigError(f"{where('optim.name')}: optim.name: timm has no optimizer {name!r}{hint}")
+    if betas is not None and len(betas) != 2:
         raise ConfigError(f"{where('optim.betas')}: optim.betas={list(betas)} holds {len(betas)} values; give two, e.g. [0.9, 0.999]")
-    if optimizer_takes(str(optim["name"]), "betas") is False:
+    try:  # the class timm's create_optimizer_v2 builds for this name
+        opt_class: Any = timm.optim.get_optimizer_class(base, bind_defaults=False)  # type: ignore[attr-defined]
+    except (KeyError, ValueError, AssertionError):  # bitsandbytes and APEX optimizers are only found on a GPU
+        return
+    takes = inspect.signature(opt_class).parameters
+    if betas is not None and "betas" not in takes:
         raise ConfigError(
-            f"{where('optim.betas')}: optim.betas: optimizer {optim['name']!r} takes no betas; they are for Adam-like "
+            f"{where('optim.betas')}: optim.betas: optimizer {name!r} takes no betas; they are for Adam-like "
             "optimizers (adamw, adam, nadamw, lamb, lion, adafactor, ...): remove optim.betas or change optim.name"
         )
-
-
-def optimizer_takes(name: str, keyword: str) -> bool | None:
-    """Whether the class timm's ``create_optimizer_v2`` builds for ``name`` takes ``keyword`` (None: unknown name)."""
-    import timm.optim
-
-    try:  # 'lookahead_adamw' is adamw with Lookahead
-        opt_class = timm.optim.get_optimizer_class(name.lower().split("_")[-1], bind_defaults=False)  # type: ignore[attr-defined]
-    except (KeyError, ValueError):
-        return None
-    return keyword in inspect.signature(opt_class).parameters
+    keyword = "foreach" if choice == "for_loop" else choice
+    if choice != "auto" and keyword not in takes:
+        raise ConfigError(
+            f"{where('optim.implementation')}: optim.implementation={choice!r}: optimizer {name!r} ({opt_class.__name__}) "
+            f"has no {keyword} implementation; use auto, or optim.name adamw, adam or sgd"
+        )
 
 
 def check_warmup(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:
@@ -192,11 +178,6 @@ def check_warmup(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:
             f"{where('sched.warmup_epochs')}: sched.warmup_epochs={warmup:g} is not shorter than train.epochs={epochs}{also}: "
             "the run would never leave warm-up; lower sched.warmup_epochs (0 = none)"
         )
-
-
-def _did_you_mean(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name.lower(), known, n=3)
-    return f"; did you mean {', '.join(close)}?" if close else " (timm.optim.list_optimizers() lists them)"
 
 
 def check_resources(raw: Mapping[str, Any], where: Callable[[str], str]) -> None:

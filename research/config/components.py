@@ -6,8 +6,9 @@ unknown keys get a did-you-mean over its parameters, values are type-checked and
 annotations (OmegaConf does the conversion through a dataclass made from the signature), required
 parameters must be given, and parameters the engine injects (``num_classes`` comes from the dataset)
 cannot be set; a parameter without an annotation takes its default's type when that is an int, float,
-str or bool. Bounds declared in the annotations (``Annotated[float, Range(ge=0, le=1)]``, see
-:class:`research.registry.Range`) are checked too, every bad value of a section reported at once. The
+str or bool. Bounds and choices declared in the annotations (``Annotated[float, Range(ge=0, le=1)]``,
+``Annotated[str, OneOf("a", "b")]`` or ``Literal["a", "b"]``, see :mod:`research.registry`) are checked
+too, every bad value of a section reported at once. The
 result is the section with every default filled in, so a run's saved config says exactly what ran.
 
 A builder that takes ``**kwargs`` (``def my_model(*, num_classes, **kwargs)``) gets the keys its
@@ -24,13 +25,12 @@ import inspect
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from research.config.errors import ConfigError
-from research.config.sources import clashing_key, kind_of
+from research.config.sources import plain, typed_merge
 from research.registry import (
     AUGMENTATIONS,
     DATASETS,
@@ -38,31 +38,39 @@ from research.registry import (
     LOSSES,
     MODELS,
     TEACHERS,
-    Range,
+    Marker,
     Registry,
     RegistryError,
     constraints,
+    refusals,
+    type_hints,
 )
 
 
 @dataclass(frozen=True)
 class Section:
-    """How one component section maps onto its registry."""
+    """How one component section (``registry.section``: ``model``, ``aug``, ...) maps onto its registry."""
 
-    key: str
     registry: Registry[Any, Any]
     injected: tuple[str, ...]  # passed by the engine at build time, never from YAML
     reserved: tuple[str, ...] = ()  # section keys the loader itself consumes
 
+    @property
+    def key(self) -> str:
+        return self.registry.section
+
 
 SECTIONS: dict[str, Section] = {
-    "model": Section("model", MODELS, ("num_classes",)),
-    # img_size: the resolution the teacher's checkpoint was trained at (research/teachers/checks.py)
-    "teacher": Section("teacher", TEACHERS, ("num_classes",), ("from_experiment", "img_size")),
-    "loss": Section("loss", LOSSES, ("base_criterion", "teacher")),
-    "data": Section("data", DATASETS, ("split", "transform")),
-    "aug": Section("aug", AUGMENTATIONS, ("img_size",)),
-    "logger": Section("logger", LOGGERS, ("run",)),
+    spec.key: spec
+    for spec in (
+        Section(MODELS, ("num_classes",)),
+        # img_size: the resolution the teacher's checkpoint was trained at (research/teachers/checks.py)
+        Section(TEACHERS, ("num_classes",), ("from_experiment", "img_size")),
+        Section(LOSSES, ("base_criterion", "teacher")),
+        Section(DATASETS, ("split", "transform")),
+        Section(AUGMENTATIONS, ("img_size",)),
+        Section(LOGGERS, ("run",)),
+    )
 }
 
 _INJECTED_FROM = {
@@ -171,51 +179,27 @@ def _typed_values(
     given: Mapping[str, Any],
     where: Where,
 ) -> dict[str, Any]:
-    schema, literals, bounds = _builder_schema(spec, name, builder)
-    try:
-        merged = OmegaConf.merge(schema, OmegaConf.create(dict(given)))
-        values = OmegaConf.to_container(merged, resolve=True)
-    except TypeError:  # OmegaConf cannot merge a mapping into a list parameter (or the other way round)
-        key = clashing_key(schema, dict(given))
-        kind = kind_of(given.get(key))
-        raise ConfigError(f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}: {kind} does not fit its type ({spec.registry.kind} {name!r})") from None
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", "") or ""
-        message = str(exc).splitlines()[0]
-        raise ConfigError(f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}: {message} ({spec.registry.kind} {name!r})") from None
-    assert isinstance(values, dict)
-    values = cast(dict[str, Any], values)
-    problems = [
-        f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}={values.get(key)!r} is not one of {', '.join(map(repr, choices))}"
-        for key, choices in literals.items()
-        if values.get(key) not in choices
-    ]
-    for key, ranges in bounds.items():
-        for problem in filter(None, (bound.problem(values.get(key)) for bound in ranges)):
-            problems.append(f"{where(f'{spec.key}.{key}')}: {spec.key}.{key}={given.get(key, values.get(key))!r}: {problem}")
-    if problems:
-        raise ConfigError("; ".join(problems))
+    schema, markers = _builder_schema(spec, name, builder)
+    owner, prefix = f"{spec.registry.kind} {name!r}", f"{spec.key}."
+    merged = typed_merge(schema, OmegaConf.create(dict(given)), where, prefix=prefix, owner=owner)
+    values = plain(merged, where, prefix=prefix, owner=owner)
+    if found := refusals(markers, values, given, prefix):
+        raise ConfigError("; ".join(f"{where(prefix + key)}: {refusal}" for key, refusal in found.items()))
     return values
 
 
 @functools.lru_cache(maxsize=512)
-def _builder_schema(
-    spec: Section, name: str, builder: Any
-) -> tuple[DictConfig, dict[str, tuple[Any, ...]], dict[str, tuple[Range, ...]]]:
+def _builder_schema(spec: Section, name: str, builder: Any) -> tuple[DictConfig, dict[str, tuple[Marker, ...]]]:
     """A builder's settable parameters as an OmegaConf structured config (the types it converts to and
-    checks), its ``Literal`` choices and its :class:`Range` bounds. Cached: making one costs more than
+    checks), and their :class:`Range` / :class:`OneOf` markers. Cached: making one costs more than
     checking a section with it (OmegaConf.merge copies it, never changes it)."""
-    hints = _type_hints(builder)
+    hints = type_hints(builder)
     fields: list[tuple[Any, ...]] = []
-    literals: dict[str, tuple[Any, ...]] = {}
-    bounds: dict[str, tuple[Range, ...]] = {}
+    markers: dict[str, tuple[Marker, ...]] = {}
     for key, param in _keyword_parameters(builder).items():
         if key in spec.injected:
             continue
-        hint, bounds[key] = constraints(hints.get(key, _unannotated_type(param)))
-        if choices := _literal_choices(hint):
-            literals[key] = choices
-            hint = Any
+        hint, markers[key] = constraints(hints.get(key, _unannotated_type(param)))
         default = param.default
         if default is inspect.Parameter.empty:
             fields.append((key, _omegaconf_type(hint)))
@@ -223,7 +207,7 @@ def _builder_schema(
             # a factory, so mutable defaults (lists) are allowed and never shared
             fields.append((key, _omegaconf_type(hint), dataclasses.field(default_factory=functools.partial(copy.deepcopy, default))))
     schema = OmegaConf.structured(dataclasses.make_dataclass(f"{spec.key}_{name}", fields))
-    return schema, literals, bounds
+    return schema, markers
 
 
 def _unannotated_type(param: inspect.Parameter) -> Any:
@@ -231,24 +215,6 @@ def _unannotated_type(param: inspect.Parameter) -> Any:
     ``depth=2`` then refuses ``depth: abc`` at load, not with a TypeError when built); else ``Any``."""
     unannotated = param.annotation is inspect.Parameter.empty
     return type(param.default) if unannotated and type(param.default) in _SIMPLE else Any
-
-
-def _literal_choices(hint: Any) -> tuple[Any, ...]:
-    """The values a ``Literal[...]`` (or ``Optional[Literal[...]]``, None included) allows; () for other types."""
-    if typing.get_origin(hint) is typing.Literal:
-        return typing.get_args(hint)
-    args = typing.get_args(hint)
-    literal = [arg for arg in args if typing.get_origin(arg) is typing.Literal]
-    if len(literal) == 1 and set(args) == {literal[0], type(None)}:
-        return (*typing.get_args(literal[0]), None)
-    return ()
-
-
-def _type_hints(builder: Any) -> dict[str, Any]:
-    try:
-        return typing.get_type_hints(builder, include_extras=True)
-    except Exception:  # annotations naming types that are not importable here: check nothing
-        return {}
 
 
 def _omegaconf_type(hint: Any) -> Any:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,10 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from research.config import sources
 from research.config.checks import (
-    check_optimizer_betas,
+    check_optimizer,
     check_resources,
     check_run_dir,
-    check_timm_names,
     check_values,
     check_warmup,
     user_path,
@@ -33,7 +31,7 @@ from research.config.components import SECTIONS, resolve_section
 from research.config.errors import ConfigError
 from research.config.expand import baseline_name, differing_keys, variant_overrides
 from research.config.keys import is_linked_override
-from research.config.schema import COMPILE_MODES, JOB_TYPES, OPTIMIZER_IMPLEMENTATIONS, PRECISIONS, STEP_ON, ExperimentCfg
+from research.config.schema import ExperimentCfg
 from research.config.sources import Layered
 from research.plugins import PluginError, import_plugins
 from research.registry import LOSSES, MODELS, CheckContext, Invalid, model_img_size
@@ -162,24 +160,13 @@ def _schema() -> DictConfig:
 
 def _structured(layered: Layered) -> DictConfig:
     """The merged config checked against the typed schema (unknown keys, types)."""
-    try:
-        merged = OmegaConf.merge(_schema(), layered.config)
-    except TypeError:  # OmegaConf merges no list into a mapping, nor the other way round
-        key = sources.clashing_key(_schema(), OmegaConf.to_container(layered.config))
-        kind = sources.kind_of(OmegaConf.select(layered.config, key))
-        raise ConfigError(f"{layered.where(key)}: {key}: {kind} does not fit its type in the schema") from None
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", "") or ""
-        message = str(exc).splitlines()[0]
-        raise ConfigError(f"{layered.where(key)}: {key}: {message}") from None
-    assert isinstance(merged, DictConfig)
-    return merged
+    return sources.typed_merge(_schema(), layered.config, layered.where)
 
 
 def _resolve_run(
     layered: Layered, path: Path, variant: str, stack: tuple[Path, ...], check_files: bool, placement: Sequence[str]
 ) -> Run:
-    raw = _resolved(_structured(layered), layered)
+    raw = sources.plain(_structured(layered), layered.where)
     raw["name"] = raw["name"] or path.stem
     raw["variant"] = variant
     check_values(raw, layered.where, lambda key: _as_given(layered, key))
@@ -198,15 +185,6 @@ def _resolve_run(
     run_dir = Path(cfg.output_dir).expanduser().resolve() / cfg.name / variant
     cfg = dataclasses.replace(cfg, output_dir=str(Path(cfg.output_dir).expanduser().resolve()))
     return Run(cfg.name, variant, run_dir, cfg, path.resolve(), teacher_run=teacher_run, finetune_run=finetune_run)
-
-
-def _resolved(config: DictConfig, layered: Layered) -> dict[str, Any]:
-    """The config as plain dicts, ``${...}`` interpolations resolved (``${oc.env:VAR,default}``)."""
-    try:
-        return OmegaConf.to_container(config, resolve=True)  # type: ignore[return-value]
-    except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", "") or ""
-        raise ConfigError(f"{layered.where(key)}: {key}: {str(exc).splitlines()[0]}") from None
 
 
 def _as_given(layered: Layered, key: str) -> Any:
@@ -291,17 +269,7 @@ def _check_exists(file: str, where: str, key: str) -> None:
 
 
 def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
-    """Rules that span sections."""
-    if raw["job_type"] not in JOB_TYPES:
-        raise ConfigError(f"{layered.where('job_type')}: job_type {raw['job_type']!r} is not one of {JOB_TYPES}")
-    if raw["train"]["precision"] not in PRECISIONS:
-        raise ConfigError(
-            f"{layered.where('train.precision')}: train.precision {raw['train']['precision']!r} is not one of {PRECISIONS}"
-        )
-    if raw["finetune"]["interpolation"] not in ("bicubic", "bilinear"):
-        raise ConfigError(f"{layered.where('finetune.interpolation')}: finetune.interpolation is bicubic or bilinear")
-    if raw["sched"]["step_on"] not in STEP_ON:
-        raise ConfigError(f"{layered.where('sched.step_on')}: sched.step_on is one of {STEP_ON}")
+    """Rules that span sections (values out of their declared bounds or choices were refused before)."""
     if model_img_size(raw["model"]) is None:
         raise ConfigError(
             f"{layered.where('model.img_size')}: model {raw['model']['name']!r} has no default resolution: set model.img_size"
@@ -312,15 +280,8 @@ def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
             f"{layered.where('model.img_size')}: model.img_size={size} is not a multiple of model "
             f"{raw['model']['name']!r}'s patch size {patch}; try {max(1, round(size / patch)) * patch}"
         )
-    check_timm_names(raw, layered.where)
-    check_optimizer_betas(raw["optim"], layered.where)
+    check_optimizer(raw["optim"], layered.where)
     check_warmup(raw, layered.where)
-    _check_optimizer_implementation(raw["optim"], layered.where("optim.implementation"))
-    if raw["train"]["compile_mode"] not in COMPILE_MODES:
-        raise ConfigError(
-            f"{layered.where('train.compile_mode')}: train.compile_mode {raw['train']['compile_mode']!r} is not one of "
-            f"{', '.join(COMPILE_MODES)}"
-        )
     check_resources(raw, layered.where)
 
 
@@ -332,27 +293,6 @@ def _check_components(raw: dict[str, Any], layered: Layered, check_files: bool) 
                 spec.registry.check(CheckContext(raw[key]["name"], raw, check_files))
             except Invalid as exc:
                 raise ConfigError(f"{layered.where(exc.key)}: {exc.message}") from None
-
-
-def _check_optimizer_implementation(optim: dict[str, Any], where: str) -> None:
-    """``optim.implementation`` must be one the optimizer's class takes (torch's Adam, AdamW and SGD take both)."""
-    choice = optim["implementation"]
-    if choice not in OPTIMIZER_IMPLEMENTATIONS:
-        raise ConfigError(f"{where}: optim.implementation {choice!r} is not one of {', '.join(OPTIMIZER_IMPLEMENTATIONS)}")
-    if choice == "auto":
-        return
-    import timm.optim
-
-    try:  # the class timm's create_optimizer_v2 builds for this name
-        opt_class: Any = timm.optim.get_optimizer_class(optim["name"].lower().split("_")[-1], bind_defaults=False)  # type: ignore[attr-defined]
-    except (KeyError, ValueError):
-        return  # an unknown optimizer name is timm's error to report when the optimizer is built
-    keyword = "foreach" if choice == "for_loop" else choice
-    if keyword not in inspect.signature(opt_class).parameters:
-        raise ConfigError(
-            f"{where}: optim.implementation={choice!r}: optimizer {optim['name']!r} ({opt_class.__name__}) has no "
-            f"{keyword} implementation; use auto, or optim.name adamw, adam or sgd"
-        )
 
 
 def with_differences(runs: list[Run], baseline: str | None) -> list[Run]:

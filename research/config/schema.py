@@ -5,8 +5,9 @@ Sections that pick a registered component (``model``, ``teacher``, ``loss``, ``d
 builder's signature by :mod:`research.config.components`, not listed here. Defaults of the fixed
 sections are the paper's ImageNet recipe (DeiT, Touvron et al. 2021, Table 9 and section 6).
 
-Numbers declare their bounds in their annotation (``epochs: Annotated[int, Range(ge=1)]``); the loader
-checks every one when an experiment loads (:mod:`research.config.checks`), before anything is written.
+Numbers declare their bounds in their annotation (``epochs: Annotated[int, Range(ge=1)]``), settings
+their choices (``step_on: Annotated[str, OneOf("epoch", "step")]``); the loader checks every one when an
+experiment loads (:mod:`research.config.checks`), before anything is written.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Any, Dict, List, Optional
 
-from research.registry import Range
+from research.registry import OneOf, Range
 
 # OmegaConf needs typing.Dict/List/Optional, not PEP 604/585 forms, in structured configs.
 
@@ -33,8 +34,8 @@ class LoaderCfg:
     eval_batch_size: Annotated[Optional[int], COUNT] = None
     workers: Annotated[int, Range(ge=0, hint="DataLoader worker processes; 0 = load in the main process")] = 8
     pin_memory: bool = True
-    # Run the whole recipe (crop, flip, RandAugment / AutoAugment, color jitter, random erasing, cutout;
-    # mixup runs in the loop either way) on whole uint8 batches on the training device, each image
+    # Run the whole recipe (crop, flip, RandAugment / AutoAugment, color jitter, grayscale, random erasing,
+    # cutout; mixup runs in the loop either way) on whole uint8 batches on the training device, each image
     # drawing its own parameters, instead of image by image in PIL: for in-memory datasets.
     batch_augment: bool = False
     # On one process, repeated augmentation puts an image's copies in the same batch. false: sample
@@ -67,7 +68,7 @@ class OptimCfg:
     # torch's kernel for the update: auto (fused on CUDA where the optimizer has it, else torch's
     # choice), foreach (one multi-tensor kernel per op), fused (one kernel for the whole update;
     # Adam/AdamW/SGD, CUDA and CPU), for_loop
-    implementation: str = "auto"
+    implementation: Annotated[str, OneOf("auto", "foreach", "fused", "for_loop")] = "auto"
     # airbench's Lookahead (research/engine/lookahead.py): sync slow weights every N steps (0 = off),
     # their decay rising as (progress)^3 to lookahead_max_decay (airbench: every 5, 0.95^5 = 0.774)
     lookahead_every: Annotated[int, Range(ge=0, hint="a number of steps; 0 = off, airbench: 5")] = 0
@@ -83,8 +84,11 @@ class SchedCfg:
     ``step_on: step`` moves it every optimizer update (smooth warm-up; short runs).
     """
 
-    name: str = "cosine"
-    step_on: str = "epoch"  # epoch | step
+    name: Annotated[str, OneOf(  # timm's create_scheduler_v2 names, less one
+        "cosine", "tanh", "step", "constant", "multistep", "poly", "wsd", "rsqrt",
+        hint="timm's schedules; plateau is not supported: it needs a validation metric at every step",
+    )] = "cosine"
+    step_on: Annotated[str, OneOf("epoch", "step")] = "epoch"
     warmup_epochs: Annotated[float, NON_NEGATIVE] = 5.0
     warmup_lr: Annotated[float, NON_NEGATIVE] = 1e-6
     min_lr: Annotated[float, NON_NEGATIVE] = 1e-5
@@ -106,7 +110,7 @@ class TrainCfg:
     # timm's ModelEmaV3.update(step=s) copies the weights on the first two updates; false decays from
     # the first update, as timm's ModelEma in the reference does
     ema_copy_first: bool = False
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 only on GPU)
+    precision: Annotated[str, OneOf("fp32", "bf16", "fp16")] = "fp32"  # autocast; fp16 only on GPU
     # Keep the teacher's weights in fp32 under the run's autocast, as the reference does; false casts
     # them (BatchNorm included) to the autocast dtype once, so no step casts them again
     teacher_fp32: bool = False
@@ -116,8 +120,8 @@ class TrainCfg:
     # torch.compile the step's device work: the batch's mixing, the student's forward and the loss
     # with the teacher's forward, and their backward (CPU and CUDA; research/engine/fit.py)
     compile: bool = False
-    # torch.compile's mode: default, reduce-overhead (CUDA graphs of the compiled step), max-autotune
-    compile_mode: str = "default"
+    # torch.compile's mode; reduce-overhead: CUDA graphs of the compiled step
+    compile_mode: Annotated[str, OneOf("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")] = "default"
     channels_last: bool = False
     # also checkpoint every N steps inside an epoch (0 = per epoch only)
     checkpoint_every_steps: Annotated[int, NON_NEGATIVE] = 0
@@ -144,7 +148,7 @@ class FinetuneCfg:
 
     checkpoint: Optional[str] = None
     from_experiment: Optional[str] = None  # an experiment file whose finished run provides the checkpoint
-    interpolation: str = "bicubic"  # position-embedding interpolation: bicubic | bilinear
+    interpolation: Annotated[str, OneOf("bicubic", "bilinear")] = "bicubic"  # of the position embeddings
 
 
 @dataclass
@@ -202,7 +206,7 @@ class ExperimentCfg:
 
     name: str = ""  # default: the file name without .yaml
     description: str = ""
-    job_type: str = "train"  # train | teacher | finetune | eval (W&B job_type)
+    job_type: Annotated[str, OneOf("train", "teacher", "finetune", "eval")] = "train"  # W&B job_type
     plugins: List[str] = field(default_factory=list)
     seed: Annotated[int, Range(ge=0, lt=2**32, hint="numpy and the samplers take seeds below 2**32")] = 0
     # Run every variant this many times, run i with seed + i, in <variant run dir>/seed<seed> (1: no seed dir)
@@ -229,10 +233,3 @@ class ExperimentCfg:
 
 #: The sections of launcher backends' own options (``slurm``).
 BACKEND_SECTIONS = tuple(f.name for f in fields(ExperimentCfg) if f.metadata.get("backend"))
-JOB_TYPES = ("train", "teacher", "finetune", "eval")
-STEP_ON = ("epoch", "step")
-# timm's create_scheduler_v2 names, less plateau (it steps on a validation metric the engine does not pass)
-SCHEDULERS = ("cosine", "tanh", "step", "constant", "multistep", "poly", "wsd", "rsqrt")
-PRECISIONS = ("fp32", "bf16", "fp16")
-OPTIMIZER_IMPLEMENTATIONS = ("auto", "foreach", "fused", "for_loop")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

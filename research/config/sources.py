@@ -11,13 +11,14 @@ import copy
 import dataclasses
 import difflib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from research.config.errors import ConfigError
 from research.config.keys import RENAMED, move_renamed, renamed_key
@@ -205,6 +206,37 @@ def _nested(dotted: str, value: Any) -> dict[str, Any]:
 def kind_of(value: Any) -> str:
     """``a mapping``, ``a list`` or ``a value``: what OmegaConf refused to merge, for an error."""
     return "a mapping" if isinstance(value, Mapping) else "a list" if isinstance(value, (list, ListConfig)) else "a value"
+
+
+def typed_merge(schema: DictConfig, config: DictConfig, where: Callable[[str], str], prefix: str = "", owner: str = "") -> DictConfig:
+    """``config`` merged onto a typed ``schema`` (types converted and checked); a key that does not fit is
+    a ConfigError naming ``where`` it was set, the key (after ``prefix``) and the ``owner`` of the schema
+    (``model 'deit_tiny_patch16_224'``; none: the experiment's schema)."""
+    try:
+        merged = OmegaConf.merge(schema, config)
+    except TypeError:  # OmegaConf merges no list into a mapping, nor the other way round
+        key = clashing_key(schema, OmegaConf.to_container(config))
+        its_type = f"its type ({owner})" if owner else "its type in the schema"
+        raise ConfigError(f"{where(prefix + key)}: {prefix}{key}: {kind_of(OmegaConf.select(config, key))} does not fit {its_type}") from None
+    except OmegaConfBaseException as exc:
+        raise _refused(exc, where, prefix, owner) from None
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def plain(config: DictConfig, where: Callable[[str], str], prefix: str = "", owner: str = "") -> dict[str, Any]:
+    """``config`` as plain dicts, ``${...}`` interpolations resolved (``${oc.env:VAR,default}``); one that
+    does not resolve is a ConfigError, as in :func:`typed_merge`."""
+    try:
+        return cast(dict[str, Any], OmegaConf.to_container(config, resolve=True))
+    except OmegaConfBaseException as exc:
+        raise _refused(exc, where, prefix, owner) from None
+
+
+def _refused(exc: OmegaConfBaseException, where: Callable[[str], str], prefix: str, owner: str) -> ConfigError:
+    key = prefix + (getattr(exc, "full_key", "") or "")
+    message = str(exc).splitlines()[0]
+    return ConfigError(f"{where(key)}: {key}: {message} ({owner})" if owner else f"{where(key)}: {key}: {message}")
 
 
 def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], str | None]:

@@ -59,14 +59,13 @@ def build_base_criterion(*, mixup_active: bool, label_smoothing: float) -> nn.Mo
     Args:
         mixup_active: Whether mixup or cutmix produce soft targets. timm's ``Mixup`` already folds
             label smoothing into those targets, so the criterion is then a plain soft-target CE.
-        label_smoothing: Smoothing for hard targets; 0 disables it. Ignored when ``mixup_active``.
+        label_smoothing: Smoothing for hard targets, in [0, 1) (``train.label_smoothing`` declares the
+            bound); 0 disables it. Ignored when ``mixup_active``.
 
     Returns:
         ``SoftTargetCrossEntropy`` with mixup/cutmix, else ``LabelSmoothingCrossEntropy`` when
         ``label_smoothing > 0``, else ``nn.CrossEntropyLoss``.
     """
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if mixup_active:
         return SoftTargetCrossEntropy()
     if label_smoothing > 0.0:

@@ -10,7 +10,7 @@ head and the distillation term trains the distillation head; the two are mixed a
 from __future__ import annotations
 
 import abc
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,6 @@ from research.registry import LOSSES, MODELS, CheckContext, Invalid, LossInfo, R
 __all__ = ["DistillationObjective", "GroundTruthObjective", "HardDistillation", "SoftDistillation"]
 
 KlReduction = Literal["numel", "batchmean"]
-KL_REDUCTIONS: tuple[str, ...] = get_args(KlReduction)
 
 
 class GroundTruthObjective(nn.Module):
@@ -53,8 +52,6 @@ class DistillationObjective(nn.Module, abc.ABC):
 
     def __init__(self, *, base_criterion: nn.Module, teacher: nn.Module, alpha: float) -> None:
         super().__init__()
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha weighs distillation against ground truth and must be in [0, 1], got {alpha}")
         self.base_criterion = base_criterion
         self.teacher = teacher
         self.alpha = alpha
@@ -97,13 +94,9 @@ class SoftDistillation(DistillationObjective):
     """
 
     def __init__(
-        self, *, base_criterion: nn.Module, teacher: nn.Module, alpha: float, tau: float, kl_reduction: str
+        self, *, base_criterion: nn.Module, teacher: nn.Module, alpha: float, tau: float, kl_reduction: KlReduction
     ) -> None:
         super().__init__(base_criterion=base_criterion, teacher=teacher, alpha=alpha)
-        if tau <= 0.0:
-            raise ValueError(f"tau is a softmax temperature and must be > 0, got {tau}")
-        if kl_reduction not in KL_REDUCTIONS:
-            raise ValueError(f"kl_reduction must be one of {', '.join(map(repr, KL_REDUCTIONS))}, got {kl_reduction!r}")
         self.tau = tau
         self.kl_reduction = kl_reduction
 
@@ -133,7 +126,8 @@ def _require_teacher(name: str, teacher: nn.Module | None) -> nn.Module:
     return teacher
 
 
-# The builders' parameter types: the config loader checks ``loss.*`` values against them at load time.
+# The builders' parameter types, their one home: the config loader checks ``loss.*`` values against them at
+# load time, and ``LOSSES.build`` the arguments it is given (the objectives' constructors trust them).
 Alpha = Annotated[float, Range(ge=0, le=1, hint="the weight of the distillation term")]
 Tau = Annotated[float, Range(gt=0, hint="the softmax temperature")]
 

@@ -69,7 +69,7 @@ class VariantResult:
         delta_top1: ``score`` minus that of the baseline run of the same seed, in percentage points; set
             by :func:`with_deltas`.
         changes: the ``differing`` keys whose value is not the baseline's (all of them for the baseline
-            itself): what this variant changes; set by :func:`with_deltas`.
+            itself): what this variant changes, as the experiment's loader found it (``Run.changes``).
     """
 
     experiment: str
@@ -192,6 +192,7 @@ def summarize(
         variant=run.variant,
         run_dir=run.run_dir,
         differing=dict(run.differing),
+        changes=dict(run.changes),
         is_baseline=run.is_baseline,
         status=status,
         epochs=int(summary.get("epochs") or run.cfg.train.epochs),
@@ -219,9 +220,8 @@ def summarize(
 
 
 def with_deltas(results: Sequence[VariantResult]) -> list[VariantResult]:
-    """``results`` compared with their experiment's baseline: ``delta_top1`` (the score minus that of
-    the baseline run of the same seed, or of the first baseline run when no seed matches) and
-    ``changes`` (the keys set differently from the baseline).
+    """``results`` with ``delta_top1``: the score minus that of their experiment's baseline run of the
+    same seed, or of the first baseline run when no seed matches.
 
     A delta needs both numbers, so it stays None while the run or its baseline has no evaluated epoch.
     """
@@ -235,10 +235,7 @@ def with_deltas(results: Sequence[VariantResult]) -> list[VariantResult]:
         baseline = baselines.get((result.experiment, result.seed)) or baselines.get((result.experiment, None))
         reference = baseline.score if baseline is not None else None
         delta = None if result.score is None or reference is None else result.score - reference
-        changes = dict(result.differing)
-        if baseline is not None and baseline is not result:
-            changes = {k: v for k, v in changes.items() if repr(v) != repr(baseline.differing.get(k))}
-        out.append(dataclasses.replace(result, delta_top1=delta, changes=changes))
+        out.append(dataclasses.replace(result, delta_top1=delta))
     return out
 
 
