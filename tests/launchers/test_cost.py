@@ -13,6 +13,7 @@ from scripts import load_script
 
 from research.cli import main as research_main
 from research.config import ConfigError, load_runs
+from research.models.flops import registered_flops
 from research.launch.cost import (
     SHIPPED_TABLE,
     TABLE_ENV,
@@ -88,14 +89,9 @@ def test_missing_eval_rate_gives_a_lower_bound(tmp_path: Path) -> None:
     assert ">=15 s" in text and "evaluation not measured" in text
 
 
-@pytest.mark.parametrize(
-    "change",
-    [{"device": "othergpu"}, {"batch_size": 16}, {"precision": "fp16"}, {"img_size": 64}, {"teacher": "airbench_cifar"}],
-    ids=lambda change: next(iter(change)),
-)
-def test_a_run_without_its_measurement_is_unknown_with_the_command_to_measure_it(tmp_path: Path, change: dict[str, Any]) -> None:
+def test_a_device_without_measurements_is_unknown_with_the_command_to_measure_it(tmp_path: Path) -> None:
     table = tmp_path / "table.csv"
-    record_throughput([{**ROW, **change}], table)
+    record_throughput([{**ROW, "device": "othergpu"}], table)
     (run,) = load_runs(experiment(tmp_path), check_files=False)
     (estimate,) = estimate_runs([run], table=table, config=run.source, overrides=["train.epochs=3"])
     assert not estimate.known and estimate.gpu_hours is None
@@ -106,6 +102,48 @@ def test_a_run_without_its_measurement_is_unknown_with_the_command_to_measure_it
     cells = text.splitlines()[3].split()  # run, device, devices, GPU-h, wall time, rate, note...
     assert cells[:6] == ["costly", "testgpu", "2", "unknown", "unknown", "-"]  # no figure at all
     assert "total: unknown" in text and estimate.command in text
+
+
+@pytest.mark.parametrize(
+    ("change", "scale"),
+    [
+        ({"batch_size": 16}, 1.0),
+        ({"precision": "fp16"}, 1.0),
+        ({"teacher": "airbench_cifar"}, 1.0),
+        ({"img_size": 64}, registered_flops("deit_nano_patch4_32", 64) / registered_flops("deit_nano_patch4_32", 32)),
+        ({"model": "deit_tiny_patch4_32"}, registered_flops("deit_tiny_patch4_32", 32) / registered_flops("deit_nano_patch4_32", 32)),
+    ],
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else "",
+)
+def test_a_run_without_its_row_is_scaled_from_the_nearest_row_on_its_device_by_flops(
+    tmp_path: Path, change: dict[str, Any], scale: float
+) -> None:
+    table = tmp_path / "table.csv"
+    record_throughput([{**ROW, **change}, {**ROW, **change, "device": "othergpu", "train_img_s": 1.0}], table)
+    (run,) = load_runs(experiment(tmp_path), check_files=False)
+    (estimate,) = estimate_runs([run], table=table, config=run.source)
+    assert estimate.scaled and estimate.row is not None and estimate.row.device == "testgpu"
+    assert estimate.scale == pytest.approx(scale) and (scale == 1.0 or scale > 1.5)  # a bigger model: more FLOPs per image
+    assert estimate.train_s == pytest.approx(15.0 / scale) and estimate.eval_s == pytest.approx(5.0 / scale)
+    text = format_estimates([estimate])
+    cells = text.splitlines()[3].split()
+    assert cells[:4] == ["costly", "testgpu", "2", f"~{2 * 20 / scale / 3600:.3g}"] and "total over 1 run: ~" in text
+    assert f"scaled from {estimate.row.model} {estimate.row.img_size}px batch {estimate.row.batch_size}" in text
+    assert "~ scaled: no row of the run's own key" in text and estimate.command in text  # and how to measure its own
+
+
+def test_the_nearest_row_shares_the_teacher_then_the_precision_then_the_flops(tmp_path: Path) -> None:
+    rows = [
+        {**ROW, "model": "deit_micro_patch4_32", "precision": "fp32", "train_img_s": 1.0},
+        {**ROW, "model": "deit_micro_patch4_32", "teacher": "airbench_cifar", "train_img_s": 2.0},
+        {**ROW, "model": "deit_tiny_patch4_32", "train_img_s": 3.0},
+        {**ROW, "model": "deit_micro_patch4_32", "batch_size": 64, "train_img_s": 4.0},
+    ]
+    (run,) = load_runs(experiment(tmp_path), check_files=False)
+    table = [Throughput.from_mapping(row) for row in rows]
+    assert estimate_run(run, table).row.train_img_s == 4.0  # no teacher, bf16, micro (closer to nano than tiny)
+    assert estimate_run(run, table[:3]).row.train_img_s == 3.0  # the same precision before closer FLOPs
+    assert estimate_run(run, table[:2]).row.train_img_s == 1.0  # no teacher before the same precision
 
 
 def test_no_target_device_says_how_to_name_one(tmp_path: Path) -> None:
