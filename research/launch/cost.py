@@ -265,18 +265,14 @@ class Estimate:
 def dataset_sizes(cfg: ExperimentCfg, *, count_files: bool = True) -> tuple[int, int, int] | str:
     """``(train images, val images, classes)`` of a run, or why they are unknown here.
 
-    Each comes from the ``data:`` key that states it (:attr:`DatasetInfo.keys`, or that key's default in
-    the builder), else the dataset's info record; images in class folders are counted on disk where
-    neither says (one directory listing per class), so the estimate then needs the data where it is
-    made; ``count_files=False`` leaves them unknown instead (ImageNet's listing takes a while on a
-    shared file system). ``loader.limit_train`` / ``limit_val`` cap the sizes.
+    Each comes from the ``data:`` key that states it (:attr:`DatasetInfo.keys`), else the dataset's info
+    record; images in class folders are counted on disk where neither says (one listing per class), so
+    the estimate then needs the data where it is made; ``count_files=False`` leaves them unknown instead
+    (ImageNet's listing takes a while on a shared file system). ``loader.limit_train`` / ``limit_val`` cap them.
     """
-    data, info = cfg.data, DATASETS.info(cfg.data["name"])
-    defaults = DATASETS.signature(data["name"]).parameters
+    data, info = cfg.data, DATASETS.info(cfg.data["name"])  # the section holds every default of its builder
     facts = (info.train_size, info.val_size, info.num_classes)
-    train, val, classes = (
-        data.get(key, defaults[key].default if key in defaults else None) or fact for key, fact in zip(info.keys, facts)
-    )
+    train, val, classes = (data.get(key) or fact for key, fact in zip(info.keys, facts))
     if train is None or val is None or classes is None:
         root = Path(str(data.get("root", ""))).expanduser()
         if not info.folders:
@@ -341,7 +337,7 @@ def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = 
     if not target:
         names = ", ".join(sorted({row.device for row in table})) or "none"
         return Estimate(run, None, devices, reason=f"no target device: set slurm.gpu_type or pass --device (the table has: {names})")
-    command = measure_command.format(device=shlex.quote(target))
+    command = measure_command.replace("{device}", shlex.quote(target))  # not format(): overrides may hold braces
     sizes = dataset_sizes(cfg)
     if isinstance(sizes, str):
         return Estimate(run, target, devices, reason=sizes)
