@@ -1,10 +1,11 @@
 """FLOPs per image, and the two ceilings a step is compared with: the measured matmul rate and the
 card's dense peak from its data sheet (model FLOPs utilisation, MFU).
 
-FLOPs are counted by the package's counter (:mod:`research.models.flops`) on the CPU, in eval mode:
+FLOPs are counted with the package's counter (:mod:`research.models.flops`) on the CPU, in eval mode:
 the count of a model is a property of its shapes, not of the device, and counting it once, the same
-way, keeps the MFU of every device comparable. :func:`flops_by_device` counts it again on the GPU, in training mode and at a
-larger batch, so a counter that disagrees across devices shows up in the results instead of in the MFU.
+way, keeps the MFU of every device comparable. :func:`flops_by_device` counts it again on the GPU, in
+training mode and at a larger batch, so a counter that disagrees across devices shows up in the
+results instead of in the MFU.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from research.models.flops import forward_flops, model_flops
-
-__all__ = ["SPEC_PEAK_TFLOPS", "flops_by_device", "forward_flops", "matmul_block", "model_flops", "spec_peak_tflops"]
+from research.models.flops import forward_flops
 
 #: Dense (no sparsity) tensor-core peaks in TFLOP/s from NVIDIA's data sheets, by precision; "fp32"
 #: is the plain FP32 rate (no TF32), which torch's matmuls use unless TF32 is switched on. The first
@@ -58,6 +57,12 @@ def matmul_block(dtype: torch.dtype, *, size: int, device: torch.device) -> tupl
             torch.mm(a, b)
 
     return block, calls * 2.0 * size**3
+
+
+def model_flops(model: nn.Module, img_size: int) -> float:
+    """Forward FLOPs per image of ``model``, counted on a CPU copy in eval mode at batch 2."""
+    probe = copy.deepcopy(model).float().cpu().eval()
+    return forward_flops(probe, torch.randn(2, 3, img_size, img_size))
 
 
 def flops_by_device(model: nn.Module, img_size: int, device: torch.device, *, batch: int = 8) -> dict[str, float]:

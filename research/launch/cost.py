@@ -15,21 +15,19 @@ with ``views`` the test-time augmentation's forward passes per image (2 with ``t
 x3 with ``train.eval_translate``; x2 again with ``train.ema``), and GPU-hours = devices x wall time.
 Scaling over devices is taken as linear (no communication cost), and start-up, checkpoints and the
 teacher's one check of the val set are not counted. A run whose key has no row is priced from the
-nearest row measured on the same device, its rates scaled by the ratio of the two models' FLOPs per
-image (:mod:`research.models.flops`), and marked ``~`` with the row it comes from and the command
-that measures its own (``research throughput``); on a device without rows it is "unknown". A row
-without an eval rate makes the estimate a lower bound, printed with ``>=``.
+nearest row on its device, scaled by FLOPs per image (:func:`nearest_row`) and marked ``~``; on a
+device without rows it is "unknown". Both come with the command that measures the run's own row
+(``research throughput``). A row without an eval rate makes the estimate a lower bound (``>=``).
 
-The train and val images are the ``data:`` section's declared sizes, else its dataset's known ones
-(:class:`research.registry.DatasetInfo`), else counted in its class folders where they are mounted.
 The target device is ``slurm.gpu_type`` (which also asks SLURM for that GPU type), or the
-``--device`` option of ``research expand`` and ``launchers/slurm.py --dry-run``; with neither, every
-device in the table.
+``--device`` of ``research expand`` and ``launchers/slurm.py --dry-run``; with neither, every device
+in the table.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 import os
@@ -65,7 +63,6 @@ __all__ = [
 SHIPPED_TABLE = Path(__file__).with_name("throughput.csv")  # read-only: rows measured for the package
 USER_TABLE = Path("~/.cache/research/throughput.csv")  # where `research throughput` records, by default
 TABLE_ENV = "RESEARCH_THROUGHPUT_TABLE"
-KEY = ("model", "img_size", "batch_size", "precision", "device", "teacher")
 
 
 @dataclass(frozen=True)
@@ -243,11 +240,8 @@ class Estimate:
     row: Throughput | None = None
     reason: str = ""  # why unknown, or what the figure leaves out
     command: str = ""  # the command that measures the missing row
-    scale: float = 1.0  # the row's rates times this (FLOPs per image, its model's over the run's); 1: the run's own row
-
-    @property
-    def scaled(self) -> bool:
-        return self.row is not None and self.row.key != run_key(self.run.cfg, self.row.device)
+    scaled: bool = False  # the row is another key's: its rates times ``scale``, its FLOPs per image over the run's
+    scale: float = 1.0
 
     @property
     def known(self) -> bool:
@@ -345,48 +339,45 @@ def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = 
     key = run_key(cfg, target)
     row, scale = nearest_row(table, key)
     if row is None:
-        return Estimate(run, target, devices, train_images, reason=f"no measurement of {describe(key)}", command=command)
+        described = f"{key[0]} {key[1]}px batch {key[2]} {key[3]} on {target}" + (f" with teacher {key[5]}" if key[5] else "")
+        return Estimate(run, target, devices, train_images, reason=f"no measurement of {described}", command=command)
     train_s = cfg.train.epochs * train_images / (devices * row.train_img_s * scale)
     eval_images = evaluations(cfg) * val_images * evaluation_views(cfg)
     eval_s = None if row.eval_img_s is None else eval_images / (devices * row.eval_img_s * scale)
-    notes = [f"scaled from {describe(row.key[:4] + ('', row.teacher))} by FLOPs (x{scale:.3g})"] if row.key != key else []
+    source = f"{row.model} {row.img_size}px batch {row.batch_size} {row.precision}" + (f" with teacher {row.teacher}" if row.teacher else "")
+    notes = [f"scaled from {source} by FLOPs (x{scale:.3g})"] if row.key != key else []
     notes += [] if eval_s is not None else ["evaluation not measured: training only, a lower bound"]
-    return Estimate(run, target, devices, train_images, train_s, eval_s, row, "; ".join(notes), command, scale)
+    return Estimate(run, target, devices, train_images, train_s, eval_s, row, "; ".join(notes), command, row.key != key, scale)
 
 
 def nearest_row(table: Sequence[Throughput], key: tuple[Any, ...]) -> tuple[Throughput | None, float]:
-    """The row of ``key``, else the row measured on its device nearest to it (the same teacher, then the
-    same precision, then the closest FLOPs per image, then batch), with the factor that scales the row's
-    rates to ``key``'s model: the row's FLOPs per image over the run's. ``(None, 1.0)``: no row to use."""
+    """The row of ``key``, else the nearest row measured on its device (the same teacher, then precision,
+    then the closest FLOPs per image, then batch) and the factor that scales its rates to ``key``'s
+    model: its FLOPs per image over the run's. ``(None, 1.0)``: no row to use."""
     exact = next((row for row in table if row.key == key), None)
-    flops = _flops(key[0], key[1]) if exact is None else None
-    counted = [(row, _flops(row.model, row.img_size)) for row in table if flops and row.device.lower() == key[4]]
-    counted = [(row, row_flops) for row, row_flops in counted if row_flops]
-    if not counted or not flops:
+    flops = None if exact else _flops(key[0], key[1])
+    on_device = [row for row in table if flops and row.device.lower() == key[4] and _flops(row.model, row.img_size)]
+    if not flops or not on_device:
         return exact, 1.0
 
-    def distance(pair: tuple[Throughput, float]) -> tuple[Any, ...]:
-        row, row_flops = pair
-        return (row.teacher != key[5], row.precision != key[3], abs(math.log(row_flops / flops)), abs(math.log(row.batch_size / key[2])))
+    def distance(row: Throughput) -> tuple[Any, ...]:
+        ratio = _flops(row.model, row.img_size) / flops  # type: ignore[operator]
+        return (row.teacher != key[5], row.precision != key[3], abs(math.log(ratio)), abs(math.log(row.batch_size / key[2])))
 
-    row, row_flops = min(counted, key=distance)
-    return row, row_flops / flops
+    row = min(on_device, key=distance)
+    return row, _flops(row.model, row.img_size) / flops  # type: ignore[operator]
 
 
+@functools.cache
 def _flops(model: str, img_size: int) -> float | None:
-    """Forward FLOPs per image of a registered model; None where it cannot be counted (a plugin's builder
-    that takes no ``img_size`` or does not build on the meta device)."""
+    """Forward FLOPs per image of a registered model, counted once per (model, size); None where it
+    cannot be counted (a plugin's builder that takes no ``img_size`` or does not build on the meta device)."""
     from research.models.flops import registered_flops  # torch's counter: only when a row is missing
 
     try:
         return registered_flops(model, img_size) if model in MODELS else None
     except (TypeError, ValueError, RuntimeError, NotImplementedError):
         return None
-
-
-def describe(key: tuple[Any, ...]) -> str:
-    """A table key in words: ``deit_small_patch16_224 224px batch 256 bf16 on h200 with teacher ...``."""
-    return f"{key[0]} {key[1]}px batch {key[2]} {key[3]}" + (f" on {key[4]}" if key[4] else "") + (f" with teacher {key[5]}" if key[5] else "")
 
 
 def inference_rate(run: Run, table: str | Path | None = None) -> float | None:
@@ -428,7 +419,8 @@ def estimate_runs(
         if table is not None or os.environ.get(TABLE_ENV):
             words += ["--throughput-table", str(table_path(table))]
         command = " ".join(shlex.quote(word) if word != "{device}" else word for word in words)
-        targets = [device or target_device(run.cfg)] if device or target_device(run.cfg) else all_devices or [None]
+        chosen = device or target_device(run.cfg)
+        targets: Sequence[str | None] = [chosen] if chosen else all_devices or [None]
         estimates += [estimate_run(run, rows, device=target, measure_command=command) for target in targets]
     return sorted(estimates, key=lambda e: all_devices.index(e.device) if e.device in all_devices else -1)
 

@@ -1,15 +1,12 @@
 """FLOPs per image of a model, counted by ``torch.utils.flop_counter`` from its forward pass.
 
 A count is a property of the shapes, not of the device: :func:`registered_flops` builds a registered
-model on the meta device (no memory, no initialisation, no data), which is how the cost estimate
-scales a measured rate to a model it has no row for; the benchmark counts a built model with
-:func:`model_flops` for its MFU.
+model on the meta device (no memory, no data), which is how the cost estimate scales a measured rate
+to a model it has no row for; the benchmark counts built models with :func:`forward_flops` for its MFU.
 """
 
 from __future__ import annotations
 
-import copy
-import functools
 from typing import Any
 
 import torch
@@ -18,7 +15,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from research.registry import MODELS
 
-__all__ = ["forward_flops", "model_flops", "registered_flops"]
+__all__ = ["forward_flops", "registered_flops"]
 
 
 def _sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
@@ -39,16 +36,9 @@ def forward_flops(model: nn.Module, images: torch.Tensor) -> float:
     return counter.get_total_flops() / images.shape[0]
 
 
-def model_flops(model: nn.Module, img_size: int) -> float:
-    """Forward FLOPs per image of ``model``, counted on a CPU copy in eval mode at batch 2."""
-    probe = copy.deepcopy(model).float().cpu().eval()
-    return forward_flops(probe, torch.randn(2, 3, img_size, img_size))
-
-
-@functools.cache
 def registered_flops(name: str, img_size: int, num_classes: int = 1000) -> float:
     """Forward FLOPs per image of the ``MODELS`` entry ``name`` at ``img_size``, in eval mode, counted
-    on the meta device (the same count as :func:`model_flops`, in a fraction of a second even for DeiT-B)."""
+    on the meta device (the count of the built model, in a fraction of a second even for DeiT-B)."""
     with torch.device("meta"):
         model = MODELS.build(name, num_classes=num_classes, img_size=img_size).eval()
         return forward_flops(model, torch.empty(2, 3, img_size, img_size))

@@ -19,6 +19,7 @@ from speed.settings import Settings, parse_args
 from speed.steps import bench_experiment
 
 from research.engine.fit import seed_step, train_step
+from research.models.flops import registered_flops
 from research.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +54,7 @@ def test_flop_counts_by_device_on_a_cpu_are_the_eval_count() -> None:
     model = MODELS.build("deit_nano_patch4_32", num_classes=10)
     counts = flops_by_device(model, 32, torch.device("cpu"))
     assert list(counts) == ["cpu_eval"] and counts["cpu_eval"] == pytest.approx(model_flops(model, 32))
+    assert counts["cpu_eval"] == pytest.approx(registered_flops("deit_nano_patch4_32", 32, num_classes=10))  # the package's count
     assert model.training  # counted on a copy: the caller's model keeps its mode
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from research.models.flops import forward_flops, model_flops, registered_flops
+from research.models.flops import forward_flops, registered_flops
 from research.registry import MODELS
 
 
@@ -31,10 +31,10 @@ def _vit_forward_gflops(width: int, depth: int, tokens: int, patches: int, patch
     [("deit_tiny_patch16_224", 192, 2.51), ("deit_small_patch16_224", 384, 9.20)],
 )
 def test_flops_of_deit_at_224_match_their_shapes(name: str, width: int, expected: float) -> None:
-    """The counts that MFU divides by: the paper's DeiT-Ti / DeiT-S at 224 (1000 classes), the same
-    in eval and training mode and at any batch, and equal to the shapes' arithmetic."""
+    """The counts that MFU and the cost estimate divide by: the paper's DeiT-Ti / DeiT-S at 224 (1000
+    classes), the same in eval and training mode and at any batch, and equal to the shapes' arithmetic."""
     model = MODELS.build(name, num_classes=1000)
-    counted = model_flops(model, 224) / 1e9
+    counted = registered_flops(name, 224) / 1e9  # on the meta device
     assert counted == pytest.approx(_vit_forward_gflops(width, 12, 197, 196, 16, 1000), rel=0.005)
     assert counted == pytest.approx(expected, abs=0.01)
     at_batch_8_training = forward_flops(model.train(), torch.randn(8, 3, 224, 224)) / 1e9
@@ -43,6 +43,6 @@ def test_flops_of_deit_at_224_match_their_shapes(name: str, width: int, expected
 
 @pytest.mark.parametrize(("name", "img_size"), [("deit_nano_patch4_32", 32), ("airbench_cifar", 32), ("deit_tiny_patch16_224", 64)])
 def test_a_registered_model_is_counted_on_the_meta_device_as_on_the_cpu(name: str, img_size: int) -> None:
-    built = MODELS.build(name, num_classes=1000, img_size=img_size)
-    assert registered_flops(name, img_size) == pytest.approx(model_flops(built, img_size), rel=1e-9)
+    built = MODELS.build(name, num_classes=1000, img_size=img_size).eval()
+    assert registered_flops(name, img_size) == pytest.approx(forward_flops(built, torch.randn(2, 3, img_size, img_size)), rel=1e-9)
     assert registered_flops(name, img_size) > 0
