@@ -388,7 +388,7 @@ def inference_rate(run: Run, table: str | Path | None = None) -> float | None:
     if not target:
         return None
     key = run_key(run.cfg, target)
-    row = next((row for row in read_table(table) if row.key == key), None)
+    row = next((row for row in read_tables(table) if row.key == key), None)
     return None if row is None else row.eval_img_s
 
 

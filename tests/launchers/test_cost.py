@@ -325,6 +325,7 @@ def test_inference_rate_is_the_measured_eval_rate_of_the_runs_row(experiment, tm
     assert inference_rate(run, table) == 3000.0  # inference, not the training rate
     assert inference_rate(load_run(experiment("untimed", slurm={"gpu_type": "a100"})), table) is None
     assert inference_rate(load_run(experiment("nowhere")), table) is None  # no gpu_type: no device to read
+    assert inference_rate(run) is None  # no table named: the user's (none yet, own HOME), then the shipped; it raised a TypeError
 
 
 def test_a_loss_that_does_not_distil_is_priced_without_its_teacher(tmp_path: Path, plain_loss: str) -> None:
