@@ -449,17 +449,8 @@ def format_estimates(estimates: Sequence[Estimate], *, table: str | Path | None 
             ref = sources.setdefault(f"{row.source} ({row.measured}; {row.scope} scope)", len(sources) + 1)
             basis = f"{'~' if estimate.scaled else ''}{row.train_img_s * estimate.scale:,.0f} img/s {row.scope} [{ref}]"
         bound = ("~" if estimate.scaled else "") + (">=" if estimate.known and estimate.eval_s is None else "")
-        lines.append(
-            [
-                estimate.run.name,
-                estimate.device or "?",
-                str(estimate.devices),
-                bound + _hours(estimate.gpu_hours) if estimate.known else "unknown",
-                bound + _duration(estimate.wall_s) if estimate.known else "unknown",
-                basis,
-                estimate.reason or "-",
-            ]
-        )
+        hours, wall = (bound + _hours(estimate.gpu_hours), bound + _duration(estimate.wall_s)) if estimate.known else ("unknown",) * 2
+        lines.append([estimate.run.name, estimate.device or "?", str(estimate.devices), hours, wall, basis, estimate.reason or "-"])
     out = [
         f"cost estimate (throughput tables: {table_path(table)}, then {display_path(SHIPPED_TABLE)})",
         text_table(["run", "device", "devices", "GPU-h", "wall time", "rate", "note"], lines),
