@@ -1,4 +1,4 @@
-"""The cost estimate before submitting (research/launch/cost.py): arithmetic, unknowns, the table file."""
+"""The cost estimate before submitting (research/launch/cost.py): arithmetic, sizes, FLOP scaling, unknowns, the table file."""
 
 from __future__ import annotations
 
