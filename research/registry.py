@@ -8,10 +8,10 @@ Names are explicit strings (never ``fn.__name__``): renaming a function must not
 A duplicate name raises at registration and names both places; an unknown name raises
 :class:`RegistryError` (a ``KeyError``) listing the closest known names.
 
-Each registry has a typed info record (:class:`ModelInfo`, :class:`TeacherInfo`, :class:`LossInfo`)
-describing an entry without building it, and optional checks: functions the config loader calls on
-every run that picks an entry of the kind (:meth:`Registry.add_check`), so rules about a component
-live beside it and the loader knows no kind.
+Each registry has a typed info record (:class:`ModelInfo`, :class:`TeacherInfo`, :class:`LossInfo`,
+:class:`DatasetInfo`) describing an entry without building it, and optional checks: functions the
+config loader calls on every run that picks an entry of the kind (:meth:`Registry.add_check`), so
+rules about a component live beside it and the loader knows no kind.
 
 Parameters declare their bounds and choices beside them, in the annotation: :class:`Range`
 (``drop_path_rate: Annotated[float, Range(ge=0, lt=1)] = 0.1``) and :class:`OneOf`
@@ -51,6 +51,7 @@ __all__ = [
     "REGISTRIES",
     "Check",
     "CheckContext",
+    "DatasetInfo",
     "Info",
     "Invalid",
     "LossInfo",
@@ -234,6 +235,24 @@ class LossInfo(Info):
     needs_teacher: bool = False
 
 
+@dataclass(frozen=True)
+class DatasetInfo(Info):
+    """A dataset's sizes known without reading it (None: unknown until declared or counted).
+
+    Attributes:
+        train_size, val_size, num_classes: images per split and classes, as the builder knows them.
+        keys: the ``data:`` keys (builder parameters) that state the same three where the dataset's
+            size is a parameter (``synthetic``'s ``size``) or declared in the experiment (``imagefolder``).
+        folders: the images sit in class folders ``<root>/{train,val}/<class>/``, where they can be counted.
+    """
+
+    train_size: int | None = None
+    val_size: int | None = None
+    num_classes: int | None = None
+    keys: tuple[str, str, str] = ("train_size", "val_size", "num_classes")
+    folders: bool = False
+
+
 InfoT = TypeVar("InfoT", bound=Info)
 
 
@@ -362,7 +381,7 @@ MODELS: Registry[Any, ModelInfo] = Registry("model", ModelInfo)
 TEACHERS: Registry[Any, TeacherInfo] = Registry("teacher", TeacherInfo)
 LOSSES: Registry[Any, LossInfo] = Registry("loss", LossInfo, "losses")
 AUGMENTATIONS: Registry[Any, Info] = Registry("augmentation recipe", Info, section="aug")
-DATASETS: Registry[Any, Info] = Registry("dataset", Info, section="data")
+DATASETS: Registry[Any, DatasetInfo] = Registry("dataset", DatasetInfo, section="data")
 LOGGERS: Registry[Any, Info] = Registry("logger", Info)
 #: Launcher backends (research.launch.backends.Backend); ``resources.backend`` picks one.
 BACKENDS: Registry[Any, Info] = Registry("launcher backend", Info)

@@ -104,3 +104,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line("faults: " + ", ".join(LEDGER.injected))
         if LEDGER.unreached:
             terminalreporter.write_line("fault tests that ended before injecting their fault: " + ", ".join(LEDGER.unreached))
+
+
+@pytest.fixture
+def plain_loss(restore_registries) -> str:
+    """A plugin loss that does not distil (``LossInfo.needs_teacher`` false): the base criterion alone."""
+    from research.losses.distillation import GroundTruthObjective
+    from research.registry import LOSSES, LossInfo
+
+    @LOSSES.register("plain_test_loss", LossInfo(needs_teacher=False))
+    def plain(*, base_criterion: Any, teacher: Any = None) -> GroundTruthObjective:
+        return GroundTruthObjective(base_criterion=base_criterion)
+
+    return "plain_test_loss"

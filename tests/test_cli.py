@@ -16,6 +16,7 @@ import yaml
 import research.config
 from research.cli import EXIT_BAD_INPUT, main
 from research.config import ConfigError
+from research.launch.cost import read_tables
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,9 @@ def test_expand_prints_the_runs(capsys, tmp_path: Path, experiment) -> None:
     assert str(tmp_path / "runs" / "ablate_x" / "mixup=0.8") in lines[3]
     assert "not started" in lines[2]
     assert lines[4] == "2 runs"
-    assert lines[-1].startswith("cost estimate: no target device: set resources.gpu_type or pass --device")
+    # no resources.gpu_type nor --device: priced on every device of the throughput tables, each with its totals
+    devices = sorted({row.device.lower() for row in read_tables()})
+    assert len(devices) > 1 and all(f"on {device}: total over 2 runs: ~" in out for device in devices)
 
 
 def test_expand_shows_what_each_variant_changes_from_the_baseline(capsys, experiment) -> None:

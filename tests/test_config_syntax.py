@@ -17,6 +17,7 @@ conftest = load_script("tests/conftest.py")  # TINY and write_yaml (a `conftest`
 TINY, write_yaml = conftest.TINY, conftest.write_yaml
 
 JPEG = {"name": "cifar10_jpeg", "archive": "data/mine.tar.xz", "in_memory": True}
+UNDECLARED = {"train_size": None, "val_size": None, "num_classes": None}  # imagefolder's sizes: counted, not declared
 
 
 def jpeg_experiment(tmp_path: Path, **sections: Any) -> Path:
@@ -43,7 +44,7 @@ def test_tilde_of_a_key_no_file_sets_is_refused_with_a_did_you_mean(experiment) 
 def test_tilde_then_new_keys_switch_the_dataset(tmp_path: Path) -> None:
     path = jpeg_experiment(tmp_path)
     cfg = load_run(path, ["~data.archive", "~data.in_memory", "data.name=imagefolder", f"data.root={tmp_path}"]).cfg
-    assert cfg.data == {"name": "imagefolder", "root": str(tmp_path)}
+    assert cfg.data == {"name": "imagefolder", "root": str(tmp_path), **UNDECLARED}
 
 
 def test_a_mapping_value_replaces_the_whole_section(tmp_path: Path) -> None:
@@ -51,9 +52,9 @@ def test_a_mapping_value_replaces_the_whole_section(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="dataset 'imagefolder' has no parameter 'archive'"):
         load_run(path, ["data.name=imagefolder"])  # merged: the file's archive stays behind
     cfg = load_run(path, [f"data={{name: imagefolder, root: {tmp_path}}}"]).cfg
-    assert cfg.data == {"name": "imagefolder", "root": str(tmp_path)}
+    assert cfg.data == {"name": "imagefolder", "root": str(tmp_path), **UNDECLARED}
     cfg = load_run(path, ["data.root=/later", "data={name: imagefolder}"]).cfg  # values merge over the replacement
-    assert cfg.data == {"name": "imagefolder", "root": "/later"}
+    assert cfg.data == {"name": "imagefolder", "root": "/later", **UNDECLARED}
 
 
 def test_a_replaced_fixed_section_takes_its_defaults(experiment) -> None:

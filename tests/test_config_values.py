@@ -233,19 +233,6 @@ def test_the_missing_marker_is_refused_not_ignored(tmp_path: Path, experiment) -
 # Issue 24: values that used to be taken without a word, or to fail once the run dir was written.
 
 
-@pytest.fixture
-def plain_loss(restore_registries) -> str:
-    """A plugin loss that does not distil (``LossInfo.needs_teacher`` false): the base criterion alone."""
-    from research.losses.distillation import GroundTruthObjective
-    from research.registry import LOSSES, LossInfo
-
-    @LOSSES.register("plain_test_loss", LossInfo(needs_teacher=False))
-    def plain(*, base_criterion: Any, teacher: Any = None) -> GroundTruthObjective:
-        return GroundTruthObjective(base_criterion=base_criterion)
-
-    return "plain_test_loss"
-
-
 def test_a_loss_without_distillation_trains_no_teacher_and_reads_the_class_head(
     capsys, tmp_path: Path, experiment, plain_loss: str
 ) -> None:

@@ -123,7 +123,7 @@ def test_ablation_expands_on_both_recipes(path: Path, which: str | None) -> None
     assert [run.variant for run in runs] == [run.variant for run in runs_of(path)]
     size = baseline.cfg.model["img_size"]
     assert size == (224 if which is None else 32)
-    assert baseline.cfg.data["name"] == ("imagefolder" if which is None else "cifar10_jpeg")
+    assert baseline.cfg.data["name"] == ("imagenet" if which is None else "cifar10_jpeg")
 
 
 @pytest.mark.parametrize(("name", "count"), sorted(VARIANT_COUNTS.items()))
@@ -226,7 +226,7 @@ def test_imagenet_recipe_is_table_9(size: str) -> None:
 
 def test_imagenet_root_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("IMAGENET_ROOT", raising=False)
-    assert load_fresh("deit_small_imagenet.yaml").cfg.data == {"name": "imagefolder", "root": "/datasets/imagenet"}
+    assert load_fresh("deit_small_imagenet.yaml").cfg.data == {"name": "imagenet", "root": "/datasets/imagenet"}
     monkeypatch.setenv("IMAGENET_ROOT", "/scratch/imagenet")
     assert load_fresh("deit_small_imagenet.yaml").cfg.data["root"] == "/scratch/imagenet"
 

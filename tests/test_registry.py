@@ -220,7 +220,7 @@ def test_global_registries_are_importable_and_listed() -> None:
         (TEACHERS, ["regnety_160", "resnet10_cifar", "timm"]),
         (LOSSES, ["none", "soft", "hard"]),
         (AUGMENTATIONS, ["deit", "cifar", "none"]),
-        (DATASETS, ["cifar10_jpeg", "cifar10", "imagefolder", "synthetic"]),
+        (DATASETS, ["cifar10_jpeg", "cifar10", "imagefolder", "imagenet", "synthetic"]),
         (LOGGERS, ["wandb", "jsonl", "none"]),
     ],
     ids=lambda value: getattr(value, "plural", None),

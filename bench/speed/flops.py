@@ -1,10 +1,11 @@
 """FLOPs per image, and the two ceilings a step is compared with: the measured matmul rate and the
 card's dense peak from its data sheet (model FLOPs utilisation, MFU).
 
-FLOPs are counted with ``torch.utils.flop_counter`` on the CPU, in eval mode: the count of a model is
-a property of its shapes, not of the device, and counting it once, the same way, keeps the MFU of
-every device comparable. :func:`flops_by_device` counts it again on the GPU, in training mode and at a
-larger batch, so a counter that disagrees across devices shows up in the results instead of in the MFU.
+FLOPs are counted with the package's counter (:mod:`research.models.flops`) on the CPU, in eval mode:
+the count of a model is a property of its shapes, not of the device, and counting it once, the same
+way, keeps the MFU of every device comparable. :func:`flops_by_device` counts it again on the GPU, in
+training mode and at a larger batch, so a counter that disagrees across devices shows up in the
+results instead of in the MFU.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from research.models.flops import forward_flops
 
 #: Dense (no sparsity) tensor-core peaks in TFLOP/s from NVIDIA's data sheets, by precision; "fp32"
 #: is the plain FP32 rate (no TF32), which torch's matmuls use unless TF32 is switched on. The first
@@ -55,24 +57,6 @@ def matmul_block(dtype: torch.dtype, *, size: int, device: torch.device) -> tupl
             torch.mm(a, b)
 
     return block, calls * 2.0 * size**3
-
-
-def _sdpa_flops(query_shape: Any, key_shape: Any, value_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-def forward_flops(model: nn.Module, images: torch.Tensor) -> float:
-    """FLOPs of one forward pass per image (matmuls, convolutions, attention), in the model's current
-    mode, on the device ``images`` are on.
-
-    torch's counter knows the GPU attention kernels but not the CPU one timm's ViT reaches through
-    ``F.scaled_dot_product_attention``; it is mapped to the same formula, else attention (5-14% of a
-    DeiT's FLOPs) would be missing.
-    """
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
-    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        model(images)
-    return counter.get_total_flops() / images.shape[0]
 
 
 def model_flops(model: nn.Module, img_size: int) -> float:

@@ -1,8 +1,8 @@
 """Data: datasets, augmentation recipes and samplers.
 
-Importing this package registers the built-in datasets (``imagefolder``, ``cifar10_jpeg``, ``cifar10``,
-``synthetic``) and recipes (``deit``, ``cifar``, ``none``). Images are normalised with timm's ImageNet
-mean and std throughout, as in the reference code (also for CIFAR).
+Importing this package registers the built-in datasets (``imagefolder``, ``imagenet``, ``cifar10_jpeg``,
+``cifar10``, ``synthetic``) and recipes (``deit``, ``cifar``, ``none``). Images are normalised with
+timm's ImageNet mean and std throughout, as in the reference code (also for CIFAR).
 """
 
 from research.data import augment, checks, datasets  # noqa: F401  (registers the built-ins and the recipe check)

@@ -32,9 +32,9 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extensi
 
 from research.data.memory import DataError, InMemoryImageDataset, load_rgb
 from research.files import flock
-from research.registry import DATASETS, Range
+from research.registry import DATASETS, DatasetInfo, Range
 
-__all__ = ["extract_archive_once", "imagefolder", "cifar10_jpeg", "cifar10", "synthetic", "SPLITS"]
+__all__ = ["extract_archive_once", "imagefolder", "imagenet", "cifar10_jpeg", "cifar10", "synthetic", "SPLITS"]
 
 log = logging.getLogger(__name__)
 
@@ -91,23 +91,55 @@ def _image_folder(root: Path, split: str, transform: Transform) -> ImageFolder:
     return ImageFolder(str(split_dir), transform=transform, loader=load_rgb)
 
 
-@DATASETS.register("imagefolder")
-def imagefolder(*, split: str, transform: Transform, root: str = "") -> ImageFolder:
+@DATASETS.register("imagefolder", DatasetInfo(folders=True))
+def imagefolder(
+    *,
+    split: str,
+    transform: Transform,
+    root: str = "",
+    train_size: Annotated[Optional[int], Range(ge=1, hint="images in train/; null = not declared")] = None,
+    val_size: Annotated[Optional[int], Range(ge=1, hint="images in val/; null = not declared")] = None,
+    num_classes: Annotated[Optional[int], Range(ge=1, hint="class folders; null = not declared")] = None,
+) -> ImageFolder:
     """Images in class folders, the layout DeiT reads ImageNet from: ``<root>/<split>/<class>/<image>``.
 
     Args:
         split: ``"train"`` or ``"val"`` (injected by the engine).
         transform: Applied to each PIL image (injected by the engine).
         root: Folder holding ``train/`` and ``val/``; relative to the current directory. Required.
+        train_size, val_size, num_classes: The sizes, declared so that the cost estimate knows them
+            where the folders are not mounted (else it counts them); checked against the folders.
 
     Raises:
-        DataError: missing folders, class folders differing between splits, a class without images.
-            An unreadable image raises when it is loaded, naming the file.
+        DataError: missing folders, class folders differing between splits, a class without images,
+            sizes other than declared. An unreadable image raises when it is loaded, naming the file.
     """
     _check_split(split)
     if not root:
         raise DataError(f"data.root is required by dataset 'imagefolder': the folder laid out as {_LAYOUT}")
-    return _image_folder(_resolve(root), split, transform)
+    folder = _image_folder(_resolve(root), split, transform)
+    said = (f"data.{split}_size", "data.num_classes")
+    images = train_size if split == "train" else val_size
+    return _as_declared(folder, images, num_classes, said=said, fix=f"correct {' or '.join(said)}, or remove them")
+
+
+@DATASETS.register("imagenet", DatasetInfo(train_size=1_281_167, val_size=50_000, num_classes=1000, folders=True))
+def imagenet(*, split: str, transform: Transform, root: str = "") -> ImageFolder:
+    """ImageNet-1k (ILSVRC-2012) in :func:`imagefolder`'s layout, as DeiT trains on it: 1,281,167
+    train and 50,000 val images of 1000 classes. These known sizes price a run where the data is not
+    mounted, and the folders are checked against them (a subset is an ``imagefolder``)."""
+    info = DATASETS.info("imagenet")
+    folder = imagefolder(split=split, transform=transform, root=root)
+    images = info.train_size if split == "train" else info.val_size
+    return _as_declared(folder, images, info.num_classes, said=("ImageNet-1k", "ImageNet-1k"), fix="a subset is data.name=imagefolder")
+
+
+def _as_declared(folder: ImageFolder, images: int | None, classes: int | None, *, said: tuple[str, str], fix: str) -> ImageFolder:
+    """``folder``, checked to hold ``images`` images of ``classes`` classes (None: not said), as the keys ``said`` say."""
+    for found, expected, what, key in ((len(folder), images, "images", said[0]), (len(folder.classes), classes, "classes", said[1])):
+        if expected is not None and found != expected:
+            raise DataError(f"{folder.root} holds {found} {what}, not the {expected} of {key}; {fix}")
+    return folder
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -239,7 +271,7 @@ def _extract(archive: Path, into: Path, name: str) -> dict[str, int]:
     return counts
 
 
-@DATASETS.register("cifar10_jpeg")
+@DATASETS.register("cifar10_jpeg", DatasetInfo(train_size=40_000, val_size=5_000, num_classes=10))
 def cifar10_jpeg(
     *,
     split: str,
@@ -330,6 +362,7 @@ def _check_writable(folder: Path, key: str) -> None:
 
 
 @_ready_check("imagefolder")
+@_ready_check("imagenet")
 def _imagefolder_ready(*, root: str, **_: Any) -> None:
     if not root:
         raise DataError(f"data.root is required by dataset 'imagefolder': the folder laid out as {_LAYOUT}")
@@ -352,7 +385,7 @@ def _cifar10_ready(*, root: str, **_: Any) -> None:
 # CIFAR-10 in torchvision's format
 
 
-@DATASETS.register("cifar10")
+@DATASETS.register("cifar10", DatasetInfo(train_size=50_000, val_size=10_000, num_classes=10))
 def cifar10(*, split: str, transform: Transform, root: str = "") -> CIFAR10:
     """CIFAR-10 from the original python pickles (torchvision's ``CIFAR10``); never downloads.
 
@@ -384,7 +417,7 @@ def cifar10(*, split: str, transform: Transform, root: str = "") -> CIFAR10:
 # Synthetic data for tests
 
 
-@DATASETS.register("synthetic")
+@DATASETS.register("synthetic", DatasetInfo(keys=("size", "size", "num_classes")))
 def synthetic(
     *,
     split: str,

@@ -14,17 +14,21 @@ row wins over a shipped row of the same key. A run's estimate is
 with ``views`` the test-time augmentation's forward passes per image (2 with ``train.eval_hflip``,
 x3 with ``train.eval_translate``; x2 again with ``train.ema``), and GPU-hours = devices x wall time.
 Scaling over devices is taken as linear (no communication cost), and start-up, checkpoints and the
-teacher's one check of the val set are not counted. A run whose key has no row gets no figure: it is
-"unknown", with the command that measures it (``research throughput``). A row without an eval rate
-makes the estimate a lower bound, printed with ``>=``.
+teacher's one check of the val set are not counted. A run whose key has no row is priced from the
+nearest row on its device, scaled by FLOPs per image (:func:`nearest_row`) and marked ``~``; on a
+device without rows it is "unknown". Both come with the command that measures the run's own row
+(``research throughput``). A row without an eval rate makes the estimate a lower bound (``>=``).
 
 The target device is ``resources.gpu_type`` (which also asks the cluster for that GPU type), or the
-``--device`` option of ``research expand`` and ``launchers/slurm.py --dry-run``.
+``--device`` of ``research expand`` and ``launchers/slurm.py --dry-run``; with neither, every device
+in the table.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
+import io
 import math
 import os
 import shlex
@@ -35,6 +39,8 @@ from typing import Any
 
 from research.config import ConfigError, ExperimentCfg, Run
 from research.console import text_table
+from research.files import write_atomic
+from research.registry import DATASETS, MODELS
 
 __all__ = [
     "COLUMNS",
@@ -57,14 +63,6 @@ __all__ = [
 SHIPPED_TABLE = Path(__file__).with_name("throughput.csv")  # read-only: rows measured for the package
 USER_TABLE = Path("~/.cache/research/throughput.csv")  # where `research throughput` records, by default
 TABLE_ENV = "RESEARCH_THROUGHPUT_TABLE"
-KEY = ("model", "img_size", "batch_size", "precision", "device", "teacher")
-
-# Datasets whose sizes are known without reading them: name -> (train, val, classes). ``imagefolder``
-# is counted on disk; ``synthetic`` takes its ``size`` and ``num_classes``.
-KNOWN_DATASETS: dict[str, tuple[int, int, int]] = {
-    "cifar10_jpeg": (40_000, 5_000, 10),  # ../shared/data/cifar10-jpeg.tar.xz
-    "cifar10": (50_000, 10_000, 10),  # torchvision's batches: train / test
-}
 
 
 @dataclass(frozen=True)
@@ -183,14 +181,15 @@ def record_throughput(rows: Iterable[Throughput | Mapping[str, Any]], path: str 
         header = [line for line in file.read_text(encoding="utf-8").splitlines() if line.startswith("#")]
         merged = {row.key: row for row in read_table(file)}
     merged.update({row.key: row for row in new})
+    text = io.StringIO()
+    text.writelines(line + "\n" for line in header)
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for key in sorted(merged, key=lambda k: tuple(str(part) for part in k)):
+        writer.writerow({name: "" if value is None else _csv_number(value) for name, value in asdict(merged[key]).items()})
+    file = file.resolve()  # a symlinked table keeps its link: its target is replaced
     file.parent.mkdir(parents=True, exist_ok=True)
-    with open(file, "w", newline="", encoding="utf-8") as handle:
-        handle.writelines(line + "\n" for line in header)
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        for key in sorted(merged, key=lambda k: tuple(str(part) for part in k)):
-            row = asdict(merged[key])
-            writer.writerow({name: "" if value is None else _csv_number(value) for name, value in row.items()})
+    write_atomic(file, text.getvalue())
     return file
 
 
@@ -229,6 +228,8 @@ class Estimate:
     row: Throughput | None = None
     reason: str = ""  # why unknown, or what the figure leaves out
     command: str = ""  # the command that measures the missing row
+    scaled: bool = False  # the row is another key's: its rates times ``scale``, its FLOPs per image over the run's
+    scale: float = 1.0
 
     @property
     def known(self) -> bool:
@@ -246,33 +247,36 @@ class Estimate:
 def dataset_sizes(cfg: ExperimentCfg, *, count_files: bool = True) -> tuple[int, int, int] | str:
     """``(train images, val images, classes)`` of a run, or why they are unknown here.
 
-    ``loader.limit_train`` / ``limit_val`` cap the sizes; ``imagefolder`` is counted on disk (one
-    directory listing per class), so the estimate needs the data where it is made; ``count_files=False``
-    leaves it unknown instead (ImageNet's listing takes a while on a shared file system).
+    Each comes from the ``data:`` key that states it (:attr:`DatasetInfo.keys`), else the dataset's info
+    record; images in class folders are counted on disk where neither says (one listing per class), so
+    the estimate then needs the data where it is made; ``count_files=False`` leaves them unknown instead
+    (ImageNet's listing takes a while on a shared file system). ``loader.limit_train`` / ``limit_val`` cap them.
     """
-    name, data = cfg.data["name"], cfg.data
-    if name in KNOWN_DATASETS:
-        train, val, classes = KNOWN_DATASETS[name]
-    elif name == "synthetic":
-        train = val = int(data.get("size", 64))
-        classes = int(data.get("num_classes", 10))
-    elif name == "imagefolder" and not count_files:
-        return "dataset size unknown: imagefolder is not counted"
-    elif name == "imagefolder":
+    data, info = cfg.data, DATASETS.info(cfg.data["name"])  # the section holds every default of its builder
+    facts = (info.train_size, info.val_size, info.num_classes)
+    train, val, classes = (data.get(key) or fact for key, fact in zip(info.keys, facts))
+    if train is None or val is None or classes is None:
         root = Path(str(data.get("root", ""))).expanduser()
+        if not info.folders:
+            return f"dataset size unknown for data.name={data['name']}: its info record states none"
+        if not count_files:
+            return f"dataset size unknown: {data['name']} is not counted"
         if not (root / "train").is_dir() or not (root / "val").is_dir():
             return f"dataset size unknown: {root}/train and /val are not on this machine (make the estimate where the data is)"
-        classes = sum(1 for entry in os.scandir(root / "train") if entry.is_dir())
-        train, val = (_count_files(root / split) for split in ("train", "val"))
-    else:
-        return f"dataset size unknown for data.name={name}"
+        classes = classes or sum(1 for entry in os.scandir(root / "train") if entry.is_dir())
+        train, val = train or _count_files(root / "train"), val or _count_files(root / "val")
     train = min(train, cfg.loader.limit_train) if cfg.loader.limit_train else train
     val = min(val, cfg.loader.limit_val) if cfg.loader.limit_val else val
-    return train, val, classes
+    return int(train), int(val), int(classes)
 
 
 def _count_files(folder: Path) -> int:
     return sum(1 for cls in os.scandir(folder) if cls.is_dir() for entry in os.scandir(cls.path) if entry.is_file())
+
+
+def target_device(cfg: ExperimentCfg) -> str | None:
+    """The device a run asks its scheduler for, which prices it when no ``--device`` is given."""
+    return cfg.resources.gpu_type or None
 
 
 def device_count(cfg: ExperimentCfg) -> int:
@@ -300,7 +304,7 @@ def run_key(cfg: ExperimentCfg, device: str) -> tuple[Any, ...]:
 
 
 def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = None, measure_command: str = "") -> Estimate:
-    """The cost of ``run`` on ``device`` (default ``resources.gpu_type``) from ``table``.
+    """The cost of ``run`` on ``device`` (default :func:`target_device`) from ``table``.
 
     Args:
         run: a validated run.
@@ -309,39 +313,69 @@ def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = 
         measure_command: the command that measures this run's row, with ``{device}`` to fill in.
     """
     cfg = run.cfg
-    target = device or cfg.resources.gpu_type
+    target = device or target_device(cfg)
     devices = device_count(cfg)
     if not target:
         names = ", ".join(sorted({row.device for row in table})) or "none"
-        return Estimate(
-            run, None, devices, reason=f"no target device: set resources.gpu_type or pass --device (the table has: {names})"
-        )
-    command = measure_command.format(device=shlex.quote(target))
+        return Estimate(run, None, devices, reason=f"no target device: set resources.gpu_type or pass --device (the table has: {names})")
+    command = measure_command.replace("{device}", shlex.quote(target))  # not format(): overrides may hold braces
     sizes = dataset_sizes(cfg)
     if isinstance(sizes, str):
         return Estimate(run, target, devices, reason=sizes)
     train_images, val_images, _ = sizes
     key = run_key(cfg, target)
-    row = next((row for row in table if row.key == key), None)
+    row, scale = nearest_row(table, key)
     if row is None:
         described = f"{key[0]} {key[1]}px batch {key[2]} {key[3]} on {target}" + (f" with teacher {key[5]}" if key[5] else "")
         return Estimate(run, target, devices, train_images, reason=f"no measurement of {described}", command=command)
-    train_s = cfg.train.epochs * train_images / (devices * row.train_img_s)
+    train_s = cfg.train.epochs * train_images / (devices * row.train_img_s * scale)
     eval_images = evaluations(cfg) * val_images * evaluation_views(cfg)
-    eval_s = None if row.eval_img_s is None else eval_images / (devices * row.eval_img_s)
-    left_out = "" if eval_s is not None else "evaluation not measured: training only, a lower bound"
-    return Estimate(run, target, devices, train_images, train_s, eval_s, row, reason=left_out, command=command)
+    eval_s = None if row.eval_img_s is None else eval_images / (devices * row.eval_img_s * scale)
+    source = f"{row.model} {row.img_size}px batch {row.batch_size} {row.precision}" + (f" with teacher {row.teacher}" if row.teacher else "")
+    notes = [f"scaled from {source} by FLOPs (x{scale:.3g})"] if row.key != key else []
+    notes += [] if eval_s is not None else ["evaluation not measured: training only, a lower bound"]
+    return Estimate(run, target, devices, train_images, train_s, eval_s, row, "; ".join(notes), command, row.key != key, scale)
+
+
+def nearest_row(table: Sequence[Throughput], key: tuple[Any, ...]) -> tuple[Throughput | None, float]:
+    """The row of ``key``, else the nearest row measured on its device (the same teacher, then precision,
+    then the closest FLOPs per image, then batch) and the factor that scales its rates to ``key``'s
+    model: its FLOPs per image over the run's. ``(None, 1.0)``: no row to use."""
+    exact = next((row for row in table if row.key == key), None)
+    flops = None if exact else _flops(key[0], key[1])
+    on_device = [row for row in table if flops and row.device.lower() == key[4] and _flops(row.model, row.img_size)]
+    if not flops or not on_device:
+        return exact, 1.0
+
+    def distance(row: Throughput) -> tuple[Any, ...]:
+        ratio = _flops(row.model, row.img_size) / flops  # type: ignore[operator]
+        return (row.teacher != key[5], row.precision != key[3], abs(math.log(ratio)), abs(math.log(row.batch_size / key[2])))
+
+    row = min(on_device, key=distance)
+    return row, _flops(row.model, row.img_size) / flops  # type: ignore[operator]
+
+
+@functools.cache
+def _flops(model: str, img_size: int) -> float | None:
+    """Forward FLOPs per image of a registered model, counted once per (model, size); None where it
+    cannot be counted (a plugin's builder that takes no ``img_size`` or does not build on the meta device)."""
+    from research.models.flops import registered_flops  # torch's counter: only when a row is missing
+
+    try:
+        return registered_flops(model, img_size) if model in MODELS else None
+    except (TypeError, ValueError, RuntimeError, NotImplementedError):
+        return None
 
 
 def inference_rate(run: Run, table: str | Path | None = None) -> float | None:
     """The inference images/s (``eval_img_s``: no gradients, the eval batch) that ``research throughput``
     measured for ``run``'s row on its ``resources.gpu_type``; None when not measured. ``research report``
     puts it beside the paper's Table 5 throughput, which is inference too."""
-    target = run.cfg.resources.gpu_type
+    target = target_device(run.cfg)
     if not target:
         return None
     key = run_key(run.cfg, target)
-    row = next((row for row in read_table(table) if row.key == key), None)
+    row = next((row for row in read_tables(table) if row.key == key), None)
     return None if row is None else row.eval_img_s
 
 
@@ -353,12 +387,14 @@ def estimate_runs(
     config: str | Path | None = None,
     overrides: Sequence[str] = (),
 ) -> list[Estimate]:
-    """Estimates for ``runs``, each with the ``research throughput`` command that measures its row.
+    """Estimates for ``runs`` on ``device``, else each run's :func:`target_device`, else every device in the
+    table (grouped by device), each with the ``research throughput`` command that measures its row.
 
     ``overrides`` (the command line's) go into the commands of the runs of ``config``, not into those
     of prerequisites from other files (a student's teacher experiment).
     """
     rows = read_tables(table)
+    all_devices = list(dict.fromkeys(sorted(row.device.lower() for row in rows)))  # priced where a run names none
     primary = Path(config).resolve() if config is not None else None
     estimates = []
     for run in runs:
@@ -370,8 +406,10 @@ def estimate_runs(
         if table is not None or os.environ.get(TABLE_ENV):
             words += ["--throughput-table", str(table_path(table))]
         command = " ".join(shlex.quote(word) if word != "{device}" else word for word in words)
-        estimates.append(estimate_run(run, rows, device=device, measure_command=command))
-    return estimates
+        chosen = device or target_device(run.cfg)
+        targets: Sequence[str | None] = [chosen] if chosen else all_devices or [None]
+        estimates += [estimate_run(run, rows, device=target, measure_command=command) for target in targets]
+    return sorted(estimates, key=lambda e: all_devices.index(e.device) if e.device in all_devices else -1)
 
 
 def display_path(path: Path) -> str:
@@ -384,7 +422,7 @@ def display_path(path: Path) -> str:
 
 def format_estimates(estimates: Sequence[Estimate], *, table: str | Path | None = None) -> str:
     """The cost table (run, device, devices, GPU-hours, wall time, rate and its scope), the grid's
-    totals, every source cited and, for unknown runs, the commands that measure them."""
+    totals per device, every source cited and, for unknown or scaled runs, the commands that measure them."""
     if not estimates:
         return ""
     if all(e.device is None for e in estimates):  # one line, not a table of the same sentence
@@ -396,28 +434,22 @@ def format_estimates(estimates: Sequence[Estimate], *, table: str | Path | None 
         basis = "-"
         if row is not None:
             ref = sources.setdefault(f"{row.source} ({row.measured}; {row.scope} scope)", len(sources) + 1)
-            basis = f"{row.train_img_s:,.0f} img/s {row.scope} [{ref}]"
-        bound = ">=" if estimate.known and estimate.eval_s is None else ""
-        lines.append(
-            [
-                estimate.run.name,
-                estimate.device or "?",
-                str(estimate.devices),
-                bound + _hours(estimate.gpu_hours) if estimate.known else "unknown",
-                bound + _duration(estimate.wall_s) if estimate.known else "unknown",
-                basis,
-                estimate.reason or "-",
-            ]
-        )
+            basis = f"{'~' if estimate.scaled else ''}{row.train_img_s * estimate.scale:,.0f} img/s {row.scope} [{ref}]"
+        bound = ("~" if estimate.scaled else "") + (">=" if estimate.known and estimate.eval_s is None else "")
+        hours, wall = (bound + _hours(estimate.gpu_hours), bound + _duration(estimate.wall_s)) if estimate.known else ("unknown",) * 2
+        lines.append([estimate.run.name, estimate.device or "?", str(estimate.devices), hours, wall, basis, estimate.reason or "-"])
     out = [
         f"cost estimate (throughput tables: {table_path(table)}, then {display_path(SHIPPED_TABLE)})",
         text_table(["run", "device", "devices", "GPU-h", "wall time", "rate", "note"], lines),
-        _totals(estimates),
     ]
+    by_device = {e.device: [d for d in estimates if d.device == e.device] for e in estimates}
+    out += [(f"on {device}: " if len(by_device) > 1 else "") + _totals(group) for device, group in by_device.items()]
     out += [f"[{ref}] {source}" for source, ref in sources.items()]
-    commands = list(dict.fromkeys(e.command for e in estimates if not e.known and e.command))
+    if any(e.scaled for e in estimates):
+        out.append("~ scaled: no row of the run's own key on that device, so the nearest row's rate x its FLOPs per image over the run's")
+    commands = list(dict.fromkeys(e.command for e in estimates if (not e.known or e.scaled) and e.command))
     if commands:
-        out.append(f"measure what is unknown, on the target device (adds rows to {table_path(table)}):")
+        out.append(f"measure what is unknown or scaled, on the target device (adds rows to {table_path(table)}):")
         out += [f"  {command}" for command in commands]
     return "\n".join(out)
 
@@ -427,7 +459,7 @@ def _totals(estimates: Sequence[Estimate]) -> str:
     unknown = len(estimates) - len(known)
     if not known:
         return f"total: unknown ({unknown} of {len(estimates)} runs have no estimate)"
-    bound = ">=" if unknown or any(e.eval_s is None for e in known) else ""
+    bound = ("~" if any(e.scaled for e in known) else "") + (">=" if unknown or any(e.eval_s is None for e in known) else "")
     hours = sum(e.gpu_hours or 0.0 for e in known)
     serial = sum(e.wall_s or 0.0 for e in known)
     parallel = _critical_path(known)

@@ -30,6 +30,7 @@ from research.engine.run_dir import note_life, read_lives
 from research.engine.state import unwrap
 from research.launch.dist import DistEnv
 from research.launch.run_data import RunData
+from research.registry import LOSSES
 from research.tracking import DEFAULT_PROJECT, RunInfo, flatten_config
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def run_tags(run: Run, data: RunData) -> tuple[str, ...]:
     """The data-efficiency techniques that are on, so W&B can filter and colour by them."""
     cfg = run.cfg
     tags = list(data.recipe.techniques())
-    if cfg.loss["name"] != "none":
+    if LOSSES.info(cfg.loss["name"]).needs_teacher:
         tags.append(f"distill-{cfg.loss['name']}")
     if cfg.train.ema:
         tags.append("ema")

@@ -20,7 +20,7 @@ from torchvision.datasets import CIFAR10
 
 from research.data import DataError, InMemoryImageDataset
 from research.data.augment import eval_transform
-from research.data.datasets import archive_key, extract_archive_once
+from research.data.datasets import archive_key, check_ready, extract_archive_once
 from research.registry import AUGMENTATIONS, DATASETS
 
 from .conftest import CLASSES, write_image_folder, write_images
@@ -29,7 +29,7 @@ SHARED_ARCHIVE = Path(__file__).resolve().parents[3] / "shared" / "data" / "cifa
 
 
 def test_builders_registered_with_engine_signature():
-    for name in ("imagefolder", "cifar10_jpeg", "cifar10", "synthetic"):
+    for name in ("imagefolder", "imagenet", "cifar10_jpeg", "cifar10", "synthetic"):
         params = DATASETS.signature(name).parameters
         assert {"split", "transform"} <= set(params), name
         assert all(p.kind is p.KEYWORD_ONLY for p in params.values()), name
@@ -47,6 +47,24 @@ def test_imagefolder_reads_splits_and_classes(image_folder: Path):
     image, label = train[0]
     assert image.shape == (3, 32, 32) and label == 0
     assert val[0][0].mode == "RGB"
+
+
+def test_imagefolder_is_checked_against_the_sizes_it_declares(image_folder: Path):
+    declared = {"root": str(image_folder), "train_size": 12, "val_size": 6, "num_classes": 3}
+    assert len(DATASETS.build("imagefolder", split="val", transform=None, **declared)) == 6
+    with pytest.raises(DataError, match=r"holds 12 images, not the 13 of data.train_size; correct data.train_size or data.num_classes"):
+        DATASETS.build("imagefolder", split="train", transform=None, **{**declared, "train_size": 13})
+    with pytest.raises(DataError, match="holds 3 classes, not the 4 of data.num_classes"):
+        DATASETS.build("imagefolder", split="val", transform=None, **{**declared, "num_classes": 4})
+
+
+def test_imagenet_is_an_image_folder_of_imagenet_1ks_known_sizes(image_folder: Path):
+    info = DATASETS.info("imagenet")
+    assert (info.train_size, info.val_size, info.num_classes, info.folders) == (1_281_167, 50_000, 1000, True)
+    with pytest.raises(DataError, match="holds 6 images, not the 50000 of ImageNet-1k; a subset is data.name=imagefolder"):
+        DATASETS.build("imagenet", split="val", transform=None, root=str(image_folder))
+    with pytest.raises(DataError, match="has no 'train' or 'val' folder"):
+        check_ready({"name": "imagenet", "root": str(image_folder / "train")})
 
 
 def test_imagefolder_relative_root(image_folder: Path, monkeypatch: pytest.MonkeyPatch):

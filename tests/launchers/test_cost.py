@@ -1,8 +1,9 @@
-"""The cost estimate before submitting (research/launch/cost.py): arithmetic, unknowns, the table file."""
+"""The cost estimate before submitting (research/launch/cost.py): arithmetic, sizes, FLOP scaling, unknowns, the table file."""
 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from research.launch.cost import (
     SHIPPED_TABLE,
     TABLE_ENV,
     Throughput,
+    dataset_sizes,
     estimate_run,
     estimate_runs,
     format_estimates,
@@ -24,6 +26,7 @@ from research.launch.cost import (
     read_tables,
     record_throughput,
 )
+from research.models.flops import registered_flops
 
 EXPERIMENT: dict[str, Any] = {
     "name": "costly",
@@ -88,14 +91,9 @@ def test_missing_eval_rate_gives_a_lower_bound(tmp_path: Path) -> None:
     assert ">=15 s" in text and "evaluation not measured" in text
 
 
-@pytest.mark.parametrize(
-    "change",
-    [{"device": "othergpu"}, {"batch_size": 16}, {"precision": "fp16"}, {"img_size": 64}, {"teacher": "airbench_cifar"}],
-    ids=lambda change: next(iter(change)),
-)
-def test_a_run_without_its_measurement_is_unknown_with_the_command_to_measure_it(tmp_path: Path, change: dict[str, Any]) -> None:
+def test_a_device_without_measurements_is_unknown_with_the_command_to_measure_it(tmp_path: Path) -> None:
     table = tmp_path / "table.csv"
-    record_throughput([{**ROW, **change}], table)
+    record_throughput([{**ROW, "device": "othergpu"}], table)
     (run,) = load_runs(experiment(tmp_path), check_files=False)
     (estimate,) = estimate_runs([run], table=table, config=run.source, overrides=["train.epochs=3"])
     assert not estimate.known and estimate.gpu_hours is None
@@ -106,6 +104,48 @@ def test_a_run_without_its_measurement_is_unknown_with_the_command_to_measure_it
     cells = text.splitlines()[3].split()  # run, device, devices, GPU-h, wall time, rate, note...
     assert cells[:6] == ["costly", "testgpu", "2", "unknown", "unknown", "-"]  # no figure at all
     assert "total: unknown" in text and estimate.command in text
+
+
+@pytest.mark.parametrize(
+    ("change", "scale"),
+    [
+        ({"batch_size": 16}, 1.0),
+        ({"precision": "fp16"}, 1.0),
+        ({"teacher": "airbench_cifar"}, 1.0),
+        ({"img_size": 64}, registered_flops("deit_nano_patch4_32", 64) / registered_flops("deit_nano_patch4_32", 32)),
+        ({"model": "deit_tiny_patch4_32"}, registered_flops("deit_tiny_patch4_32", 32) / registered_flops("deit_nano_patch4_32", 32)),
+    ],
+    ids=lambda value: next(iter(value)) if isinstance(value, dict) else "",
+)
+def test_a_run_without_its_row_is_scaled_from_the_nearest_row_on_its_device_by_flops(
+    tmp_path: Path, change: dict[str, Any], scale: float
+) -> None:
+    table = tmp_path / "table.csv"
+    record_throughput([{**ROW, **change}, {**ROW, **change, "device": "othergpu", "train_img_s": 1.0}], table)
+    (run,) = load_runs(experiment(tmp_path), check_files=False)
+    (estimate,) = estimate_runs([run], table=table, config=run.source)
+    assert estimate.scaled and estimate.row is not None and estimate.row.device == "testgpu"
+    assert estimate.scale == pytest.approx(scale) and (scale == 1.0 or scale > 1.5)  # a bigger model: more FLOPs per image
+    assert estimate.train_s == pytest.approx(15.0 / scale) and estimate.eval_s == pytest.approx(5.0 / scale)
+    text = format_estimates([estimate])
+    cells = text.splitlines()[3].split()
+    assert cells[:4] == ["costly", "testgpu", "2", f"~{2 * 20 / scale / 3600:.3g}"] and "total over 1 run: ~" in text
+    assert f"scaled from {estimate.row.model} {estimate.row.img_size}px batch {estimate.row.batch_size}" in text
+    assert "~ scaled: no row of the run's own key" in text and estimate.command in text  # and how to measure its own
+
+
+def test_the_nearest_row_shares_the_teacher_then_the_precision_then_the_flops(tmp_path: Path) -> None:
+    rows = [
+        {**ROW, "model": "deit_micro_patch4_32", "precision": "fp32", "train_img_s": 1.0},
+        {**ROW, "model": "deit_micro_patch4_32", "teacher": "airbench_cifar", "train_img_s": 2.0},
+        {**ROW, "model": "deit_tiny_patch4_32", "train_img_s": 3.0},
+        {**ROW, "model": "deit_micro_patch4_32", "batch_size": 64, "train_img_s": 4.0},
+    ]
+    (run,) = load_runs(experiment(tmp_path), check_files=False)
+    table = [Throughput.from_mapping(row) for row in rows]
+    assert estimate_run(run, table).row.train_img_s == 4.0  # no teacher, bf16, micro (closer to nano than tiny)
+    assert estimate_run(run, table[:3]).row.train_img_s == 3.0  # the same precision before closer FLOPs
+    assert estimate_run(run, table[:2]).row.train_img_s == 1.0  # no teacher before the same precision
 
 
 def test_no_target_device_says_how_to_name_one(tmp_path: Path) -> None:
@@ -285,3 +325,111 @@ def test_inference_rate_is_the_measured_eval_rate_of_the_runs_row(experiment, tm
     assert inference_rate(run, table) == 3000.0  # inference, not the training rate
     assert inference_rate(load_run(experiment("untimed", slurm={"gpu_type": "a100"})), table) is None
     assert inference_rate(load_run(experiment("nowhere")), table) is None  # no gpu_type: no device to read
+    assert inference_rate(run) is None  # no table named: the user's (none yet, own HOME), then the shipped; it raised a TypeError
+
+
+def test_a_loss_that_does_not_distil_is_priced_without_its_teacher(tmp_path: Path, plain_loss: str) -> None:
+    """By ``LossInfo.needs_teacher``, not by the name "none": a plugin loss's run has no teacher's forward to pay for."""
+    distilled = {"name": "deit_nano_distilled_patch4_32", "img_size": 32}
+    with_teacher = {"model": distilled, "teacher": {"name": "resnet10_cifar", "checkpoint": str(tmp_path / "t.pt")}}
+    row = {**ROW, "model": distilled["name"]}
+    rows = [Throughput.from_mapping(r) for r in ({**row, "teacher": "resnet10_cifar", "train_img_s": 50.0}, row)]
+    (run,) = load_runs(experiment(tmp_path, loss={"name": plain_loss}, **with_teacher), check_files=False)
+    estimate = estimate_run(run, rows)
+    assert estimate.row == rows[1] and not estimate.scaled and estimate.train_s == pytest.approx(15.0)
+    (run,) = load_runs(experiment(tmp_path, loss={"name": "hard"}, **with_teacher), check_files=False)
+    assert estimate_run(run, rows).row == rows[0]  # a distilling loss: the teacher's row
+
+
+@pytest.mark.parametrize(
+    ("data", "sizes"),
+    [
+        ({"name": "imagenet", "root": "/not/mounted"}, (1_281_167, 50_000, 1000)),
+        ({"name": "cifar10_jpeg"}, (40_000, 5_000, 10)),
+        ({"name": "cifar10", "root": "/not/mounted"}, (50_000, 10_000, 10)),
+        ({"name": "synthetic", "size": 300, "num_classes": 3}, (300, 300, 3)),
+        ({"name": "synthetic"}, (64, 64, 10)),  # the builder's defaults
+        ({"name": "imagefolder", "root": "/not/mounted", "train_size": 900, "val_size": 90, "num_classes": 9}, (900, 90, 9)),
+    ],
+    ids=lambda value: value["name"] if isinstance(value, dict) else "",
+)
+def test_dataset_sizes_are_known_facts_or_declared_keys_without_the_data(tmp_path: Path, data: dict[str, Any], sizes: tuple[int, int, int]) -> None:
+    (run,) = load_runs(experiment(tmp_path, data=data), check_files=False)
+    assert dataset_sizes(run.cfg, count_files=False) == sizes
+    (run,) = load_runs(experiment(tmp_path, data=data, loader={"batch_size": 8, "workers": 0, "limit_train": 50}), check_files=False)
+    assert dataset_sizes(run.cfg)[0] == 50  # capped by loader.limit_train
+
+
+def test_an_undeclared_image_folder_is_counted_where_it_is_mounted(tmp_path: Path) -> None:
+    for split, per_class in (("train", 3), ("val", 2)):
+        for label in ("cat", "dog"):
+            (tmp_path / "images" / split / label).mkdir(parents=True)
+            for i in range(per_class):
+                (tmp_path / "images" / split / label / f"{i}.jpg").write_bytes(b"")
+    (run,) = load_runs(experiment(tmp_path, data={"name": "imagefolder", "root": str(tmp_path / "images")}), check_files=False)
+    assert dataset_sizes(run.cfg) == (6, 4, 2)
+    assert "not counted" in dataset_sizes(run.cfg, count_files=False)
+    (run,) = load_runs(experiment(tmp_path, data={"name": "imagefolder", "root": str(tmp_path / "absent")}), check_files=False)
+    assert "are not on this machine" in dataset_sizes(run.cfg)
+
+
+def test_the_table_is_replaced_in_one_step_so_a_failed_write_keeps_the_old_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    table = record_throughput([ROW], tmp_path / "table.csv")
+    before = table.read_bytes()
+
+    def interrupted(src: Any, dst: Any) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        record_throughput([{**ROW, "batch_size": 16}], table)
+    assert table.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["table.csv"]  # no temporary file left
+
+
+def test_a_symlinked_table_is_written_through_the_link(tmp_path: Path) -> None:
+    shared = record_throughput([ROW], tmp_path / "shared.csv")
+    (tmp_path / "mine.csv").symlink_to(shared)
+    record_throughput([{**ROW, "batch_size": 16}], tmp_path / "mine.csv")
+    assert (tmp_path / "mine.csv").is_symlink() and len(read_table(shared)) == 2
+
+
+# The issue's signature command: ImageNet runs priced where /datasets/imagenet is not mounted.
+SIGNATURE = Path(__file__).resolve().parents[2] / "experiments" / "ablate_all.yaml"
+
+
+def _gpu_hours_by_device(out: str) -> dict[str, dict[str, str]]:
+    """The cost table of a dry run's output: run -> GPU-h cell, per device."""
+    table = out[out.index("cost estimate (throughput tables"):].splitlines()
+    header = table[1].split()
+    cells: dict[str, dict[str, str]] = {}
+    for line in table[3:]:
+        if not line.startswith("ablate_all/"):
+            break
+        run, device, _, gpu_hours = line.split()[:4]
+        cells.setdefault(device, {})[run] = gpu_hours
+    assert header[:4] == ["run", "device", "devices", "GPU-h"]
+    return cells
+
+
+def test_the_signature_dry_run_prices_every_run_without_the_imagenet_data(capsys: pytest.CaptureFixture[str]) -> None:
+    assert not Path("/datasets/imagenet/train").exists()
+    launcher = load_script("launchers/slurm.py")
+    assert launcher.main([str(SIGNATURE), "--dry-run", "--device", "h200"]) == 0
+    cells = _gpu_hours_by_device(capsys.readouterr().out)
+    runs = {run.name for run in load_runs(SIGNATURE, check_files=False)}
+    assert list(cells) == ["h200"] and set(cells["h200"]) == runs and len(runs) == 10
+    # DeiT-S at batch 128 fp16 has no row: the DeiT-S batch 256 bf16 row, x1 by FLOPs: 300 epochs of ImageNet-1k
+    # and 300 x 50,000 val images (no eval rate: a lower bound) on 8 GPUs at 5,292 img/s each
+    expected = 8 * 300 * 1_281_167 / (8 * 5292) / 3600
+    assert all(cell == f"~>={expected:.3g}" for cell in cells["h200"].values())
+
+
+def test_the_signature_dry_run_without_a_device_prices_every_device_of_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    launcher = load_script("launchers/slurm.py")
+    assert launcher.main([str(SIGNATURE), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    cells = _gpu_hours_by_device(out)
+    devices = sorted({row.device for row in read_table(SHIPPED_TABLE)})
+    assert sorted(cells) == devices and all(len(runs) == 10 for runs in cells.values())
+    assert not [cell for runs in cells.values() for cell in runs.values() if "unknown" in cell]
+    assert all(f"on {device}: total over 10 runs: ~>=" in out for device in devices)

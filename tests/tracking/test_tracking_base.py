@@ -194,3 +194,18 @@ def test_jsonl_unwritable_run_dir_gives_null_tracker(tmp_path):
     with pytest.warns(TrackerWarning, match="cannot open"):
         tracker = LOGGERS.build("jsonl", run=make_run(tmp_path, run_dir=blocker / "run"))
     assert isinstance(tracker, NullTracker)
+
+
+@pytest.mark.parametrize(("loss", "tag"), [("plain_test_loss", None), ("hard", "distill-hard")])
+def test_the_distill_tag_follows_the_losss_info_not_its_name(experiment, plain_loss: str, loss: str, tag: str | None) -> None:
+    """A plugin loss that does not distil (``needs_teacher`` false) is not tagged ``distill-<name>``."""
+    from types import SimpleNamespace
+
+    from research.config import load_runs
+    from research.launch.run_tracker import run_tags
+
+    model = {"name": "deit_nano_distilled_patch4_32", "img_size": 32}
+    teacher = {"name": "resnet10_cifar", "checkpoint": "t.pt"}
+    (run,) = load_runs(experiment("tagged", model=model, teacher=teacher, loss={"name": loss}), check_files=False)
+    tags = run_tags(run, SimpleNamespace(recipe=SimpleNamespace(techniques=lambda: ())))  # type: ignore[arg-type]
+    assert [t for t in tags if t.startswith("distill-")] == ([tag] if tag else [])
