@@ -13,6 +13,7 @@ from faults.ledger import LEDGER, Ledger
 from tiny import TINY, deep_update, write_yaml
 
 import research
+from research.data.techniques import TECHNIQUES
 from research.registry import REGISTRIES
 
 research.load_builtins()  # the built-ins, as every entry point registers them
@@ -44,7 +45,9 @@ def restore_registries(tmp_path: Path) -> Iterator[None]:
     """Undo whatever a test (or a plugin it imports) registers in the global registries, and forget
     the modules it imported from ``tmp_path``, so later tests see the built-ins only."""
     saved = {kind: (dict(r._builders), dict(r._info), list(r._checks)) for kind, r in REGISTRIES.items()}
+    techniques = list(TECHNIQUES)
     yield
+    TECHNIQUES[:] = techniques
     for kind, registry in REGISTRIES.items():
         builders, info, checks = saved[kind]
         registry._builders.clear()
