@@ -93,6 +93,8 @@ class Technique(ABC):
     """One technique of a recipe. Subclasses are frozen dataclasses whose fields are ``aug:`` keys."""
 
     stage: ClassVar[Stage]
+    #: Knob values that turn it on, for the docs and for the tests parametrised over :data:`TECHNIQUES`.
+    example: ClassVar[Mapping[str, Any]]
 
     @abstractmethod
     def tags(self, ctx: Context) -> tuple[str, ...]:
@@ -165,6 +167,7 @@ class Crop(Technique):
     """RandomResizedCrop (timm), or the reference code's padded random crop at 32px (``simple_crop``)."""
 
     stage: ClassVar[Stage] = "crop"
+    example: ClassVar[Mapping[str, Any]] = {"crop_padding": 2}
     scale: Optional[list[float]] = None
     simple_crop: bool = False
     interpolation: Interpolation = "bicubic"
@@ -225,6 +228,7 @@ class Flip(Technique):
     Batched, the mirror is part of the crop's gather (:meth:`Crop.geometry`)."""
 
     stage: ClassVar[Stage] = "crop"
+    example: ClassVar[Mapping[str, Any]] = {"hflip": 0.5}
     hflip: Probability = 0.5
     alternate_flip: bool = False
 
@@ -245,6 +249,7 @@ class RandAugment(Technique):
     """timm's RandAugment string (``rand-m9-mstd0.5-inc1``); the paper's choice over AutoAugment."""
 
     stage: ClassVar[Stage] = "pixels"
+    example: ClassVar[Mapping[str, Any]] = {"rand_augment": "rand-m9-mstd0.5-inc1"}
     rand_augment: Optional[str] = None
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
@@ -269,6 +274,7 @@ class AutoAugment(Technique):
     """timm's AutoAugment policy (original, originalr, v0, v0r, 3a; optional -mstd<x>)."""
 
     stage: ClassVar[Stage] = "pixels"
+    example: ClassVar[Mapping[str, Any]] = {"auto_augment": "original"}
     auto_augment: Optional[str] = None
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
@@ -295,6 +301,7 @@ class ColorJitter(Technique):
     """Brightness, contrast and saturation jitter; as in timm, only when no policy is on (or '3a')."""
 
     stage: ClassVar[Stage] = "pixels"
+    example: ClassVar[Mapping[str, Any]] = {"color_jitter": 0.4}
     color_jitter: Annotated[Optional[float], Range(ge=0, hint="0 = off")] = None
 
     def on(self, ctx: Context) -> bool:
@@ -321,6 +328,7 @@ class Grayscale(Technique):
     3-Augment): each image turned grey with this probability, after the colour jitter."""
 
     stage: ClassVar[Stage] = "pixels"
+    example: ClassVar[Mapping[str, Any]] = {"grayscale": 0.5}
     grayscale: Probability = 0.0
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
@@ -339,6 +347,7 @@ class RandomErasing(Technique):
     """timm's RandomErasing (Zhong et al. 2020) on normalised images."""
 
     stage: ClassVar[Stage] = "tensor"
+    example: ClassVar[Mapping[str, Any]] = {"random_erasing": 0.5}
     random_erasing: Probability = 0.0
     random_erasing_mode: ErasingMode = "pixel"
     random_erasing_count: Annotated[int, Range(ge=1, hint="boxes per image")] = 1
@@ -363,6 +372,7 @@ class Cutout(Technique):
     after normalising, placed uniformly inside the image. Batched, its squares are drawn with the crops."""
 
     stage: ClassVar[Stage] = "tensor"
+    example: ClassVar[Mapping[str, Any]] = {"cutout": 8}
     cutout: Annotated[int, Range(ge=0, hint="pixels; 0 = off")] = 0
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
@@ -386,6 +396,7 @@ class Mixup(Technique):
     """timm's Mixup / CutMix on batches in the training loop (both paths: it is a batch technique)."""
 
     stage: ClassVar[Stage] = "batch"
+    example: ClassVar[Mapping[str, Any]] = {"mixup": 0.8, "cutmix": 1.0}
     mixup: Annotated[float, Range(ge=0, hint="0 = off")] = 0.0
     cutmix: Annotated[float, Range(ge=0, hint="0 = off")] = 0.0
     mixup_prob: Probability = 1.0
@@ -416,6 +427,7 @@ class RepeatedAug(Technique):
     """Repeated augmentation (Hoffer et al. 2020): copies of each image per epoch, in the sampler."""
 
     stage: ClassVar[Stage] = "sampler"
+    example: ClassVar[Mapping[str, Any]] = {"repeated_aug": 2}
     repeated_aug: Annotated[int, Range(ge=1, hint="copies per image; 1 = off")] = 1
 
     def tags(self, ctx: Context) -> tuple[str, ...]:

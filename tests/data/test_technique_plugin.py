@@ -3,8 +3,8 @@
 One plugin module defines the technique, with its per-image and its batched path, and registers it;
 one ablation file lists the module under ``plugins:`` and studies the technique's key. Nothing in
 ``research/`` changes: the key is then taken (and checked) by every recipe, ``research expand`` lists
-the variants, both paths agree, and the variants train. The technique's tests beyond this come from
-the parametrisation over ``TECHNIQUES``.
+the variants, both paths agree, and the variants train. (A technique added to the package instead is
+tested by tests/data/test_techniques.py's parametrisation over ``TECHNIQUES``, through its ``example``.)
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ PLUGIN = '''
     @dataclass(frozen=True)
     class Invert(Technique):
         stage = "pixels"
+        example = {"invert": 0.5}
         invert: Annotated[float, Range(ge=0, le=1, hint="a probability")] = 0.0
 
         def tags(self, ctx):
