@@ -41,9 +41,9 @@ from research.data.techniques import (
     Mixup,
     NotBatchable,
     RepeatedAug,
-    knob_hints,
     build_techniques,
     check_policy,
+    knob_hints,
 )
 from research.registry import AUGMENTATIONS
 

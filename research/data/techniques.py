@@ -243,56 +243,58 @@ class Flip(Technique):
         return [T.RandomHorizontalFlip(self.hflip)] if self.hflip > 0 else []
 
 
-@register_technique
-@dataclass(frozen=True)
-class RandAugment(Technique):
-    """timm's RandAugment string (``rand-m9-mstd0.5-inc1``); the paper's choice over AutoAugment."""
+class _Policy(Technique):
+    """A timm policy named by a string (the field :attr:`key`): timm's own transform per image, and
+    :attr:`batched` made from that transform on batches."""
 
     stage: ClassVar[Stage] = "pixels"
-    example: ClassVar[Mapping[str, Any]] = {"rand_augment": "rand-m9-mstd0.5-inc1"}
-    rand_augment: Optional[str] = None
+    key: ClassVar[str]
+    make: ClassVar[Any]  # timm's factory: (policy string, hparams) -> transform
+    batched: ClassVar[Any]  # (timm's transform) -> BatchOp
+
+    @property
+    def policy(self) -> str | None:
+        return getattr(self, self.key)  # type: ignore[no-any-return]
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
-        return ("rand_augment",) if self.rand_augment else ()
+        return (self.key,) if self.policy else ()
+
+    def timm(self, ctx: Context) -> Any:
+        return self.make(self.policy, ctx.timm_policy_hparams())
+
+    def image_transforms(self, ctx: Context) -> list[Callable[[Any], Any]]:
+        return [self.timm(ctx)] if self.policy else []
+
+    def batch_ops(self, ctx: Context) -> list[BatchOp]:
+        if not self.policy:
+            return []
+        try:
+            return [self.batched(self.timm(ctx))]
+        except NotBatchable as exc:
+            raise NotBatchable(f"aug.{self.key}={self.policy!r}: {exc}") from None
+
+
+@register_technique
+@dataclass(frozen=True)
+class RandAugment(_Policy):
+    """timm's RandAugment string (``rand-m9-mstd0.5-inc1``); the paper's choice over AutoAugment."""
+
+    key, make, batched = "rand_augment", staticmethod(rand_augment_transform), BatchRandAugment
+    example: ClassVar[Mapping[str, Any]] = {"rand_augment": "rand-m9-mstd0.5-inc1"}
+    rand_augment: Optional[str] = None
 
     def check(self, ctx: Context) -> None:
         check_policy(self.rand_augment, ctx.get(AutoAugment).auto_augment)
 
-    def timm(self, ctx: Context) -> Any:
-        return rand_augment_transform(self.rand_augment, ctx.timm_policy_hparams())
-
-    def image_transforms(self, ctx: Context) -> list[Callable[[Any], Any]]:
-        return [self.timm(ctx)] if self.rand_augment else []
-
-    def batch_ops(self, ctx: Context) -> list[BatchOp]:
-        return [BatchRandAugment(self.timm(ctx))] if self.rand_augment else []
-
 
 @register_technique
 @dataclass(frozen=True)
-class AutoAugment(Technique):
+class AutoAugment(_Policy):
     """timm's AutoAugment policy (original, originalr, v0, v0r, 3a; optional -mstd<x>)."""
 
-    stage: ClassVar[Stage] = "pixels"
+    key, make, batched = "auto_augment", staticmethod(auto_augment_transform), BatchAutoAugment
     example: ClassVar[Mapping[str, Any]] = {"auto_augment": "original"}
     auto_augment: Optional[str] = None
-
-    def tags(self, ctx: Context) -> tuple[str, ...]:
-        return ("auto_augment",) if self.auto_augment else ()
-
-    def timm(self, ctx: Context) -> Any:
-        return auto_augment_transform(self.auto_augment, ctx.timm_policy_hparams())
-
-    def image_transforms(self, ctx: Context) -> list[Callable[[Any], Any]]:
-        return [self.timm(ctx)] if self.auto_augment else []
-
-    def batch_ops(self, ctx: Context) -> list[BatchOp]:
-        if not self.auto_augment:
-            return []
-        try:
-            return [BatchAutoAugment(self.timm(ctx))]
-        except NotBatchable as exc:
-            raise NotBatchable(f"aug.auto_augment={self.auto_augment!r}: {exc}") from None
 
 
 @register_technique
