@@ -94,11 +94,6 @@ class Recipe:
         None when one that is on has no batched version (:meth:`per_image_techniques` names it)."""
         return self._batched[0]
 
-    @functools.cached_property
-    def enabled(self) -> tuple[str, ...]:
-        """Names of the techniques that are on, in pipeline order (see :meth:`techniques`)."""
-        return tuple(tag for part in self.ctx.techniques for tag in part.tags(self.ctx))
-
     @property
     def repeats(self) -> int:
         """Repeated-augmentation copies of each image per epoch (1 = off), for the sampler."""
@@ -117,8 +112,8 @@ class Recipe:
         return self.part(Mixup).build(num_classes, label_smoothing)  # type: ignore[no-any-return]
 
     def techniques(self) -> list[str]:
-        """Names of the techniques that are on, e.g. for run tags: ``["random_resized_crop", "hflip", ...]``."""
-        return list(self.enabled)
+        """Names of the techniques that are on, in pipeline order, e.g. for run tags: ``["random_resized_crop", "hflip", ...]``."""
+        return [tag for part in self.ctx.techniques for tag in part.tags(self.ctx)]
 
     def per_image_techniques(self) -> list[str]:
         """Techniques that are on and have no whole-batch version, with the reason (empty iff
