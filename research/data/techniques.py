@@ -137,7 +137,7 @@ def register_technique(kind: type[_T]) -> type[_T]:
     A key means one thing: a field that a registered technique already has raises, naming it.
     """
     for other in TECHNIQUES:
-        if (clash := set(knobs_of(kind)) & set(knobs_of(other))) or other is kind:
+        if (clash := set(knob_hints(kind)) & set(knob_hints(other))) or other is kind:
             raise RegistryError(
                 f"technique {kind.__qualname__}: aug keys {sorted(clash)} already belong to {other.__module__}.{other.__qualname__}"
             )
@@ -145,20 +145,16 @@ def register_technique(kind: type[_T]) -> type[_T]:
     return kind
 
 
-def knobs_of(kind: type[Technique]) -> list[str]:
-    return [f.name for f in fields(kind)]
-
-
 @functools.cache
 def knob_hints(kind: type[Technique]) -> dict[str, Any]:
-    """A technique's knobs and their annotations, ``Annotated`` bounds kept."""
+    """A technique's knobs (its fields, in order) and their annotations, ``Annotated`` bounds kept."""
     hints = typing.get_type_hints(kind, include_extras=True)
-    return {key: hints[key] for key in knobs_of(kind)}
+    return {field.name: hints[field.name] for field in fields(kind)}
 
 
 def build_techniques(knobs: Mapping[str, Any]) -> tuple[Technique, ...]:
     """One object per technique, each from its own keys of ``knobs`` (missing keys: class defaults)."""
-    return tuple(kind(**{key: knobs[key] for key in knobs_of(kind) if key in knobs}) for kind in TECHNIQUES)
+    return tuple(kind(**{key: knobs[key] for key in knob_hints(kind) if key in knobs}) for kind in TECHNIQUES)
 
 
 @register_technique

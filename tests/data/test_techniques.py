@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from research.data.techniques import TECHNIQUES, Technique, knob_hints, knobs_of
+from research.data.techniques import TECHNIQUES, Technique, knob_hints
 from research.registry import AUGMENTATIONS, constraints
 
 BASE = {"simple_crop": True, "hflip": 0.0}  # crop only: what each technique's example adds is all that is on
@@ -22,8 +22,8 @@ def _on(kind: type[Technique]):
 @pytest.mark.parametrize("kind", TECHNIQUES, ids=lambda kind: kind.__name__)
 def test_every_recipe_takes_its_keys_off_by_default(kind: type[Technique]) -> None:
     for name in AUGMENTATIONS.names():
-        assert set(knobs_of(kind)) <= set(AUGMENTATIONS.signature(name).parameters)
-    assert kind.example and set(kind.example) <= set(knobs_of(kind))
+        assert set(knob_hints(kind)) <= set(AUGMENTATIONS.signature(name).parameters)
+    assert kind.example and set(kind.example) <= set(knob_hints(kind))
     recipe = AUGMENTATIONS.build("none", img_size=32, **BASE)
     assert set(recipe.part(kind).tags(recipe.ctx)) <= {"simple_crop"}  # off in `none`, but the crop
 
