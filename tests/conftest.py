@@ -12,6 +12,7 @@ import torch
 from faults.ledger import LEDGER, Ledger
 from tiny import TINY, deep_update, write_yaml
 
+from research.data.techniques import TECHNIQUES
 from research.registry import REGISTRIES
 
 ExperimentWriter = Callable[..., Path]
@@ -41,7 +42,9 @@ def restore_registries(tmp_path: Path) -> Iterator[None]:
     """Undo whatever a test (or a plugin it imports) registers in the global registries, and forget
     the modules it imported from ``tmp_path``, so later tests see the built-ins only."""
     saved = {kind: (dict(r._entries()), dict(r._info), list(r._checks)) for kind, r in REGISTRIES.items()}  # built-ins loaded
+    techniques = list(TECHNIQUES)
     yield
+    TECHNIQUES[:] = techniques
     for kind, registry in REGISTRIES.items():
         builders, info, checks = saved[kind]
         registry._builders.clear()

@@ -42,7 +42,7 @@ def nothing_written(tmp_path: Path) -> bool:
         ("train.epochs=0", "train.epochs=0: must be >= 1"),
         ("train.epochs=-1", "train.epochs=-1: must be >= 1"),
         ("seed=-1", "seed=-1: must be >= 0"),
-        ("aug.mixup=-0.5", "aug.mixup must be >= 0"),
+        ("aug.mixup=-0.5", "aug.mixup=-0.5: must be >= 0"),
         ("loader.limit_train=-5", "loader.limit_train=-5: must be >= 1"),  # trained on 39,995 images
         ("model.drop_path_rate=1.5", "model.drop_path_rate=1.5: must be >= 0 and < 1"),
         ("data.size=0", "data.size=0: must be >= 1 (images per split)"),  # raised when the dataset was built
@@ -60,7 +60,7 @@ def test_train_refuses_a_bad_value_before_writing(capsys, tmp_path: Path, experi
     [
         ("loss.alpha=2", "loss.alpha=2: must be >= 0 and <= 1"),
         ("loss.alpha=abc", "loss.alpha: Value 'abc' of type 'str' could not be converted to Float"),
-        ("aug.mixup=-0.5", "aug.mixup must be >= 0"),  # expand crashed on it
+        ("aug.mixup=-0.5", "aug.mixup=-0.5: must be >= 0"),  # expand crashed on it
         ("model.eval_head=best", "model.eval_head 'best' is not one of both, class, distillation"),
         ("model.img_size=[1]", "model.img_size: Value '[1]' of type 'ListConfig' could not be converted to Integer"),
         ("optim.name=adamx", "optim.name: timm has no optimizer 'adamx'; did you mean adamax"),  # failed in timm at train

@@ -6,12 +6,13 @@ batch-level mix (Mixup, CutMix) and repeated augmentation in the sampler. Each t
 its own so an ablation switches exactly one thing off.
 
 Each technique is a small typed object of :mod:`research.data.techniques` whose fields are its
-``aug:`` keys. Builders have the signature ``(*, img_size, <knobs>)``, made from those fields by
-:func:`recipe` (the engine passes ``img_size``; the knobs default to the recipe's values). A
-:class:`Recipe` runs its techniques two ways: ``train_transform`` per image (timm's PIL transforms)
-and ``batch_transform`` on whole batches on the training device (``loader.batch_augment``). Building a :class:`Recipe` is cheap
-(a few ms, no data touched: Mixup is only created by :meth:`Recipe.mixup`), so the config loader can
-build one just to validate the knobs; :func:`check_policy` validates the policy strings alone.
+``aug:`` keys. Builders have the signature ``(*, img_size, <knobs>)``, made from the registered
+techniques' fields by :class:`RecipeBuilder` (the engine passes ``img_size``; the knobs default to the
+recipe's values, here the paper's :data:`DEIT`). A :class:`Recipe` runs its techniques two ways:
+``train_transform`` per image (timm's PIL transforms) and ``batch_transform`` on whole batches on the
+training device (``loader.batch_augment``). Building a :class:`Recipe` validates the knobs and makes no
+transform until one is used, so the config loader's check of it is not a second build;
+:func:`check_policy` validates the policy strings alone.
 
 The per-image transforms are the ones ``timm.data.create_transform`` makes, as in the reference code;
 only the crop of the 32x32 variant is swapped, as the reference does for ``input_size == 32``.
@@ -19,8 +20,8 @@ only the crop of the 32x32 variant is swapped, as the reference does for ``input
 
 from __future__ import annotations
 
+import functools
 import inspect
-import typing
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -40,42 +41,58 @@ from research.data.techniques import (
     Mixup,
     NotBatchable,
     RepeatedAug,
-    Technique,
     build_techniques,
     check_policy,
+    knob_hints,
 )
 from research.registry import AUGMENTATIONS
 
-__all__ = ["AugError", "Recipe", "build_recipe", "check_policy", "eval_transform", "recipe", "deit", "cifar", "none"]
+__all__ = ["DEIT", "AugError", "Recipe", "RecipeBuilder", "build_recipe", "check_policy", "eval_transform", "recipe", "deit", "cifar", "none"]
 
 
 @dataclass(frozen=True)
 class Recipe:
     """What a recipe does to the training data; built by the ``AUGMENTATIONS`` builders.
 
+    Building one validates the knobs and makes no transform: each transform is made when first used,
+    so the config loader's check of a run's recipe (:mod:`research.data.checks`) costs no second build.
+
     Attributes:
         name: The registered recipe name.
-        img_size: Model input size the transforms produce.
-        parts: The techniques, one object each, in pipeline order (:mod:`research.data.techniques`).
-        train_transform: PIL image -> normalised ``(3, img_size, img_size)`` tensor, random.
-        eval_transform: PIL image -> normalised ``(3, img_size, img_size)`` tensor, deterministic.
-        batch_transform: The same techniques on whole ``uint8`` batches on the training device
-            (``loader.batch_augment``); None when one that is on has no batched version
-            (:meth:`per_image_techniques` names it).
-        enabled: Names of the techniques that are on, in pipeline order (see :meth:`techniques`).
+        ctx: The image size, the normalisation and the techniques, one object each, in pipeline order
+            (:mod:`research.data.techniques`).
     """
 
     name: str
-    img_size: int
-    parts: tuple[Technique, ...]
-    train_transform: Callable[[Any], Any]
-    eval_transform: Callable[[Any], Any]
-    batch_transform: BatchRecipe | None
-    enabled: tuple[str, ...]
-    unbatchable: tuple[str, ...] = ()
+    ctx: Context
+
+    @property
+    def img_size(self) -> int:
+        """Model input size the transforms produce."""
+        return self.ctx.img_size
 
     def part(self, kind: type[Any]) -> Any:
-        return next(t for t in self.parts if isinstance(t, kind))
+        return self.ctx.get(kind)
+
+    @functools.cached_property
+    def train_transform(self) -> Callable[[Any], Any]:
+        """PIL image -> normalised ``(3, img_size, img_size)`` tensor, random."""
+        return _image_transform(self.ctx)
+
+    @functools.cached_property
+    def eval_transform(self) -> Callable[[Any], Any]:
+        """PIL image -> normalised ``(3, img_size, img_size)`` tensor, deterministic."""
+        return eval_transform(self.img_size)
+
+    @functools.cached_property
+    def _batched(self) -> tuple[BatchRecipe | None, tuple[str, ...]]:
+        return _batch_transform(self.ctx)
+
+    @property
+    def batch_transform(self) -> BatchRecipe | None:
+        """The same techniques on whole ``uint8`` batches on the training device (``loader.batch_augment``);
+        None when one that is on has no batched version (:meth:`per_image_techniques` names it)."""
+        return self._batched[0]
 
     @property
     def repeats(self) -> int:
@@ -95,13 +112,13 @@ class Recipe:
         return self.part(Mixup).build(num_classes, label_smoothing)  # type: ignore[no-any-return]
 
     def techniques(self) -> list[str]:
-        """Names of the techniques that are on, e.g. for run tags: ``["random_resized_crop", "hflip", ...]``."""
-        return list(self.enabled)
+        """Names of the techniques that are on, in pipeline order, e.g. for run tags: ``["random_resized_crop", "hflip", ...]``."""
+        return [tag for part in self.ctx.techniques for tag in part.tags(self.ctx)]
 
     def per_image_techniques(self) -> list[str]:
         """Techniques that are on and have no whole-batch version, with the reason (empty iff
         :attr:`batch_transform` is set)."""
-        return list(self.unbatchable)
+        return list(self._batched[1])
 
     def check_batch_size(self, per_rank_batch: int) -> None:
         """Raise if mixing is on and the per-rank batch is odd (timm's Mixup pairs images within a batch).
@@ -154,17 +171,7 @@ def build_recipe(name: str, *, img_size: int, **knobs: Any) -> Recipe:
             "recipe 'cifar'",
             stacklevel=3,
         )
-    batch, unbatchable = _batch_transform(ctx)
-    return Recipe(
-        name=name,
-        img_size=img_size,
-        parts=parts,
-        train_transform=_image_transform(ctx),
-        eval_transform=eval_transform(img_size),
-        batch_transform=batch,
-        enabled=tuple(tag for part in parts for tag in part.tags(ctx)),
-        unbatchable=unbatchable,
-    )
+    return Recipe(name, ctx)
 
 
 def _image_transform(ctx: Context) -> T.Compose:
@@ -191,40 +198,61 @@ def _batch_transform(ctx: Context) -> tuple[BatchRecipe | None, tuple[str, ...]]
     return BatchRecipe(ctx.get(Crop).geometry(ctx), ops["pixels"], ops["tensor"]), ()
 
 
-def recipe(name: str, doc: str, **defaults: Any) -> Callable[..., Recipe]:
-    """Register recipe ``name``: a builder ``(*, img_size, <every technique's knobs>)`` with these defaults.
+class RecipeBuilder:
+    """A registered recipe: ``(*, img_size, <every technique's knobs>) -> Recipe``, with its own defaults.
 
-    The signature is made from the techniques' fields, so the config loader checks ``aug:`` keys,
-    types and choices against it, and every recipe takes the same keys.
+    The signature is made from the registered techniques' fields (annotations and bounds included) when
+    asked, so the config loader checks ``aug:`` keys, types, choices and bounds against it, every recipe
+    takes the same keys, and a technique a plugin registers later adds its keys to every recipe. A
+    builder equals another only as of the same techniques, so a cache keyed by it sees new keys.
     """
-    params = [inspect.Parameter("img_size", inspect.Parameter.KEYWORD_ONLY, annotation=int)]
-    annotations: dict[str, Any] = {"img_size": int, "return": Recipe}
-    known = set()
-    for kind in TECHNIQUES:
-        hints = typing.get_type_hints(kind)
-        for field in fields(kind):
-            default = defaults.get(field.name, field.default)
-            params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hints[field.name]))
-            annotations[field.name] = hints[field.name]
-            known.add(field.name)
-    if unknown := set(defaults) - known:
-        raise TypeError(f"recipe {name!r}: no technique has the keys {sorted(unknown)}")
 
-    signature = inspect.Signature(params, return_annotation=Recipe)
+    def __init__(self, name: str, doc: str, defaults: dict[str, Any]) -> None:
+        self.__name__ = self.__qualname__ = name
+        self.__doc__ = doc
+        self.defaults = defaults
 
-    def build(*, img_size: int, **knobs: Any) -> Recipe:
-        bound = signature.bind(img_size=img_size, **knobs)  # an unknown knob is a TypeError, as for a def
+    @property
+    def __signature__(self) -> inspect.Signature:
+        params = [inspect.Parameter("img_size", inspect.Parameter.KEYWORD_ONLY, annotation=int)]
+        for kind in TECHNIQUES:
+            for field in fields(kind):
+                default = self.defaults.get(field.name, field.default)
+                params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=knob_hints(kind)[field.name]))
+        if unknown := set(self.defaults) - {param.name for param in params}:
+            raise TypeError(f"recipe {self.__name__!r}: no technique has the keys {sorted(unknown)}")
+        return inspect.Signature(params, return_annotation=Recipe)
+
+    @property
+    def __annotations__(self) -> dict[str, Any]:  # type: ignore[override]  # read by typing.get_type_hints
+        signature = self.__signature__
+        return {**{key: param.annotation for key, param in signature.parameters.items()}, "return": Recipe}
+
+    def __call__(self, *, img_size: int, **knobs: Any) -> Recipe:
+        bound = self.__signature__.bind(img_size=img_size, **knobs)  # an unknown knob is a TypeError, as for a def
         bound.apply_defaults()
-        return build_recipe(name, **bound.arguments)
+        return build_recipe(self.__name__, **bound.arguments)
 
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = doc
-    build.__signature__ = signature  # type: ignore[attr-defined]
-    build.__annotations__ = annotations
-    return AUGMENTATIONS.register(name)(build)
+    def _key(self) -> tuple[Any, ...]:
+        return self.__name__, tuple(TECHNIQUES)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RecipeBuilder) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
 
 
-_DEIT = dict(rand_augment="rand-m9-mstd0.5-inc1", color_jitter=0.3, random_erasing=0.25, mixup=0.8, cutmix=1.0, repeated_aug=3)
+def recipe(name: str, doc: str, **defaults: Any) -> RecipeBuilder:
+    """Register recipe ``name``: a builder ``(*, img_size, <every technique's knobs>)`` with these defaults."""
+    builder = RecipeBuilder(name, doc, defaults)
+    builder.__signature__  # noqa: B018  (a default no technique takes raises here, at registration)
+    return AUGMENTATIONS.register(name)(builder)  # type: ignore[return-value]
+
+
+#: The paper's augmentation values (Table 9 and section 6; the reference main.py's defaults), stated once:
+#: the ``deit`` and ``cifar`` recipes' defaults, quoted by docs/RECIPES.md (tests/data/test_augment.py).
+DEIT = dict(rand_augment="rand-m9-mstd0.5-inc1", color_jitter=0.3, random_erasing=0.25, mixup=0.8, cutmix=1.0, repeated_aug=3)
 
 deit = recipe(
     "deit",
@@ -232,7 +260,7 @@ deit = recipe(
     RandAugment m9 mstd0.5, random erasing 0.25 (pixel mode), Mixup 0.8, CutMix 1.0, repeated
     augmentation x3, RandomResizedCrop and flip. Color jitter 0.3 is set but, as in timm, inert while
     a policy is on. The knobs are the fields of :mod:`research.data.techniques`.""",
-    **_DEIT,
+    **DEIT,
 )
 
 cifar = recipe(
@@ -241,7 +269,7 @@ cifar = recipe(
 
     This is what the reference code runs for ``input_size 32``; RandAugment's translation scales with
     ``img_size`` in timm.""",
-    **_DEIT,
+    **DEIT,
     simple_crop=True,
 )
 

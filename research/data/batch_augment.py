@@ -102,15 +102,7 @@ class BatchAugment:
         alternate_flip: bool = False,
         padding_mode: str = "constant",
     ) -> None:
-        if padding_mode not in ("constant", "reflect"):
-            raise ValueError(f"padding_mode is 'constant' or 'reflect', got {padding_mode!r}")
-        if size < 1 or padding < 0 or not 0.0 <= hflip <= 1.0 or not 0 <= cutout <= size:
-            raise ValueError(
-                "need size >= 1, padding >= 0, 0 <= hflip <= 1 and 0 <= cutout <= size, "
-                f"got {size}, {padding}, {hflip}, {cutout}"
-            )
-        if alternate_flip and hflip != 0.5:
-            raise ValueError(f"alternate_flip mirrors half of the images each epoch: it needs hflip=0.5, got {hflip}")
+        # The knobs were checked by the recipe's techniques (research/data/techniques.py: Crop, Flip, Cutout).
         self.size, self.padding, self.hflip, self.cutout = size, padding, hflip, cutout
         self.alternate_flip = alternate_flip
         self.padding_mode = padding_mode
@@ -234,8 +226,6 @@ class BatchResizedCrop(BatchAugment):
         alternate_flip: bool = False,
     ) -> None:
         super().__init__(size, 0, hflip, mean, std, cutout, alternate_flip=alternate_flip)
-        if interpolation not in (*self._CODES, "random"):
-            raise ValueError(f"interpolation is one of {', '.join(self._CODES)} or random, got {interpolation!r}")
         self.scale, self.ratio, self.interpolation = tuple(scale), tuple(ratio), interpolation
 
     def sample(self, count: int, height: int, width: int, generator: torch.Generator | None = None) -> BatchAugmentParams:

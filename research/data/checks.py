@@ -21,7 +21,7 @@ def recipe_fits_loader(context: CheckContext) -> None:
         recipe.check_batch_size(loader["batch_size"])
     except ValueError as exc:
         raise Invalid("loader.batch_size", f"loader.batch_size: {exc}") from None
-    if "alternate_flip" in recipe.enabled and not loader["batch_augment"]:
+    if "alternate_flip" in recipe.techniques() and not loader["batch_augment"]:
         raise Invalid(
             "aug.alternate_flip",
             "aug.alternate_flip needs each image's place and the epoch, which only the whole-batch path has: "

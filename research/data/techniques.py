@@ -13,17 +13,22 @@ both ways of running it:
 
 Stages, in pipeline order: ``crop`` (crop and flip), ``pixels`` (policies and colour, on integer
 pixels), ``tensor`` (after normalising), ``batch`` (mixing, in the training loop, on both paths),
-``sampler`` (repeated augmentation). Adding a technique is one field group and one class here, plus
-its name in :data:`TECHNIQUES` (docs/EXPERIMENTS.md, "The augmentation recipe: techniques, and adding one").
+``sampler`` (repeated augmentation). A technique is one class decorated with :func:`register_technique`,
+here or in a plugin module; every recipe then takes its keys (docs/EXPERIMENTS.md, "The augmentation
+recipe: techniques, and adding one"). Its fields' annotations state their bounds and choices
+(``Annotated[float, Range(ge=0, le=1)]``, ``Literal[...]``): the config loader checks them when an
+experiment loads, and a technique built in Python checks them on construction.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Literal, Optional, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Optional, TypeVar
 
 from timm.data.auto_augment import auto_augment_transform, rand_augment_transform
 from timm.data.random_erasing import RandomErasing as TimmRandomErasing
@@ -42,14 +47,16 @@ from research.data.batch_ops import (
 )
 from research.data.mix import SplitMixup
 from research.data.policy import AugError, check_policy
+from research.registry import Range, RegistryError, constraints
 
-__all__ = ["AugError", "Context", "NotBatchable", "TECHNIQUES", "Technique", "check_policy"]
+__all__ = ["AugError", "Context", "NotBatchable", "TECHNIQUES", "Technique", "check_policy", "register_technique"]
 
 Stage = Literal["crop", "pixels", "tensor", "batch", "sampler"]
 MixupMode = Literal["batch", "pair", "elem"]
 ErasingMode = Literal["const", "rand", "pixel"]
 Interpolation = Literal["bicubic", "bilinear", "nearest", "random"]
 PaddingMode = Literal["constant", "reflect"]
+Probability = Annotated[float, Range(ge=0, le=1, hint="a probability")]
 
 
 @dataclass(frozen=True)
@@ -86,12 +93,23 @@ class Technique(ABC):
     """One technique of a recipe. Subclasses are frozen dataclasses whose fields are ``aug:`` keys."""
 
     stage: ClassVar[Stage]
+    #: Knob values that turn it on, for the docs and for the tests parametrised over :data:`TECHNIQUES`.
+    example: ClassVar[Mapping[str, Any]]
 
     @abstractmethod
     def tags(self, ctx: Context) -> tuple[str, ...]:
         """Names of what is on, for run tags and ``Recipe.techniques()``: each technique says its own."""
 
-    def check(self, ctx: Context) -> None:  # a hook: most techniques have no knob to check
+    def __post_init__(self) -> None:
+        """Check each knob against its annotation (``Range`` bounds, ``Literal`` choices), as the loader does."""
+        for key, hint in knob_hints(type(self)).items():
+            value, (base, bounds) = getattr(self, key), constraints(hint)
+            if typing.get_origin(base) is Literal and value not in typing.get_args(base):
+                raise AugError(key, f"aug.{key} must be one of {', '.join(map(repr, typing.get_args(base)))}, got {value!r}")
+            if problem := next(filter(None, (bound.problem(value) for bound in bounds)), None):
+                raise AugError(key, f"aug.{key}={value!r}: {problem}")
+
+    def check(self, ctx: Context) -> None:  # a hook for rules between knobs or on the image size
         """Raise :class:`AugError` naming the key of a bad knob."""
         return None
 
@@ -100,27 +118,56 @@ class Technique(ABC):
         return []
 
     def batch_ops(self, ctx: Context) -> list[BatchOp]:
-        """The batched path: ops on ``(B, 3, H, W)`` batches (``pixels``, ``tensor``)."""
+        """The batched path: ops on ``(B, 3, H, W)`` batches (``pixels``, ``tensor``). By default a
+        technique of those stages that is on has none (:class:`NotBatchable`)."""
+        if self.stage in ("pixels", "tensor") and self.tags(ctx):
+            raise NotBatchable(f"{type(self).__name__} has no batched version")
         return []
 
 
 _T = TypeVar("_T", bound=Technique)
 
-
-def _probability(key: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise AugError(key, f"aug.{key} is a probability in [0, 1], got {value}")
+#: The registered technique classes, in pipeline order within each stage (the built-ins, then plugins').
+TECHNIQUES: list[type[Technique]] = []
 
 
+def register_technique(kind: type[_T]) -> type[_T]:
+    """Class decorator: add a technique, whose fields become ``aug:`` keys of every recipe.
+
+    A key means one thing: a field that a registered technique already has raises, naming it.
+    """
+    for other in TECHNIQUES:
+        if (clash := set(knob_hints(kind)) & set(knob_hints(other))) or other is kind:
+            raise RegistryError(
+                f"technique {kind.__qualname__}: aug keys {sorted(clash)} already belong to {other.__module__}.{other.__qualname__}"
+            )
+    TECHNIQUES.append(kind)
+    return kind
+
+
+@functools.cache
+def knob_hints(kind: type[Technique]) -> dict[str, Any]:
+    """A technique's knobs (its fields, in order) and their annotations, ``Annotated`` bounds kept."""
+    hints = typing.get_type_hints(kind, include_extras=True)
+    return {field.name: hints[field.name] for field in fields(kind)}
+
+
+def build_techniques(knobs: Mapping[str, Any]) -> tuple[Technique, ...]:
+    """One object per technique, each from its own keys of ``knobs`` (missing keys: class defaults)."""
+    return tuple(kind(**{key: knobs[key] for key in knob_hints(kind) if key in knobs}) for kind in TECHNIQUES)
+
+
+@register_technique
 @dataclass(frozen=True)
 class Crop(Technique):
     """RandomResizedCrop (timm), or the reference code's padded random crop at 32px (``simple_crop``)."""
 
     stage: ClassVar[Stage] = "crop"
+    example: ClassVar[Mapping[str, Any]] = {"crop_padding": 2}
     scale: Optional[list[float]] = None
     simple_crop: bool = False
     interpolation: Interpolation = "bicubic"
-    crop_padding: Optional[int] = None
+    crop_padding: Annotated[Optional[int], Range(ge=0, hint="pixels")] = None
     crop_padding_mode: PaddingMode = "constant"
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
@@ -131,15 +178,11 @@ class Crop(Technique):
 
     def check(self, ctx: Context) -> None:
         size = ctx.img_size
-        if self.interpolation not in ("bicubic", "bilinear", "nearest", "random"):
-            raise AugError("interpolation", f"aug.interpolation must be bicubic, bilinear, nearest or random, got {self.interpolation!r}")
         if self.crop_padding is not None:
             if not self.simple_crop:
                 raise AugError("crop_padding", "aug.crop_padding sets the padded random crop's padding, unused without aug.simple_crop: true")
-            if not 0 <= self.crop_padding <= size:
+            if self.crop_padding > size:
                 raise AugError("crop_padding", f"aug.crop_padding is a number of pixels, 0 to img_size={size}, got {self.crop_padding}")
-        if self.crop_padding_mode not in ("constant", "reflect"):
-            raise AugError("crop_padding_mode", f"aug.crop_padding_mode is 'constant' (zeros) or 'reflect', got {self.crop_padding_mode!r}")
         if self.crop_padding_mode == "reflect":
             if not self.simple_crop:
                 raise AugError("crop_padding_mode", "aug.crop_padding_mode sets the padded random crop's fill, unused without aug.simple_crop: true")
@@ -174,20 +217,21 @@ class Crop(Technique):
         )  # fmt: skip
 
 
+@register_technique
 @dataclass(frozen=True)
 class Flip(Technique):
     """Horizontal flip; ``alternate_flip`` is airbench's derandomised flip (needs ``loader.batch_augment``).
     Batched, the mirror is part of the crop's gather (:meth:`Crop.geometry`)."""
 
     stage: ClassVar[Stage] = "crop"
-    hflip: float = 0.5
+    example: ClassVar[Mapping[str, Any]] = {"hflip": 0.5}
+    hflip: Probability = 0.5
     alternate_flip: bool = False
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
         return (("hflip",) if self.hflip > 0 else ()) + (("alternate_flip",) if self.alternate_flip else ())
 
     def check(self, ctx: Context) -> None:
-        _probability("hflip", self.hflip)
         if self.alternate_flip and self.hflip != 0.5:
             raise AugError("alternate_flip", f"aug.alternate_flip mirrors half the images each epoch: it needs aug.hflip: 0.5, got {self.hflip}")
 
@@ -195,60 +239,68 @@ class Flip(Technique):
         return [T.RandomHorizontalFlip(self.hflip)] if self.hflip > 0 else []
 
 
-@dataclass(frozen=True)
-class RandAugment(Technique):
-    """timm's RandAugment string (``rand-m9-mstd0.5-inc1``); the paper's choice over AutoAugment."""
+class _Policy(Technique):
+    """A timm policy named by a string (the field :attr:`key`): timm's own transform per image, and
+    :attr:`batched` made from that transform on batches."""
 
     stage: ClassVar[Stage] = "pixels"
-    rand_augment: Optional[str] = None
+    key: ClassVar[str]
+    make: ClassVar[Any]  # timm's factory: (policy string, hparams) -> transform
+    batched: ClassVar[Any]  # (timm's transform) -> BatchOp
+
+    @property
+    def policy(self) -> str | None:
+        return getattr(self, self.key)  # type: ignore[no-any-return]
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
-        return ("rand_augment",) if self.rand_augment else ()
+        return (self.key,) if self.policy else ()
+
+    def timm(self, ctx: Context) -> Any:
+        return self.make(self.policy, ctx.timm_policy_hparams())
+
+    def image_transforms(self, ctx: Context) -> list[Callable[[Any], Any]]:
+        return [self.timm(ctx)] if self.policy else []
+
+    def batch_ops(self, ctx: Context) -> list[BatchOp]:
+        if not self.policy:
+            return []
+        try:
+            return [self.batched(self.timm(ctx))]
+        except NotBatchable as exc:
+            raise NotBatchable(f"aug.{self.key}={self.policy!r}: {exc}") from None
+
+
+@register_technique
+@dataclass(frozen=True)
+class RandAugment(_Policy):
+    """timm's RandAugment string (``rand-m9-mstd0.5-inc1``); the paper's choice over AutoAugment."""
+
+    key, make, batched = "rand_augment", staticmethod(rand_augment_transform), BatchRandAugment
+    example: ClassVar[Mapping[str, Any]] = {"rand_augment": "rand-m9-mstd0.5-inc1"}
+    rand_augment: Optional[str] = None
 
     def check(self, ctx: Context) -> None:
         check_policy(self.rand_augment, ctx.get(AutoAugment).auto_augment)
 
-    def timm(self, ctx: Context) -> Any:
-        return rand_augment_transform(self.rand_augment, ctx.timm_policy_hparams())
 
-    def image_transforms(self, ctx: Context) -> list[Callable[[Any], Any]]:
-        return [self.timm(ctx)] if self.rand_augment else []
-
-    def batch_ops(self, ctx: Context) -> list[BatchOp]:
-        return [BatchRandAugment(self.timm(ctx))] if self.rand_augment else []
-
-
+@register_technique
 @dataclass(frozen=True)
-class AutoAugment(Technique):
+class AutoAugment(_Policy):
     """timm's AutoAugment policy (original, originalr, v0, v0r, 3a; optional -mstd<x>)."""
 
-    stage: ClassVar[Stage] = "pixels"
+    key, make, batched = "auto_augment", staticmethod(auto_augment_transform), BatchAutoAugment
+    example: ClassVar[Mapping[str, Any]] = {"auto_augment": "original"}
     auto_augment: Optional[str] = None
 
-    def tags(self, ctx: Context) -> tuple[str, ...]:
-        return ("auto_augment",) if self.auto_augment else ()
 
-    def timm(self, ctx: Context) -> Any:
-        return auto_augment_transform(self.auto_augment, ctx.timm_policy_hparams())
-
-    def image_transforms(self, ctx: Context) -> list[Callable[[Any], Any]]:
-        return [self.timm(ctx)] if self.auto_augment else []
-
-    def batch_ops(self, ctx: Context) -> list[BatchOp]:
-        if not self.auto_augment:
-            return []
-        try:
-            return [BatchAutoAugment(self.timm(ctx))]
-        except NotBatchable as exc:
-            raise NotBatchable(f"aug.auto_augment={self.auto_augment!r}: {exc}") from None
-
-
+@register_technique
 @dataclass(frozen=True)
 class ColorJitter(Technique):
     """Brightness, contrast and saturation jitter; as in timm, only when no policy is on (or '3a')."""
 
     stage: ClassVar[Stage] = "pixels"
-    color_jitter: Optional[float] = None
+    example: ClassVar[Mapping[str, Any]] = {"color_jitter": 0.4}
+    color_jitter: Annotated[Optional[float], Range(ge=0, hint="0 = off")] = None
 
     def on(self, ctx: Context) -> bool:
         policy = ctx.policy
@@ -256,10 +308,6 @@ class ColorJitter(Technique):
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
         return ("color_jitter",) if self.on(ctx) else ()
-
-    def check(self, ctx: Context) -> None:
-        if (self.color_jitter or 0.0) < 0:
-            raise AugError("color_jitter", f"aug.color_jitter must be >= 0 (0 = off), got {self.color_jitter}")
 
     def timm(self) -> T.ColorJitter:
         return T.ColorJitter(*(float(self.color_jitter or 0.0),) * 3)
@@ -271,19 +319,18 @@ class ColorJitter(Technique):
         return [BatchColorJitter(self.timm())] if self.on(ctx) else []
 
 
+@register_technique
 @dataclass(frozen=True)
 class Grayscale(Technique):
     """Random grayscale (torchvision's ``RandomGrayscale``, timm's ``grayscale_prob``; part of DeiT III's
     3-Augment): each image turned grey with this probability, after the colour jitter."""
 
     stage: ClassVar[Stage] = "pixels"
-    grayscale: float = 0.0
+    example: ClassVar[Mapping[str, Any]] = {"grayscale": 0.5}
+    grayscale: Probability = 0.0
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
         return ("grayscale",) if self.grayscale > 0 else ()
-
-    def check(self, ctx: Context) -> None:
-        _probability("grayscale", self.grayscale)
 
     def image_transforms(self, ctx: Context) -> list[Callable[[Any], Any]]:
         return [T.RandomGrayscale(self.grayscale)] if self.grayscale > 0 else []
@@ -292,24 +339,19 @@ class Grayscale(Technique):
         return [BatchGrayscale(self.grayscale)] if self.grayscale > 0 else []
 
 
+@register_technique
 @dataclass(frozen=True)
 class RandomErasing(Technique):
     """timm's RandomErasing (Zhong et al. 2020) on normalised images."""
 
     stage: ClassVar[Stage] = "tensor"
-    random_erasing: float = 0.0
+    example: ClassVar[Mapping[str, Any]] = {"random_erasing": 0.5}
+    random_erasing: Probability = 0.0
     random_erasing_mode: ErasingMode = "pixel"
-    random_erasing_count: int = 1
+    random_erasing_count: Annotated[int, Range(ge=1, hint="boxes per image")] = 1
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
         return ("random_erasing",) if self.random_erasing > 0 else ()
-
-    def check(self, ctx: Context) -> None:
-        _probability("random_erasing", self.random_erasing)
-        if self.random_erasing_mode not in ("const", "rand", "pixel"):
-            raise AugError("random_erasing_mode", f"aug.random_erasing_mode must be 'const', 'rand' or 'pixel', got {self.random_erasing_mode!r}")
-        if self.random_erasing_count < 1:
-            raise AugError("random_erasing_count", f"aug.random_erasing_count must be >= 1, got {self.random_erasing_count}")
 
     def timm(self) -> TimmRandomErasing:
         return TimmRandomErasing(self.random_erasing, mode=self.random_erasing_mode, max_count=self.random_erasing_count, device="cpu")
@@ -321,35 +363,42 @@ class RandomErasing(Technique):
         return [BatchRandomErasing(self.timm())] if self.random_erasing > 0 else []
 
 
+@register_technique
 @dataclass(frozen=True)
 class Cutout(Technique):
     """Cutout (DeVries & Taylor 2017, Page's CIFAR ResNet-9): one fixed square set to 0 (the mean colour)
     after normalising, placed uniformly inside the image. Batched, its squares are drawn with the crops."""
 
     stage: ClassVar[Stage] = "tensor"
-    cutout: int = 0
+    example: ClassVar[Mapping[str, Any]] = {"cutout": 8}
+    cutout: Annotated[int, Range(ge=0, hint="pixels; 0 = off")] = 0
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
         return ("cutout",) if self.cutout > 0 else ()
 
     def check(self, ctx: Context) -> None:
-        if not 0 <= self.cutout <= ctx.img_size:
+        if self.cutout > ctx.img_size:
             raise AugError("cutout", f"aug.cutout is the side of the erased square in pixels, 0 to img_size={ctx.img_size} (0 = off), got {self.cutout}")
 
     def image_transforms(self, ctx: Context) -> list[Callable[[Any], Any]]:
         area = self.cutout**2 / ctx.img_size**2
         return [T.RandomErasing(p=1.0, scale=(area, area), ratio=(1.0, 1.0), value=0)] if self.cutout else []
 
+    def batch_ops(self, ctx: Context) -> list[BatchOp]:
+        return []  # its squares are drawn with the crops (Crop.geometry)
 
+
+@register_technique
 @dataclass(frozen=True)
 class Mixup(Technique):
     """timm's Mixup / CutMix on batches in the training loop (both paths: it is a batch technique)."""
 
     stage: ClassVar[Stage] = "batch"
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    mixup_prob: float = 1.0
-    mixup_switch_prob: float = 0.5
+    example: ClassVar[Mapping[str, Any]] = {"mixup": 0.8, "cutmix": 1.0}
+    mixup: Annotated[float, Range(ge=0, hint="0 = off")] = 0.0
+    cutmix: Annotated[float, Range(ge=0, hint="0 = off")] = 0.0
+    mixup_prob: Probability = 1.0
+    mixup_switch_prob: Probability = 0.5
     mixup_mode: MixupMode = "batch"
 
     @property
@@ -361,15 +410,6 @@ class Mixup(Technique):
             ("cutmix",) if self.cutmix > 0 and self.mixup_prob > 0 else ()
         )
 
-    def check(self, ctx: Context) -> None:
-        _probability("mixup_prob", self.mixup_prob)
-        _probability("mixup_switch_prob", self.mixup_switch_prob)
-        for key in ("mixup", "cutmix"):
-            if getattr(self, key) < 0:
-                raise AugError(key, f"aug.{key} must be >= 0 (0 = off), got {getattr(self, key)}")
-        if self.mixup_mode not in ("batch", "pair", "elem"):
-            raise AugError("mixup_mode", f"aug.mixup_mode must be 'batch', 'pair' or 'elem', got {self.mixup_mode!r}")
-
     def build(self, num_classes: int, label_smoothing: float) -> SplitMixup | None:
         if not self.active:
             return None
@@ -379,31 +419,14 @@ class Mixup(Technique):
         )  # fmt: skip
 
 
+@register_technique
 @dataclass(frozen=True)
 class RepeatedAug(Technique):
     """Repeated augmentation (Hoffer et al. 2020): copies of each image per epoch, in the sampler."""
 
     stage: ClassVar[Stage] = "sampler"
-    repeated_aug: int = 1
+    example: ClassVar[Mapping[str, Any]] = {"repeated_aug": 2}
+    repeated_aug: Annotated[int, Range(ge=1, hint="copies per image; 1 = off")] = 1
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
         return ("repeated_aug",) if self.repeated_aug > 1 else ()
-
-    def check(self, ctx: Context) -> None:
-        if self.repeated_aug < 1:
-            raise AugError("repeated_aug", f"aug.repeated_aug is the number of copies per image (1 = off), got {self.repeated_aug}")
-
-
-# Pipeline order within each stage; a new technique goes here once.
-TECHNIQUES: tuple[type[Technique], ...] = (
-    Crop, Flip, RandAugment, AutoAugment, ColorJitter, Grayscale, RandomErasing, Cutout, Mixup, RepeatedAug,
-)  # fmt: skip
-
-
-def knobs_of(kind: type[Technique]) -> list[str]:
-    return [f.name for f in fields(kind)]
-
-
-def build_techniques(knobs: Mapping[str, Any]) -> tuple[Technique, ...]:
-    """One object per technique, each from its own keys of ``knobs`` (missing keys: class defaults)."""
-    return tuple(kind(**{key: knobs[key] for key in knobs_of(kind) if key in knobs}) for kind in TECHNIQUES)

@@ -10,8 +10,9 @@ Parameter names and shapes follow timm's models of the same name, so official ch
 (``deit_tiny_patch16_224`` ...) plus 32x32 variants with 4x4 patches for CIFAR-size experiments.
 """
 
+from dataclasses import replace
 from functools import partial
-from typing import Any, Callable, Union, get_args
+from typing import Any, Union, get_args
 
 import torch
 from timm.layers import LayerNorm, get_device_dtype, trunc_normal_
@@ -218,234 +219,68 @@ class DistilledDeiT(DeiT):
         return self.forward_head(self.forward_features(x, **kwargs))
 
 
-def _deit_args(
-    variant: str, patch_size: int, num_classes: int, img_size: int, drop_path_rate: float, cls_token_init: str
-) -> dict[str, Any]:
-    """Constructor arguments of a :class:`DeiT` / :class:`DistilledDeiT` of the given variant."""
+# One row per architecture and resolution: (variant, patch size, image size, what it is). Each row registers
+# two entries, ``deit_<variant>_patch<P>_<S>`` and ``deit_<variant>_distilled_patch<P>_<S>`` (with the
+# distillation token), whose names and info records come from the row. The ImageNet rows are the paper's
+# models under timm's names (drop_path_rate 0.1: paper Table 9); the 32x32 rows are ours, for CIFAR-size
+# experiments, with 4x4 patches (an 8x8 grid of 64 tokens, where 16x16 patches would leave 4).
+_ENTRIES: tuple[tuple[str, int, int, str], ...] = (
+    ("tiny", 16, 224, "DeiT-Ti (5M parameters, Table 1)."),
+    ("small", 16, 224, "DeiT-S (22M parameters, Table 1)."),
+    ("base", 16, 224, "DeiT-B (86M parameters, Table 1): ViT-B's architecture."),
+    ("base", 16, 384, "DeiT-B↑384: DeiT-B fine-tuned at 384x384 (Sec. 6, \"Fine-tuning at different resolution\")."),
+    ("tiny", 4, 32, "DeiT-Ti's transformer (width 192, depth 12, 3 heads) on 4x4 patches."),
+    ("mini", 4, 32, "Half DeiT-Ti's depth: width 192, depth 6, 3 heads, 4x4 patches."),
+    ("micro", 4, 32, "Width 128, depth 6, 4 heads, 4x4 patches."),
+    ("nano", 4, 32, "Width 64, depth 2, 2 heads, 4x4 patches: for tests and smoke runs."),
+)
+
+
+def _check_img_size(img_size: int, patch_size: int) -> None:
     if img_size <= 0 or img_size % patch_size:
         raise ValueError(
             f"img_size must be a positive multiple of the patch size {patch_size}, got {img_size}; "
             f"try {max(1, round(img_size / patch_size)) * patch_size}"
         )
-    if not 0.0 <= drop_path_rate < 1.0:
-        raise ValueError(f"drop_path_rate is a probability in [0, 1), got {drop_path_rate}")
-    return dict(
-        img_size=img_size,
-        patch_size=patch_size,
-        num_classes=num_classes,
-        drop_path_rate=drop_path_rate,
-        cls_token_init=cls_token_init,
-        **_VARIANTS[variant],
-        **_COMMON,
-    )
 
 
-def _register(name: str, *, distilled: bool, patch_size: int, img_size: int) -> Callable[[Callable], Callable]:
-    return MODELS.register(name, ModelInfo(distilled=distilled, family="deit", patch_size=patch_size, default_img_size=img_size))
+def _register(variant: str, patch_size: int, default_img_size: int, doc: str) -> None:
+    """Register the row's two entries: the plain model and the one with the distillation token."""
+    name = f"deit_{variant}_patch{patch_size}_{default_img_size}"
+    info = ModelInfo(distilled=False, family="deit", patch_size=patch_size, default_img_size=default_img_size)
+    shape = dict(patch_size=patch_size, **_VARIANTS[variant], **_COMMON)
+
+    def plain(
+        *,
+        num_classes: int = 1000,
+        img_size: ImgSize = default_img_size,
+        drop_path_rate: DropPathRate = 0.1,
+        cls_token_init: ClsTokenInit = "timm",
+    ) -> DeiT:
+        _check_img_size(img_size, patch_size)
+        return DeiT(num_classes=num_classes, img_size=img_size, drop_path_rate=drop_path_rate, cls_token_init=cls_token_init, **shape)
+
+    def distilled(
+        *,
+        num_classes: int = 1000,
+        img_size: ImgSize = default_img_size,
+        drop_path_rate: DropPathRate = 0.1,
+        eval_head: EvalHead = "both",
+        cls_token_init: ClsTokenInit = "timm",
+    ) -> DistilledDeiT:
+        _check_img_size(img_size, patch_size)
+        return DistilledDeiT(
+            eval_head=eval_head, num_classes=num_classes, img_size=img_size, drop_path_rate=drop_path_rate,
+            cls_token_init=cls_token_init, **shape,
+        )  # fmt: skip
+
+    distilled_name = name.replace("_patch", "_distilled_patch")
+    for builder, entry, text in ((plain, name, doc), (distilled, distilled_name, f":func:`{name}` with the distillation token.")):
+        builder.__name__ = builder.__qualname__ = entry
+        builder.__doc__ = text
+    MODELS.register(name, info)(plain)
+    MODELS.register(distilled_name, replace(info, distilled=True))(distilled)
 
 
-# --- ImageNet models of the paper, under timm's names (drop_path_rate 0.1: paper Table 9) ------------------
-
-
-@_register("deit_tiny_patch16_224", distilled=False, patch_size=16, img_size=224)
-def deit_tiny_patch16_224(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 224,
-    drop_path_rate: DropPathRate = 0.1,
-    cls_token_init: ClsTokenInit = "timm",
-) -> DeiT:
-    """DeiT-Ti (5M parameters, Table 1)."""
-    return DeiT(**_deit_args("tiny", 16, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_small_patch16_224", distilled=False, patch_size=16, img_size=224)
-def deit_small_patch16_224(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 224,
-    drop_path_rate: DropPathRate = 0.1,
-    cls_token_init: ClsTokenInit = "timm",
-) -> DeiT:
-    """DeiT-S (22M parameters, Table 1)."""
-    return DeiT(**_deit_args("small", 16, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_base_patch16_224", distilled=False, patch_size=16, img_size=224)
-def deit_base_patch16_224(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 224,
-    drop_path_rate: DropPathRate = 0.1,
-    cls_token_init: ClsTokenInit = "timm",
-) -> DeiT:
-    """DeiT-B (86M parameters, Table 1): ViT-B's architecture."""
-    return DeiT(**_deit_args("base", 16, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_base_patch16_384", distilled=False, patch_size=16, img_size=384)
-def deit_base_patch16_384(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 384,
-    drop_path_rate: DropPathRate = 0.1,
-    cls_token_init: ClsTokenInit = "timm",
-) -> DeiT:
-    """DeiT-B↑384: DeiT-B fine-tuned at 384x384 (Sec. 6, "Fine-tuning at different resolution")."""
-    return DeiT(**_deit_args("base", 16, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_tiny_distilled_patch16_224", distilled=True, patch_size=16, img_size=224)
-def deit_tiny_distilled_patch16_224(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 224,
-    drop_path_rate: DropPathRate = 0.1,
-    eval_head: EvalHead = "both",
-    cls_token_init: ClsTokenInit = "timm",
-) -> DistilledDeiT:
-    """DeiT-Ti⚗: DeiT-Ti with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("tiny", 16, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_small_distilled_patch16_224", distilled=True, patch_size=16, img_size=224)
-def deit_small_distilled_patch16_224(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 224,
-    drop_path_rate: DropPathRate = 0.1,
-    eval_head: EvalHead = "both",
-    cls_token_init: ClsTokenInit = "timm",
-) -> DistilledDeiT:
-    """DeiT-S⚗: DeiT-S with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("small", 16, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_base_distilled_patch16_224", distilled=True, patch_size=16, img_size=224)
-def deit_base_distilled_patch16_224(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 224,
-    drop_path_rate: DropPathRate = 0.1,
-    eval_head: EvalHead = "both",
-    cls_token_init: ClsTokenInit = "timm",
-) -> DistilledDeiT:
-    """DeiT-B⚗: DeiT-B with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("base", 16, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_base_distilled_patch16_384", distilled=True, patch_size=16, img_size=384)
-def deit_base_distilled_patch16_384(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 384,
-    drop_path_rate: DropPathRate = 0.1,
-    eval_head: EvalHead = "both",
-    cls_token_init: ClsTokenInit = "timm",
-) -> DistilledDeiT:
-    """DeiT-B⚗↑384: DeiT-B⚗ fine-tuned at 384x384."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("base", 16, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-# --- 32x32 inputs (CIFAR size; ours, not in the paper) -----------------------------------------------------
-# 4x4 patches give an 8x8 grid of 64 tokens, where 16x16 patches would leave 4.
-
-
-@_register("deit_tiny_patch4_32", distilled=False, patch_size=4, img_size=32)
-def deit_tiny_patch4_32(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 32,
-    drop_path_rate: DropPathRate = 0.1,
-    cls_token_init: ClsTokenInit = "timm",
-) -> DeiT:
-    """DeiT-Ti's transformer (width 192, depth 12, 3 heads) on 4x4 patches."""
-    return DeiT(**_deit_args("tiny", 4, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_tiny_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
-def deit_tiny_distilled_patch4_32(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 32,
-    drop_path_rate: DropPathRate = 0.1,
-    eval_head: EvalHead = "both",
-    cls_token_init: ClsTokenInit = "timm",
-) -> DistilledDeiT:
-    """:func:`deit_tiny_patch4_32` with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("tiny", 4, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_mini_patch4_32", distilled=False, patch_size=4, img_size=32)
-def deit_mini_patch4_32(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 32,
-    drop_path_rate: DropPathRate = 0.1,
-    cls_token_init: ClsTokenInit = "timm",
-) -> DeiT:
-    """Half DeiT-Ti's depth: width 192, depth 6, 3 heads, 4x4 patches."""
-    return DeiT(**_deit_args("mini", 4, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_mini_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
-def deit_mini_distilled_patch4_32(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 32,
-    drop_path_rate: DropPathRate = 0.1,
-    eval_head: EvalHead = "both",
-    cls_token_init: ClsTokenInit = "timm",
-) -> DistilledDeiT:
-    """:func:`deit_mini_patch4_32` with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("mini", 4, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_micro_patch4_32", distilled=False, patch_size=4, img_size=32)
-def deit_micro_patch4_32(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 32,
-    drop_path_rate: DropPathRate = 0.1,
-    cls_token_init: ClsTokenInit = "timm",
-) -> DeiT:
-    """Width 128, depth 6, 4 heads, 4x4 patches."""
-    return DeiT(**_deit_args("micro", 4, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_micro_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
-def deit_micro_distilled_patch4_32(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 32,
-    drop_path_rate: DropPathRate = 0.1,
-    eval_head: EvalHead = "both",
-    cls_token_init: ClsTokenInit = "timm",
-) -> DistilledDeiT:
-    """:func:`deit_micro_patch4_32` with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("micro", 4, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_nano_patch4_32", distilled=False, patch_size=4, img_size=32)
-def deit_nano_patch4_32(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 32,
-    drop_path_rate: DropPathRate = 0.1,
-    cls_token_init: ClsTokenInit = "timm",
-) -> DeiT:
-    """Width 64, depth 2, 2 heads, 4x4 patches: for tests and smoke runs."""
-    return DeiT(**_deit_args("nano", 4, num_classes, img_size, drop_path_rate, cls_token_init))
-
-
-@_register("deit_nano_distilled_patch4_32", distilled=True, patch_size=4, img_size=32)
-def deit_nano_distilled_patch4_32(
-    *,
-    num_classes: int = 1000,
-    img_size: ImgSize = 32,
-    drop_path_rate: DropPathRate = 0.1,
-    eval_head: EvalHead = "both",
-    cls_token_init: ClsTokenInit = "timm",
-) -> DistilledDeiT:
-    """:func:`deit_nano_patch4_32` with the distillation token."""
-    return DistilledDeiT(eval_head=eval_head, **_deit_args("nano", 4, num_classes, img_size, drop_path_rate, cls_token_init))
+for _row in _ENTRIES:
+    _register(*_row)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from timm.data import Mixup
 from timm.data.auto_augment import AugmentOp
 
 from research.data import Recipe, check_policy
+from research.data.augment import DEIT
 from research.registry import AUGMENTATIONS
 
 ALL_ON = ["random_resized_crop", "hflip", "rand_augment", "random_erasing", "mixup", "cutmix", "repeated_aug"]
@@ -212,3 +216,14 @@ def test_per_image_path_is_timms_create_transform(knobs):
             torch.manual_seed(seed)
             outputs.append(transform(image))
         assert torch.equal(*outputs), seed
+
+
+def test_recipes_doc_quotes_the_deit_defaults():
+    """docs/RECIPES.md's table of the paper's knobs says what the package's defaults are (their one home:
+    ``DEIT`` in research/data/augment.py and the techniques' fields), and lists every value ``DEIT`` sets."""
+    text = (Path(__file__).parents[2] / "docs" / "RECIPES.md").read_text()
+    table = text[text.index("The knobs of `deit` and `cifar`") : text.index("`none` sets all of these off")]
+    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", table, flags=re.MULTILINE))
+    defaults = {k: p.default for k, p in AUGMENTATIONS.signature("deit").parameters.items()}
+    assert set(DEIT) <= set(rows)
+    assert {key: yaml.safe_load(value) for key, value in rows.items()} == {key: defaults[key] for key in rows}
