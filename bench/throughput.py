@@ -49,7 +49,7 @@ import torch
 from speed.data import attach_step_rate, measure_data
 from speed.epoch import CIFAR_EXPERIMENT, measure_epoch
 from speed.flops import flops_by_device, model_flops
-from speed.loops import NUM_CLASSES, img_size_of, random_teacher_checkpoint, teacher_network
+from speed.loops import NUM_CLASSES, img_size_of, random_teacher_checkpoint
 from speed.report import machine, markdown, print_report
 from speed.settings import Settings, parse_args
 from speed.steps import measure_steps
@@ -60,6 +60,7 @@ from research.config import load_run
 from research.launch.cost import Throughput, record_throughput
 from research.launch.provenance import git_info
 from research.registry import MODELS
+from research.teachers import teacher_network
 
 research.load_builtins()  # the registries' built-in components
 
@@ -82,7 +83,7 @@ def run(settings: Settings) -> dict[str, Any]:
         results["flop_counts"] = counts
         flops = {"student": counts["cpu_eval"]}
         if use_teacher:
-            flops["teacher"] = model_flops(teacher_network(settings.teacher), size)
+            flops["teacher"] = model_flops(teacher_network(settings.teacher, num_classes=NUM_CLASSES), size)
         results["flops"] = flops
         _warn_if_counts_disagree(counts)
 
