@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -64,6 +64,7 @@ class StopSignal(Protocol):
     def __call__(self) -> bool: ...
 
 
+@runtime_checkable
 class ObjectiveResult(Protocol):
     """What an objective returns (:class:`research.losses.LossOutput`): ``loss``, the scalar to
     backpropagate, and ``logs``, its parts as detached scalar tensors keyed ``"loss/<part>"`` (tensors,
