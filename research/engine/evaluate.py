@@ -24,8 +24,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 def eval_views(options: Any) -> dict[str, Any]:
-    """The test-time views of :func:`evaluate` that a run's ``train:`` options ask for (``eval_hflip``,
-    ``eval_translate``), as its keyword arguments."""
+    """:func:`evaluate`'s test-time views that a run's ``train:`` options (``eval_hflip``, ``eval_translate``) ask for."""
     return {"hflip": options.eval_hflip, "translate": options.eval_translate}
 
 

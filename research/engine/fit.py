@@ -66,9 +66,8 @@ class StopSignal(Protocol):
 
 @runtime_checkable
 class ObjectiveResult(Protocol):
-    """What an objective returns (:class:`research.losses.LossOutput`): ``loss``, the scalar to
-    backpropagate, and ``logs``, its parts as detached scalar tensors keyed ``"loss/<part>"`` (tensors,
-    so that the step never waits on the device)."""
+    """An objective's result (``research.losses.LossOutput``): ``loss`` to backpropagate, and ``logs``, its
+    parts as detached scalar tensors keyed ``"loss/<part>"`` (tensors: the step never waits on the device)."""
 
     @property
     def loss(self) -> torch.Tensor: ...
@@ -78,9 +77,8 @@ class ObjectiveResult(Protocol):
 
 
 class Objective(Protocol):
-    """``objective(images, outputs, targets)``: the (mixed) images the student saw, its output (logits,
-    or a distilled model's ``(class_logits, dist_logits)``) and the targets (indices, or soft targets
-    under mixup); every ``LOSSES`` entry builds one (research/losses/base.py)."""
+    """``objective(images, outputs, targets)``: the (mixed) images the student saw, its output (logits, or
+    ``(class_logits, dist_logits)``), the targets (soft under mixup); what ``LOSSES`` entries build."""
 
     def __call__(self, images: torch.Tensor, outputs: Any, targets: torch.Tensor) -> ObjectiveResult: ...
 
@@ -99,9 +97,8 @@ class BatchMix(Protocol):
 
 @dataclass(frozen=True)
 class LoopOptions:
-    """Everything the loop reads from a run's config, in one place: the ``train:`` section's loop options
-    (:class:`TrainCfg`'s fields of the same names; :meth:`of` copies them), ``optim.clip_grad``, and the
-    run's ``seed``, from which each step reseeds the global generators (None: no reseeding)."""
+    """All the loop reads of a run's config: ``train:`` options (``TrainCfg``'s fields of the same names, as
+    :meth:`of` copies them), ``optim.clip_grad``, and the ``seed`` each step reseeds from (None: it does not)."""
 
     epochs: int
     precision: str

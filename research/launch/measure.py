@@ -55,9 +55,8 @@ def measure_runs(runs: Sequence[Run], *, device_name: str, steps: int = 20, warm
 def measure_throughput(
     run: Run, *, device_name: str, device: torch.device, steps: int = 20, warmup: int = 5, source: str = ""
 ) -> Throughput:
-    """Train and eval images/s of ``run``'s step on ``device`` (random data; see the module docstring):
-    the ``scope=step`` row of ``research throughput``, and of the benchmark's ``--record-table`` (its
-    command as ``source``)."""
+    """Train and eval images/s of ``run``'s step on ``device`` (random data; see the module docstring): the
+    ``scope=step`` row of ``research throughput`` and of ``bench/throughput.py --record-table`` (``source``)."""
     cfg = run.cfg
     sizes = dataset_sizes(cfg)
     classes = sizes[2] if not isinstance(sizes, str) else 1000
@@ -84,7 +83,7 @@ def measure_throughput(
 
     eval_rate = eval_batch / _seconds_per_call(forward, device, max(steps // 2, 1), max(warmup // 2, 1))
     commit = provenance.git_info().get("commit") or "unknown commit"
-    source = source or f"research throughput {_display(run)}"
+    source = source or f"research throughput {display_path(run.source)}" + (f" --only {run.variant}" if run.variant else "")
     return Throughput(
         *key[:4], device=device_name, teacher=key[5], scope="step", train_img_s=round(train_rate, 1),
         eval_img_s=round(eval_rate, 1), measured=f"{datetime.date.today()} at {str(commit)[:7]}",
@@ -92,22 +91,14 @@ def measure_throughput(
     )
 
 
-def _display(run: Run) -> str:
-    return display_path(run.source) + (f" --only {run.variant}" if run.variant else "")
-
-
 def _seconds_per_call(call: Callable[[], Any], device: torch.device, steps: int, warmup: int) -> float:
     """Mean seconds per call over ``steps`` calls after ``warmup`` calls, synchronised on a GPU."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         call()
-    _sync(device)
+    sync()
     started = time.perf_counter()
     for _ in range(steps):
         call()
-    _sync(device)
+    sync()
     return (time.perf_counter() - started) / steps
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

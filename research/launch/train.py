@@ -129,25 +129,13 @@ class RunParts:
 
 
 def assemble(
-    run: Run,
-    env: DistEnv | None = None,
-    *,
-    data: RunData | None = None,
-    teacher_weights: bool = True,
-    run_dir: RunDir | None = None,
-    stop: StopRequest | None = None,
-) -> RunParts:
-    """Build ``run``'s parts as :func:`train` does, on the global generators ``train`` seeds, writing
-    nothing: no run dir, lock or tracker (the Loop's tracker records nothing), and no resume.
-
-    Args:
-        run: the run.
-        env: the process's place (default: :func:`init_distributed`'s).
-        data: the run's data, when not built from its config (a measurement on random images).
-        teacher_weights: load the teacher's checkpoint; False builds its network with random weights.
-        run_dir: where the Loop saves (default: the run's dir, unwritten until something saves).
-        stop: stops the run between steps, and at once while the data is prepared.
-    """
+    run: Run, env: DistEnv | None = None, *, data: RunData | None = None, teacher_weights: bool = True,
+    run_dir: RunDir | None = None, stop: StopRequest | None = None,
+) -> RunParts:  # fmt: skip
+    """``run``'s parts as :func:`train` builds them (seeded as it seeds them), writing nothing: no run dir,
+    lock, tracker (the Loop's records nothing) or resume. ``data`` replaces the data of the config (random
+    images to time a step on), ``teacher_weights=False`` gives the teacher random weights, ``run_dir`` is
+    where the Loop saves (default: the run's, unwritten until it saves), ``stop`` the run's stop request."""
     env = env or init_distributed()
     cfg = run.cfg
     if cfg.train.threads:  # on a small CPU, loader workers and compute threads compete for the same cores
@@ -277,9 +265,9 @@ def build_teacher(cfg: ExperimentCfg, num_classes: int, env: DistEnv, *, weights
     if weights:
         teacher = build_component(SECTIONS["teacher"], cfg.teacher, num_classes=num_classes)
     else:
-        name, channels_last = cfg.teacher["name"], bool(cfg.teacher.get("channels_last"))
-        net = teacher_network(name, num_classes=num_classes, arch=cfg.teacher.get("arch"))
-        teacher = Teacher(net, name=name, num_classes=num_classes, channels_last=channels_last)
+        name, section = cfg.teacher["name"], cfg.teacher
+        net = teacher_network(name, num_classes=num_classes, arch=section.get("arch"))
+        teacher = Teacher(net, name=name, num_classes=num_classes, channels_last=bool(section.get("channels_last")))
     # The teacher runs as the student: channels-last when the run is, its weights in the run's
     # autocast dtype (no per-step casts; train.teacher_fp32 keeps them fp32), in inference mode (Teacher.forward).
     dtype = None if cfg.train.teacher_fp32 else AUTOCAST_DTYPES.get(cfg.train.precision)
@@ -431,17 +419,9 @@ def _log_start(run: Run, data: RunData, model: nn.Module, state: TrainState, res
         return
     where = f"resumed at epoch {state.epoch}, step {state.step}" if resumed else "from scratch"
     log.info(
-        "%s: %s; %d train / %d val images, %d classes, %d processes%s on %s; %s",
-        run.name,
-        run.run_dir,
-        data.train_size,
-        data.val_size,
-        data.num_classes,
-        env.world_size,
-        " (DDP)" if env.distributed else "",
-        env.device.type,
-        where,
-    )
+        "%s: %s; %d train / %d val images, %d classes, %d processes%s on %s; %s", run.name, run.run_dir, data.train_size,
+        data.val_size, data.num_classes, env.world_size, " (DDP)" if env.distributed else "", env.device.type, where,
+    )  # fmt: skip
 
 
 def _summary(state: TrainState, cfg: ExperimentCfg, last: dict[str, Any], status: str) -> dict[str, Any]:
