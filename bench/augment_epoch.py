@@ -28,30 +28,11 @@ import torch
 
 from research.config import load_run
 from research.engine.fit import Loop, train_step
-from research.launch.train import train
+from research.launch.train import assemble
 from research.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = {"per_image": ["loader.batch_augment=false"], "batched": ["loader.batch_augment=true"]}
-
-
-class _Built(Exception):
-    def __init__(self, loop: Loop) -> None:
-        self.loop = loop
-
-
-def build_loop(experiment: Path, overrides: list[str]) -> Loop:
-    """The Loop :func:`research.launch.train.train` builds for the experiment, stopped before ``fit``."""
-
-    def stop(loop: Loop) -> None:
-        raise _Built(loop)
-
-    try:
-        train(load_run(experiment, overrides), on_loop=stop)
-    except _Built as built:
-        built.loop.state.model.train()
-        return built.loop
-    raise RuntimeError("train() returned without calling on_loop")
 
 
 def time_epoch(loop: Loop, epoch: int) -> dict[str, float]:
@@ -85,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"loader.limit_train={args.images}", "loader.limit_val=256", "logger.name=none", "train.progress=false",
             *args.overrides,
         ]  # fmt: skip
-        loops = {path: build_loop(args.experiment, [*extra, *common, f"output_dir={workdir}/{path}"]) for path, extra in PATHS.items()}
+        runs = {path: load_run(args.experiment, [*extra, *common, f"output_dir={workdir}/{path}"]) for path, extra in PATHS.items()}
+        loops = {path: assemble(run).loop for path, run in runs.items()}
         for loop in loops.values():  # warm-up: allocator, oneDNN primitives, first-touch of the arrays
             time_epoch(loop, 0)
         times: dict[str, list[dict[str, float]]] = {path: [] for path in loops}

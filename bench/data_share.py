@@ -6,8 +6,8 @@ For each DataLoader worker count it times, on the experiment's real data slice a
 * the engine's ``train_step`` repeated on one fixed batch (the step without data);
 * the engine's ``train_step`` on the loader's batches (the training phase of an epoch).
 
-The loop is built by :func:`research.launch.train.train` itself (stopped at its ``on_loop`` hook),
-so the model, objective, optimizer and loader are the experiment's. Run from the repository root::
+The loop is built by :func:`research.launch.train.assemble`, as ``train`` builds it, so the model,
+objective, optimizer and loader are the experiment's. Run from the repository root::
 
     python bench/data_share.py                                  # teacher_cifar10.yaml, 10240 images
     python bench/data_share.py --experiment experiments/deit_micro_distilled_cifar10.yaml --images 5120
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from speed.loops import loop_of  # the Loop that train() builds, stopped before fit
+from speed.loops import loop_of  # the Loop that train() trains with
 
 from research.config import load_run
 from research.engine.fit import Loop, train_step

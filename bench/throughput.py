@@ -35,7 +35,6 @@ Usage (from the repository root; see docs/PERFORMANCE.md for the numbers)::
 
 from __future__ import annotations
 
-import datetime
 import json
 import sys
 import tempfile
@@ -46,22 +45,24 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from speed.data import attach_step_rate, measure_data
 from speed.epoch import CIFAR_EXPERIMENT, measure_epoch
 from speed.flops import flops_by_device, model_flops
-from speed.loops import NUM_CLASSES, img_size_of, random_teacher_checkpoint, teacher_network
+from speed.loops import NUM_CLASSES, img_size_of, random_teacher_checkpoint
 from speed.report import machine, markdown, print_report
 from speed.settings import Settings, parse_args
-from speed.steps import measure_steps
+from speed.steps import bench_experiment, measure_steps
 from speed.timing import load_average, progress
 
 from research.config import load_run
 from research.launch.cost import Throughput, record_throughput
-from research.launch.provenance import git_info
+from research.launch.measure import measure_throughput
 from research.registry import MODELS
+from research.teachers import teacher_network
 
 
-def run(settings: Settings) -> dict[str, Any]:
+def run(settings: Settings, command: str = "") -> dict[str, Any]:
     device = settings.torch_device()
     torch.set_num_threads(settings.threads)
     results: dict[str, Any] = {"machine": machine(device), "settings": asdict(settings)}
@@ -79,7 +80,7 @@ def run(settings: Settings) -> dict[str, Any]:
         results["flop_counts"] = counts
         flops = {"student": counts["cpu_eval"]}
         if use_teacher:
-            flops["teacher"] = model_flops(teacher_network(settings.teacher), size)
+            flops["teacher"] = model_flops(teacher_network(settings.teacher, num_classes=NUM_CLASSES), size)
         results["flops"] = flops
         _warn_if_counts_disagree(counts)
 
@@ -100,6 +101,8 @@ def run(settings: Settings) -> dict[str, Any]:
             if precision == "auto":  # what the CIFAR recipe trains in (bf16, with non-fused attention)
                 precision = load_run(CIFAR_EXPERIMENT).cfg.train.precision
             results["epoch"] = asdict(measure_epoch(settings, precision=precision, teacher_checkpoint=checkpoint, workdir=workdir))
+        if settings.record_table:
+            results["recorded_in"] = str(record_throughput(table_rows(settings, workdir, checkpoint, command), settings.record_table))
     results["machine"]["load_average_end"] = load_average()
     return results
 
@@ -112,26 +115,25 @@ def _warn_if_counts_disagree(counts: dict[str, float]) -> None:
             progress(f"FLOP counter: {key} counts {value / 1e9:.3f} G per image against {reference / 1e9:.3f} G on the CPU; MFU uses the CPU count")
 
 
-def table_rows(results: dict[str, Any], settings: Settings, command: str) -> list[Throughput]:
-    """The engine's measured step rates as throughput-table rows (scope ``step``: data excluded)."""
-    commit = str(git_info()["commit"])[:12]  # "unknown" where the copy has no git
-    measured = f"{datetime.date.today()} at {commit}"
-    common = {"model": settings.model, "img_size": img_size_of(settings.model), "batch_size": settings.batch,
-              "device": settings.table_device_name(), "scope": "step", "measured": measured, "source": command}  # fmt: skip
+def table_rows(settings: Settings, workdir: Path, teacher_checkpoint: str | None, command: str) -> list[Throughput]:
+    """The step rows of the measured experiments (with and without the teacher), measured as ``research
+    throughput`` measures them (scope ``step``: data excluded)."""
     rows = []
-    for step in results["steps"]:
-        rows.append(Throughput(**common, precision=step["precision"], train_img_s=round(step["engine_img_s"], 1)))
-        if step["distilled_img_s"] is not None:
-            rows.append(
-                Throughput(**common, precision=step["precision"], teacher=settings.teacher, train_img_s=round(step["distilled_img_s"], 1))
-            )
+    for precision in settings.precision:
+        for checkpoint in dict.fromkeys([None, teacher_checkpoint]):
+            experiment = bench_experiment(settings, precision=precision, teacher_checkpoint=checkpoint, workdir=workdir)
+            path = workdir / f"{experiment['name']}_row.yaml"
+            path.write_text(yaml.safe_dump(experiment, sort_keys=False))
+            device_name = settings.table_device_name()
+            rows.append(measure_throughput(load_run(path), device_name=device_name, device=settings.torch_device(), source=command))
     return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings = parse_args(argv, description=__doc__.split("\n\n")[0])
     started = time.perf_counter()
-    results = run(settings)
+    command = "python bench/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    results = run(settings, command)
     results["wall_time_s"] = time.perf_counter() - started
     print_report(results, settings)
     print(f"\n(benchmark wall time {results['wall_time_s']:.0f} s)")
@@ -139,9 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(settings.out).write_text(json.dumps(results, indent=2) + "\n")
         print(f"results written to {settings.out}")
     if settings.record_table:
-        command = "python bench/throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        table = record_throughput(table_rows(results, settings, command), settings.record_table)
-        print(f"step rates recorded in {table}")
+        print(f"step rates recorded in {results['recorded_in']}")
     if settings.markdown:
         Path(settings.markdown).write_text(markdown(results, settings))
         print(f"Markdown written to {settings.markdown}")

@@ -5,8 +5,8 @@ a newly registered entry is covered without anyone writing a test for it. On a G
 skipped where torch sees none): fp32, bf16, and fp16 with the engine's GradScaler, the CNNs also in
 channels-last and the teachers in channels-last as the recipes run them.
 
-A step is the engine's own: the run is built by ``research.launch.train.train`` (stopped at its
-``on_loop`` hook), and :func:`research.engine.fit.train_step` runs on its first batch.
+A step is the engine's own: the run's parts are built by ``research.launch.train.assemble``, as
+``train`` builds them, and :func:`research.engine.fit.train_step` runs on its first batch.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import timm
 import torch
 import yaml
 
 from research.config import load_run
 from research.engine.fit import Loop, train_step
 from research.launch.dist import DistEnv
-from research.launch.train import train
+from research.launch.train import assemble
 from research.registry import MODELS, TEACHERS
+from research.teachers import teacher_network
 
 #: Builder arguments a teacher needs beyond num_classes, checkpoint and channels_last.
 TEACHER_ARGS: dict[str, dict[str, Any]] = {"timm": {"arch": "resnet18", "img_size": 32}}
@@ -32,23 +32,11 @@ STUDENT = "deit_nano_distilled_patch4_32"  # the smallest distilled student; eve
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-class _Built(Exception):
-    def __init__(self, loop: Loop) -> None:
-        super().__init__("built")
-        self.loop = loop
-
-
 def engine_loop(experiment: dict[str, Any], tmp_path: Path, device: torch.device) -> Loop:
-    """The Loop that ``train`` builds for ``experiment`` on ``device``, before its first epoch."""
+    """The Loop that ``train`` trains ``experiment`` with on ``device`` (:func:`assemble`)."""
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(experiment, sort_keys=False))
-
-    def stop(loop: Loop) -> None:
-        raise _Built(loop)
-
-    with pytest.raises(_Built) as built:
-        train(load_run(path), env=DistEnv(device=device), on_loop=stop)
-    return built.value.loop
+    return assemble(load_run(path), DistEnv(device=device)).loop
 
 
 def _experiment(tmp_path: Path, *, model: str, size: int, precision: str, channels_last: bool = False) -> dict[str, Any]:
@@ -113,10 +101,7 @@ def test_every_model_takes_a_training_step(name: str, device: str, precision: st
 
 
 def _random_teacher_checkpoint(name: str, path: Path) -> str:
-    info = TEACHERS.info(name)
-    arch = info.arch or TEACHER_ARGS[name]["arch"]
-    net = MODELS.build(arch, num_classes=10) if info.source == "research" else timm.create_model(arch, num_classes=10)
-    torch.save(net.state_dict(), path)
+    torch.save(teacher_network(name, num_classes=10, arch=TEACHER_ARGS.get(name, {}).get("arch")).state_dict(), path)
     return str(path)
 
 

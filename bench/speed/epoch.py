@@ -25,8 +25,9 @@ from research.launch import train as train_module
 from research.launch.dist import DistEnv
 from research.launch.train import train
 from research.registry import DATASETS, MODELS
+from research.teachers import teacher_network
 from speed.data import training_recipe
-from speed.loops import NUM_CLASSES, img_size_of, teacher_network
+from speed.loops import NUM_CLASSES, img_size_of
 from speed.reference import ReferenceLoss, ReferenceSettings, reference_step
 from speed.settings import Settings
 from speed.timing import progress
@@ -172,7 +173,7 @@ def reference_epoch(
     model = MODELS.build(settings.model, num_classes=NUM_CLASSES, img_size=32, drop_path_rate=0.1).to(device)
     teacher = None
     if teacher_checkpoint is not None:
-        teacher = teacher_network(settings.teacher)
+        teacher = teacher_network(settings.teacher, num_classes=NUM_CLASSES)
         teacher.load_state_dict(torch.load(teacher_checkpoint, map_location="cpu", weights_only=True))
         teacher = teacher.to(device).eval()
     optimizer = create_optimizer_v2(model, opt="adamw", lr=5e-4 * settings.batch / 512, weight_decay=0.05)

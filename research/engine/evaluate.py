@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,11 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def eval_views(options: Any) -> dict[str, Any]:
+    """:func:`evaluate`'s test-time views that a run's ``train:`` options (``eval_hflip``, ``eval_translate``) ask for."""
+    return {"hflip": options.eval_hflip, "translate": options.eval_translate}
 
 
 @torch.no_grad()

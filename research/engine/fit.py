@@ -1,5 +1,5 @@
-"""The training loop. It knows no model, loss or recipe by name: it drives an objective that returns a
-:class:`LossOutput`-like result, over loaders it is handed, and reports to a tracker.
+"""The training loop. It knows no model, loss or recipe by name: it drives an :class:`Objective` over
+loaders it is handed, with the :class:`LoopOptions` of its run, and reports to a tracker.
 
 The step never waits on the host: the loss, its parts (``LossOutput.logs``) and a count of
 non-finite losses are summed on the device, and read (one sync) only at a log step, before a
@@ -25,8 +25,8 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 import torch.distributed as dist
@@ -34,7 +34,8 @@ from torch import nn
 from tqdm import tqdm
 
 from research import seeding
-from research.engine.evaluate import autocast, evaluate
+from research.engine.evaluate import autocast, eval_views, evaluate
+from research.engine.meter import StepMeter
 from research.engine.run_dir import RunDir
 from research.engine.state import TrainState, unwrap
 
@@ -63,11 +64,23 @@ class StopSignal(Protocol):
     def __call__(self) -> bool: ...
 
 
-class Objective(Protocol):
-    """``objective(images, outputs, targets)`` returns an object with ``loss`` (the scalar to
-    backpropagate) and ``logs`` (detached scalar tensors keyed ``"loss/<part>"``)."""
+@runtime_checkable
+class ObjectiveResult(Protocol):
+    """An objective's result (``research.losses.LossOutput``): ``loss`` to backpropagate, and ``logs``, its
+    parts as detached scalar tensors keyed ``"loss/<part>"`` (tensors: the step never waits on the device)."""
 
-    def __call__(self, images: torch.Tensor, outputs: Any, targets: torch.Tensor) -> Any: ...
+    @property
+    def loss(self) -> torch.Tensor: ...
+
+    @property
+    def logs(self) -> Mapping[str, torch.Tensor]: ...
+
+
+class Objective(Protocol):
+    """``objective(images, outputs, targets)``: the (mixed) images the student saw, its output (logits, or
+    ``(class_logits, dist_logits)``), the targets (soft under mixup); what ``LOSSES`` entries build."""
+
+    def __call__(self, images: torch.Tensor, outputs: Any, targets: torch.Tensor) -> ObjectiveResult: ...
 
 
 class BatchMix(Protocol):
@@ -82,8 +95,10 @@ class BatchMix(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
-class LoopOptions(Protocol):
-    """The loop's options (``train:`` in an experiment file; :class:`TrainCfg` has them all)."""
+@dataclass(frozen=True)
+class LoopOptions:
+    """All the loop reads of a run's config: ``train:`` options (``TrainCfg``'s fields of the same names, as
+    :meth:`of` copies them), ``optim.clip_grad``, and the ``seed`` each step reseeds from (None: it does not)."""
 
     epochs: int
     precision: str
@@ -97,6 +112,15 @@ class LoopOptions(Protocol):
     eval_hflip: bool
     eval_translate: int
     progress: bool
+    ema_copy_first: bool  # ModelEmaV3's first two updates copy the weights
+    clip_grad: float | None = None
+    seed: int | None = None
+
+    @classmethod
+    def of(cls, train: Any, *, clip_grad: float | None = None, seed: int | None = None) -> LoopOptions:
+        """The options of a ``train:`` section (:class:`TrainCfg`), with ``optim.clip_grad`` and the seed."""
+        names = [f.name for f in fields(cls) if f.name not in ("clip_grad", "seed")]
+        return cls(**{name: getattr(train, name) for name in names}, clip_grad=clip_grad, seed=seed)
 
 
 @dataclass
@@ -133,12 +157,9 @@ class Loop:
     run_dir: RunDir
     options: LoopOptions
     device: torch.device
-    clip_grad: float | None = None
     is_main: bool = True
-    ema_copy_first: bool = False  # ModelEmaV3's first two updates copy the weights (train.ema_copy_first)
-    meter: StepMeter | None = None  # the epoch's device-side sums; set while an epoch runs
-    seed: int | None = None  # reseed the global generators from (seed, rank, step) at each step; None: don't
     rank: int = 0
+    meter: StepMeter | None = None  # the epoch's device-side sums; set while an epoch runs
     stop: StopSignal | None = None  # read between steps; see RunStopped
     _stop_group: Any = field(default=None, init=False, repr=False)  # the host-side group stop requests are combined in
     forward_loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] = field(init=False, repr=False)
@@ -234,7 +255,7 @@ def _brief(record: dict[str, Any]) -> str:
 
 def evaluate_all(loop: Loop) -> dict[str, float]:
     """Validation metrics of the raw weights and, when kept, of the EMA weights."""
-    precision, views = loop.options.precision, {"hflip": loop.options.eval_hflip, "translate": loop.options.eval_translate}
+    precision, views = loop.options.precision, eval_views(loop.options)
     raw = evaluate(loop.state.model, loop.data.val_loader, loop.device, precision, **views)
     metrics = {f"val/{k}": v for k, v in raw.items()}
     if loop.state.ema is not None:
@@ -312,8 +333,8 @@ def train_step(
     With ``draws``, ``images`` are the batch's uint8 pixels, which ``loop.data.augment`` transforms
     inside the compiled region."""
     state, device = loop.state, loop.device
-    if loop.seed is not None:
-        seed_step(loop.seed, loop.rank, state.step)
+    if loop.options.seed is not None:
+        seed_step(loop.options.seed, loop.rank, state.step)
     images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
     if draws is None:
         shape = images.shape
@@ -354,7 +375,7 @@ def forward_and_loss(
     with autocast(loop.device, loop.options.precision):
         outputs = loop.state.model(images)
         result = loop.objective(images, outputs, targets)
-    return result.loss, dict(getattr(result, "logs", None) or {})
+    return result.loss, dict(result.logs)
 
 
 def _backward_and_step(loop: Loop, loss: torch.Tensor) -> None:
@@ -362,97 +383,18 @@ def _backward_and_step(loop: Loop, loss: torch.Tensor) -> None:
     state, scaler = loop.state, loop.state.scaler
     scaler.scale(loss).backward()
     scaler.unscale_(state.optimizer)
-    if loop.clip_grad:
-        nn.utils.clip_grad_norm_(state.model.parameters(), loop.clip_grad)
+    if loop.options.clip_grad:
+        nn.utils.clip_grad_norm_(state.model.parameters(), loop.options.clip_grad)
     state.updating = True  # until train_step has recorded the step: a preemption checkpoint now would be half of it
     scaler.step(state.optimizer)
     scaler.update()
     if state.ema is not None:
         # timm's ModelEmaV3.update(step=s) copies the weights at s = 0 and 1; step=None decays from
         # the first update, as timm's ModelEma (the reference's) does.
-        state.ema.update(unwrap(state.model), step=state.step if loop.ema_copy_first else None)
+        state.ema.update(unwrap(state.model), step=state.step if loop.options.ema_copy_first else None)
     state.step += 1
     state.epoch_step += 1
 
 
 def _lr(optimizer: torch.optim.Optimizer) -> float:
     return float(optimizer.param_groups[0]["lr"])
-
-
-class StepMeter:
-    """Sums of the loss, its parts and the non-finite steps, over the log window and the epoch.
-
-    The sums are device tensors that each step adds to without a sync; :meth:`window` and
-    :meth:`epoch` read them, once each. A part (``LossOutput.logs["loss/distill"]``) is logged as
-    ``train/loss/distill`` per window and ``train/epoch_loss/distill`` per epoch.
-    """
-
-    def __init__(self, device: torch.device, images_per_step: int) -> None:
-        self.device, self.images_per_step = device, images_per_step
-        self.keys: list[str] = []  # "loss", then the objective's parts
-        self.window_sums: torch.Tensor | None = None  # (2 + parts,): non-finite count, loss, parts
-        self.epoch_sums: torch.Tensor | None = None
-        self.window_steps = self.epoch_steps = 0
-        self.resumed_steps = 0  # steps of this epoch counted in a checkpoint's sums (resume_epoch)
-        self.window_started = self.epoch_started = time.perf_counter()
-
-    def add(self, loss: torch.Tensor, logs: Mapping[str, torch.Tensor]) -> None:
-        if not self.keys:
-            self.keys = ["loss", *logs]
-        loss = loss.float()
-        values = torch.stack([(~torch.isfinite(loss)).float(), loss, *(logs[key].float() for key in self.keys[1:])])
-        self.window_sums = values.clone() if self.window_sums is None else self.window_sums.add_(values)
-        self.epoch_sums = values.clone() if self.epoch_sums is None else self.epoch_sums.add_(values)
-        self.window_steps += 1
-        self.epoch_steps += 1
-
-    def partial_epoch(self, step: int) -> dict[str, Any] | None:
-        """This rank's epoch sums so far, as plain data for a checkpoint (one sync: saves only); raises
-        if a step of this epoch had a non-finite loss."""
-        if self.epoch_sums is None:
-            return None
-        sums = self.epoch_sums.tolist()
-        self._check(sums[0], step)
-        return {"keys": list(self.keys), "sums": sums, "steps": self.epoch_steps + self.resumed_steps}
-
-    def resume_epoch(self, saved: Mapping[str, Any]) -> None:
-        """Start from a checkpoint's :meth:`partial_epoch`: the epoch's loss counts the steps before the resume.
-
-        On one process the resumed epoch's ``train/epoch_loss`` is then the uninterrupted run's. Under
-        DDP only rank 0's sums are saved (a preemption saves on rank 0 alone), so the epoch's mean also
-        counts rank 0's steps from before the resume, and the other ranks' steps after it only.
-        """
-        self.keys = list(saved["keys"])
-        self.epoch_sums = torch.tensor(saved["sums"], device=self.device)
-        self.resumed_steps = int(saved["steps"])
-
-    def window(self, step: int) -> dict[str, float]:
-        """``train/loss`` (and its parts) and ``train/images_per_s`` since the last call; raises on a
-        non-finite step."""
-        now = time.perf_counter()
-        sums = self.window_sums.tolist() if self.window_sums is not None else [0.0]
-        steps = self.window_steps
-        rate = steps * self.images_per_step / max(now - self.window_started, 1e-9)
-        self.window_sums, self.window_steps, self.window_started = None, 0, now
-        self._check(sums[0], step)
-        record = {f"train/{key}": total / max(steps, 1) for key, total in zip(self.keys, sums[1:])}
-        return {**record, "train/images_per_s": rate}
-
-    def epoch(self, step: int) -> dict[str, float]:
-        """The epoch's mean loss and parts over every rank, and its throughput; raises on a non-finite step."""
-        sums = self.epoch_sums if self.epoch_sums is not None else torch.zeros(1, device=self.device)
-        totals = torch.cat([sums, torch.tensor([float(self.epoch_steps + self.resumed_steps)], device=self.device)])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(totals)  # the epoch's loss over every rank, not rank 0's share
-        *values, steps = totals.tolist()
-        self._check(values[0], step)
-        record = {f"train/epoch_{key}": total / max(steps, 1) for key, total in zip(self.keys, values[1:])}
-        rate = self.epoch_steps * self.images_per_step / max(time.perf_counter() - self.epoch_started, 1e-9)
-        return {**record, "train/epoch_images_per_s": rate}
-
-    def _check(self, nonfinite: float, step: int) -> None:
-        if nonfinite:
-            raise FloatingPointError(
-                f"the train loss was not finite in {nonfinite:.0f} step(s) before step {step}; "
-                "lower optim.lr, set optim.clip_grad or use train.precision=fp32"
-            )

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from research.config import Run
 from research.config.components import SECTIONS, build_component
 from research.engine.checkpoint import load
-from research.engine.evaluate import evaluate
+from research.engine.evaluate import eval_views, evaluate
 from research.launch.dist import init_distributed
 from research.launch.run_data import build_data
 from research.safe_load import CheckpointError
@@ -39,8 +39,7 @@ def evaluate_checkpoint(run: Run, checkpoint: Path) -> dict[str, Any]:
         _check_fits(weights, model, checkpoint=checkpoint, saved=saved, experiment_model=run.cfg.model["name"])
         model.load_state_dict(weights, strict=True)
         options = run.cfg.train
-        views = {"hflip": options.eval_hflip, "translate": options.eval_translate}
-        metrics = evaluate(model.to(env.device), data.loop_data.val_loader, env.device, options.precision, **views)
+        metrics = evaluate(model.to(env.device), data.loop_data.val_loader, env.device, options.precision, **eval_views(options))
         results.update({f"{'val' if key == 'model' else 'val_ema'}/{k}": v for k, v in metrics.items()})
     return results
 

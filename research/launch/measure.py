@@ -1,8 +1,9 @@
 """Measure the throughput rows an experiment's runs need, on this machine: ``research throughput``.
 
 For every distinct key of the runs (student, image size, per-device batch, precision, teacher) it
-times the engine's own training step (:func:`research.engine.fit.train_step`: forward, the run's
-objective with its teacher's forward, backward, optimizer step) and a forward pass at the evaluation
+times the engine's own training step (:func:`research.engine.fit.train_step` on the run's parts as
+:func:`research.launch.train.assemble` builds them: forward, the run's objective with its teacher's
+forward, backward, optimizer step) and a forward pass at the evaluation
 batch size, on random images already on the device. So the rows have ``scope=step``: the data path
 (decoding, augmentation, mixup) is not in them. The teacher is the teacher's architecture with random
 weights (its speed does not depend on them), so no checkpoint is needed.
@@ -13,23 +14,18 @@ from __future__ import annotations
 import datetime
 import time
 from collections.abc import Callable, Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import torch
-from torch import nn
 
-from research.config import ConfigError, ExperimentCfg, Run
-from research.config.components import SECTIONS, build_component
+from research.config import ConfigError, Run
 from research.engine.evaluate import autocast
-from research.engine.fit import Loop, TrainData, train_step
+from research.engine.fit import TrainData, train_step
 from research.launch import provenance
 from research.launch.cost import Throughput, dataset_sizes, display_path, run_key
+from research.launch.data import RunData
 from research.launch.dist import DistEnv
-from research.launch.train import build_model, build_state
-from research.losses import build_base_criterion
-from research.registry import LOSSES, MODELS, TEACHERS
-from research.teachers import Teacher
+from research.launch.train import assemble
 
 __all__ = ["check_device_name", "measure_runs", "measure_throughput"]
 
@@ -57,25 +53,19 @@ def measure_runs(runs: Sequence[Run], *, device_name: str, steps: int = 20, warm
 
 
 def measure_throughput(
-    run: Run, *, device_name: str, device: torch.device, steps: int = 20, warmup: int = 5
+    run: Run, *, device_name: str, device: torch.device, steps: int = 20, warmup: int = 5, source: str = ""
 ) -> Throughput:
-    """Train and eval images/s of ``run``'s step on ``device`` (random data; see the module docstring)."""
+    """Train and eval images/s of ``run``'s step on ``device`` (random data; see the module docstring): the
+    ``scope=step`` row of ``research throughput`` and of ``bench/throughput.py --record-table`` (``source``)."""
     cfg = run.cfg
     sizes = dataset_sizes(cfg)
     classes = sizes[2] if not isinstance(sizes, str) else 1000
     key = run_key(cfg, device_name)
     img_size, batch = key[1], cfg.loader.batch_size
-    env = DistEnv(device=device)
-    model = build_model(cfg, classes, env)
-    teacher = _teacher(cfg, classes, device)
-    objective = build_component(
-        SECTIONS["loss"], cfg.loss, base_criterion=build_base_criterion(mixup_active=False, label_smoothing=cfg.train.label_smoothing),
-        teacher=teacher,
-    )
-    data = SimpleNamespace(loop_data=SimpleNamespace(steps_per_epoch=max(steps + warmup, 1)))
-    state = build_state(cfg, model, data, env)  # type: ignore[arg-type]
-    loop_data = TrainData(lambda epoch, skip: [], 1, [], None, batch)
-    loop = Loop(state, loop_data, objective, None, None, cfg.train, device, cfg.optim.clip_grad)  # type: ignore[arg-type]
+    # random images already on the device: no data path, no mixing (the loss takes hard targets)
+    data = RunData(TrainData(lambda epoch, skip: [], max(steps + warmup, 1), [], None, batch), classes, None, 0, 0)
+    loop = assemble(run, DistEnv(device=device), data=data, teacher_weights=False).loop
+    model = loop.state.model
     images = torch.randn(batch, 3, img_size, img_size, device=device)
     targets = torch.randint(0, classes, (batch,), device=device)
     model.train()
@@ -93,46 +83,22 @@ def measure_throughput(
 
     eval_rate = eval_batch / _seconds_per_call(forward, device, max(steps // 2, 1), max(warmup // 2, 1))
     commit = provenance.git_info().get("commit") or "unknown commit"
+    source = source or f"research throughput {display_path(run.source)}" + (f" --only {run.variant}" if run.variant else "")
     return Throughput(
         *key[:4], device=device_name, teacher=key[5], scope="step", train_img_s=round(train_rate, 1),
         eval_img_s=round(eval_rate, 1), measured=f"{datetime.date.today()} at {str(commit)[:7]}",
-        source=f"research throughput {_display(run)} (engine step on random data, {steps} steps, {torch.get_num_threads()} threads)",
+        source=f"{source} (engine step on random data, {steps} steps, {torch.get_num_threads()} threads)",
     )
-
-
-def _display(run: Run) -> str:
-    return display_path(run.source) + (f" --only {run.variant}" if run.variant else "")
-
-
-def _teacher(cfg: ExperimentCfg, classes: int, device: torch.device) -> nn.Module | None:
-    """The teacher's architecture with random weights, frozen, or None when the run does not distil."""
-    if cfg.teacher is None or not LOSSES.info(cfg.loss["name"]).needs_teacher:
-        return None
-    name = cfg.teacher["name"]
-    info = TEACHERS.info(name)
-    arch = info.arch or cfg.teacher.get("arch")
-    if info.source == "research":
-        net = MODELS.build(arch, num_classes=classes)
-    else:
-        import timm
-
-        net = timm.create_model(arch, num_classes=classes, pretrained=False)
-    channels_last = bool(cfg.teacher.get("channels_last", False))
-    return Teacher(net, name=name, num_classes=classes, channels_last=channels_last).to(device).eval().requires_grad_(False)
 
 
 def _seconds_per_call(call: Callable[[], Any], device: torch.device, steps: int, warmup: int) -> float:
     """Mean seconds per call over ``steps`` calls after ``warmup`` calls, synchronised on a GPU."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         call()
-    _sync(device)
+    sync()
     started = time.perf_counter()
     for _ in range(steps):
         call()
-    _sync(device)
+    sync()
     return (time.perf_counter() - started) / steps
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -1,7 +1,8 @@
 """One run, from its validated config to a finished run dir: the pipeline every launcher calls.
 
-``train(run)`` reads like a table of contents: data, teacher, model, objective, optimizer, state
-(resumed when the run dir holds a checkpoint), tracker, then the engine's ``fit``.
+``train(run)`` reads like a table of contents: the run's parts (:func:`assemble`: data, teacher, model,
+objective, optimizer, state, Loop), the resume when the run dir holds a checkpoint, the tracker, then the
+engine's ``fit``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,8 +30,8 @@ from research.config import ConfigError, ExperimentCfg, Run
 from research.config.components import SECTIONS, build_component
 from research.engine.checkpoint import CheckpointError
 from research.engine.checkpoint import load as load_checkpoint
-from research.engine.evaluate import AUTOCAST_DTYPES, evaluate
-from research.engine.fit import Loop, RunStopped, fit
+from research.engine.evaluate import AUTOCAST_DTYPES, eval_views, evaluate
+from research.engine.fit import Loop, LoopOptions, RunStopped, fit
 from research.engine.lookahead import ScheduledLookahead
 from research.engine.run_dir import (
     CANCELLED,
@@ -47,13 +49,15 @@ from research.engine.state import TrainState, unwrap
 from research.launch.backends import backend_of
 from research.launch.dist import DistEnv, init_distributed
 from research.launch.preflight import preflight
-from research.launch.run_check import Verdict, check, resolved_config, run_dir_lock, teacher_note
+from research.launch.run_check import Verdict, check, config_record, resolved_config, run_dir_lock, teacher_note
 from research.launch.run_data import RunData, build_data
 from research.launch.run_tracker import build_tracker, log_preview
 from research.launch.stop import StopRequest, stop_on_signals
 from research.losses import build_base_criterion
 from research.models.finetune import load_for_finetune
 from research.registry import LOSSES, MODELS
+from research.teachers import Teacher, teacher_network
+from research.tracking.null import NullTracker
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +79,6 @@ def _train(
     run: Run, env: DistEnv, notes: dict[str, Any], stop: StopRequest, on_loop: Callable[[Loop], None] | None
 ) -> dict[str, Any]:
     cfg = run.cfg
-    if cfg.train.threads:  # on a small CPU, loader workers and compute threads compete for the same cores
-        torch.set_num_threads(cfg.train.threads)
-    _seed_globals(cfg, env)
     record = resolved_config(run)
     run_dir = RunDir(run.run_dir, config=record, is_main=env.is_main)
     life = 0
@@ -86,30 +87,18 @@ def _train(
         write_config(run.run_dir, record)
         life = start_life(run.run_dir, job_id=backend_of(run).current_job(), git=record["git"], **notes)
         run_dir.remove_leftovers()  # under the lock: temporary files of saves a kill cut short
-    data = _build_data(run, env, run_dir, stop)
-    if cfg.train.reference_init:  # the reference's order: the student's init follows what was drawn before
-        model = build_model(cfg, data.num_classes, env)
-        teacher = build_teacher(cfg, data.num_classes, env)
-    else:  # every variant starts from the same student, whatever teacher it builds (research/seeding.py)
-        teacher = build_teacher(cfg, data.num_classes, env)
-        with seeding.fork(cfg.seed, "init"):
-            model = build_model(cfg, data.num_classes, env)
-    objective = build_component(
-        SECTIONS["loss"],
-        cfg.loss,
-        base_criterion=build_base_criterion(mixup_active=data.recipe.mixup_active, label_smoothing=cfg.train.label_smoothing),
-        teacher=teacher,
-    )
-    state = build_state(cfg, model, data, env)
+    try:
+        parts = assemble(run, env, run_dir=run_dir, stop=stop)
+    except RunStopped:  # while the data was prepared (a first extraction)
+        summary = {"status": STOPPED, "epochs_done": None, "epochs": cfg.train.epochs, **_stopped(run, stop)}
+        run_dir.write_summary(summary, ending=True)
+        raise
+    data, teacher, loop = parts.data, parts.teacher, parts.loop
+    state, model = loop.state, loop.state.model
     resumed = _resume(cfg, state, run_dir)
     if env.is_main:
         _note_schedule(run_dir, life, from_epoch=state.epoch, epochs=cfg.train.epochs)
-    tracker = build_tracker(run, record, data, model, env, life)
-    loop = Loop(
-        state, data.loop_data, objective, tracker, run_dir, cfg.train, env.device,
-        clip_grad=cfg.optim.clip_grad, is_main=env.is_main, ema_copy_first=cfg.train.ema_copy_first,
-        seed=cfg.seed, rank=env.rank, stop=stop,
-    )  # fmt: skip
+    tracker = loop.tracker = build_tracker(run, record, data, model, env, life)
     if on_loop is not None:
         on_loop(loop)
     try:
@@ -132,6 +121,52 @@ def _train(
         raise
     finally:
         tracker.close()
+
+
+@dataclass
+class RunParts:
+    """A run's assembled parts: its data, its frozen teacher (None when the loss does not distil) and the
+    :class:`Loop` over the rest (student, objective, optimizer, schedule, state)."""
+
+    data: RunData
+    teacher: nn.Module | None
+    loop: Loop
+
+
+def assemble(
+    run: Run, env: DistEnv | None = None, *, data: RunData | None = None, teacher_weights: bool = True,
+    run_dir: RunDir | None = None, stop: StopRequest | None = None,
+) -> RunParts:  # fmt: skip
+    """``run``'s parts as :func:`train` builds them (seeded as it seeds them), writing nothing: no run dir,
+    lock, tracker (the Loop's records nothing) or resume. ``data`` replaces the data of the config (random
+    images to time a step on), ``teacher_weights=False`` gives the teacher random weights, ``run_dir`` is
+    where the Loop saves (default: the run's, unwritten until it saves), ``stop`` the run's stop request."""
+    env = env or init_distributed()
+    cfg = run.cfg
+    if cfg.train.threads:  # on a small CPU, loader workers and compute threads compete for the same cores
+        torch.set_num_threads(cfg.train.threads)
+    _seed_globals(cfg, env)
+    if data is None:
+        with stop.at_once("preparing the data") if stop is not None else contextlib.nullcontext():
+            data = build_data(cfg, env)
+    if cfg.train.reference_init:  # the reference's order: the student's init follows what was drawn before
+        model = build_model(cfg, data.num_classes, env)
+        teacher = build_teacher(cfg, data.num_classes, env, weights=teacher_weights)
+    else:  # every variant starts from the same student, whatever teacher it builds (research/seeding.py)
+        teacher = build_teacher(cfg, data.num_classes, env, weights=teacher_weights)
+        with seeding.fork(cfg.seed, "init"):
+            model = build_model(cfg, data.num_classes, env)
+    mixup_active = data.loop_data.mix is not None  # soft targets
+    criterion = build_base_criterion(mixup_active=mixup_active, label_smoothing=cfg.train.label_smoothing)
+    objective = build_component(SECTIONS["loss"], cfg.loss, base_criterion=criterion, teacher=teacher)
+    state = build_state(cfg, model, data, env)
+    options = LoopOptions.of(cfg.train, clip_grad=cfg.optim.clip_grad, seed=cfg.seed)
+    run_dir = run_dir or RunDir(run.run_dir, config=config_record(run), is_main=env.is_main)
+    loop = Loop(
+        state, data.loop_data, objective, NullTracker(), run_dir, options, env.device,
+        is_main=env.is_main, rank=env.rank, stop=stop,
+    )  # fmt: skip
+    return RunParts(data, teacher, loop)
 
 
 @contextlib.contextmanager
@@ -159,17 +194,6 @@ def _one_writer(run: Run, env: DistEnv) -> Iterator[dict[str, Any]]:
         raise error
     with stack:
         yield notes
-
-
-def _build_data(run: Run, env: DistEnv, run_dir: RunDir, stop: StopRequest) -> RunData:
-    """The run's data; a stop request while it is prepared (a first extraction) stops the run at once."""
-    try:
-        with stop.at_once("preparing the data"):
-            return build_data(run.cfg, env)
-    except RunStopped:
-        summary = {"status": STOPPED, "epochs_done": None, "epochs": run.cfg.train.epochs, **_stopped(run, stop)}
-        run_dir.write_summary(summary, ending=True)
-        raise
 
 
 def _stopped(run: Run, stop: StopRequest) -> dict[str, Any]:
@@ -233,11 +257,17 @@ def build_model(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module
     return model
 
 
-def build_teacher(cfg: ExperimentCfg, num_classes: int, env: DistEnv) -> nn.Module | None:
-    """The frozen teacher, when the loss distils (built before the student: a bad checkpoint fails fast)."""
+def build_teacher(cfg: ExperimentCfg, num_classes: int, env: DistEnv, *, weights: bool = True) -> nn.Module | None:
+    """The frozen teacher, when the loss distils (built before the student: a bad checkpoint fails fast);
+    without ``weights``, its network with random weights (its speed does not depend on them)."""
     if cfg.teacher is None or not LOSSES.info(cfg.loss["name"]).needs_teacher:
         return None
-    teacher = build_component(SECTIONS["teacher"], cfg.teacher, num_classes=num_classes)
+    if weights:
+        teacher = build_component(SECTIONS["teacher"], cfg.teacher, num_classes=num_classes)
+    else:
+        name, section = cfg.teacher["name"], cfg.teacher
+        net = teacher_network(name, num_classes=num_classes, arch=section.get("arch"))
+        teacher = Teacher(net, name=name, num_classes=num_classes, channels_last=bool(section.get("channels_last")))
     # The teacher runs as the student: channels-last when the run is, its weights in the run's
     # autocast dtype (no per-step casts; train.teacher_fp32 keeps them fp32), in inference mode (Teacher.forward).
     dtype = None if cfg.train.teacher_fp32 else AUTOCAST_DTYPES.get(cfg.train.precision)
@@ -344,9 +374,7 @@ def _log_teacher(loop: Loop, teacher: nn.Module) -> None:
     evaluates with (train.eval_hflip / eval_translate), comparable to its ``val/top1``, and
     ``teacher/top1_single_view`` of one view per image, the way the student sees the teacher in
     training. The teacher's own run reports its ``val/top1`` with its own views."""
-    options = loop.options
-    views = {"hflip": options.eval_hflip, "translate": options.eval_translate}
-    metrics = evaluate(teacher, loop.data.val_loader, loop.device, options.precision, **views)
+    metrics = evaluate(teacher, loop.data.val_loader, loop.device, loop.options.precision, **eval_views(loop.options))
     metrics.setdefault("top1_single_view", metrics["top1"])  # one view: the same number
     record = {f"teacher/{k}": v for k, v in metrics.items()}
     loop.tracker.log(record, step=loop.state.step)
@@ -363,17 +391,9 @@ def _log_start(run: Run, data: RunData, model: nn.Module, state: TrainState, res
         return
     where = f"resumed at epoch {state.epoch}, step {state.step}" if resumed else "from scratch"
     log.info(
-        "%s: %s; %d train / %d val images, %d classes, %d processes%s on %s; %s",
-        run.name,
-        run.run_dir,
-        data.train_size,
-        data.val_size,
-        data.num_classes,
-        env.world_size,
-        " (DDP)" if env.distributed else "",
-        env.device.type,
-        where,
-    )
+        "%s: %s; %d train / %d val images, %d classes, %d processes%s on %s; %s", run.name, run.run_dir, data.train_size,
+        data.val_size, data.num_classes, env.world_size, " (DDP)" if env.distributed else "", env.device.type, where,
+    )  # fmt: skip
 
 
 def _summary(state: TrainState, cfg: ExperimentCfg, last: dict[str, Any], status: str) -> dict[str, Any]:

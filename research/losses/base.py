@@ -1,7 +1,9 @@
 """What every training objective shares: its result type, the split of a distilled model's output,
 and the base (ground-truth) criterion.
 
-An objective is an ``nn.Module`` called as ``objective(images, outputs, targets) -> LossOutput``:
+An objective is an ``nn.Module`` called as ``objective(images, outputs, targets) -> LossOutput``, the
+contract the training loop types as ``research.engine.fit.Objective`` (the engine imports no loss; a test
+holds every ``LOSSES`` entry to it):
 
 * ``images``: the batch the student saw, after mixup/cutmix, ``(B, 3, H, W)``;
 * ``outputs``: the student's output, ``(B, C)`` logits, or ``(class_logits, dist_logits)`` for a

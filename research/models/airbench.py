@@ -37,10 +37,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from research.models.cnn_cifar import CNN
 from research.models.params import DropPathRate, ImgSize
-from research.registry import MODELS, ModelInfo, Range
-
-CNN = ModelInfo(distilled=False, family="cnn", default_img_size=32)  # CIFAR networks
+from research.registry import MODELS, Range
 
 __all__ = ["AirbenchNet", "PatchWhitening", "ShiftOnlyBatchNorm", "airbench_cifar"]
 

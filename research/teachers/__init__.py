@@ -13,7 +13,7 @@ from research.teachers.checkpoint import (
     load_teacher_weights,
     read_state_dict,
 )
-from research.teachers.cnn import Teacher
+from research.teachers.cnn import Teacher, teacher_network
 
 __all__ = [
     "Teacher",
@@ -21,4 +21,5 @@ __all__ = [
     "check_teacher_checkpoint",
     "load_teacher_weights",
     "read_state_dict",
+    "teacher_network",
 ]

@@ -12,6 +12,7 @@ it must have been trained with the same input normalisation as the student's dat
 from __future__ import annotations
 
 import difflib
+from collections.abc import Callable
 
 import timm
 import torch
@@ -20,7 +21,7 @@ from torch import nn
 from research.registry import MODELS, TEACHERS, TeacherInfo
 from research.teachers.checkpoint import check_teacher_checkpoint, load_teacher_weights
 
-__all__ = ["Teacher"]
+__all__ = ["Teacher", "teacher_network"]
 
 
 class Teacher(nn.Module):
@@ -78,45 +79,53 @@ class Teacher(nn.Module):
         return f"name={self.name!r}, num_classes={self.num_classes}, channels_last={self.channels_last}{dtype}"
 
 
-def _timm_teacher(
-    arch: str, *, num_classes: int, checkpoint: str, channels_last: bool, name: str | None = None
-) -> Teacher:
-    name = name or arch
+def teacher_network(name: str, *, num_classes: int, arch: str | None = None) -> nn.Module:
+    """Teacher ``name``'s network with random weights, as its info record says to build it (the
+    ``timm`` entry's network is the ``arch`` its section names)."""
+    info = TEACHERS.info(name)
+    arch = arch or info.arch
+    if arch is None:
+        raise ValueError(f"teacher {name!r} builds the timm network its 'arch' names; give one (e.g. arch: resnet18)")
+    if info.source == "research":
+        return MODELS.build(arch, num_classes=num_classes)
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+
+
+def _load(name: str, *, num_classes: int, checkpoint: str, channels_last: bool, arch: str | None = None) -> Teacher:
+    shown = f"{name}:{arch}" if arch else name
     check_teacher_checkpoint(checkpoint)  # before building a net of up to 84M parameters
-    net = timm.create_model(arch, pretrained=False, num_classes=num_classes)
-    load_teacher_weights(net, checkpoint, teacher=name, num_classes=num_classes)
-    return Teacher(net, name=name, num_classes=num_classes, channels_last=channels_last)
+    net = teacher_network(name, num_classes=num_classes, arch=arch)
+    load_teacher_weights(net, checkpoint, teacher=shown, num_classes=num_classes)
+    return Teacher(net, name=shown, num_classes=num_classes, channels_last=channels_last)
 
 
-def _models_teacher(arch: str, *, num_classes: int, checkpoint: str, channels_last: bool) -> Teacher:
-    check_teacher_checkpoint(checkpoint)
-    net = MODELS.build(arch, num_classes=num_classes)
-    load_teacher_weights(net, checkpoint, teacher=arch, num_classes=num_classes)
-    return Teacher(net, name=arch, num_classes=num_classes, channels_last=channels_last)
+#: The teachers of one architecture each: the entry's name is its network's (in timm or this package's
+#: MODELS, its ``source``), with the resolution its weights are trained at and what it is. The CIFAR
+#: networks are trained by this package's engine.
+_FIXED = {
+    "regnety_160": ("timm", 224, "RegNetY-16GF (84M parameters), the paper's teacher (Sec. 5.2)."),
+    "regnety_080": ("timm", 224, "RegNetY-8GF (39M parameters), a smaller teacher of the paper's Table 2."),
+    "regnety_040": ("timm", 224, "RegNetY-4GF (21M parameters), the smallest teacher of the paper's Table 2."),
+    "resnet50": ("timm", 224, "ResNet-50 (timm ``resnet50``), a common, cheaper ImageNet teacher (not in the paper)."),
+    "resnet18_cifar": ("research", 32, "ResNet-18 with a CIFAR stem (MODELS ``resnet18_cifar``)."),
+    "resnet10_cifar": ("research", 32, "Narrow ResNet-10 with a CIFAR stem (MODELS ``resnet10_cifar``), for fast tests."),
+    "resnet9_cifar": ("research", 32, "Page's ResNet-9 for CIFAR (MODELS ``resnet9_cifar``)."),
+    "resnet9_slim_cifar": ("research", 32, "Half-width ResNet-9 (MODELS ``resnet9_slim_cifar``): the fast CIFAR teacher."),
+    "airbench_cifar": ("research", 32, "Jordan's airbench94 network (MODELS ``airbench_cifar``)."),
+}
 
 
-@TEACHERS.register("regnety_160", TeacherInfo(arch="regnety_160", source="timm", img_size=224))
-def regnety_160(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
-    """RegNetY-16GF (84M parameters), the paper's teacher (Sec. 5.2)."""
-    return _timm_teacher("regnety_160", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)
+def _fixed(name: str, doc: str) -> Callable[..., Teacher]:
+    def build(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
+        return _load(name, num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
+    return build
 
 
-@TEACHERS.register("regnety_080", TeacherInfo(arch="regnety_080", source="timm", img_size=224))
-def regnety_080(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
-    """RegNetY-8GF (39M parameters), a smaller teacher of the paper's Table 2."""
-    return _timm_teacher("regnety_080", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)
-
-
-@TEACHERS.register("regnety_040", TeacherInfo(arch="regnety_040", source="timm", img_size=224))
-def regnety_040(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
-    """RegNetY-4GF (21M parameters), the smallest teacher of the paper's Table 2."""
-    return _timm_teacher("regnety_040", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)
-
-
-@TEACHERS.register("resnet50", TeacherInfo(arch="resnet50", source="timm", img_size=224))
-def resnet50(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
-    """ResNet-50 (timm ``resnet50``), a common, cheaper ImageNet teacher (not in the paper)."""
-    return _timm_teacher("resnet50", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)
+for _name, (_source, _img_size, _doc) in _FIXED.items():
+    TEACHERS.register(_name, TeacherInfo(arch=_name, source=_source, img_size=_img_size))(_fixed(_name, _doc))
 
 
 @TEACHERS.register("timm", TeacherInfo(source="timm"))
@@ -133,42 +142,4 @@ def timm_teacher(*, num_classes: int, checkpoint: str, arch: str, channels_last:
         close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ValueError(f"teacher 'timm': unknown timm architecture arch={arch!r}.{hint} See timm.list_models()")
-    return _timm_teacher(
-        arch, num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last, name=f"timm:{arch}"
-    )
-
-
-@TEACHERS.register("resnet18_cifar", TeacherInfo(arch="resnet18_cifar", source="research", img_size=32))
-def resnet18_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
-    """ResNet-18 with a CIFAR stem (MODELS ``resnet18_cifar``), trained by this package's engine."""
-    return _models_teacher(
-        "resnet18_cifar", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last
-    )
-
-
-@TEACHERS.register("resnet10_cifar", TeacherInfo(arch="resnet10_cifar", source="research", img_size=32))
-def resnet10_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
-    """Narrow ResNet-10 with a CIFAR stem (MODELS ``resnet10_cifar``), for fast tests and smoke runs."""
-    return _models_teacher(
-        "resnet10_cifar", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last
-    )
-
-
-@TEACHERS.register("resnet9_cifar", TeacherInfo(arch="resnet9_cifar", source="research", img_size=32))
-def resnet9_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
-    """Page's ResNet-9 for CIFAR (MODELS ``resnet9_cifar``), trained by this package's engine."""
-    return _models_teacher("resnet9_cifar", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)
-
-
-@TEACHERS.register("resnet9_slim_cifar", TeacherInfo(arch="resnet9_slim_cifar", source="research", img_size=32))
-def resnet9_slim_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
-    """Half-width ResNet-9 (MODELS ``resnet9_slim_cifar``): the fast CIFAR teacher."""
-    return _models_teacher(
-        "resnet9_slim_cifar", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last
-    )
-
-
-@TEACHERS.register("airbench_cifar", TeacherInfo(arch="airbench_cifar", source="research", img_size=32))
-def airbench_cifar(*, num_classes: int, checkpoint: str, channels_last: bool = False) -> Teacher:
-    """Jordan's airbench94 network (MODELS ``airbench_cifar``), trained by this package's engine."""
-    return _models_teacher("airbench_cifar", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last)
+    return _load("timm", num_classes=num_classes, checkpoint=checkpoint, channels_last=channels_last, arch=arch)

@@ -41,7 +41,7 @@ def test_reference_step_matches_the_engine_step(tmp_path: Path) -> None:
 
     step = loop.state.step
     engine_loss = train_step(loop, images.clone(), targets).item()  # draws seeded from (seed, rank, step)
-    seed_step(loop.seed, loop.rank, step)  # the same draws for the reference
+    seed_step(loop.options.seed, loop.rank, step)  # the same draws for the reference
     equal = ReferenceSettings.equal_to("fp32", torch.device("cpu"))
     reference_loss = reference_step(model, criterion, optimizer, loop.data.mix, images.clone(), targets, equal)
 

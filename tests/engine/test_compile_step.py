@@ -15,7 +15,7 @@ from timm.data import Mixup
 from research.config import load_run
 from research.data.mix import CUT, SplitMixup
 from research.engine.fit import forward_and_loss, train_step
-from research.launch.train import train
+from research.launch.train import assemble
 from research.registry import MODELS
 
 MIX = {"mixup_alpha": 0.8, "cutmix_alpha": 1.0, "prob": 1.0, "switch_prob": 0.5, "label_smoothing": 0.1, "num_classes": 10}
@@ -52,20 +52,8 @@ def _distilled_experiment(experiment, tmp_path: Path, *, drop_path_rate: float =
     )
 
 
-class Captured(Exception):
-    pass
-
-
 def _loop(path: Path) -> Any:
-    into: dict[str, Any] = {}
-
-    def hook(loop: Any) -> None:
-        into["loop"] = loop
-        raise Captured
-
-    with pytest.raises(Captured):
-        train(load_run(path), on_loop=hook)
-    return into["loop"]
+    return assemble(load_run(path)).loop
 
 
 def test_the_compiled_region_has_no_graph_break(experiment, tmp_path: Path) -> None:

@@ -13,9 +13,10 @@ import torch
 
 from research.config import load_run
 from research.engine import checkpoint
-from research.engine.fit import StepMeter, train_step
+from research.engine.fit import train_step
+from research.engine.meter import StepMeter
 from research.engine.run_dir import read_summary
-from research.launch.train import train
+from research.launch.train import assemble, train
 from research.registry import MODELS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,23 +26,8 @@ ARCHIVE = os.environ.get("RESEARCH_CIFAR_ARCHIVE", str(ROOT.parent / "shared" / 
 SYNCS = ("item", "tolist", "__float__", "__int__", "__bool__")  # what makes the host wait for a GPU
 
 
-class Captured(Exception):
-    pass
-
-
-def capture(into: dict[str, Any]) -> Any:
-    def hook(loop: Any) -> None:
-        into["loop"] = loop
-        raise Captured
-
-    return hook
-
-
 def test_steps_read_nothing_back_until_the_log_step(experiment, monkeypatch: pytest.MonkeyPatch) -> None:
-    into: dict[str, Any] = {}
-    with pytest.raises(Captured):
-        train(load_run(experiment(train={"epochs": 1, "progress": False, "ema": True})), on_loop=capture(into))
-    loop = into["loop"]
+    loop = assemble(load_run(experiment(train={"epochs": 1, "progress": False, "ema": True}))).loop
     batches = list(loop.data.train_batches(0, 0))
     meter = StepMeter(loop.device, 8)
     reads: list[str] = []
@@ -118,10 +104,7 @@ def test_gpu_student_steps_make_no_host_sync(tmp_path: Path) -> None:
         "logger.name=none", f"teacher={{name: airbench_cifar, checkpoint: {teacher}, channels_last: true}}",
     ]  # fmt: skip
     run = load_run(ROOT / "experiments" / "deit_tiny_distilled_cifar10_gpu.yaml", overrides)
-    into: dict[str, Any] = {}
-    with pytest.raises(Captured):
-        train(run, on_loop=capture(into))
-    loop = into["loop"]
+    loop = assemble(run).loop
     assert loop.device.type == "cuda" and loop.data.mix is not None and loop.options.precision == "bf16"
     meter = StepMeter(loop.device, loop.data.batch_size)
     batches = iter(loop.data.train_batches(0, 0))

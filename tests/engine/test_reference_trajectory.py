@@ -22,7 +22,7 @@ from timm.utils import ModelEma
 
 from research.config import load_run
 from research.data import build_train_sampler
-from research.engine.fit import Loop, fit
+from research.engine.fit import Loop, LoopOptions, fit
 from research.launch.dist import DistEnv
 from research.launch.run_data import build_data
 from research.launch.train import build_model, build_state, train
@@ -233,7 +233,7 @@ def test_every_epoch_of_a_300_epoch_run_trains_at_deits_lr(experiment) -> None:
     def objective(images: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> Any:
         return SimpleNamespace(loss=outputs.float().logsumexp(1).mean() * 0, logs={})  # no update: only the lr matters
 
-    fit(Loop(state, data.loop_data, objective, _NoTracker(), records, cfg.train, torch.device("cpu")))
+    fit(Loop(state, data.loop_data, objective, _NoTracker(), records, LoopOptions.of(cfg.train), torch.device("cpu")))
     ours = [m["train/lr"] for m in records.metrics]
     reference = deit_epoch_lrs(lr=5e-4 * 512 / 512)  # DeiT's linear scaling (lr x batch x world / 512) at 512
     assert len(ours) == 300

@@ -108,7 +108,7 @@ class Outcome:
 
 
 #: What an epoch's record must repeat exactly. Under DDP a mid-epoch checkpoint holds rank 0's loss sums
-#: only (research/engine/fit.py StepMeter.resume_epoch), so the resumed epoch's train/epoch_loss differs there.
+#: only (research/engine/meter.py StepMeter.resume_epoch), so the resumed epoch's train/epoch_loss differs there.
 RECORDED = ("val/loss", "val/top1", "train/epoch_loss")
 VALIDATION = ("val/loss", "val/top1")
 

@@ -13,7 +13,7 @@ import torch
 from research.cli import main
 from research.config import load_run
 from research.engine import checkpoint
-from research.engine.fit import StepMeter
+from research.engine.meter import StepMeter
 from research.engine.run_dir import read_lives, read_metrics
 from research.launch.backends.slurm import TrainJob
 from research.launch.run_check import TEACHER_KEY

@@ -14,6 +14,7 @@ import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
+from research.engine.fit import Objective, ObjectiveResult
 from research.losses import (
     GroundTruthObjective,
     HardDistillation,
@@ -197,6 +198,18 @@ def test_mixed_soft_targets() -> None:
     assert out.loss.item() == pytest.approx(0.5 * base + 0.5 * distill, abs=1e-12)
 
 
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_keeps_the_objective_contract_the_loop_holds(name: str) -> None:
+    """What research/engine/fit.py's ``Objective`` promises the loop, for every LOSSES entry: a scalar
+    loss to backpropagate and its parts as detached scalar tensors keyed ``loss/<part>``."""
+    images, outputs, labels = make_batch()
+    teacher = FixedTeacher(TEACHER_LOGITS) if LOSSES.info(name).needs_teacher else None
+    objective: Objective = LOSSES.build(name, base_criterion=nn.CrossEntropyLoss(), teacher=teacher)
+    result = objective(images, outputs, labels)
+    assert isinstance(result, ObjectiveResult) and result.loss.ndim == 0 and result.loss.requires_grad
+    assert all(key.startswith("loss/") and part.ndim == 0 and not part.requires_grad for key, part in result.logs.items())
 
 
 def test_base_criterion_choice() -> None:
