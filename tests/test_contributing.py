@@ -262,7 +262,8 @@ def example_count(example: str) -> int:
 
 def test_the_table_counts_what_the_examples_take() -> None:
     rows = table_rows()
-    assert {"a model", "a distillation loss", "a teacher", "a dataset", "a logger"} <= {what for what, _, _ in rows}
+    assert {"a model", "a distillation loss", "a teacher", "a dataset", "a logger", "a launcher backend",
+            "an augmentation technique, on both paths, with its ablation"} <= {what for what, _, _ in rows}
     for what, count, example in rows:
         low, high = bounds(count)
         assert low <= example_count(example) <= high, f"CONTRIBUTING.md: {what} takes {count} files, {example} takes another number"

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from research.config import load_run
+from research.config.checks import schema_markers
 from research.engine.fit import Loop, train_step
 from research.launch.dist import DistEnv
 from research.launch.train import assemble
@@ -29,7 +30,7 @@ from research.teachers import teacher_network
 #: Builder arguments a teacher needs beyond num_classes, checkpoint and channels_last.
 TEACHER_ARGS: dict[str, dict[str, Any]] = {"timm": {"arch": "resnet18", "img_size": 32}}
 STUDENT = "deit_nano_distilled_patch4_32"  # the smallest distilled student; every teacher is run at 32 px
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = schema_markers()["train.precision"][0].choices
 
 
 def engine_loop(experiment: dict[str, Any], tmp_path: Path, device: torch.device) -> Loop:

@@ -5,6 +5,8 @@ one ablation file lists the module under ``plugins:`` and studies the technique'
 ``research/`` changes: the key is then taken (and checked) by every recipe, ``research expand`` lists
 the variants, both paths agree, and the variants train. (A technique added to the package instead is
 tested by tests/data/test_techniques.py's parametrisation over ``TECHNIQUES``, through its ``example``.)
+
+Files: 2
 """
 
 from __future__ import annotations

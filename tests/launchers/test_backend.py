@@ -1,10 +1,11 @@
-"""A launcher backend beside SLURM is 2 files here, the 3rd being an options section when it has one:
+"""A launcher backend beside SLURM, added as a plugin module:
 
-1. tests/launchers/local_backend.py: the backend (a ``Backend`` registered in ``BACKENDS``; a
-   package's would sit in research/launch/backends/ with one import line in its ``__init__``);
-2. this test;
-3. (none here) its own options, a dataclass section in research/config/schema.py marked
-   ``metadata={"backend": True}``, as ``slurm:`` is.
+Files: 1 (tests/launchers/local_backend.py: a ``Backend`` registered in ``BACKENDS``)
+
+In the package it is at most 3: its module in research/launch/backends/, one import line in that
+package's ``__init__``, and, when it has options of its own, their dataclass section in
+research/config/schema.py marked ``metadata={"backend": True}`` (as ``slurm:`` is), which
+research/config/keys.py counts as placement without an edit.
 
 ``research submit --backend subprocess`` trains every run through it; a relaunch skips them all.
 """
