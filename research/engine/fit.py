@@ -353,7 +353,7 @@ def train_step(
     loss = loss.detach()
     if meter is not None:
         meter.add(loss, logs)
-    # The update and its records are one unit for a preemption checkpoint (research/launch/job.py):
+    # The update and its records are one unit for a preemption checkpoint (research/launch/backends/slurm.py):
     # saved between the two, the checkpoint would count one step more than its epoch's loss sums.
     state.updating = False
     return loss
