@@ -23,8 +23,8 @@ from research.engine.evaluate import autocast
 from research.engine.fit import TrainData, train_step
 from research.launch import provenance
 from research.launch.cost import Throughput, dataset_sizes, display_path, run_key
-from research.launch.run_data import RunData
 from research.launch.dist import DistEnv
+from research.launch.run_data import RunData
 from research.launch.train import assemble
 
 __all__ = ["check_device_name", "measure_runs", "measure_throughput"]
