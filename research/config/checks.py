@@ -3,12 +3,9 @@
 Every number of the schema carries its bounds in its annotation (:class:`research.registry.Range`), every
 setting with a few values its choices (:class:`research.registry.OneOf`); :func:`check_values` walks the
 schema's dataclasses and reports every value out of bounds or choices in one :class:`ConfigError`,
-showing the value as the file or the command line gave it. The run's folder is
-checked here too: each name on its path (the experiment's, the variant's) must be one folder name, so
-that the run dir lies inside the experiment's dir, and nothing on its path may be a file. So are the
-``resources:`` and ``slurm:`` values that reach the job's batch script, the optimizer name timm looks up only when
-training starts (``optim.name``), and the values timm would take without a word but not use
-as written (``optim.betas``, ``optim.implementation``, a warm-up as long as training).
+showing the value as the file or the command line gave it. What annotations cannot say is checked here
+too: the run dir's path, the values that reach the job's batch script, the optimizer timm looks up only
+when training starts, and values timm would take without a word but not use as written.
 """
 
 from __future__ import annotations
