@@ -107,9 +107,7 @@ def resolve_section(spec: Section, raw: Any, where: Where) -> dict[str, Any]:
         raise ConfigError(f"{where(spec.key)}: {spec.key}: expected a mapping with a 'name' key, got {raw!r}")
     name = raw.get("name")
     if not isinstance(name, str) or name in ("", "???"):
-        raise ConfigError(
-            f"{where(spec.key)}: {spec.key}.name is missing; choose one of: {', '.join(spec.registry.names())}"
-        )
+        raise ConfigError(f"{where(spec.key)}: {spec.key}.name is missing; choose one of: {', '.join(spec.registry.names())}")
     try:
         builder = spec.registry.get(name)
     except RegistryError as exc:

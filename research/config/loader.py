@@ -65,7 +65,8 @@ class Run:
 
 
 def load_runs(
-    path: str | Path, overrides: Sequence[str] = (), *, check_files: bool = True, only: Sequence[str] = (), _stack: tuple[Path, ...] = ()
+    path: str | Path, overrides: Sequence[str] = (), *, check_files: bool = True, only: Sequence[str] = (),
+    _stack: tuple[Path, ...] = (),
 ) -> list[Run]:
     """Every run an experiment file makes, validated.
 
@@ -194,7 +195,8 @@ def _as_given(layered: Layered, key: str) -> Any:
 
 
 def _linked_run(
-    raw: dict[str, Any], key: str, layered: Layered, path: Path, stack: tuple[Path, ...], check_files: bool, placement: Sequence[str]
+    raw: dict[str, Any], key: str, layered: Layered, path: Path, stack: tuple[Path, ...], check_files: bool,
+    placement: Sequence[str],
 ) -> Run | None:
     """Resolve ``teacher.from_experiment`` / ``finetune.from_experiment`` into that experiment's run
     (with the command line's ``placement`` overrides), and point the section's checkpoint at the
@@ -297,9 +299,7 @@ def with_differences(runs: list[Run], baseline: str | None) -> list[Run]:
             run,
             differing={k: flat.get(k) for k in keys},
             changes={
-                k: flat.get(k)
-                for k in keys
-                if run.variant == baseline or flat.get(k) != references.get(run.seed_dir, {}).get(k)
+                k: flat.get(k) for k in keys if run.variant == baseline or flat.get(k) != references.get(run.seed_dir, {}).get(k)
             },
             is_baseline=run.variant == baseline,
         )

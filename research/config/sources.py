@@ -247,9 +247,7 @@ def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], str | Non
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(
-                f"override {item!r} is not of the form dotted.key=value (for example optim.lr=1e-3)"
-            )
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value (for example optim.lr=1e-3)")
         if key.strip() == BASE_KEY:
             base = value
             continue
@@ -333,7 +331,9 @@ def apply_command_line(layered: Layered, command_line: CommandLine) -> Layered:
         parent, _, leaf = key.rpartition(".")
         node = _select(config, parent) if parent else config
         if not isinstance(node, DictConfig) or leaf not in node:
-            raise ConfigError(f"override '~{key}': the experiment files set no {key} to delete{_did_you_mean(origin, key)}")
+            close = difflib.get_close_matches(key, list(origin), n=1, cutoff=0.6)
+            hint = f"; did you mean ~{close[0]}?" if close else ""
+            raise ConfigError(f"override '~{key}': the experiment files set no {key} to delete{hint}")
         del node[leaf]
         origin = _drop(origin, key)
     for key, section in command_line.replace.items():
@@ -356,11 +356,6 @@ def _select(config: DictConfig, key: str) -> Any:
 
 def _drop(origin: Mapping[str, str], key: str) -> dict[str, str]:
     return {k: v for k, v in origin.items() if k != key and not k.startswith(f"{key}.")}
-
-
-def _did_you_mean(origin: Mapping[str, str], key: str) -> str:
-    close = difflib.get_close_matches(key, list(origin), n=1, cutoff=0.6)
-    return f"; did you mean ~{close[0]}?" if close else ""
 
 
 def _display(path: Path) -> str:
