@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -385,13 +386,9 @@ def as_override_tree(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, 
 
 def header_comment(path: Path) -> str:
     """The comment lines that open an experiment file, without their ``#``; ``""`` when there are none."""
-    lines = []
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError:
         return ""
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line[1:].removeprefix(" "))
-    return "\n".join(lines).strip()
+    lines = itertools.takewhile(lambda line: line.startswith("#"), text.splitlines())
+    return "\n".join(line[1:].removeprefix(" ") for line in lines).strip()
