@@ -1,8 +1,4 @@
-"""Name -> builder registries, one per extension point.
-
-A builder is a plain callable with keyword-only arguments that returns the component. Experiment YAML
-keys are the builder's parameter names, so :func:`Registry.signature` lets the config loader check a
-section's keys against the builder without building anything.
+"""Name -> builder registries, one per extension point (the builders' contract: :class:`Registry`).
 
 Names are explicit strings (never ``fn.__name__``): renaming a function must not break experiment files.
 A duplicate name raises at registration and names both places; an unknown name raises
@@ -41,29 +37,9 @@ T = TypeVar("T")
 Builder = Callable[..., Any]
 
 __all__ = [
-    "AUGMENTATIONS",
-    "BACKENDS",
-    "DATASETS",
-    "LOGGERS",
-    "LOSSES",
-    "MODELS",
-    "TEACHERS",
-    "REGISTRIES",
-    "Check",
-    "CheckContext",
-    "DatasetInfo",
-    "Info",
-    "Invalid",
-    "LossInfo",
-    "ModelInfo",
-    "OneOf",
-    "Range",
-    "Registry",
-    "RegistryError",
-    "TeacherInfo",
-    "constraints",
-    "model_img_size",
-    "refusals",
+    "AUGMENTATIONS", "BACKENDS", "DATASETS", "LOGGERS", "LOSSES", "MODELS", "TEACHERS", "REGISTRIES", "Check", "CheckContext",
+    "DatasetInfo", "Info", "Invalid", "LossInfo", "ModelInfo", "OneOf", "Range", "Registry", "RegistryError", "TeacherInfo",
+    "constraints", "model_img_size", "refusals",
 ]
 
 
@@ -75,9 +51,7 @@ class RegistryError(KeyError):
 
 
 def _where(fn: Builder) -> str:
-    module = getattr(fn, "__module__", "?")
-    qualname = getattr(fn, "__qualname__", repr(fn))
-    return f"{module}.{qualname}"
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 @dataclass(frozen=True)
@@ -106,11 +80,9 @@ class Range:
             return self._say("must be a number")
         if not math.isfinite(value):
             return self._say("must be a finite number")
-        if (self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt):
-            return self._say(f"must be {self}")
-        if (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt):
-            return self._say(f"must be {self}")
-        return None
+        below = (self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+        above = (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt)
+        return self._say(f"must be {self}") if below or above else None
 
     def _say(self, text: str) -> str:
         return f"{text} ({self.hint})" if self.hint else text
@@ -281,11 +253,10 @@ class Registry(Generic[T, InfoT]):
     """Maps a config name to a builder returning ``T``, with an info record of type ``InfoT`` per entry.
 
     Contract: builders take keyword-only arguments (``def build(*, num_classes: int, ...)``) and
-    return a ready component. The config loader checks a section's keys, types and :class:`Range`
-    bounds against the signature; a builder that also takes ``**kwargs`` gets any other key of its
-    section passed through as written, unchecked. The info record given at registration
-    (``info=ModelInfo(distilled=True)``) describes a component without building it; checks added
-    with :meth:`add_check` validate a run's config for the entry it picks, raising :class:`Invalid`.
+    return a ready component. Experiment YAML keys are the parameter names, so the config loader checks
+    a section's keys, types, bounds and choices against the signature without building anything; a
+    builder that also takes ``**kwargs`` gets any other key of its section passed through as written,
+    unchecked.
     """
 
     def __init__(self, kind: str, info: type[Any] = Info, plural: str | None = None, section: str | None = None) -> None:
@@ -306,8 +277,7 @@ class Registry(Generic[T, InfoT]):
             raise TypeError(f"{self.kind} {name!r}: info must be a {self.info_type.__name__}, got {record!r}")
 
         def decorator(fn: Builder) -> Builder:
-            previous = self._builders.get(name)
-            if previous is not None:
+            if (previous := self._builders.get(name)) is not None:
                 raise RegistryError(
                     f"{self.kind} {name!r} is registered twice: by {_where(previous)} and by {_where(fn)}; "
                     "rename one of them"

@@ -3,12 +3,9 @@
 Every number of the schema carries its bounds in its annotation (:class:`research.registry.Range`), every
 setting with a few values its choices (:class:`research.registry.OneOf`); :func:`check_values` walks the
 schema's dataclasses and reports every value out of bounds or choices in one :class:`ConfigError`,
-showing the value as the file or the command line gave it. The run's folder is
-checked here too: each name on its path (the experiment's, the variant's) must be one folder name, so
-that the run dir lies inside the experiment's dir, and nothing on its path may be a file. So are the
-``resources:`` and ``slurm:`` values that reach the job's batch script, the optimizer name timm looks up only when
-training starts (``optim.name``), and the values timm would take without a word but not use
-as written (``optim.betas``, ``optim.implementation``, a warm-up as long as training).
+showing the value as the file or the command line gave it. What annotations cannot say is checked here
+too: the run dir's path, the values that reach the job's batch script, the optimizer timm looks up only
+when training starts, and values timm would take without a word but not use as written.
 """
 
 from __future__ import annotations
@@ -109,8 +106,8 @@ def check_run_dir(output_dir: str, name: str, variant: str, where: Callable[[str
                 f"the run dir's path: {allowed}, not '.' or '..'"
             )
     run_dir = user_path(output_dir, "output_dir", where) / name / variant
-    try:
-        folder = _nearest_existing(run_dir)
+    try:  # the closest folder on its path that exists (a dangling link counts)
+        folder = next((part for part in (run_dir, *run_dir.parents) if part.exists() or part.is_symlink()), None)
     except OSError as exc:  # a part longer than the file system allows, ...
         raise ConfigError(f"{where('output_dir')}: output_dir={output_dir}: cannot use it: {exc.strerror}") from None
     if folder is not None and not folder.is_dir():
@@ -129,11 +126,6 @@ def user_path(text: str, key: str, where: Callable[[str], str]) -> Path:
         return Path(text).expanduser()
     except RuntimeError:  # ~user of no user here
         raise ConfigError(f"{where(key)}: {key}={text}: no home directory for {text.split('/')[0]} on this machine") from None
-
-
-def _nearest_existing(path: Path) -> Path | None:
-    """``path`` or the closest folder above it that exists (a dangling link counts)."""
-    return next((folder for folder in (path, *path.parents) if folder.exists() or folder.is_symlink()), None)
 
 
 def check_optimizer(optim: Mapping[str, Any], where: Callable[[str], str]) -> None:

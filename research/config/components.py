@@ -100,31 +100,21 @@ def build_component(spec: Section, section: Mapping[str, Any], /, **injected: An
 Where = Callable[[str], str]  # dotted key -> the file (or 'command line') that set it
 
 
-def resolve_section(spec: Section, raw: Any, where: str | Where) -> dict[str, Any]:
-    """Validate ``raw`` against the builder it names; return it with defaults filled in.
-
-    Args:
-        spec: the section's registry and injected parameters.
-        raw: the section as merged from the files and overrides.
-        where: the file (or 'command line') that set the section, or a function from a dotted key to
-            the source that set it (``Layered.where``), so an error names the source of the bad key.
-    """
-    if isinstance(where, str):
-        where = lambda key, source=where: source  # noqa: E731
+def resolve_section(spec: Section, raw: Any, where: Where) -> dict[str, Any]:
+    """Validate ``raw`` (the section as merged from the files and overrides) against the builder it
+    names; return it with defaults filled in. ``where`` names the source of a bad key (``Layered.where``)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where(spec.key)}: {spec.key}: expected a mapping with a 'name' key, got {raw!r}")
     name = raw.get("name")
     if not isinstance(name, str) or name in ("", "???"):
-        raise ConfigError(
-            f"{where(spec.key)}: {spec.key}.name is missing; choose one of: {', '.join(spec.registry.names())}"
-        )
+        raise ConfigError(f"{where(spec.key)}: {spec.key}.name is missing; choose one of: {', '.join(spec.registry.names())}")
     try:
         builder = spec.registry.get(name)
     except RegistryError as exc:
         raise ConfigError(f"{where(spec.key + '.name')}: {spec.key}.name: {exc}") from None
     params = _keyword_parameters(builder)
     given = component_kwargs(raw, spec)
-    open_ended = _takes_any_keyword(builder)
+    open_ended = any(param.kind is inspect.Parameter.VAR_KEYWORD for param in inspect.signature(builder).parameters.values())
     _check_keys(spec, name, params, given, where, open_ended)
     unchecked = {key: value for key, value in given.items() if key not in params}  # only with **kwargs
     checked = {key: value for key, value in given.items() if key in params}
@@ -133,27 +123,13 @@ def resolve_section(spec: Section, raw: Any, where: str | Where) -> dict[str, An
     return {"name": name, **values, **unchecked, **reserved}
 
 
-def _takes_any_keyword(builder: Any) -> bool:
-    params = inspect.signature(builder).parameters.values()
-    return any(param.kind is inspect.Parameter.VAR_KEYWORD for param in params)
-
-
 def _keyword_parameters(builder: Any) -> dict[str, inspect.Parameter]:
-    params = inspect.signature(builder).parameters
-    return {
-        key: param
-        for key, param in params.items()
-        if param.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    }
+    keyword = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return {key: param for key, param in inspect.signature(builder).parameters.items() if param.kind in keyword}
 
 
 def _check_keys(
-    spec: Section,
-    name: str,
-    params: Mapping[str, inspect.Parameter],
-    given: Mapping[str, Any],
-    where: Where,
-    open_ended: bool = False,
+    spec: Section, name: str, params: Mapping[str, inspect.Parameter], given: Mapping[str, Any], where: Where, open_ended: bool
 ) -> None:
     settable = [key for key in params if key not in spec.injected]
     for key in given:
@@ -172,13 +148,7 @@ def _check_keys(
             raise ConfigError(f"{where(spec.key)}: {spec.key}.{key} is required by {spec.registry.kind} {name!r}")
 
 
-def _typed_values(
-    spec: Section,
-    name: str,
-    builder: Any,
-    given: Mapping[str, Any],
-    where: Where,
-) -> dict[str, Any]:
+def _typed_values(spec: Section, name: str, builder: Any, given: Mapping[str, Any], where: Where) -> dict[str, Any]:
     schema, markers = _builder_schema(spec, name, builder)
     owner, prefix = f"{spec.registry.kind} {name!r}", f"{spec.key}."
     merged = typed_merge(schema, OmegaConf.create(dict(given)), where, prefix=prefix, owner=owner)
@@ -231,6 +201,4 @@ def _omegaconf_type(hint: Any) -> Any:
     if origin in (list, typing.List) and len(args) == 1:  # noqa: UP006
         item = _omegaconf_type(args[0])
         return Any if item is Any else typing.List[item]  # type: ignore[valid-type]  # noqa: UP006
-    if origin is tuple and args and args[-1] is not Ellipsis:
-        return Any
     return Any

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from research.config.errors import ConfigError
+from research.config.keys import covered
 from research.config.sources import as_override_tree, flatten
 
 _SEED_PART = re.compile(r"(^|,)seed=[^,]*")
@@ -94,12 +95,12 @@ def _check_studies(studies: Sequence[str], named: Sequence[tuple[str, Mapping[st
     """Every key a variant or the grid sets is (or lies below) a studied key, and every studied key is set."""
     sets = [(f"ablation.variants.{name}", key) for name, tree in named for key in flatten(tree)] + [("ablation.grid", str(k)) for k in grid]
     for place, key in sets:
-        if not any(key == study or key.startswith(f"{study}.") for study in studies):
+        if not covered(key, studies):
             raise ConfigError(
                 f"{where}: {place} sets {key}, which ablation.studies [{', '.join(studies)}] does not list; "
                 "add it to ablation.studies or take it out of the variant"
             )
-    if unused := [study for study in studies if not any(key == study or key.startswith(f"{study}.") for _, key in sets)]:
+    if unused := [study for study in studies if not any(covered(key, (study,)) for _, key in sets)]:
         raise ConfigError(f"{where}: ablation.studies lists {', '.join(unused)}, which no variant or grid key sets; remove it")
 
 

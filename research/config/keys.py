@@ -29,8 +29,7 @@ from research.config.schema import BACKEND_SECTIONS
 
 log = logging.getLogger(__name__)
 
-#: Where and how a run runs: command-line overrides of these reach linked teacher and fine-tune runs.
-#: Every launcher backend's own section is one (research.config.schema.BACKEND_SECTIONS).
+#: Where and how a run runs; every launcher backend's own section is one (research.config.schema.BACKEND_SECTIONS).
 PLACEMENT = ("output_dir", "logger", "resources", *BACKEND_SECTIONS)
 
 #: Old name -> new name. The resources of a run were SLURM's until other launcher backends came.

@@ -65,11 +65,7 @@ class Run:
 
 
 def load_runs(
-    path: str | Path,
-    overrides: Sequence[str] = (),
-    *,
-    check_files: bool = True,
-    only: Sequence[str] = (),
+    path: str | Path, overrides: Sequence[str] = (), *, check_files: bool = True, only: Sequence[str] = (),
     _stack: tuple[Path, ...] = (),
 ) -> list[Run]:
     """Every run an experiment file makes, validated.
@@ -111,12 +107,11 @@ def _seeded(
     """
     if seeds == 1:
         return [run]
-    runs = [dataclasses.replace(run, seed_dir=f"seed{run.cfg.seed}", run_dir=run.run_dir / f"seed{run.cfg.seed}")]
+    runs = [run]
     for offset in range(1, seeds):
         seed_layers = sources.apply_overrides(layered, {"seed": run.cfg.seed + offset}, f"{where} (seed {run.cfg.seed} + {offset})")
-        other = _resolve_run(seed_layers, run.source, run.variant, (*stack, run.source), check_files, placement)
-        runs.append(dataclasses.replace(other, seed_dir=f"seed{other.cfg.seed}", run_dir=other.run_dir / f"seed{other.cfg.seed}"))
-    return runs
+        runs.append(_resolve_run(seed_layers, run.source, run.variant, (*stack, run.source), check_files, placement))
+    return [dataclasses.replace(one, seed_dir=f"seed{one.cfg.seed}", run_dir=one.run_dir / f"seed{one.cfg.seed}") for one in runs]
 
 
 def _select(runs: list[Run], only: Sequence[str], path: Path) -> list[Run]:
@@ -171,7 +166,9 @@ def _resolve_run(
     raw["variant"] = variant
     check_values(raw, layered.where, lambda key: _as_given(layered, key))
     check_run_dir(raw["output_dir"], raw["name"], variant, layered.where)
-    _drop_unused_teacher(raw)
+    # A loss that does not distil uses no teacher: it (and a run it links) is then not trained, built, checked or saved.
+    if _distils(raw) is False:
+        raw["teacher"] = None
     teacher_run = _linked_run(raw, "teacher", layered, path, stack, check_files, placement)
     finetune_run = _linked_run(raw, "finetune", layered, path, stack, check_files, placement)
     for key, spec in SECTIONS.items():
@@ -238,13 +235,6 @@ def _distils(raw: dict[str, Any]) -> bool | None:
     return LOSSES.info(name).needs_teacher if isinstance(name, str) and name in LOSSES else None
 
 
-def _drop_unused_teacher(raw: dict[str, Any]) -> None:
-    """A loss that does not distil uses no teacher: its ``teacher:`` section is dropped, so the teacher
-    (and the experiment it links) is neither trained, built nor checked, and the saved config says so."""
-    if _distils(raw) is False:
-        raw["teacher"] = None
-
-
 def _evaluate_trained_heads(raw: dict[str, Any], layered: Layered) -> None:
     """Without distillation a distilled student's distillation head is never trained: its top-1 comes
     from the class head (``model.eval_head: both`` would average in the untrained head)."""
@@ -270,12 +260,13 @@ def _check_exists(file: str, where: str, key: str) -> None:
 
 def _check_rules(raw: dict[str, Any], layered: Layered) -> None:
     """Rules that span sections (values out of their declared bounds or choices were refused before)."""
-    if model_img_size(raw["model"]) is None:
+    size = model_img_size(raw["model"])
+    if size is None:
         raise ConfigError(
             f"{layered.where('model.img_size')}: model {raw['model']['name']!r} has no default resolution: set model.img_size"
         )
-    patch, size = MODELS.info(raw["model"]["name"]).patch_size, model_img_size(raw["model"])
-    if patch and size and size % patch:
+    patch = MODELS.info(raw["model"]["name"]).patch_size
+    if patch and size % patch:
         raise ConfigError(
             f"{layered.where('model.img_size')}: model.img_size={size} is not a multiple of model "
             f"{raw['model']['name']!r}'s patch size {patch}; try {max(1, round(size / patch)) * patch}"
@@ -308,9 +299,7 @@ def with_differences(runs: list[Run], baseline: str | None) -> list[Run]:
             run,
             differing={k: flat.get(k) for k in keys},
             changes={
-                k: flat.get(k)
-                for k in keys
-                if run.variant == baseline or flat.get(k) != references.get(run.seed_dir, {}).get(k)
+                k: flat.get(k) for k in keys if run.variant == baseline or flat.get(k) != references.get(run.seed_dir, {}).get(k)
             },
             is_baseline=run.variant == baseline,
         )

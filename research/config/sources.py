@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import itertools
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -247,9 +248,7 @@ def parse_overrides(overrides: Iterable[str]) -> tuple[dict[str, Any], str | Non
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(
-                f"override {item!r} is not of the form dotted.key=value (for example optim.lr=1e-3)"
-            )
+            raise ConfigError(f"override {item!r} is not of the form dotted.key=value (for example optim.lr=1e-3)")
         if key.strip() == BASE_KEY:
             base = value
             continue
@@ -333,7 +332,9 @@ def apply_command_line(layered: Layered, command_line: CommandLine) -> Layered:
         parent, _, leaf = key.rpartition(".")
         node = _select(config, parent) if parent else config
         if not isinstance(node, DictConfig) or leaf not in node:
-            raise ConfigError(f"override '~{key}': the experiment files set no {key} to delete{_did_you_mean(origin, key)}")
+            close = difflib.get_close_matches(key, list(origin), n=1, cutoff=0.6)
+            hint = f"; did you mean ~{close[0]}?" if close else ""
+            raise ConfigError(f"override '~{key}': the experiment files set no {key} to delete{hint}")
         del node[leaf]
         origin = _drop(origin, key)
     for key, section in command_line.replace.items():
@@ -356,11 +357,6 @@ def _select(config: DictConfig, key: str) -> Any:
 
 def _drop(origin: Mapping[str, str], key: str) -> dict[str, str]:
     return {k: v for k, v in origin.items() if k != key and not k.startswith(f"{key}.")}
-
-
-def _did_you_mean(origin: Mapping[str, str], key: str) -> str:
-    close = difflib.get_close_matches(key, list(origin), n=1, cutoff=0.6)
-    return f"; did you mean ~{close[0]}?" if close else ""
 
 
 def _display(path: Path) -> str:
@@ -390,13 +386,9 @@ def as_override_tree(overrides: Mapping[str, Any] | Sequence[str]) -> dict[str, 
 
 def header_comment(path: Path) -> str:
     """The comment lines that open an experiment file, without their ``#``; ``""`` when there are none."""
-    lines = []
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError:
         return ""
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            break
-        lines.append(line[1:].removeprefix(" "))
-    return "\n".join(lines).strip()
+    lines = itertools.takewhile(lambda line: line.startswith("#"), text.splitlines())
+    return "\n".join(line[1:].removeprefix(" ") for line in lines).strip()
