@@ -107,9 +107,8 @@ class BatchAugment:
         self.alternate_flip = alternate_flip
         self.padding_mode = padding_mode
         # Folded so that normalising is one multiply-add: (x / 255 - mean) / std.
-        self._scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
-        self._shift = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
-        self._folded = (tuple(self._scale.flatten().tolist()), tuple(self._shift.flatten().tolist()))
+        std_t, mean_t = torch.tensor(std, dtype=torch.float32), torch.tensor(mean, dtype=torch.float32)
+        self._folded = (tuple((1.0 / (255.0 * std_t)).tolist()), tuple((-mean_t / std_t).tolist()))
 
     def _flips_and_cutout(self, params: BatchAugmentParams, generator: torch.Generator | None) -> BatchAugmentParams:
         count = len(params.top)
@@ -132,19 +131,9 @@ class BatchAugment:
         left = torch.randint(0, room_x + 1, (count,), generator=generator)
         return self._flips_and_cutout(BatchAugmentParams(top, left, top), generator)
 
-    def apply(self, pixels: Tensor, params: BatchAugmentParams, generator: torch.Generator | None = None) -> Tensor:
+    def apply(self, pixels: Tensor, params: BatchAugmentParams) -> Tensor:
         """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, size, size)`` float32, with ``params``' crops."""
         return self.cut(self.normalise_planar(self.geometry(pixels, params)), params)
-
-    def draw(self, params: BatchAugmentParams, generator: torch.Generator | None = None, *, noise: bool = True) -> BatchDraws:
-        """The batch's draws: its crops, flips and cutout squares are all there is."""
-        return BatchDraws(params)
-
-    def add_noise(self, draws: BatchDraws, generator: torch.Generator) -> BatchDraws:
-        return draws
-
-    def transform(self, pixels: Tensor, draws: BatchDraws) -> Tensor:
-        return self.apply(pixels, draws.geometry)
 
     def geometry(self, pixels: Tensor, params: BatchAugmentParams) -> Tensor:
         """Crop and flip: ``(B, H, W, 3)`` uint8 -> ``(B, 3, size, size)`` float32 pixel values."""
@@ -176,10 +165,6 @@ class BatchAugment:
         dx = steps - params.cut_left[:, None]
         in_rows, in_cols = (dy >= 0) & (dy < self.cutout), (dx >= 0) & (dx < self.cutout)
         return images.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)  # mask (B, 1, size, size)
-
-    def normalise(self, pixels: Tensor) -> Tensor:
-        """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32, as ``ToTensor`` then ``Normalize``."""
-        return self.normalise_planar(pixels.permute(0, 3, 1, 2).float())
 
     def normalise_planar(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` float pixel values in [0, 255] -> normalised, as ``ToTensor`` then ``Normalize``."""
@@ -342,7 +327,8 @@ class BatchRecipe:
             return self.transform(pixels, draws)
 
     def normalise(self, pixels: Tensor) -> Tensor:
-        return self.geometry.normalise(pixels)
+        """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32, as ``ToTensor`` then ``Normalize``."""
+        return self.geometry.normalise_planar(pixels.permute(0, 3, 1, 2).float())
 
     def __repr__(self) -> str:
         ops = ", ".join(type(op).__name__ for op in (*self.pixel_ops, *self.tensor_ops))
@@ -382,8 +368,8 @@ def alternating_flips(rows: Tensor, epoch: int, num_rows: int, seed: int) -> Ten
 
 
 class InMemoryBatches:
-    """Batches of a ``(N, H, W, 3)`` uint8 array, transformed whole by a :class:`BatchRecipe` (or a
-    bare :class:`BatchAugment`), on the array's device.
+    """Batches of a ``(N, H, W, 3)`` uint8 array, transformed whole by a :class:`BatchRecipe`, on the
+    array's device.
 
     Args:
         pixels: All images of the dataset, a numpy array or a tensor (already on the training device:
@@ -408,7 +394,7 @@ class InMemoryBatches:
         targets: Sequence[int] | Tensor,
         indices: Sequence[int],
         batch_size: int,
-        transform: BatchRecipe | BatchAugment,
+        transform: BatchRecipe,
         *,
         train: bool,
         drop_last: bool = False,
