@@ -418,11 +418,10 @@ class InMemoryBatches:
             self.params = dataclasses.replace(self.params, flip=flips)
         batches = -(-count // batch_size)
         self.seeds = torch.randint(0, 2**62, (batches,), generator=generator).tolist() if train else []
-        self.device_params = None if self.params is None else self.params.to(device)
         self.draws = None
-        if self.device_params is not None:  # the epoch's draws, from a generator on the device
+        if self.params is not None:  # the epoch's draws, from a generator on the device
             epoch_generator = torch.Generator(device).manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
-            self.draws = transform.draw(self.device_params, epoch_generator, noise=False)
+            self.draws = transform.draw(self.params.to(device), epoch_generator, noise=False)
         self.device_indices = self.indices.to(device)
         self.start = skip_batches * batch_size
 
@@ -430,7 +429,7 @@ class InMemoryBatches:
         return max(0, -(-(len(self.indices) - self.start) // self.batch_size))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        if self.device_params is None:
+        if self.draws is None:
             for pixels, targets in self._windows():
                 yield self.transform.normalise(pixels), targets
             return
