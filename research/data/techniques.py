@@ -76,17 +76,6 @@ class Context:
         """The RandAugment or AutoAugment string that is on, if any."""
         return self.get(RandAugment).rand_augment or self.get(AutoAugment).auto_augment
 
-    def timm_policy_hparams(self) -> dict[str, Any]:
-        """The ``aa_params`` timm's ``create_transform`` gives RandAugment / AutoAugment."""
-        hparams: dict[str, Any] = {
-            "translate_const": int(self.img_size * 0.45),
-            "img_mean": tuple(min(255, round(255 * x)) for x in self.mean),
-        }
-        interpolation = self.get(Crop).interpolation
-        if interpolation != "random":
-            hparams["interpolation"] = str_to_pil_interp(interpolation)
-        return hparams
-
 
 @dataclass(frozen=True)
 class Technique(ABC):
@@ -256,7 +245,15 @@ class _Policy(Technique):
         return (self.key,) if self.policy else ()
 
     def timm(self, ctx: Context) -> Any:
-        return self.make(self.policy, ctx.timm_policy_hparams())
+        """timm's transform, with the ``aa_params`` timm's ``create_transform`` gives RandAugment / AutoAugment."""
+        hparams: dict[str, Any] = {
+            "translate_const": int(ctx.img_size * 0.45),
+            "img_mean": tuple(min(255, round(255 * x)) for x in ctx.mean),
+        }
+        interpolation = ctx.get(Crop).interpolation
+        if interpolation != "random":
+            hparams["interpolation"] = str_to_pil_interp(interpolation)
+        return self.make(self.policy, hparams)
 
     def image_transforms(self, ctx: Context) -> list[Callable[[Any], Any]]:
         return [self.timm(ctx)] if self.policy else []
