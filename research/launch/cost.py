@@ -274,14 +274,6 @@ def _count_files(folder: Path) -> int:
     return sum(1 for cls in os.scandir(folder) if cls.is_dir() for entry in os.scandir(cls.path) if entry.is_file())
 
 
-def evaluated_images(cfg: ExperimentCfg, val_images: int) -> int:
-    """Forward passes over the val set in a run: an evaluation every ``eval_every_epochs`` epochs and
-    after the last, each with its test-time views, twice with an EMA."""
-    evaluations = math.ceil(cfg.train.epochs / max(cfg.train.eval_every_epochs, 1))
-    views = (2 if cfg.train.eval_hflip else 1) * (3 if cfg.train.eval_translate else 1) * (2 if cfg.train.ema else 1)
-    return evaluations * val_images * views
-
-
 def run_key(cfg: ExperimentCfg, device: str) -> tuple[Any, ...]:
     """The table key a run needs: its student, input size, per-device batch, precision, device, teacher."""
     teacher = cfg.teacher["name"] if cfg.teacher is not None else ""  # the loader drops a teacher no loss distils from
@@ -290,7 +282,7 @@ def run_key(cfg: ExperimentCfg, device: str) -> tuple[Any, ...]:
 
 
 def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = None, measure_command: str = "") -> Estimate:
-    """The cost of ``run`` on ``device`` (default the run's ``resources.gpu_type``) from ``table``.
+    """The cost of ``run`` on ``device`` from ``table``.
 
     Args:
         run: a validated run.
@@ -315,7 +307,10 @@ def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = 
         described = f"{key[0]} {key[1]}px batch {key[2]} {key[3]} on {target}" + (f" with teacher {key[5]}" if key[5] else "")
         return Estimate(run, target, devices, train_images, reason=f"no measurement of {described}", command=command)
     train_s = cfg.train.epochs * train_images / (devices * row.train_img_s * scale)
-    eval_s = None if row.eval_img_s is None else evaluated_images(cfg, val_images) / (devices * row.eval_img_s * scale)
+    # The module docstring's eval seconds: an evaluation every eval_every_epochs epochs and after the last.
+    evaluations = math.ceil(cfg.train.epochs / max(cfg.train.eval_every_epochs, 1))
+    views = (2 if cfg.train.eval_hflip else 1) * (3 if cfg.train.eval_translate else 1) * (2 if cfg.train.ema else 1)
+    eval_s = None if row.eval_img_s is None else evaluations * val_images * views / (devices * row.eval_img_s * scale)
     source = f"{row.model} {row.img_size}px batch {row.batch_size} {row.precision}" + (f" with teacher {row.teacher}" if row.teacher else "")
     notes = [f"scaled from {source} by FLOPs (x{scale:.3g})"] if row.key != key else []
     notes += [] if eval_s is not None else ["evaluation not measured: training only, a lower bound"]
