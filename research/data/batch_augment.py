@@ -9,13 +9,8 @@ serves an epoch's batches that way.
 
 :class:`BatchRecipe` runs a whole recipe that way: the crop and flip (and cutout) of a geometry
 (:class:`BatchAugment`, or :class:`BatchResizedCrop` for timm's RandomResizedCrop), then the ops of
-:mod:`research.data.batch_ops` (RandAugment / AutoAugment, color jitter on the integer pixels; random
-erasing after normalising), each image drawing its own parameters. :class:`InMemoryBatches` draws
-them all when the epoch starts (the crops on the host, the ops' parameters on the device in one go)
-and cuts them into batches; only per-pixel noise is drawn per batch, from a generator seeded per
-batch, so a resumed epoch repeats every draw. A batch is drawn first (:meth:`BatchRecipe.draw`),
-then transformed by a pure function of its pixels and draws (:meth:`BatchRecipe.transform`), which
-``torch.compile`` traces whole.
+:mod:`research.data.batch_ops`, each image drawing its own parameters (when, and from which generator:
+:class:`BatchRecipe`, :class:`InMemoryBatches`).
 
 The result is the per-image pipeline's in distribution: torchvision's ``RandomCrop(size, padding=p,
 padding_mode=m)`` (zero or reflect padding, offsets uniform in ``[0, H + 2p - size]``),
@@ -274,17 +269,10 @@ class BatchRecipe:
 
         draws = recipe.draw(params[window], generator)  # outside the compiled region
         images = recipe.transform(pixels, draws)  # (B, H, W, 3) uint8 -> (B, 3, size, size) float32
-
-    :class:`InMemoryBatches` draws an epoch's images at once instead (``draw(params, generator,
-    noise=False)``), and gives each batch its slice with its own noise (:meth:`add_noise`).
     """
 
     def __init__(self, geometry: BatchAugment, pixel_ops: Sequence[BatchOp] = (), tensor_ops: Sequence[BatchOp] = ()) -> None:
         self.geometry, self.pixel_ops, self.tensor_ops = geometry, tuple(pixel_ops), tuple(tensor_ops)
-
-    @property
-    def alternate_flip(self) -> bool:
-        return self.geometry.alternate_flip
 
     def sample(self, count: int, height: int, width: int, generator: torch.Generator | None = None) -> BatchAugmentParams:
         return self.geometry.sample(count, height, width, generator)
@@ -413,7 +401,7 @@ class InMemoryBatches:
         self.batch_size, self.transform = batch_size, transform
         height, width = self.pixels.shape[1:3]
         self.params = transform.sample(count, height, width, generator) if train else None
-        if self.params is not None and transform.alternate_flip:
+        if self.params is not None and transform.geometry.alternate_flip:
             flips = alternating_flips(self.indices, epoch, len(self.pixels), flip_seed)
             self.params = dataclasses.replace(self.params, flip=flips)
         batches = -(-count // batch_size)
