@@ -41,7 +41,6 @@ from research.data.techniques import (
     Mixup,
     NotBatchable,
     RepeatedAug,
-    build_techniques,
     check_policy,
     knob_hints,
 )
@@ -175,7 +174,8 @@ def build_recipe(name: str, *, img_size: int, **knobs: Any) -> Recipe:
     """
     if img_size < 1:
         raise ValueError(f"img_size must be positive, got {img_size}")
-    parts = build_techniques(knobs)
+    # One object per technique, each from its own keys (missing keys: the class defaults).
+    parts = tuple(kind(**{key: knobs[key] for key in knob_hints(kind) if key in knobs}) for kind in TECHNIQUES)
     ctx = Context(img_size, tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD), parts)
     for part in parts:
         part.check(ctx)

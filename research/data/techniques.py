@@ -141,11 +141,6 @@ def knob_hints(kind: type[Technique]) -> dict[str, Any]:
     return {field.name: hints[field.name] for field in fields(kind)}
 
 
-def build_techniques(knobs: Mapping[str, Any]) -> tuple[Technique, ...]:
-    """One object per technique, each from its own keys of ``knobs`` (missing keys: class defaults)."""
-    return tuple(kind(**{key: knobs[key] for key in knob_hints(kind) if key in knobs}) for kind in TECHNIQUES)
-
-
 @register_technique
 @dataclass(frozen=True)
 class Crop(Technique):
@@ -403,9 +398,8 @@ class Mixup(Technique):
         return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
-        return (("mixup",) if self.mixup > 0 and self.mixup_prob > 0 else ()) + (
-            ("cutmix",) if self.cutmix > 0 and self.mixup_prob > 0 else ()
-        )
+        alphas = {"mixup": self.mixup, "cutmix": self.cutmix}
+        return tuple(name for name, alpha in alphas.items() if alpha > 0 and self.mixup_prob > 0)
 
     def build(self, num_classes: int, label_smoothing: float) -> SplitMixup | None:
         if not self.active:
