@@ -41,7 +41,6 @@ from research.data.techniques import (
     Mixup,
     NotBatchable,
     RepeatedAug,
-    build_techniques,
     check_policy,
     knob_hints,
 )
@@ -52,10 +51,8 @@ __all__ = ["DEIT", "AugError", "Recipe", "RecipeBuilder", "build_recipe", "check
 
 @dataclass(frozen=True)
 class Recipe:
-    """What a recipe does to the training data; built by the ``AUGMENTATIONS`` builders.
-
-    Building one validates the knobs and makes no transform: each transform is made when first used,
-    so the config loader's check of a run's recipe (:mod:`research.data.checks`) costs no second build.
+    """What a recipe does to the training data; built by the ``AUGMENTATIONS`` builders, each transform
+    when first used (see the module docstring).
 
     Attributes:
         name: The registered recipe name.
@@ -76,8 +73,12 @@ class Recipe:
 
     @functools.cached_property
     def train_transform(self) -> Callable[[Any], Any]:
-        """PIL image -> normalised ``(3, img_size, img_size)`` tensor, random."""
-        return _image_transform(self.ctx)
+        """PIL image -> normalised ``(3, img_size, img_size)`` tensor, random: crop and flip, policy and
+        colour (PIL), tensor and normalise, erasing."""
+        ctx = self.ctx
+        stage = {kind: [t for part in ctx.techniques if part.stage == kind for t in part.image_transforms(ctx)] for kind in ("crop", "pixels", "tensor")}
+        normalise = [T.ToTensor(), T.Normalize(ctx.mean, ctx.std)]
+        return T.Compose([*stage["crop"], *stage["pixels"], *normalise, *stage["tensor"]])
 
     @functools.cached_property
     def eval_transform(self) -> Callable[[Any], Any]:
@@ -86,7 +87,21 @@ class Recipe:
 
     @functools.cached_property
     def _batched(self) -> tuple[BatchRecipe | None, tuple[str, ...]]:
-        return _batch_transform(self.ctx)
+        """The batched path of the same techniques, or None and what has no batched version."""
+        ctx = self.ctx
+        ops: dict[str, list[Any]] = {"pixels": [], "tensor": []}
+        unbatchable = []
+        for part in ctx.techniques:
+            try:
+                found = part.batch_ops(ctx)
+            except NotBatchable as exc:
+                unbatchable.append(f"{'/'.join(part.tags(ctx))} ({exc})")
+                continue
+            if found:
+                ops[part.stage].extend(found)
+        if unbatchable:
+            return None, tuple(unbatchable)
+        return BatchRecipe(ctx.get(Crop).geometry(ctx), ops["pixels"], ops["tensor"]), ()
 
     @property
     def batch_transform(self) -> BatchRecipe | None:
@@ -159,7 +174,8 @@ def build_recipe(name: str, *, img_size: int, **knobs: Any) -> Recipe:
     """
     if img_size < 1:
         raise ValueError(f"img_size must be positive, got {img_size}")
-    parts = build_techniques(knobs)
+    # One object per technique, each from its own keys (missing keys: the class defaults).
+    parts = tuple(kind(**{key: knobs[key] for key in knob_hints(kind) if key in knobs}) for kind in TECHNIQUES)
     ctx = Context(img_size, tuple(IMAGENET_DEFAULT_MEAN), tuple(IMAGENET_DEFAULT_STD), parts)
     for part in parts:
         part.check(ctx)
@@ -172,30 +188,6 @@ def build_recipe(name: str, *, img_size: int, **knobs: Any) -> Recipe:
             stacklevel=3,
         )
     return Recipe(name, ctx)
-
-
-def _image_transform(ctx: Context) -> T.Compose:
-    """The per-image path: crop and flip, policy and colour (PIL), tensor and normalise, erasing."""
-    stage = {kind: [t for part in ctx.techniques if part.stage == kind for t in part.image_transforms(ctx)] for kind in ("crop", "pixels", "tensor")}
-    normalise = [T.ToTensor(), T.Normalize(ctx.mean, ctx.std)]
-    return T.Compose([*stage["crop"], *stage["pixels"], *normalise, *stage["tensor"]])
-
-
-def _batch_transform(ctx: Context) -> tuple[BatchRecipe | None, tuple[str, ...]]:
-    """The batched path of the same techniques, or None and what has no batched version."""
-    ops: dict[str, list[Any]] = {"pixels": [], "tensor": []}
-    unbatchable = []
-    for part in ctx.techniques:
-        try:
-            found = part.batch_ops(ctx)
-        except NotBatchable as exc:
-            unbatchable.append(f"{'/'.join(part.tags(ctx))} ({exc})")
-            continue
-        if found:
-            ops[part.stage].extend(found)
-    if unbatchable:
-        return None, tuple(unbatchable)
-    return BatchRecipe(ctx.get(Crop).geometry(ctx), ops["pixels"], ops["tensor"]), ()
 
 
 class RecipeBuilder:

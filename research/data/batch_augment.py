@@ -9,13 +9,8 @@ serves an epoch's batches that way.
 
 :class:`BatchRecipe` runs a whole recipe that way: the crop and flip (and cutout) of a geometry
 (:class:`BatchAugment`, or :class:`BatchResizedCrop` for timm's RandomResizedCrop), then the ops of
-:mod:`research.data.batch_ops` (RandAugment / AutoAugment, color jitter on the integer pixels; random
-erasing after normalising), each image drawing its own parameters. :class:`InMemoryBatches` draws
-them all when the epoch starts (the crops on the host, the ops' parameters on the device in one go)
-and cuts them into batches; only per-pixel noise is drawn per batch, from a generator seeded per
-batch, so a resumed epoch repeats every draw. A batch is drawn first (:meth:`BatchRecipe.draw`),
-then transformed by a pure function of its pixels and draws (:meth:`BatchRecipe.transform`), which
-``torch.compile`` traces whole.
+:mod:`research.data.batch_ops`, each image drawing its own parameters (when, and from which generator:
+:class:`BatchRecipe`, :class:`InMemoryBatches`).
 
 The result is the per-image pipeline's in distribution: torchvision's ``RandomCrop(size, padding=p,
 padding_mode=m)`` (zero or reflect padding, offsets uniform in ``[0, H + 2p - size]``),
@@ -107,9 +102,8 @@ class BatchAugment:
         self.alternate_flip = alternate_flip
         self.padding_mode = padding_mode
         # Folded so that normalising is one multiply-add: (x / 255 - mean) / std.
-        self._scale = 1.0 / (255.0 * torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
-        self._shift = (-torch.tensor(mean, dtype=torch.float32) / torch.tensor(std, dtype=torch.float32)).view(1, 3, 1, 1)
-        self._folded = (tuple(self._scale.flatten().tolist()), tuple(self._shift.flatten().tolist()))
+        std_t, mean_t = torch.tensor(std, dtype=torch.float32), torch.tensor(mean, dtype=torch.float32)
+        self._folded = (tuple((1.0 / (255.0 * std_t)).tolist()), tuple((-mean_t / std_t).tolist()))
 
     def _flips_and_cutout(self, params: BatchAugmentParams, generator: torch.Generator | None) -> BatchAugmentParams:
         count = len(params.top)
@@ -132,19 +126,9 @@ class BatchAugment:
         left = torch.randint(0, room_x + 1, (count,), generator=generator)
         return self._flips_and_cutout(BatchAugmentParams(top, left, top), generator)
 
-    def apply(self, pixels: Tensor, params: BatchAugmentParams, generator: torch.Generator | None = None) -> Tensor:
+    def apply(self, pixels: Tensor, params: BatchAugmentParams) -> Tensor:
         """``(B, H, W, 3)`` uint8 -> normalised ``(B, 3, size, size)`` float32, with ``params``' crops."""
         return self.cut(self.normalise_planar(self.geometry(pixels, params)), params)
-
-    def draw(self, params: BatchAugmentParams, generator: torch.Generator | None = None, *, noise: bool = True) -> BatchDraws:
-        """The batch's draws: its crops, flips and cutout squares are all there is."""
-        return BatchDraws(params)
-
-    def add_noise(self, draws: BatchDraws, generator: torch.Generator) -> BatchDraws:
-        return draws
-
-    def transform(self, pixels: Tensor, draws: BatchDraws) -> Tensor:
-        return self.apply(pixels, draws.geometry)
 
     def geometry(self, pixels: Tensor, params: BatchAugmentParams) -> Tensor:
         """Crop and flip: ``(B, H, W, 3)`` uint8 -> ``(B, 3, size, size)`` float32 pixel values."""
@@ -176,10 +160,6 @@ class BatchAugment:
         dx = steps - params.cut_left[:, None]
         in_rows, in_cols = (dy >= 0) & (dy < self.cutout), (dx >= 0) & (dx < self.cutout)
         return images.masked_fill((in_rows[:, :, None] & in_cols[:, None, :])[:, None], 0.0)  # mask (B, 1, size, size)
-
-    def normalise(self, pixels: Tensor) -> Tensor:
-        """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32, as ``ToTensor`` then ``Normalize``."""
-        return self.normalise_planar(pixels.permute(0, 3, 1, 2).float())
 
     def normalise_planar(self, images: Tensor) -> Tensor:
         """``(B, 3, H, W)`` float pixel values in [0, 255] -> normalised, as ``ToTensor`` then ``Normalize``."""
@@ -289,17 +269,10 @@ class BatchRecipe:
 
         draws = recipe.draw(params[window], generator)  # outside the compiled region
         images = recipe.transform(pixels, draws)  # (B, H, W, 3) uint8 -> (B, 3, size, size) float32
-
-    :class:`InMemoryBatches` draws an epoch's images at once instead (``draw(params, generator,
-    noise=False)``), and gives each batch its slice with its own noise (:meth:`add_noise`).
     """
 
     def __init__(self, geometry: BatchAugment, pixel_ops: Sequence[BatchOp] = (), tensor_ops: Sequence[BatchOp] = ()) -> None:
         self.geometry, self.pixel_ops, self.tensor_ops = geometry, tuple(pixel_ops), tuple(tensor_ops)
-
-    @property
-    def alternate_flip(self) -> bool:
-        return self.geometry.alternate_flip
 
     def sample(self, count: int, height: int, width: int, generator: torch.Generator | None = None) -> BatchAugmentParams:
         return self.geometry.sample(count, height, width, generator)
@@ -342,7 +315,8 @@ class BatchRecipe:
             return self.transform(pixels, draws)
 
     def normalise(self, pixels: Tensor) -> Tensor:
-        return self.geometry.normalise(pixels)
+        """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32, as ``ToTensor`` then ``Normalize``."""
+        return self.geometry.normalise_planar(pixels.permute(0, 3, 1, 2).float())
 
     def __repr__(self) -> str:
         ops = ", ".join(type(op).__name__ for op in (*self.pixel_ops, *self.tensor_ops))
@@ -382,8 +356,8 @@ def alternating_flips(rows: Tensor, epoch: int, num_rows: int, seed: int) -> Ten
 
 
 class InMemoryBatches:
-    """Batches of a ``(N, H, W, 3)`` uint8 array, transformed whole by a :class:`BatchRecipe` (or a
-    bare :class:`BatchAugment`), on the array's device.
+    """Batches of a ``(N, H, W, 3)`` uint8 array, transformed whole by a :class:`BatchRecipe`, on the
+    array's device.
 
     Args:
         pixels: All images of the dataset, a numpy array or a tensor (already on the training device:
@@ -408,7 +382,7 @@ class InMemoryBatches:
         targets: Sequence[int] | Tensor,
         indices: Sequence[int],
         batch_size: int,
-        transform: BatchRecipe | BatchAugment,
+        transform: BatchRecipe,
         *,
         train: bool,
         drop_last: bool = False,
@@ -427,16 +401,15 @@ class InMemoryBatches:
         self.batch_size, self.transform = batch_size, transform
         height, width = self.pixels.shape[1:3]
         self.params = transform.sample(count, height, width, generator) if train else None
-        if self.params is not None and transform.alternate_flip:
+        if self.params is not None and transform.geometry.alternate_flip:
             flips = alternating_flips(self.indices, epoch, len(self.pixels), flip_seed)
             self.params = dataclasses.replace(self.params, flip=flips)
         batches = -(-count // batch_size)
         self.seeds = torch.randint(0, 2**62, (batches,), generator=generator).tolist() if train else []
-        self.device_params = None if self.params is None else self.params.to(device)
         self.draws = None
-        if self.device_params is not None:  # the epoch's draws, from a generator on the device
+        if self.params is not None:  # the epoch's draws, from a generator on the device
             epoch_generator = torch.Generator(device).manual_seed(int(torch.randint(0, 2**62, (), generator=generator)))
-            self.draws = transform.draw(self.device_params, epoch_generator, noise=False)
+            self.draws = transform.draw(self.params.to(device), epoch_generator, noise=False)
         self.device_indices = self.indices.to(device)
         self.start = skip_batches * batch_size
 
@@ -444,7 +417,7 @@ class InMemoryBatches:
         return max(0, -(-(len(self.indices) - self.start) // self.batch_size))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        if self.device_params is None:
+        if self.draws is None:
             for pixels, targets in self._windows():
                 yield self.transform.normalise(pixels), targets
             return

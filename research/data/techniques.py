@@ -76,17 +76,6 @@ class Context:
         """The RandAugment or AutoAugment string that is on, if any."""
         return self.get(RandAugment).rand_augment or self.get(AutoAugment).auto_augment
 
-    def timm_policy_hparams(self) -> dict[str, Any]:
-        """The ``aa_params`` timm's ``create_transform`` gives RandAugment / AutoAugment."""
-        hparams: dict[str, Any] = {
-            "translate_const": int(self.img_size * 0.45),
-            "img_mean": tuple(min(255, round(255 * x)) for x in self.mean),
-        }
-        interpolation = self.get(Crop).interpolation
-        if interpolation != "random":
-            hparams["interpolation"] = str_to_pil_interp(interpolation)
-        return hparams
-
 
 @dataclass(frozen=True)
 class Technique(ABC):
@@ -150,11 +139,6 @@ def knob_hints(kind: type[Technique]) -> dict[str, Any]:
     """A technique's knobs (its fields, in order) and their annotations, ``Annotated`` bounds kept."""
     hints = typing.get_type_hints(kind, include_extras=True)
     return {field.name: hints[field.name] for field in fields(kind)}
-
-
-def build_techniques(knobs: Mapping[str, Any]) -> tuple[Technique, ...]:
-    """One object per technique, each from its own keys of ``knobs`` (missing keys: class defaults)."""
-    return tuple(kind(**{key: knobs[key] for key in knob_hints(kind) if key in knobs}) for kind in TECHNIQUES)
 
 
 @register_technique
@@ -256,7 +240,15 @@ class _Policy(Technique):
         return (self.key,) if self.policy else ()
 
     def timm(self, ctx: Context) -> Any:
-        return self.make(self.policy, ctx.timm_policy_hparams())
+        """timm's transform, with the ``aa_params`` timm's ``create_transform`` gives RandAugment / AutoAugment."""
+        hparams: dict[str, Any] = {
+            "translate_const": int(ctx.img_size * 0.45),
+            "img_mean": tuple(min(255, round(255 * x)) for x in ctx.mean),
+        }
+        interpolation = ctx.get(Crop).interpolation
+        if interpolation != "random":
+            hparams["interpolation"] = str_to_pil_interp(interpolation)
+        return self.make(self.policy, hparams)
 
     def image_transforms(self, ctx: Context) -> list[Callable[[Any], Any]]:
         return [self.timm(ctx)] if self.policy else []
@@ -406,9 +398,8 @@ class Mixup(Technique):
         return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
 
     def tags(self, ctx: Context) -> tuple[str, ...]:
-        return (("mixup",) if self.mixup > 0 and self.mixup_prob > 0 else ()) + (
-            ("cutmix",) if self.cutmix > 0 and self.mixup_prob > 0 else ()
-        )
+        alphas = {"mixup": self.mixup, "cutmix": self.cutmix}
+        return tuple(name for name, alpha in alphas.items() if alpha > 0 and self.mixup_prob > 0)
 
     def build(self, num_classes: int, label_smoothing: float) -> SplitMixup | None:
         if not self.active:

@@ -274,28 +274,6 @@ def _count_files(folder: Path) -> int:
     return sum(1 for cls in os.scandir(folder) if cls.is_dir() for entry in os.scandir(cls.path) if entry.is_file())
 
 
-def target_device(cfg: ExperimentCfg) -> str | None:
-    """The device a run asks its scheduler for, which prices it when no ``--device`` is given."""
-    return cfg.resources.gpu_type or None
-
-
-def device_count(cfg: ExperimentCfg) -> int:
-    """Processes of a run: one per GPU, or ``tasks_per_node`` (default 1) per node on CPUs."""
-    return cfg.resources.processes()
-
-
-def evaluation_views(cfg: ExperimentCfg) -> int:
-    """Forward passes per val image and evaluation: test-time views, twice with an EMA."""
-    views = (2 if cfg.train.eval_hflip else 1) * (3 if cfg.train.eval_translate else 1)
-    return views * (2 if cfg.train.ema else 1)
-
-
-def evaluations(cfg: ExperimentCfg) -> int:
-    """Evaluations in a run: every ``eval_every_epochs`` epochs, and after the last."""
-    every, epochs = max(cfg.train.eval_every_epochs, 1), cfg.train.epochs
-    return epochs // every + (1 if epochs % every else 0)
-
-
 def run_key(cfg: ExperimentCfg, device: str) -> tuple[Any, ...]:
     """The table key a run needs: its student, input size, per-device batch, precision, device, teacher."""
     teacher = cfg.teacher["name"] if cfg.teacher is not None else ""  # the loader drops a teacher no loss distils from
@@ -304,7 +282,7 @@ def run_key(cfg: ExperimentCfg, device: str) -> tuple[Any, ...]:
 
 
 def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = None, measure_command: str = "") -> Estimate:
-    """The cost of ``run`` on ``device`` (default :func:`target_device`) from ``table``.
+    """The cost of ``run`` on ``device`` from ``table``.
 
     Args:
         run: a validated run.
@@ -313,8 +291,8 @@ def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = 
         measure_command: the command that measures this run's row, with ``{device}`` to fill in.
     """
     cfg = run.cfg
-    target = device or target_device(cfg)
-    devices = device_count(cfg)
+    target = device or cfg.resources.gpu_type
+    devices = cfg.resources.processes()  # one per GPU, or tasks_per_node per node on CPUs
     if not target:
         names = ", ".join(sorted({row.device for row in table})) or "none"
         return Estimate(run, None, devices, reason=f"no target device: set resources.gpu_type or pass --device (the table has: {names})")
@@ -329,8 +307,10 @@ def estimate_run(run: Run, table: Sequence[Throughput], *, device: str | None = 
         described = f"{key[0]} {key[1]}px batch {key[2]} {key[3]} on {target}" + (f" with teacher {key[5]}" if key[5] else "")
         return Estimate(run, target, devices, train_images, reason=f"no measurement of {described}", command=command)
     train_s = cfg.train.epochs * train_images / (devices * row.train_img_s * scale)
-    eval_images = evaluations(cfg) * val_images * evaluation_views(cfg)
-    eval_s = None if row.eval_img_s is None else eval_images / (devices * row.eval_img_s * scale)
+    # The module docstring's eval seconds: an evaluation every eval_every_epochs epochs and after the last.
+    evaluations = math.ceil(cfg.train.epochs / max(cfg.train.eval_every_epochs, 1))
+    views = (2 if cfg.train.eval_hflip else 1) * (3 if cfg.train.eval_translate else 1) * (2 if cfg.train.ema else 1)
+    eval_s = None if row.eval_img_s is None else evaluations * val_images * views / (devices * row.eval_img_s * scale)
     source = f"{row.model} {row.img_size}px batch {row.batch_size} {row.precision}" + (f" with teacher {row.teacher}" if row.teacher else "")
     notes = [f"scaled from {source} by FLOPs (x{scale:.3g})"] if row.key != key else []
     notes += [] if eval_s is not None else ["evaluation not measured: training only, a lower bound"]
@@ -371,7 +351,7 @@ def inference_rate(run: Run, table: str | Path | None = None) -> float | None:
     """The inference images/s (``eval_img_s``: no gradients, the eval batch) that ``research throughput``
     measured for ``run``'s row on its ``resources.gpu_type``; None when not measured. ``research report``
     puts it beside the paper's Table 5 throughput, which is inference too."""
-    target = target_device(run.cfg)
+    target = run.cfg.resources.gpu_type
     if not target:
         return None
     key = run_key(run.cfg, target)
@@ -387,7 +367,7 @@ def estimate_runs(
     config: str | Path | None = None,
     overrides: Sequence[str] = (),
 ) -> list[Estimate]:
-    """Estimates for ``runs`` on ``device``, else each run's :func:`target_device`, else every device in the
+    """Estimates for ``runs`` on ``device``, else each run's ``resources.gpu_type``, else every device in the
     table (grouped by device), each with the ``research throughput`` command that measures its row.
 
     ``overrides`` (the command line's) go into the commands of the runs of ``config``, not into those
@@ -406,7 +386,7 @@ def estimate_runs(
         if table is not None or os.environ.get(TABLE_ENV):
             words += ["--throughput-table", str(table_path(table))]
         command = " ".join(shlex.quote(word) if word != "{device}" else word for word in words)
-        chosen = device or target_device(run.cfg)
+        chosen = device or run.cfg.resources.gpu_type
         targets: Sequence[str | None] = [chosen] if chosen else all_devices or [None]
         estimates += [estimate_run(run, rows, device=target, measure_command=command) for target in targets]
     return sorted(estimates, key=lambda e: all_devices.index(e.device) if e.device in all_devices else -1)

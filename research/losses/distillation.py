@@ -152,9 +152,7 @@ def soft(
 ) -> SoftDistillation:
     """Soft distillation with the reference code's defaults (``--distillation-alpha 0.5 --distillation-tau 1.0``)."""
     teacher = _require_teacher("soft", teacher)
-    return SoftDistillation(
-        base_criterion=base_criterion, teacher=teacher, alpha=alpha, tau=tau, kl_reduction=kl_reduction
-    )
+    return SoftDistillation(base_criterion=base_criterion, teacher=teacher, alpha=alpha, tau=tau, kl_reduction=kl_reduction)
 
 
 @LOSSES.register("soft_paper", LossInfo(needs_teacher=True))
@@ -174,8 +172,7 @@ def soft_paper(
 def hard(*, base_criterion: nn.Module, teacher: nn.Module | None, alpha: Alpha = 0.5) -> HardDistillation:
     """Hard-label distillation, the paper's default (Sec. 4); equal weights as in the paper. It has no
     temperature: ``tau`` and ``kl_reduction`` are refused, not ignored."""
-    teacher = _require_teacher("hard", teacher)
-    return HardDistillation(base_criterion=base_criterion, teacher=teacher, alpha=alpha)
+    return HardDistillation(base_criterion=base_criterion, teacher=_require_teacher("hard", teacher), alpha=alpha)
 
 
 @LOSSES.add_check

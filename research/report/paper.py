@@ -18,9 +18,10 @@ from typing import Any
 import yaml
 
 from research.config import ConfigError
+from research.config.expand import without_seed
 from research.console import markdown_table, text_table
 from research.report.collect import VariantResult
-from research.report.stats import AGREE, DISAGREE, PairedDelta, paired_delta, variant_name, variant_stats, verdict
+from research.report.stats import AGREE, DISAGREE, PairedDelta, paired_delta, variant_stats, verdict
 
 __all__ = ["DEFAULT_PAPER", "AGREE", "DISAGREE", "Comparison", "PaperRow", "compare", "paper_table", "read_paper"]
 
@@ -147,7 +148,7 @@ def compare(results: Sequence[VariantResult], rows: Sequence[PaperRow]) -> list[
             continue
         for experiment in row.experiments:
             group = by_experiment.get(experiment, [])
-            if not any(variant_name(r) == row.variant for r in group):
+            if not any(without_seed(r.variant) == row.variant for r in group):
                 continue
             ours = _value(group, row.variant, row.metric)
             reference = _value(group, row.reference_variant, row.metric)
@@ -166,7 +167,7 @@ def _value(group: Sequence[VariantResult], variant: str, metric: str) -> tuple[f
     values = [
         value
         for r in group
-        if (not variant or variant_name(r) == variant)
+        if (not variant or without_seed(r.variant) == variant)
         and (value := (r.score if metric == "top1" else r.inference_img_s)) is not None
     ]
     return (statistics.fmean(values) if values else None), len(values)

@@ -16,11 +16,11 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from research.config.expand import format_value
+from research.config.expand import format_value, without_seed
 from research.engine.run_dir import DONE
 from research.report.collect import VariantResult
 from research.report.paper import Comparison
-from research.report.stats import paired_delta, variant_name, variant_stats
+from research.report.stats import paired_delta, variant_stats
 
 __all__ = ["delta_label", "paper_figure", "plot_paper_beside_ours", "plot_top1_curves", "plot_top1_delta"]
 
@@ -77,7 +77,7 @@ def plot_top1_delta(results: Sequence[VariantResult], path: Path) -> Path:
     several = len(sizes) > 1
     by_variant = {(s.experiment, s.variant): s for s in variant_stats(results)}
     deltas = [
-        (paired_delta(stats, baseline), [r for r in results if r.experiment == stats.experiment and variant_name(r) == stats.variant])
+        (paired_delta(stats, baseline), [r for r in results if r.experiment == stats.experiment and without_seed(r.variant) == stats.variant])
         for stats in by_variant.values()
         if not stats.is_baseline
         and (baseline := next((b for b in by_variant.values() if b.is_baseline and b.experiment == stats.experiment), None))
@@ -119,7 +119,7 @@ def plot_top1_delta(results: Sequence[VariantResult], path: Path) -> Path:
 def delta_label(result: VariantResult, *, with_experiment: bool = False) -> str:
     """A bar's label: the variant name (without its seed), plus what it changes from the baseline when
     the name does not spell it (a named variant such as ``no_mixup``), plus the status when the run is not done."""
-    variant = variant_name(result)
+    variant = without_seed(result.variant)
     label = f"{result.experiment}/{variant}" if with_experiment and variant else variant or result.experiment
     # Grid variants are named after their values with the key's last part (research.config.expand).
     spelled = all(f"{key.rpartition('.')[2]}={format_value(v)}" in result.variant for key, v in result.changes.items())

@@ -29,18 +29,12 @@ __all__ = [
     "PairedDelta",
     "VariantStats",
     "paired_delta",
-    "variant_name",
     "variant_stats",
     "verdict",
 ]
 
 CONFIDENCE = 0.95
 AGREE, DISAGREE, WITHIN_NOISE, NO_VERDICT = "✓", "✗", "within noise", "n = 1"
-
-def variant_name(result: VariantResult) -> str:
-    """The variant without its seed: ``no_mixup`` for ``no_mixup`` in ``no_mixup/seed1`` (``seeds: N``)
-    and for the grid point ``no_mixup,seed=1`` (``ablation.grid.seed``)."""
-    return without_seed(result.variant)
 
 
 @dataclass(frozen=True)
@@ -103,7 +97,7 @@ def variant_stats(results: Sequence[VariantResult]) -> list[VariantStats]:
     """One entry per (experiment, variant) in first-seen order, over the runs that have a score."""
     groups: dict[tuple[str, str], list[VariantResult]] = {}
     for result in results:
-        groups.setdefault((result.experiment, variant_name(result)), []).append(result)
+        groups.setdefault((result.experiment, without_seed(result.variant)), []).append(result)
     out = []
     for (experiment, variant), group in groups.items():
         scored = [r for r in group if r.score is not None]
