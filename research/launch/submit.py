@@ -1,12 +1,12 @@
 """Submitting an experiment's runs through a launcher backend (``resources.backend``: SLURM by default).
 
 Every run that is not finished becomes one task of a job array (runs with equal resources share an
-array); the backend (research.launch.backends) turns it into its own submission. A run whose teacher (or fine-tuning source) comes from another experiment waits for that
-experiment's job (``afterok``). Each submitted job id is recorded in its run dir, so a relaunch skips
-runs that are finished or still queued/running, and resubmits the rest, which resume from their
-checkpoints (a run dir trained with another config stops the launcher before it submits anything).
-The code is snapshotted at submission (submitit's ``RsyncSnapshot``) so a requeued job
-runs what was submitted.
+array), which the backend (research.launch.backends) submits in its own way. A run whose teacher (or
+fine-tuning source) comes from another experiment waits for that experiment's job (``afterok``). Each
+submitted job id is recorded in its run dir, so a relaunch skips runs that are finished or still
+queued/running, and resubmits the rest, which resume from their checkpoints (a run dir trained with
+another config stops the launcher before it submits anything). The code is snapshotted at submission
+(submitit's ``RsyncSnapshot``) so a requeued job runs what was submitted.
 """
 
 from __future__ import annotations
@@ -87,14 +87,14 @@ def launch(runs: Sequence[Run], *, force: bool = False, dry_run: bool = False, s
         for layer in _layers([verdict.run for verdict in verdicts]):
             pending = []
             for run in layer:
-                row = _existing(by_dir[run.run_dir], active)
-                if row is not None:
-                    rows.append(row)
-                    if row.job_id and row.action == "queued":
-                        job_ids[run.run_dir] = row.job_id
-                    continue
-                deps = tuple(sorted({job_ids[p.run_dir] for p in run.prerequisites() if p.run_dir in job_ids}))
-                pending.append(Row(run, "would submit" if dry_run else "submitted", depends_on=deps))
+                if by_dir[run.run_dir].action == DONE_ACTION:
+                    rows.append(Row(run, "finished"))
+                elif run.run_dir in active:
+                    job_ids[run.run_dir] = active[run.run_dir][0]
+                    rows.append(Row(run, "queued", job_ids[run.run_dir]))
+                else:
+                    deps = tuple(sorted({job_ids[p.run_dir] for p in run.prerequisites() if p.run_dir in job_ids}))
+                    pending.append(Row(run, "would submit" if dry_run else "submitted", depends_on=deps))
             for group in _arrays(pending):
                 replaced = [by_dir[row.run.run_dir] for row in group if by_dir[row.run.run_dir].action == REPLACE]
                 _submit(group, dry_run=dry_run, snapshot=snapshot, replaced=replaced)
@@ -131,25 +131,12 @@ def active_jobs(verdicts: Sequence[Verdict]) -> dict[Path, tuple[str, str]]:
         state = BACKENDS.build(recorded[1]).job_state(recorded[0]) if recorded else None
         if recorded and state is not None:
             active[verdict.run.run_dir] = (recorded[0], state)
-    busy = [
-        f"{v.run.name} (job {active[v.run.run_dir][0]}, {active[v.run.run_dir][1]})"
-        for v in verdicts
-        if v.action == REPLACE and v.run.run_dir in active
-    ]
+    busy = [(v.run.name, *active[v.run.run_dir]) for v in verdicts if v.action == REPLACE and v.run.run_dir in active]
     if busy:
-        jobs = " ".join(active[v.run.run_dir][0] for v in verdicts if v.action == REPLACE and v.run.run_dir in active)
-        raise ConfigError(f"cannot replace runs whose job is still alive: {', '.join(busy)}; scancel {jobs} first")
+        named = ", ".join(f"{name} (job {job}, {state})" for name, job, state in busy)
+        jobs = " ".join(job for _, job, _ in busy)
+        raise ConfigError(f"cannot replace runs whose job is still alive: {named}; scancel {jobs} first")
     return active
-
-
-def _existing(verdict: Verdict, active: dict[Path, tuple[str, str]]) -> Row | None:
-    """A row for a run that needs no submission (finished, or its job still queued/running)."""
-    run = verdict.run
-    if verdict.action == DONE_ACTION:
-        return Row(run, "finished")
-    if run.run_dir in active:
-        return Row(run, "queued", active[run.run_dir][0])
-    return None
 
 
 @contextlib.contextmanager
@@ -218,7 +205,8 @@ def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool, replaced: Sequenc
     for row, job_id in zip(rows, job_ids):
         row.job_id = job_id
         _record_job(row.run.run_dir, job_id, first.cfg.resources.backend)
-        _record_config(row.run)
+        if not (row.run.run_dir / CONFIG).exists():  # unless a life wrote it: a relaunch with another config is refused now
+            write_config(row.run.run_dir, config_record(row.run))
 
 
 @contextlib.contextmanager
@@ -311,7 +299,8 @@ def snapshot_extras(runs: Sequence[Run], *, launch_dir: Path) -> dict[str, Path]
     ``mylab/__init__.py``): the job's imports come from the snapshot, so it runs the submitted copy.
     """
     root, launch_dir = code_root(), launch_dir.resolve()
-    tracked = _tracked(root)
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, text=True, check=False)
+    tracked = set(listed.stdout.split("\0")) if listed.returncode == 0 else set()  # what RsyncSnapshot copies
     files: dict[str, Path] = {}
     for run in with_prerequisites(list(runs)):
         source = run.source.resolve()
@@ -340,22 +329,9 @@ def _module_files(module: str) -> list[tuple[Path, str]]:
     return found
 
 
-def _tracked(root: Path) -> set[str]:
-    """The files git tracks in ``root`` (what RsyncSnapshot copies)."""
-    done = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, text=True, check=False)
-    return set(done.stdout.split("\0")) if done.returncode == 0 else set()
-
-
 def _record_job(run_dir: Path, job_id: str, backend: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / JOB_FILE).write_text(json.dumps({"job_id": job_id, "backend": backend, "submitted": time.time()}) + "\n")
-
-
-def _record_config(run: Run) -> None:
-    """A queued run's ``config.yaml`` (unless a life already wrote it): a relaunch with another config
-    is then refused even before the job starts."""
-    if not (run.run_dir / CONFIG).exists():
-        write_config(run.run_dir, config_record(run))
 
 
 def recorded_job(run_dir: Path) -> tuple[str, str] | None:
