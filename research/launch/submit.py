@@ -204,7 +204,9 @@ def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool, replaced: Sequenc
                 job_ids = backend.submit(group)
     for row, job_id in zip(rows, job_ids):
         row.job_id = job_id
-        _record_job(row.run.run_dir, job_id, first.cfg.resources.backend)
+        row.run.run_dir.mkdir(parents=True, exist_ok=True)
+        record = {"job_id": job_id, "backend": first.cfg.resources.backend, "submitted": time.time()}
+        (row.run.run_dir / JOB_FILE).write_text(json.dumps(record) + "\n")
         if not (row.run.run_dir / CONFIG).exists():  # unless a life wrote it: a relaunch with another config is refused now
             write_config(row.run.run_dir, config_record(row.run))
 
@@ -327,11 +329,6 @@ def _module_files(module: str) -> list[tuple[Path, str]]:
         relative = Path(*parts[:depth]) / "__init__.py" if path.name == "__init__.py" else Path(*parts[: depth - 1], path.name)
         found.append((path, str(relative)))
     return found
-
-
-def _record_job(run_dir: Path, job_id: str, backend: str) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / JOB_FILE).write_text(json.dumps({"job_id": job_id, "backend": backend, "submitted": time.time()}) + "\n")
 
 
 def recorded_job(run_dir: Path) -> tuple[str, str] | None:
