@@ -35,14 +35,12 @@ def run_with_errors(command: Callable[[], int | None], *, prog: str, debug: bool
     try:
         with quiet_broken_pipe():
             return int(command() or 0)
-    except KeyboardInterrupt:  # outside training, or a second Ctrl-C inside it
+    except (KeyboardInterrupt, Exception) as exc:
         if debug:
             raise
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:
-        if debug:
-            raise
+        if isinstance(exc, KeyboardInterrupt):  # outside training, or a second Ctrl-C inside it
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         fit = sys.modules.get("research.engine.fit")  # not imported: no run was stopped
         if fit is not None and isinstance(exc, fit.RunStopped):  # SIGTERM / Ctrl-C stopped a run after saving it
             print(f"{prog}: {exc}", file=sys.stderr)

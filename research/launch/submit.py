@@ -191,7 +191,7 @@ def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool, replaced: Sequenc
             row.sbatch = header
         return
     # A refused submission leaves nothing behind: no snapshot, no submitit pickles, no empty dirs.
-    with _aside_until_submitted(replaced), _removed_on_error(folder) as created:
+    with _undone_on_error(folder, replaced) as created:
         created.append(folder)  # its new files only: jobs submitted earlier keep their logs here
         folder.parent.mkdir(parents=True, exist_ok=True)
         with _owner_only() as umask:
@@ -200,7 +200,7 @@ def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool, replaced: Sequenc
             extra = snapshot_extras(group.runs, launch_dir=group.launch_dir)
             # the job runs from a snapshot without our .git: the provenance goes in its environment
             group = dataclasses.replace(group, env=provenance.git_env(), umask=umask)
-            with _snapshot(folder.parent, extra, enabled=snapshot, created=created):
+            with _snapshot(folder.parent, extra, created=created) if snapshot else contextlib.nullcontext():
                 job_ids = backend.submit(group)
     for row, job_id in zip(rows, job_ids):
         row.job_id = job_id
@@ -212,10 +212,12 @@ def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool, replaced: Sequenc
 
 
 @contextlib.contextmanager
-def _removed_on_error(folder: Path) -> Iterator[list[Path]]:
-    """On an exception, remove what the block made: each path it appends (of a dir that existed
-    before, only the entries made since), and ``folder``'s parents (the experiment's dir, ...) that
-    are new and left empty."""
+def _undone_on_error(folder: Path, replaced: Sequence[Verdict]) -> Iterator[list[Path]]:
+    """Move the run dirs of ``replaced`` aside (research.launch.run_check.set_aside) for the block. If
+    it raises (sbatch refused the job, the controller is down), remove what it made: each path it
+    appends (of a dir that existed before, only the entries made since), and ``folder``'s parents (the
+    experiment's dir, ...) that are new and left empty; then put the run dirs back where they were."""
+    moved = [(v.run.run_dir, set_aside(v.run.run_dir)) for v in replaced if v.run.run_dir.exists()]
     created: list[Path] = []
     experiment_dir = folder.parent
     new_dirs = list(itertools.takewhile(lambda path: not path.exists(), [experiment_dir, *experiment_dir.parents]))
@@ -232,6 +234,8 @@ def _removed_on_error(folder: Path) -> Iterator[list[Path]]:
         for path in new_dirs:
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
+        for run_dir, aside in moved:
+            put_back(aside, run_dir)
         raise
 
 
@@ -248,24 +252,8 @@ def _owner_only() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _aside_until_submitted(replaced: Sequence[Verdict]) -> Iterator[None]:
-    """Move the run dirs of ``replaced`` aside (research.launch.run_check.set_aside) for the block;
-    if it raises (sbatch refused the job, the controller is down), put them back where they were."""
-    moved = [(v.run.run_dir, set_aside(v.run.run_dir)) for v in replaced if v.run.run_dir.exists()]
-    try:
-        yield
-    except BaseException:
-        for run_dir, aside in moved:
-            put_back(aside, run_dir)
-        raise
-
-
-@contextlib.contextmanager
-def _snapshot(experiment_dir: Path, extra: dict[str, Path], *, enabled: bool, created: list[Path]) -> Iterator[None]:
+def _snapshot(experiment_dir: Path, extra: dict[str, Path], *, created: list[Path]) -> Iterator[None]:
     """Submit from a copy of the code: the git-tracked files, plus ``extra`` (its path there: the file)."""
-    if not enabled:
-        yield
-        return
     if not submitit.helpers.RsyncSnapshot.available():
         raise ConfigError("snapshotting the code needs rsync and git (apt-get install rsync), or pass --no-snapshot")
     code = experiment_dir / ".code"
