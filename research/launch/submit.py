@@ -127,10 +127,14 @@ def active_jobs(verdicts: Sequence[Verdict]) -> dict[Path, tuple[str, str]]:
     (research.launch.backends.Backend.job_state)."""
     active = {}
     for verdict in verdicts:
-        recorded = recorded_job(verdict.run.run_dir) if verdict.action != DONE_ACTION else None  # finished: no job to ask about
-        state = BACKENDS.build(recorded[1]).job_state(recorded[0]) if recorded else None
-        if recorded and state is not None:
-            active[verdict.run.run_dir] = (recorded[0], state)
+        file = verdict.run.run_dir / JOB_FILE
+        if verdict.action == DONE_ACTION or not file.exists():  # finished: no job to ask about
+            continue
+        record = json.loads(file.read_text())
+        job_id, backend = record["job_id"], record.get("backend", "slurm")  # slurm: a record older than backends
+        state = BACKENDS.build(backend).job_state(job_id)
+        if state is not None:
+            active[verdict.run.run_dir] = (job_id, state)
     busy = [(v.run.name, *active[v.run.run_dir]) for v in verdicts if v.action == REPLACE and v.run.run_dir in active]
     if busy:
         named = ", ".join(f"{name} (job {job}, {state})" for name, job, state in busy)
@@ -317,12 +321,3 @@ def _module_files(module: str) -> list[tuple[Path, str]]:
         relative = Path(*parts[:depth]) / "__init__.py" if path.name == "__init__.py" else Path(*parts[: depth - 1], path.name)
         found.append((path, str(relative)))
     return found
-
-
-def recorded_job(run_dir: Path) -> tuple[str, str] | None:
-    """The job id recorded in ``run_dir`` and its backend (``slurm`` for records older than backends)."""
-    file = run_dir / JOB_FILE
-    if not file.exists():
-        return None
-    record = json.loads(file.read_text())
-    return record["job_id"], record.get("backend", "slurm")
