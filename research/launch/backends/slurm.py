@@ -3,11 +3,8 @@
 A group of runs becomes one job array whose tasks run :class:`TrainJob`; its ``#SBATCH`` lines come
 from the run's ``resources:`` and ``slurm:`` sections. submitit owns the signal handling (do not
 install a SIGUSR1 handler of our own: NCCL and submitit both rely on it). On the signal, submitit
-calls :meth:`TrainJob.checkpoint` on rank 0 of the live job: it saves the training state as of the
-last finished step (unless the signal landed inside an optimizer update or during an epoch's
-validation, in which case the last saved checkpoint stands), and returns the same job for
-requeueing (within ``slurm.max_requeues``). The requeued job resumes from ``<run dir>/last.pt``,
-mid-epoch included.
+calls :meth:`TrainJob.checkpoint` on rank 0 of the live job, which saves the training state and
+returns the job for requeueing; the requeued job resumes from ``<run dir>/last.pt``, mid-epoch included.
 """
 
 from __future__ import annotations
