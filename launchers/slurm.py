@@ -5,12 +5,9 @@
     python launchers/slurm.py experiments/ablate_mixup.yaml [dotted.key=value ...] [--dry-run] [--force] [--only VARIANT ...] [--seeds N]
 
 Resources come from the experiment's ``resources:`` section and SLURM's own options from its ``slurm:``
-section (override like any key: slurm.partition=gpu). Finished runs are skipped and queued ones left
-alone; the rest are submitted and resume from their checkpoints. A student whose teacher comes from
-another experiment waits for the teacher's job. ``--dry-run`` prints the jobs and their sbatch
-parameters without submitting (no SLURM needed), and what they will cost: GPU-hours and wall time per
-run and in all, from the throughput table (research/launch/cost.py; the device is
-``resources.gpu_type`` or ``--device``).
+section (override like any key: slurm.partition=gpu); research/launch/submit.py says which runs are
+submitted and which skipped. ``--dry-run`` prints the jobs, their sbatch parameters and what they will
+cost (research/launch/cost.py), without submitting: no SLURM needed.
 """
 
 from __future__ import annotations

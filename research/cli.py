@@ -35,38 +35,30 @@ def run_with_errors(command: Callable[[], int | None], *, prog: str, debug: bool
     try:
         with quiet_broken_pipe():
             return int(command() or 0)
-    except KeyboardInterrupt:  # outside training, or a second Ctrl-C inside it
+    except (KeyboardInterrupt, Exception) as exc:
         if debug:
             raise
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:
-        stopped = _stopped_status(exc)
-        if stopped is not None and not debug:  # SIGTERM / Ctrl-C stopped a run after saving it
+        if isinstance(exc, KeyboardInterrupt):  # outside training, or a second Ctrl-C inside it
+            print(f"{prog}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        fit = sys.modules.get("research.engine.fit")  # not imported: no run was stopped
+        if fit is not None and isinstance(exc, fit.RunStopped):  # SIGTERM / Ctrl-C stopped a run after saving it
             print(f"{prog}: {exc}", file=sys.stderr)
-            return stopped
-        if isinstance(exc, FloatingPointError) and not debug:  # a diverged run; the message says what to change
-            print(f"{prog}: error: {exc}", file=sys.stderr)
+            return exc.exit_status
+        # not bad input, the command was right: a diverged run (the message says what to change) or a full disk
+        failed = str(exc) if isinstance(exc, FloatingPointError) else _disk_full(exc)
+        if failed is not None:
+            print(f"{prog}: error: {failed}", file=sys.stderr)
             return 1
-        full = _disk_full(exc)
-        if full and not debug:  # not bad input: the command was right; the last checkpoint is intact
-            print(f"{prog}: error: {full}", file=sys.stderr)
-            return 1
-        if debug or not _is_bad_input(exc):
+        if not _is_bad_input(exc):
             raise
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 
-def _stopped_status(exc: BaseException) -> int | None:
-    """The exit status of a run stopped by a signal (research.engine.fit.RunStopped), else None."""
-    fit = sys.modules.get("research.engine.fit")  # not imported: no run was stopped
-    return exc.exit_status if fit is not None and isinstance(exc, fit.RunStopped) else None
-
-
 def _disk_full(exc: BaseException) -> str | None:
     """One line for a write that failed for lack of space or quota (research.engine.checkpoint.DiskFull
-    names the file; another write's error says what it can), else None."""
+    names the file; another write's error says what it can), else None. The last checkpoint is intact."""
     checkpoint = sys.modules.get("research.engine.checkpoint")  # not imported: nothing was written
     if checkpoint is None or not checkpoint.no_space(exc):
         return None
@@ -149,9 +141,7 @@ def _parser(progs: dict[str, str]) -> argparse.ArgumentParser:
     )
     sub.add_argument("--out", type=Path, default=None, help="report dir (default: reports/<first experiment>)")
     sub.add_argument("--wandb", action="store_true", help="also read runs from the W&B API (online)")
-    sub.add_argument(
-        "--only", nargs="+", default=[], metavar="VARIANT", help="report only these variants and the baseline"
-    )
+    sub.add_argument("--only", nargs="+", default=[], metavar="VARIANT", help="report only these variants and the baseline")
     paper = sub.add_mutually_exclusive_group()
     paper.add_argument("--paper", type=Path, default=None, help="the paper's figures (default: research/report/paper.yaml)")
     paper.add_argument("--no-paper", action="store_true", help="leave out the paper beside ours")
@@ -223,15 +213,13 @@ def _selected_runs(args: argparse.Namespace, *, check_files: bool = True) -> lis
 
 
 def _list(args: argparse.Namespace) -> int:
+    from research.config import ConfigError
     from research.config.components import SECTIONS
     from research.registry import REGISTRIES
 
-    kinds = [args.kind] if args.kind else list(REGISTRIES)
-    for kind in kinds:
-        if kind not in REGISTRIES:
-            from research.config import ConfigError
-
-            raise ConfigError(f"unknown kind {kind!r}; choose one of: {', '.join(REGISTRIES)}")
+    if args.kind and args.kind not in REGISTRIES:
+        raise ConfigError(f"unknown kind {args.kind!r}; choose one of: {', '.join(REGISTRIES)}")
+    for kind in [args.kind] if args.kind else list(REGISTRIES):
         registry = REGISTRIES[kind]
         # Parameters the engine passes (num_classes, img_size, ...) have no YAML key: do not offer them.
         injected = {key for spec in SECTIONS.values() if spec.registry is registry for key in spec.injected}

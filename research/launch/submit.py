@@ -1,12 +1,12 @@
 """Submitting an experiment's runs through a launcher backend (``resources.backend``: SLURM by default).
 
 Every run that is not finished becomes one task of a job array (runs with equal resources share an
-array); the backend (research.launch.backends) turns it into its own submission. A run whose teacher (or fine-tuning source) comes from another experiment waits for that
-experiment's job (``afterok``). Each submitted job id is recorded in its run dir, so a relaunch skips
-runs that are finished or still queued/running, and resubmits the rest, which resume from their
-checkpoints (a run dir trained with another config stops the launcher before it submits anything).
-The code is snapshotted at submission (submitit's ``RsyncSnapshot``) so a requeued job
-runs what was submitted.
+array), which the backend (research.launch.backends) submits in its own way. A run whose teacher (or
+fine-tuning source) comes from another experiment waits for that experiment's job (``afterok``). Each
+submitted job id is recorded in its run dir, so a relaunch skips runs that are finished or still
+queued/running, and resubmits the rest, which resume from their checkpoints (a run dir trained with
+another config stops the launcher before it submits anything). The code is snapshotted at submission
+(submitit's ``RsyncSnapshot``) so a requeued job runs what was submitted.
 """
 
 from __future__ import annotations
@@ -87,14 +87,14 @@ def launch(runs: Sequence[Run], *, force: bool = False, dry_run: bool = False, s
         for layer in _layers([verdict.run for verdict in verdicts]):
             pending = []
             for run in layer:
-                row = _existing(by_dir[run.run_dir], active)
-                if row is not None:
-                    rows.append(row)
-                    if row.job_id and row.action == "queued":
-                        job_ids[run.run_dir] = row.job_id
-                    continue
-                deps = tuple(sorted({job_ids[p.run_dir] for p in run.prerequisites() if p.run_dir in job_ids}))
-                pending.append(Row(run, "would submit" if dry_run else "submitted", depends_on=deps))
+                if by_dir[run.run_dir].action == DONE_ACTION:
+                    rows.append(Row(run, "finished"))
+                elif run.run_dir in active:
+                    job_ids[run.run_dir] = active[run.run_dir][0]
+                    rows.append(Row(run, "queued", job_ids[run.run_dir]))
+                else:
+                    deps = tuple(sorted({job_ids[p.run_dir] for p in run.prerequisites() if p.run_dir in job_ids}))
+                    pending.append(Row(run, "would submit" if dry_run else "submitted", depends_on=deps))
             for group in _arrays(pending):
                 replaced = [by_dir[row.run.run_dir] for row in group if by_dir[row.run.run_dir].action == REPLACE]
                 _submit(group, dry_run=dry_run, snapshot=snapshot, replaced=replaced)
@@ -127,29 +127,20 @@ def active_jobs(verdicts: Sequence[Verdict]) -> dict[Path, tuple[str, str]]:
     (research.launch.backends.Backend.job_state)."""
     active = {}
     for verdict in verdicts:
-        recorded = recorded_job(verdict.run.run_dir) if verdict.action != DONE_ACTION else None  # finished: no job to ask about
-        state = BACKENDS.build(recorded[1]).job_state(recorded[0]) if recorded else None
-        if recorded and state is not None:
-            active[verdict.run.run_dir] = (recorded[0], state)
-    busy = [
-        f"{v.run.name} (job {active[v.run.run_dir][0]}, {active[v.run.run_dir][1]})"
-        for v in verdicts
-        if v.action == REPLACE and v.run.run_dir in active
-    ]
+        file = verdict.run.run_dir / JOB_FILE
+        if verdict.action == DONE_ACTION or not file.exists():  # finished: no job to ask about
+            continue
+        record = json.loads(file.read_text())
+        job_id, backend = record["job_id"], record.get("backend", "slurm")  # slurm: a record older than backends
+        state = BACKENDS.build(backend).job_state(job_id)
+        if state is not None:
+            active[verdict.run.run_dir] = (job_id, state)
+    busy = [(v.run.name, *active[v.run.run_dir]) for v in verdicts if v.action == REPLACE and v.run.run_dir in active]
     if busy:
-        jobs = " ".join(active[v.run.run_dir][0] for v in verdicts if v.action == REPLACE and v.run.run_dir in active)
-        raise ConfigError(f"cannot replace runs whose job is still alive: {', '.join(busy)}; scancel {jobs} first")
+        named = ", ".join(f"{name} (job {job}, {state})" for name, job, state in busy)
+        jobs = " ".join(job for _, job, _ in busy)
+        raise ConfigError(f"cannot replace runs whose job is still alive: {named}; scancel {jobs} first")
     return active
-
-
-def _existing(verdict: Verdict, active: dict[Path, tuple[str, str]]) -> Row | None:
-    """A row for a run that needs no submission (finished, or its job still queued/running)."""
-    run = verdict.run
-    if verdict.action == DONE_ACTION:
-        return Row(run, "finished")
-    if run.run_dir in active:
-        return Row(run, "queued", active[run.run_dir][0])
-    return None
 
 
 @contextlib.contextmanager
@@ -204,7 +195,7 @@ def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool, replaced: Sequenc
             row.sbatch = header
         return
     # A refused submission leaves nothing behind: no snapshot, no submitit pickles, no empty dirs.
-    with _aside_until_submitted(replaced), _removed_on_error(folder) as created:
+    with _undone_on_error(folder, replaced) as created:
         created.append(folder)  # its new files only: jobs submitted earlier keep their logs here
         folder.parent.mkdir(parents=True, exist_ok=True)
         with _owner_only() as umask:
@@ -213,19 +204,24 @@ def _submit(rows: list[Row], *, dry_run: bool, snapshot: bool, replaced: Sequenc
             extra = snapshot_extras(group.runs, launch_dir=group.launch_dir)
             # the job runs from a snapshot without our .git: the provenance goes in its environment
             group = dataclasses.replace(group, env=provenance.git_env(), umask=umask)
-            with _snapshot(folder.parent, extra, enabled=snapshot, created=created):
+            with _snapshot(folder.parent, extra, created=created) if snapshot else contextlib.nullcontext():
                 job_ids = backend.submit(group)
     for row, job_id in zip(rows, job_ids):
         row.job_id = job_id
-        _record_job(row.run.run_dir, job_id, first.cfg.resources.backend)
-        _record_config(row.run)
+        row.run.run_dir.mkdir(parents=True, exist_ok=True)
+        record = {"job_id": job_id, "backend": first.cfg.resources.backend, "submitted": time.time()}
+        (row.run.run_dir / JOB_FILE).write_text(json.dumps(record) + "\n")
+        if not (row.run.run_dir / CONFIG).exists():  # unless a life wrote it: a relaunch with another config is refused now
+            write_config(row.run.run_dir, config_record(row.run))
 
 
 @contextlib.contextmanager
-def _removed_on_error(folder: Path) -> Iterator[list[Path]]:
-    """On an exception, remove what the block made: each path it appends (of a dir that existed
-    before, only the entries made since), and ``folder``'s parents (the experiment's dir, ...) that
-    are new and left empty."""
+def _undone_on_error(folder: Path, replaced: Sequence[Verdict]) -> Iterator[list[Path]]:
+    """Move the run dirs of ``replaced`` aside (research.launch.run_check.set_aside) for the block. If
+    it raises (sbatch refused the job, the controller is down), remove what it made: each path it
+    appends (of a dir that existed before, only the entries made since), and ``folder``'s parents (the
+    experiment's dir, ...) that are new and left empty; then put the run dirs back where they were."""
+    moved = [(v.run.run_dir, set_aside(v.run.run_dir)) for v in replaced if v.run.run_dir.exists()]
     created: list[Path] = []
     experiment_dir = folder.parent
     new_dirs = list(itertools.takewhile(lambda path: not path.exists(), [experiment_dir, *experiment_dir.parents]))
@@ -242,6 +238,8 @@ def _removed_on_error(folder: Path) -> Iterator[list[Path]]:
         for path in new_dirs:
             if path.is_dir() and not any(path.iterdir()):
                 path.rmdir()
+        for run_dir, aside in moved:
+            put_back(aside, run_dir)
         raise
 
 
@@ -258,24 +256,8 @@ def _owner_only() -> Iterator[int]:
 
 
 @contextlib.contextmanager
-def _aside_until_submitted(replaced: Sequence[Verdict]) -> Iterator[None]:
-    """Move the run dirs of ``replaced`` aside (research.launch.run_check.set_aside) for the block;
-    if it raises (sbatch refused the job, the controller is down), put them back where they were."""
-    moved = [(v.run.run_dir, set_aside(v.run.run_dir)) for v in replaced if v.run.run_dir.exists()]
-    try:
-        yield
-    except BaseException:
-        for run_dir, aside in moved:
-            put_back(aside, run_dir)
-        raise
-
-
-@contextlib.contextmanager
-def _snapshot(experiment_dir: Path, extra: dict[str, Path], *, enabled: bool, created: list[Path]) -> Iterator[None]:
+def _snapshot(experiment_dir: Path, extra: dict[str, Path], *, created: list[Path]) -> Iterator[None]:
     """Submit from a copy of the code: the git-tracked files, plus ``extra`` (its path there: the file)."""
-    if not enabled:
-        yield
-        return
     if not submitit.helpers.RsyncSnapshot.available():
         raise ConfigError("snapshotting the code needs rsync and git (apt-get install rsync), or pass --no-snapshot")
     code = experiment_dir / ".code"
@@ -311,7 +293,8 @@ def snapshot_extras(runs: Sequence[Run], *, launch_dir: Path) -> dict[str, Path]
     ``mylab/__init__.py``): the job's imports come from the snapshot, so it runs the submitted copy.
     """
     root, launch_dir = code_root(), launch_dir.resolve()
-    tracked = _tracked(root)
+    listed = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, text=True, check=False)
+    tracked = set(listed.stdout.split("\0")) if listed.returncode == 0 else set()  # what RsyncSnapshot copies
     files: dict[str, Path] = {}
     for run in with_prerequisites(list(runs)):
         source = run.source.resolve()
@@ -338,30 +321,3 @@ def _module_files(module: str) -> list[tuple[Path, str]]:
         relative = Path(*parts[:depth]) / "__init__.py" if path.name == "__init__.py" else Path(*parts[: depth - 1], path.name)
         found.append((path, str(relative)))
     return found
-
-
-def _tracked(root: Path) -> set[str]:
-    """The files git tracks in ``root`` (what RsyncSnapshot copies)."""
-    done = subprocess.run(["git", "-C", str(root), "ls-files", "-z"], capture_output=True, text=True, check=False)
-    return set(done.stdout.split("\0")) if done.returncode == 0 else set()
-
-
-def _record_job(run_dir: Path, job_id: str, backend: str) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / JOB_FILE).write_text(json.dumps({"job_id": job_id, "backend": backend, "submitted": time.time()}) + "\n")
-
-
-def _record_config(run: Run) -> None:
-    """A queued run's ``config.yaml`` (unless a life already wrote it): a relaunch with another config
-    is then refused even before the job starts."""
-    if not (run.run_dir / CONFIG).exists():
-        write_config(run.run_dir, config_record(run))
-
-
-def recorded_job(run_dir: Path) -> tuple[str, str] | None:
-    """The job id recorded in ``run_dir`` and its backend (``slurm`` for records older than backends)."""
-    file = run_dir / JOB_FILE
-    if not file.exists():
-        return None
-    record = json.loads(file.read_text())
-    return record["job_id"], record.get("backend", "slurm")

@@ -135,8 +135,8 @@ def test_snapshot_holds_the_untracked_experiment_and_plugin_of_the_launch_folder
 
 def test_each_launch_gets_its_own_snapshot_dir(tmp_path: Path, checkout: Path) -> None:
     """Two launchers in the same second used to share (and crash on) one snapshot name."""
-    with submit._snapshot(tmp_path / "exp", {}, enabled=True, created=[]):
-        with submit._snapshot(tmp_path / "exp", {}, enabled=True, created=[]):
+    with submit._snapshot(tmp_path / "exp", {}, created=[]):
+        with submit._snapshot(tmp_path / "exp", {}, created=[]):
             pass
     assert len(list((tmp_path / "exp" / ".code").iterdir())) == 2
 

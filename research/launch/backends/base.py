@@ -1,9 +1,6 @@
-"""What the submission pipeline (research.launch.submit) needs from a launcher backend.
-
-The pipeline plans the runs, checks their run dirs, takes the locks, snapshots the code and records
-each job; a backend turns a run's ``resources:`` (and its own section) into its options, submits a
-group of runs, says whether a recorded job is still alive, and, on a job's node, which job it is.
-"""
+"""What the submission pipeline (research.launch.submit) needs from a launcher backend: it plans the
+runs, checks their run dirs, takes the locks, snapshots the code and records each job; a backend does
+the rest (the methods of :class:`Backend`)."""
 
 from __future__ import annotations
 
@@ -65,5 +62,4 @@ class Backend(ABC):
 
 def backend_of(run: Run) -> Backend:
     """The backend that runs ``run`` (its ``resources.backend``)."""
-    backend: Backend = BACKENDS.build(run.cfg.resources.backend)
-    return backend
+    return BACKENDS.build(run.cfg.resources.backend)

@@ -3,14 +3,8 @@
 A group of runs becomes one job array whose tasks run :class:`TrainJob`; its ``#SBATCH`` lines come
 from the run's ``resources:`` and ``slurm:`` sections. submitit owns the signal handling (do not
 install a SIGUSR1 handler of our own: NCCL and submitit both rely on it). On the signal, submitit
-calls :meth:`TrainJob.checkpoint` on rank 0 of the live job: it saves the training state as of the
-last finished step (unless the signal landed inside an optimizer update or during an epoch's
-validation, in which case the last saved checkpoint stands), and returns the same job for
-requeueing (within ``slurm.max_requeues``). The requeued job resumes from ``<run dir>/last.pt``,
-mid-epoch included.
-
-No SLURM client here, a controller that does not answer and a job sbatch refuses are ConfigErrors:
-the fix is on this machine or in the experiment's ``slurm:`` section, in one line with exit status 2.
+calls :meth:`TrainJob.checkpoint` on rank 0 of the live job, which saves the training state and
+returns the job for requeueing; the requeued job resumes from ``<run dir>/last.pt``, mid-epoch included.
 """
 
 from __future__ import annotations
@@ -193,8 +187,8 @@ def _refusal(exc: Exception, runs: Sequence[Run]) -> ConfigError:
     """sbatch's refusal as one line: the controller unreachable (fix this machine), or the job refused."""
     detail = getattr(exc, "stderr", None) or getattr(exc, "output", None) or str(exc)
     detail = (detail.decode() if isinstance(detail, bytes) else str(detail)).strip()
-    if any(symptom in detail for symptom in _NO_CONTROLLER):
-        said = next((line for line in detail.splitlines() if any(s in line for s in _NO_CONTROLLER)), detail)
+    said = next((line for line in detail.splitlines() if any(symptom in line for symptom in _NO_CONTROLLER)), None)
+    if said is not None:
         return ConfigError(
             f"sbatch cannot reach a SLURM controller ({said.strip()}): set SLURM_CONF to your cluster's "
             "slurm.conf, start the cluster (python tests/slurm/cluster.py start prints the SLURM_CONF of the "
@@ -207,16 +201,14 @@ def _refusal(exc: Exception, runs: Sequence[Run]) -> ConfigError:
 class TrainJob(submitit.helpers.Checkpointable):
     """Train one run; picklable (holds the frozen run config, never model state)."""
 
+    _loop: Loop | None = None  # the live loop, once train has built it; never pickled
+
     def __init__(self, run: Run, launch_dir: str) -> None:
         self.run = run
         self.launch_dir = launch_dir  # relative paths in the config are relative to where you launched
-        self._loop: Loop | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"run": self.run, "launch_dir": self.launch_dir}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["run"], state["launch_dir"])  # type: ignore[misc]
 
     def __call__(self) -> dict[str, Any]:
         from research.launch.dist import shutdown_distributed
@@ -236,7 +228,11 @@ class TrainJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission | None:
         """Save what was trained, then ask submitit to requeue this run (within ``slurm.max_requeues``)."""
         loop = self._loop
-        if loop is not None and _between_steps(loop):
+        # Save only a state a resume can continue from: between two steps of an epoch. Not inside an
+        # optimizer update (half-updated weights), and not at an epoch's end: there the epoch is counted
+        # done before its validation and its ``metrics.jsonl`` line are written, so a resume from that
+        # state would never record the epoch. The last saved checkpoint stands instead.
+        if loop is not None and not loop.state.updating and 0 < loop.state.epoch_step < loop.data.steps_per_epoch:
             try:
                 loop.save()  # checks first that no step since the last check had a non-finite loss
             except FloatingPointError as exc:
@@ -252,17 +248,6 @@ class TrainJob(submitit.helpers.Checkpointable):
         # the accepted requeue as a failure. An ignored signal stays ignored in the children we start.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         return submitit.helpers.DelayedSubmission(TrainJob(self.run, self.launch_dir))
-
-
-def _between_steps(loop: Loop) -> bool:
-    """Whether the live state is one a resume can continue from: between two steps of an epoch.
-
-    Not inside an optimizer update (half-updated weights), and not at an epoch's end: there the
-    epoch is counted done before its validation and its ``metrics.jsonl`` line are written, so a
-    resume from that state would never record the epoch. The last saved checkpoint stands instead.
-    """
-    state = loop.state
-    return not state.updating and 0 < state.epoch_step < loop.data.steps_per_epoch
 
 
 def _run_from(launch_dir: str, plugins: Sequence[str] = ()) -> None:
