@@ -426,7 +426,7 @@ def format_estimates(estimates: Sequence[Estimate], *, table: str | Path | None 
     out += [(f"on {device}: " if len(by_device) > 1 else "") + _totals(group) for device, group in by_device.items()]
     out += [f"[{ref}] {source}" for source, ref in sources.items()]
     if any(e.scaled for e in estimates):
-        out.append("~ scaled: no row of the run's own key on that device, so the nearest row's rate x its FLOPs per image over the run's")
+        out.append("~ scaled: no row of the run's own key on that device: the nearest row's rate x (its model's FLOPs per image / the run's model's)")
     commands = list(dict.fromkeys(e.command for e in estimates if (not e.known or e.scaled) and e.command))
     if commands:
         out.append(f"measure what is unknown or scaled, on the target device (adds rows to {table_path(table)}):")
