@@ -27,6 +27,19 @@ PartitionName=debug Nodes=localhost Default=YES
 """
 
 
+def _trainable_experiment(tmp_path: Path) -> Path:
+    """An experiment whose job could train: the pre-flight check passes, so sbatch is what fails."""
+    experiment = tmp_path / "quick.yaml"
+    experiment.write_text(
+        yaml.safe_dump({
+            "name": "quick", "output_dir": str(tmp_path / "runs"), "model": {"name": "deit_nano_patch4_32", "img_size": 32},
+            "data": {"name": "synthetic", "size": 16, "num_classes": 4}, "logger": {"name": "none"},
+            "loader": {"batch_size": 8},
+        })  # fmt: skip
+    )
+    return experiment
+
+
 @pytest.mark.parametrize("conf", ["none", "controller down"])
 def test_no_controller_is_one_line_and_leaves_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], conf: str
@@ -38,14 +51,7 @@ def test_no_controller_is_one_line_and_leaves_nothing(
     else:
         (tmp_path / "slurm.conf").write_text(DOWN_CONF)
         monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))
-    experiment = tmp_path / "quick.yaml"
-    experiment.write_text(
-        yaml.safe_dump({
-            "name": "quick", "output_dir": str(tmp_path / "runs"), "model": {"name": "deit_nano_patch4_32", "img_size": 32},
-            "data": {"name": "synthetic", "size": 16, "num_classes": 4}, "logger": {"name": "none"},
-            "loader": {"batch_size": 8},  # a job that could train: the pre-flight check passes, sbatch fails
-        })  # fmt: skip
-    )
+    experiment = _trainable_experiment(tmp_path)
 
     assert launcher.main([str(experiment)]) == 2
 
@@ -59,14 +65,7 @@ def test_a_slurm_conf_that_names_no_file_is_one_line_at_once(tmp_path: Path, mon
     """sbatch itself retries for a minute, then prints its own three lines."""
     missing = tmp_path / "etc" / "slurm.conf"
     monkeypatch.setenv("SLURM_CONF", str(missing))
-    experiment = tmp_path / "quick.yaml"
-    experiment.write_text(
-        yaml.safe_dump({
-            "name": "quick", "output_dir": str(tmp_path / "runs"), "model": {"name": "deit_nano_patch4_32", "img_size": 32},
-            "data": {"name": "synthetic", "size": 16, "num_classes": 4}, "logger": {"name": "none"},
-            "loader": {"batch_size": 8},  # a job that could train: the pre-flight check passes, sbatch fails
-        })  # fmt: skip
-    )
+    experiment = _trainable_experiment(tmp_path)
 
     started = time.monotonic()
     assert launcher.main([str(experiment)]) == 2

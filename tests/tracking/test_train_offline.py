@@ -4,26 +4,27 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
+from tiny import TINY, deep_update
 from wandb_reader import read_runs
 
 from research.cli import main
 
 
+def logged_to_wandb(wandb_env: Path, images: int, **sections: Any) -> dict[str, Any]:
+    """The tiny experiment (tests/tiny.py) on ``images`` synthetic images of 4 classes, batches of 8,
+    logged to W&B offline, with ``sections`` merged in."""
+    base = {"output_dir": str(wandb_env / "runs"), "data": {"size": images, "num_classes": 4}, "loader": {"batch_size": 8},
+            "logger": {"name": "wandb", "project": "deit-tests"}}  # fmt: skip
+    return deep_update(deep_update(TINY, base), sections)
+
+
 def test_training_run_writes_an_offline_wandb_run_with_group_name_config_and_history(wandb_env: Path) -> None:
-    experiment = {
-        "name": "ablate_hflip",
-        "output_dir": str(wandb_env / "runs"),
-        "model": {"name": "deit_nano_patch4_32", "img_size": 32},
-        "data": {"name": "synthetic", "size": 32, "num_classes": 4},
-        "aug": {"name": "none", "simple_crop": True},
-        "logger": {"name": "wandb", "project": "deit-tests"},
-        "loader": {"batch_size": 8, "workers": 0},
-        "sched": {"warmup_epochs": 0},
-        "train": {"epochs": 2, "log_every_steps": 2, "progress": False},
-        "ablation": {"grid": {"aug.hflip": [0.5]}},
-    }
+    experiment = logged_to_wandb(
+        wandb_env, 32, name="ablate_hflip", train={"epochs": 2, "log_every_steps": 2}, ablation={"grid": {"aug.hflip": [0.5]}}
+    )
     path = wandb_env / "ablate_hflip.yaml"
     path.write_text(yaml.safe_dump(experiment))
     assert main(["train", str(path)]) == 0
@@ -45,17 +46,7 @@ def test_training_run_writes_an_offline_wandb_run_with_group_name_config_and_his
 
 
 def test_seeded_runs_carry_variant_seed_tags_and_the_files_header_as_notes(wandb_env: Path) -> None:
-    experiment = {
-        "output_dir": str(wandb_env / "runs"),
-        "model": {"name": "deit_nano_patch4_32", "img_size": 32},
-        "data": {"name": "synthetic", "size": 16, "num_classes": 4},
-        "aug": {"name": "none", "simple_crop": True},
-        "logger": {"name": "wandb", "project": "deit-tests"},
-        "loader": {"batch_size": 8, "workers": 0},
-        "sched": {"warmup_epochs": 0},
-        "train": {"epochs": 1, "progress": False},
-        "ablation": {"baseline": "full", "variants": {"full": {}, "no_flip": {"aug.hflip": 0.0}}},
-    }
+    experiment = logged_to_wandb(wandb_env, 16, ablation={"baseline": "full", "variants": {"full": {}, "no_flip": {"aug.hflip": 0.0}}})
     path = wandb_env / "ablate_flip.yaml"
     header = "# Ablation: what does flipping bring?\n# Paper: none; a test.\n"
     path.write_text(header + yaml.safe_dump(experiment))
